@@ -1,0 +1,653 @@
+# coding=utf-8
+"""QGFD attention: the kernel, its materialised reference, and the seed's attention module.
+
+QGFD (Query Graph Flow Diffusion) attention diffuses the softmax attention distribution
+``p0`` over a row-stochastic graph ``P`` on the keys:
+
+    p = p0 * sum_k c_k P^k,   k = 0..T,   sum_k c_k = 1
+
+(`shared/design/qgfd-math.md`). The fast path never forms ``p``: it propagates the values
+instead, ``W_0 = V``, ``W_{k+1} = P W_k``, ``V~ = sum_k c_k W_k``, ``O = p0 V~``, and each
+``P W_k`` is itself an attention product, so QGFD costs T + 1 calls of
+``torch.nn.functional.scaled_dot_product_attention`` and O(L D) memory.
+
+Shapes: ``B`` batch, ``H`` heads, ``Lq`` query length, ``Lk`` key length, ``D`` head width
+of queries and keys, ``Dv`` head width of values, ``T`` = ``steps``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+GRAPHS = ("attention", "keys")
+MIXES = ("seed", "recurrent")
+
+AlphaLike = Union[float, torch.Tensor]
+
+
+# ----------------------------------------------------------------------------------------
+# Settings
+# ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class QGFDSettings:
+    """Every QGFD attention hyperparameter, validated in one place.
+
+    Args:
+        steps (`int`, defaults to 1): T, the highest power of the graph P (0 = plain attention).
+        alpha (`float`, defaults to 0.5): diffusion strength in [0, 1] (0 = plain attention).
+        graph (`str`, defaults to `"attention"`): `"attention"` (P = p0, the seed's rule) or
+            `"keys"` (P = softmax of key cosine similarities / `key_temperature`).
+        mix (`str`, defaults to `"seed"`): `"seed"` (p = (1-a) p0 + a p0 P^T) or
+            `"recurrent"` (p_{t+1} = (1-a) p0 + a p_t P).
+        key_temperature (`float`, defaults to 1.0): tau of the key graph, > 0.
+        detach_graph (`bool`, defaults to `False`): treat P as a constant in backward.
+        learnable_alpha (`bool`, defaults to `False`): one learnable alpha per head, kept in
+            [0, alpha_max] by a sigmoid, initialised at `alpha`.
+        alpha_max (`float`, defaults to 1.0): upper bound of a learnable alpha, in (0, 1].
+        warmup_steps (`int`, defaults to 0): in training, alpha is scaled by
+            min(1, step / warmup_steps); the step is set from outside with `set_qgfd_step`.
+    """
+
+    steps: int = 1
+    alpha: float = 0.5
+    graph: str = "attention"
+    mix: str = "seed"
+    key_temperature: float = 1.0
+    detach_graph: bool = False
+    learnable_alpha: bool = False
+    alpha_max: float = 1.0
+    warmup_steps: int = 0
+
+    def __post_init__(self):
+        _check_steps(self.steps)
+        _check_alpha(self.alpha)
+        _check_choice("graph", self.graph, GRAPHS)
+        _check_choice("mix", self.mix, MIXES)
+        _check_temperature(self.key_temperature)
+        for name in ("detach_graph", "learnable_alpha"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"`{name}` must be a bool, got {getattr(self, name)!r}.")
+        if isinstance(self.alpha_max, bool) or not isinstance(self.alpha_max, (int, float)) or not 0 < self.alpha_max <= 1:
+            raise ValueError(f"`alpha_max` must be a float in (0, 1], got {self.alpha_max!r}.")
+        if self.learnable_alpha and self.alpha > self.alpha_max:
+            raise ValueError(
+                f"`alpha`={self.alpha!r} is above `alpha_max`={self.alpha_max!r}; a learnable alpha "
+                "starts at `alpha` and stays in [0, alpha_max]."
+            )
+        if isinstance(self.warmup_steps, bool) or not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
+            raise ValueError(f"`warmup_steps` must be an int >= 0, got {self.warmup_steps!r}.")
+
+    @classmethod
+    def from_dict(cls, d: Optional[dict] = None, **overrides) -> "QGFDSettings":
+        d = dict(d or {})
+        d.update(overrides)
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"Unknown QGFD setting(s) {unknown}; allowed: {sorted(names)}.")
+        return cls(**d)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# ----------------------------------------------------------------------------------------
+# Validation helpers
+# ----------------------------------------------------------------------------------------
+
+
+def _check_steps(steps):
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise ValueError(f"`steps` must be an int >= 0, got {steps!r}.")
+
+
+def _check_alpha(alpha):
+    if isinstance(alpha, torch.Tensor):
+        if not alpha.is_floating_point():
+            raise ValueError(f"`alpha` as a tensor must be floating point, got dtype {alpha.dtype}.")
+        if alpha.dim() > 1:
+            raise ValueError(f"`alpha` as a tensor must be a scalar or one value per head [H], got shape {tuple(alpha.shape)}.")
+        if bool(((alpha < 0) | (alpha > 1) | torch.isnan(alpha)).any()):
+            raise ValueError(f"`alpha` must lie in [0, 1], got {alpha.detach().cpu().tolist()}.")
+        return
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"`alpha` must be a float in [0, 1], got {alpha!r}.")
+
+
+def _check_choice(name, value, allowed):
+    if value not in allowed:
+        raise ValueError(f"Unknown {name} {value!r}; allowed: {', '.join(repr(a) for a in allowed)}.")
+
+
+def _check_temperature(tau):
+    if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not tau > 0 or math.isinf(tau):
+        raise ValueError(f"`key_temperature` must be a finite float > 0, got {tau!r}.")
+
+
+def _check_inputs(query, key, value, attn_mask, graph, has_past):
+    for name, t in (("query", query), ("key", key), ("value", value)):
+        if not isinstance(t, torch.Tensor):
+            raise ValueError(f"`{name}` must be a torch.Tensor, got {type(t).__name__}.")
+        if not t.is_floating_point():
+            raise ValueError(f"`{name}` must be a floating-point tensor, got dtype {t.dtype}.")
+        if t.dim() != 4:
+            raise ValueError(f"`{name}` must have shape [B, H, L, D], got shape {tuple(t.shape)}.")
+    if not (query.dtype == key.dtype == value.dtype):
+        raise ValueError(f"query, key and value must share a dtype, got {query.dtype}, {key.dtype}, {value.dtype}.")
+    B, H, Lq, D = query.shape
+    if key.shape[:2] != (B, H) or value.shape[:2] != (B, H):
+        raise ValueError(
+            "query, key and value must share batch size and number of heads [B, H, ., .], got "
+            f"{tuple(query.shape)}, {tuple(key.shape)}, {tuple(value.shape)}."
+        )
+    if key.shape[-1] != D:
+        raise ValueError(f"query and key must share their head width D, got {D} and {key.shape[-1]}.")
+    if key.shape[2] != value.shape[2]:
+        raise ValueError(f"key and value must have the same length, got {key.shape[2]} and {value.shape[2]}.")
+    Lk = key.shape[2]
+    if graph == "attention" and Lq != Lk and not has_past:
+        raise ValueError(
+            f'graph="attention" uses P = p0 and needs self-attention (Lq == Lk), got Lq={Lq}, Lk={Lk}. '
+            'Use graph="keys", plain attention for cross-attention, or `past_propagated` for cached decoding.'
+        )
+    if Lq > Lk:
+        raise ValueError(f"QGFD needs Lq <= Lk, got Lq={Lq}, Lk={Lk}.")
+    if attn_mask is not None:
+        if not isinstance(attn_mask, torch.Tensor):
+            raise ValueError(f"`attn_mask` must be a tensor or None, got {type(attn_mask).__name__}.")
+        if attn_mask.dtype != torch.bool and not attn_mask.is_floating_point():
+            raise ValueError(f"`attn_mask` must be bool (True = may attend) or an additive float mask, got {attn_mask.dtype}.")
+        try:
+            shape = torch.broadcast_shapes(attn_mask.shape, (B, H, Lq, Lk))
+        except RuntimeError:
+            shape = None
+        if shape != (B, H, Lq, Lk):
+            raise ValueError(
+                f"`attn_mask` of shape {tuple(attn_mask.shape)} does not broadcast to [B, H, Lq, Lk] = {[B, H, Lq, Lk]}."
+            )
+
+
+# ----------------------------------------------------------------------------------------
+# The mix coefficients c_k
+# ----------------------------------------------------------------------------------------
+
+
+def mix_coefficients(alpha: AlphaLike, steps: int, mix: str) -> list:
+    """c_0..c_T of `p = p0 * sum_k c_k P^k` (floats, or tensors shaped like `alpha`).
+
+    seed:      c_0 = 1 - alpha, c_T = alpha (all others 0)
+    recurrent: c_k = (1 - alpha) alpha^k for k < T, c_T = alpha^T
+    """
+    if steps == 0:
+        return [alpha * 0 + 1.0]
+    if mix == "seed":
+        return [1 - alpha] + [alpha * 0] * (steps - 1) + [alpha]
+    return [(1 - alpha) * alpha**k for k in range(steps)] + [alpha**steps]
+
+
+def _alpha_view(alpha: AlphaLike, H: int):
+    """A per-head tensor alpha [H] becomes [1, H, 1, 1]; floats and scalars pass through."""
+    if isinstance(alpha, torch.Tensor) and alpha.dim() == 1:
+        if alpha.shape[0] != H:
+            raise ValueError(f"`alpha` has {alpha.shape[0]} values but the input has H={H} heads.")
+        return alpha.view(1, H, 1, 1)
+    return alpha
+
+
+def _is_zero(alpha) -> bool:
+    return not isinstance(alpha, torch.Tensor) and alpha == 0
+
+
+# ----------------------------------------------------------------------------------------
+# Masks
+# ----------------------------------------------------------------------------------------
+
+
+def _causal_pattern(Lq: int, Lk: int, device) -> torch.Tensor:
+    """Bottom-right aligned causal pattern [Lq, Lk]: query i is token Lk - Lq + i."""
+    return torch.ones(Lq, Lk, dtype=torch.bool, device=device).tril(Lk - Lq)
+
+
+def allowed_pattern(attn_mask: torch.Tensor) -> torch.Tensor:
+    """Where a mask allows attention: True stays True; a float entry is allowed unless it is
+    -inf or at or below half its dtype's minimum (how transformers writes masked positions)."""
+    if attn_mask.dtype == torch.bool:
+        return attn_mask
+    return attn_mask > torch.finfo(attn_mask.dtype).min / 2
+
+
+def _p0_mask(attn_mask, is_causal, Lq, Lk, device):
+    """The mask for p0 as SDPA takes it: (mask or None, is_causal flag for SDPA)."""
+    if not is_causal:
+        return attn_mask, False
+    if attn_mask is None and Lq == Lk:
+        return None, True  # SDPA's own causal path: nothing of size L x L is allocated
+    causal = _causal_pattern(Lq, Lk, device)
+    if attn_mask is None:
+        return causal, False
+    if attn_mask.dtype == torch.bool:
+        return attn_mask & causal, False
+    return attn_mask.masked_fill(~causal, float("-inf")), False
+
+
+def _row_has_keys(mask: Optional[torch.Tensor], is_float_bias: bool) -> Optional[torch.Tensor]:
+    """[..., Lrows, 1] bool: rows of P with at least one allowed key (None: all rows do).
+
+    SDPA returns 0 for a row with no allowed key; QGFD gives such a row a self-loop
+    (P[j, j] = 1), so that propagation never loses mass."""
+    if mask is None:
+        return None
+    if mask.dtype == torch.bool:
+        return mask.any(-1, keepdim=True)
+    if is_float_bias:
+        return (mask != float("-inf")).any(-1, keepdim=True)
+    return allowed_pattern(mask).any(-1, keepdim=True)
+
+
+# ----------------------------------------------------------------------------------------
+# The fast path
+# ----------------------------------------------------------------------------------------
+
+
+def qgfd_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    *,
+    steps: int = 1,
+    alpha: AlphaLike = 0.5,
+    graph: str = "attention",
+    mix: str = "seed",
+    attn_mask: Optional[torch.Tensor] = None,
+    is_causal: bool = False,
+    scale: Optional[float] = None,
+    key_temperature: float = 1.0,
+    detach_graph: bool = False,
+    dropout_p: float = 0.0,
+    past_propagated: Optional[Sequence[torch.Tensor]] = None,
+    return_propagated: bool = False,
+):
+    """QGFD attention by value propagation: T + 1 fused attention calls, no L x L tensor.
+
+    Args:
+        query (`torch.Tensor` of shape `[B, H, Lq, D]`), key (`[B, H, Lk, D]`), value (`[B, H, Lk, Dv]`).
+        steps (`int`): T >= 0. alpha (`float` in [0, 1], or a tensor of shape `[]` or `[H]`).
+        graph (`"attention"` | `"keys"`), mix (`"seed"` | `"recurrent"`): see `QGFDSettings`.
+        attn_mask (`torch.Tensor`, *optional*): bool (True = may attend) or additive float
+            (e.g. T5's position bias), broadcastable to `[B, H, Lq, Lk]`.
+        is_causal (`bool`): causal attention, aligned bottom-right (query i is token Lk - Lq + i).
+        scale (`float`, *optional*): score scale, 1/sqrt(D) by default.
+        key_temperature (`float`): tau of the key graph.
+        detach_graph (`bool`): no gradient through P (gradients still reach Q, K, V through p0
+            and V through the propagation).
+        dropout_p (`float`): dropout on p0 in the last call (pass 0.0 in eval, as for SDPA).
+        past_propagated (sequence of T tensors `[B, H, Lk - Lq, Dv]`, *optional*): the
+            propagated values W_1..W_T of earlier tokens, for cached decoding; the queries are
+            then the last Lq of the Lk tokens.
+        return_propagated (`bool`): also return W_1..W_T for all Lk tokens (to cache them).
+
+    Returns:
+        `torch.Tensor` `[B, H, Lq, Dv]`, or `(output, propagated)` with `return_propagated`.
+    """
+    _check_steps(steps)
+    _check_alpha(alpha)
+    _check_choice("graph", graph, GRAPHS)
+    _check_choice("mix", mix, MIXES)
+    _check_temperature(key_temperature)
+    if not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"`dropout_p` must be in [0, 1), got {dropout_p!r}.")
+    has_past = past_propagated is not None
+    _check_inputs(query, key, value, attn_mask, graph, has_past)
+    B, H, Lq, D = query.shape
+    Lk = key.shape[2]
+    Lpast = Lk - Lq
+    if has_past:
+        past_propagated = tuple(past_propagated)
+        if len(past_propagated) != steps:
+            raise ValueError(f"`past_propagated` must hold `steps`={steps} tensors, got {len(past_propagated)}.")
+        want = (B, H, Lpast, value.shape[-1])
+        for w in past_propagated:
+            if tuple(w.shape) != want:
+                raise ValueError(f"`past_propagated` tensors must have shape {list(want)}, got {list(w.shape)}.")
+
+    p0_mask, p0_causal = _p0_mask(attn_mask, is_causal, Lq, Lk, query.device)
+
+    def sdpa(q, k, v, mask, causal, s, p=0.0):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=causal, scale=s)
+
+    # 0. Plain attention when there is nothing to diffuse: exactly softmax attention.
+    if steps == 0 or _is_zero(alpha):
+        out = sdpa(query, key, value, p0_mask, p0_causal, scale, dropout_p)
+        if return_propagated:
+            return out, tuple(value for _ in range(steps))
+        return out
+
+    # 1. The graph P, as the arguments of an attention call whose rows are the graph's rows.
+    #    Rows are the last `rows` tokens: the queries (self-attention, with or without cache),
+    #    or all Lk keys (the key graph over cross-attention-shaped inputs).
+    if graph == "attention":
+        g_q, g_k, g_scale = query, key, scale
+        g_mask, g_causal = p0_mask, p0_causal
+        if detach_graph and isinstance(g_mask, torch.Tensor) and g_mask.is_floating_point():
+            g_mask = g_mask.detach()  # T5's learned position bias enters P too
+        has_keys = _row_has_keys(g_mask, is_float_bias=True)
+    else:
+        k_n = F.normalize(key, dim=-1)  # (B, H, Lk, D), unit rows
+        g_scale = 1.0 / key_temperature
+        if Lq == Lk or has_past:
+            g_q, g_k = k_n[:, :, Lpast:], k_n
+            g_mask = None if attn_mask is None else allowed_pattern(attn_mask)
+            g_mask, g_causal = _p0_mask(g_mask, is_causal, Lq, Lk, query.device)
+        else:  # graph over all keys: padded keys masked as columns, causal over the keys
+            g_q, g_k = k_n, k_n
+            g_mask = None
+            if attn_mask is not None:
+                g_mask = allowed_pattern(attn_mask).any(-2, keepdim=True)  # (B?, H?, 1, Lk)
+            g_mask, g_causal = _p0_mask(g_mask, is_causal, Lk, Lk, query.device)
+        has_keys = _row_has_keys(g_mask, is_float_bias=False)
+    if detach_graph:
+        g_q, g_k = g_q.detach(), g_k.detach()
+    rows = g_q.shape[2]
+
+    # 2. Propagate: W_{k+1}[rows] = P[rows, :] W_k, accumulating V~ = sum_k c_k W_k in float32.
+    alpha_v = _alpha_view(alpha, H)
+    coeffs = mix_coefficients(alpha_v, steps, mix)
+    acc_dtype = torch.float32 if value.dtype in (torch.float16, torch.bfloat16) else value.dtype
+    w_all = value  # W_0 = V over all Lk tokens, (B, H, Lk, Dv)
+    v_tilde = coeffs[0] * value.to(acc_dtype)
+    propagated = []
+    for k in range(1, steps + 1):
+        w_rows = sdpa(g_q, g_k, w_all, g_mask, g_causal, g_scale)  # (B, H, rows, Dv)
+        if has_keys is not None:
+            w_rows = torch.where(has_keys, w_rows, w_all[:, :, Lk - rows :])
+        w_all = torch.cat([past_propagated[k - 1], w_rows], dim=2) if has_past else w_rows
+        propagated.append(w_all)
+        c_k = coeffs[k]
+        if not _is_zero(c_k):
+            v_tilde = v_tilde + c_k * w_all.to(acc_dtype)
+
+    # 3. O = p0 V~: the last attention call, with dropout on p0.
+    out = sdpa(query, key, v_tilde.to(value.dtype), p0_mask, p0_causal, scale, dropout_p)
+    if return_propagated:
+        return out, tuple(propagated)
+    return out
+
+
+# ----------------------------------------------------------------------------------------
+# The reference path: materialise p. O(T L^3) compute, O(L^2) memory.
+# ----------------------------------------------------------------------------------------
+
+
+def _safe_softmax(scores: torch.Tensor) -> torch.Tensor:
+    """Softmax over the last dim; a row that is all -inf gives zeros, as SDPA does."""
+    row_max = scores.amax(-1, keepdim=True)
+    empty = torch.isneginf(row_max)
+    e = torch.exp(scores - torch.where(empty, torch.zeros_like(row_max), row_max))
+    return e / e.sum(-1, keepdim=True).clamp_min(torch.finfo(e.dtype).tiny)
+
+
+def _with_self_loops(P: torch.Tensor) -> torch.Tensor:
+    """Rows of P that are all zero (no allowed key) become the identity row."""
+    Lk = P.shape[-1]
+    eye = torch.eye(Lk, dtype=P.dtype, device=P.device)
+    empty = P.sum(-1, keepdim=True) == 0
+    return torch.where(empty, eye, P)
+
+
+def qgfd_attention_reference(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    *,
+    steps: int = 1,
+    alpha: AlphaLike = 0.5,
+    graph: str = "attention",
+    mix: str = "seed",
+    attn_mask: Optional[torch.Tensor] = None,
+    is_causal: bool = False,
+    scale: Optional[float] = None,
+    key_temperature: float = 1.0,
+    detach_graph: bool = False,
+    dropout_p: float = 0.0,
+    return_weights: bool = False,
+):
+    """QGFD attention with p materialised: the slow, plain reference the tests compare to.
+
+    Same arguments as `qgfd_attention` (no cache). Returns `[B, H, Lq, Dv]`, or
+    `(output, p)` with `p` `[B, H, Lq, Lk]` when `return_weights=True`.
+    """
+    _check_steps(steps)
+    _check_alpha(alpha)
+    _check_choice("graph", graph, GRAPHS)
+    _check_choice("mix", mix, MIXES)
+    _check_temperature(key_temperature)
+    if not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"`dropout_p` must be in [0, 1), got {dropout_p!r}.")
+    _check_inputs(query, key, value, attn_mask, graph, has_past=False)
+    B, H, Lq, D = query.shape
+    Lk = key.shape[2]
+    scale = 1.0 / math.sqrt(D) if scale is None else scale
+    compute_dtype = torch.float32 if query.dtype in (torch.float16, torch.bfloat16) else query.dtype
+    q, k, v = (t.to(compute_dtype) for t in (query, key, value))
+
+    # 1. Base attention p0 = softmax(scale Q K^T + Bias), (B, H, Lq, Lk).
+    causal = _causal_pattern(Lq, Lk, query.device) if is_causal else None
+    scores = scale * q @ k.transpose(-1, -2)
+    if attn_mask is not None:
+        if attn_mask.dtype == torch.bool:
+            scores = scores.masked_fill(~attn_mask, float("-inf"))
+        else:
+            scores = scores + attn_mask.to(compute_dtype)
+    if causal is not None:
+        scores = scores.masked_fill(~causal, float("-inf"))
+    p0 = _safe_softmax(scores)
+    # Dropout acts on p0, as in the fast path's last call: p = drop(p0) sum_k c_k P^k.
+    start = p0
+    if dropout_p > 0:
+        start = p0 * (torch.rand_like(p0) >= dropout_p) / (1 - dropout_p)
+
+    if steps == 0 or _is_zero(alpha):
+        p = start
+    else:
+        # 2. The graph P, (B, H, Lk, Lk).
+        if graph == "attention":
+            P = p0
+        else:
+            k_n = F.normalize(k, dim=-1)
+            g_scores = (k_n @ k_n.transpose(-1, -2)) / key_temperature
+            if Lq == Lk:
+                allowed = None if attn_mask is None else allowed_pattern(attn_mask)
+            else:
+                allowed = None if attn_mask is None else allowed_pattern(attn_mask).any(-2, keepdim=True)
+            if allowed is not None:
+                g_scores = g_scores.masked_fill(~allowed, float("-inf"))
+            if is_causal:
+                g_scores = g_scores.masked_fill(~_causal_pattern(Lk, Lk, query.device), float("-inf"))
+            P = _safe_softmax(g_scores)
+        P = _with_self_loops(P)
+        if detach_graph:
+            P = P.detach()
+        # 3. p = sum_k c_k p0 P^k, one power at a time.
+        coeffs = mix_coefficients(_alpha_view(alpha, H), steps, mix)
+        term = start
+        p = coeffs[0] * start
+        for c_k in coeffs[1:]:
+            term = term @ P
+            p = p + c_k * term
+    out = (p @ v).to(value.dtype)
+    if return_weights:
+        return out, p.to(value.dtype)
+    return out
+
+
+# ----------------------------------------------------------------------------------------
+# Alpha: fixed, learnable per head, warm-up driven from outside the forward pass
+# ----------------------------------------------------------------------------------------
+
+
+class QGFDAlpha(nn.Module):
+    """The alpha a QGFD layer uses at this moment.
+
+    - fixed: `settings.alpha` (no parameters, no buffers: a model's state_dict keys are unchanged);
+    - learnable: one value per head, `alpha_max * sigmoid(logit)`, started at `settings.alpha`
+      (clipped to [1e-3, 1 - 1e-3] * alpha_max, where the sigmoid can reach);
+    - warm-up: in training, scaled by `min(1, step / warmup_steps)`; `step` is set from outside
+      (`set_qgfd_step`), so a gradient-checkpointing recompute sees the same alpha. Eval uses full alpha.
+    """
+
+    def __init__(self, settings: QGFDSettings, num_heads: int):
+        super().__init__()
+        self.settings = settings
+        self.num_heads = num_heads
+        self.step = 0
+        if settings.learnable_alpha:
+            frac = min(max(settings.alpha / settings.alpha_max, 1e-3), 1 - 1e-3)
+            self.logit = nn.Parameter(torch.full((num_heads,), math.log(frac / (1 - frac))))
+        else:
+            self.register_parameter("logit", None)
+
+    def warmup_factor(self) -> float:
+        w = self.settings.warmup_steps
+        if not self.training or w == 0:
+            return 1.0
+        return min(1.0, self.step / w)
+
+    def forward(self) -> AlphaLike:
+        factor = self.warmup_factor()
+        if self.logit is not None:
+            return self.settings.alpha_max * torch.sigmoid(self.logit) * factor
+        return self.settings.alpha * factor
+
+    def extra_repr(self) -> str:
+        return f"alpha={self.settings.alpha}, learnable={self.settings.learnable_alpha}, warmup_steps={self.settings.warmup_steps}"
+
+
+def set_qgfd_step(model: nn.Module, step: int) -> int:
+    """Set the optimizer step on every QGFD alpha in `model` (drives the warm-up). Returns how many."""
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise ValueError(f"`step` must be an int >= 0, got {step!r}.")
+    n = 0
+    for m in model.modules():
+        if isinstance(m, QGFDAlpha):
+            m.step = step
+            n += 1
+    return n
+
+
+# ----------------------------------------------------------------------------------------
+# The seed's module
+# ----------------------------------------------------------------------------------------
+
+
+class QGFDMultiheadAttention(nn.Module):
+    """Multi-head attention with QGFD diffusion on self-attention (the seed's module).
+
+    Args:
+        embed_dim (`int`), num_heads (`int`): width and heads; `embed_dim % num_heads == 0`.
+        dropout (`float`): attention dropout on p0, in training.
+        qkv_bias (`bool`): biases on the q, k, v projections.
+        qgfd_steps (`int`, defaults to 0): T; 0 is plain attention.
+        qgfd_alpha (`float`, defaults to 0.5): alpha.
+        kdim, vdim (`int`, *optional*): widths of `x_kv` for keys and values (cross-attention).
+        **qgfd_kwargs: the other `QGFDSettings` fields (graph, mix, key_temperature,
+            detach_graph, learnable_alpha, alpha_max, warmup_steps).
+
+    `forward(x_q, x_kv=None, attn_mask=None, qgfd=True, is_causal=False, need_weights=False)`:
+    `attn_mask` is the seed's mask, True = masked out, of shape `[B, Lk]` (key padding),
+    `[Lq, Lk]`, `[B, Lq, Lk]` or `[B, H, Lq, Lk]`. QGFD is applied only to self-attention,
+    i.e. when `x_kv` is None or is `x_q` itself; cross-attention is plain attention.
+    """
+
+    def __init__(
+        self,
+        embed_dim: int,
+        num_heads: int,
+        dropout: float = 0.0,
+        qkv_bias: bool = False,
+        qgfd_steps: int = 0,
+        qgfd_alpha: float = 0.5,
+        kdim: Optional[int] = None,
+        vdim: Optional[int] = None,
+        **qgfd_kwargs,
+    ):
+        super().__init__()
+        if isinstance(embed_dim, bool) or not isinstance(embed_dim, int) or embed_dim <= 0:
+            raise ValueError(f"`embed_dim` must be a positive int, got {embed_dim!r}.")
+        if isinstance(num_heads, bool) or not isinstance(num_heads, int) or num_heads <= 0 or embed_dim % num_heads:
+            raise ValueError(f"`num_heads` must be a positive int dividing embed_dim={embed_dim}, got {num_heads!r}.")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"`dropout` must be in [0, 1), got {dropout!r}.")
+        self.settings = QGFDSettings.from_dict(qgfd_kwargs, steps=qgfd_steps, alpha=qgfd_alpha)
+        self.embed_dim, self.num_heads, self.head_dim = embed_dim, num_heads, embed_dim // num_heads
+        self.dropout = dropout
+        self.q_proj = nn.Linear(embed_dim, embed_dim, bias=qkv_bias)
+        self.k_proj = nn.Linear(kdim or embed_dim, embed_dim, bias=qkv_bias)
+        self.v_proj = nn.Linear(vdim or embed_dim, embed_dim, bias=qkv_bias)
+        self.out_proj = nn.Linear(embed_dim, embed_dim)
+        self.qgfd_alpha = QGFDAlpha(self.settings, num_heads)
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        B, L, _ = x.shape
+        return x.view(B, L, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, L, Dh)
+
+    @staticmethod
+    def _allowed(attn_mask: Optional[torch.Tensor], B: int, Lq: int, Lk: int) -> Optional[torch.Tensor]:
+        """Seed mask (True = masked out) -> bool mask broadcastable to (B, H, Lq, Lk), True = may attend."""
+        if attn_mask is None:
+            return None
+        if attn_mask.dtype != torch.bool:
+            raise ValueError(f"`attn_mask` must be a bool tensor (True = masked out), got dtype {attn_mask.dtype}.")
+        m = ~attn_mask
+        if m.dim() == 2 and tuple(m.shape) == (B, Lk) and (Lq, Lk) != (B, Lk):
+            return m[:, None, None, :]  # key padding
+        if m.dim() == 2 and tuple(m.shape) == (Lq, Lk):
+            return m[None, None]
+        if m.dim() == 3 and tuple(m.shape) == (B, Lq, Lk):
+            return m[:, None]
+        if m.dim() == 4:
+            return m
+        raise ValueError(
+            f"`attn_mask` of shape {tuple(attn_mask.shape)} is not one of [B, Lk]={[B, Lk]}, "
+            f"[Lq, Lk]={[Lq, Lk]}, [B, Lq, Lk]={[B, Lq, Lk]} or [B, H, Lq, Lk]."
+        )
+
+    def forward(
+        self,
+        x_q: torch.Tensor,
+        x_kv: Optional[torch.Tensor] = None,
+        attn_mask: Optional[torch.Tensor] = None,
+        qgfd: bool = True,
+        is_causal: bool = False,
+        need_weights: bool = False,
+    ):
+        if x_q.dim() != 3 or x_q.shape[-1] != self.embed_dim:
+            raise ValueError(f"`x_q` must have shape [B, Lq, {self.embed_dim}], got {tuple(x_q.shape)}.")
+        self_attention = x_kv is None or x_kv is x_q
+        x_kv = x_q if x_kv is None else x_kv
+        B, Lq, _ = x_q.shape
+        Lk = x_kv.shape[1]
+        q, k, v = self._heads(self.q_proj(x_q)), self._heads(self.k_proj(x_kv)), self._heads(self.v_proj(x_kv))
+        mask = self._allowed(attn_mask, B, Lq, Lk)
+        s = self.settings
+        steps = s.steps if (qgfd and self_attention) else 0
+        kwargs = dict(
+            steps=steps, alpha=self.qgfd_alpha() if steps else 0.0, graph=s.graph, mix=s.mix,
+            attn_mask=mask, is_causal=is_causal, key_temperature=s.key_temperature,
+            detach_graph=s.detach_graph, dropout_p=self.dropout if self.training else 0.0,
+        )
+        weights = None
+        if need_weights:
+            out, weights = qgfd_attention_reference(q, k, v, return_weights=True, **kwargs)
+        else:
+            out = qgfd_attention(q, k, v, **kwargs)
+        out = out.transpose(1, 2).reshape(B, Lq, self.embed_dim)  # (B, Lq, H * Dh)
+        out = self.out_proj(out)
+        return (out, weights) if need_weights else out

@@ -1,0 +1,37 @@
+"""qgfd_hf: QGFD (Query Graph Flow Diffusion) attention for Hugging Face Transformers and diffusion."""
+
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).parent
+
+setup(
+    name="qgfd_hf",
+    version="0.1.0",
+    description="QGFD attention for pretrained Hugging Face models, and Transformer diffusion models built on it",
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["qgfd_hf", "qgfd_hf.*"]),
+    package_data={"qgfd_hf": ["templates/*.md"]},
+    include_package_data=True,
+    install_requires=[
+        "torch>=2.4",
+        "transformers>=5.0",
+        "accelerate>=1.0",
+        "safetensors>=0.4",
+        "huggingface_hub>=1.0",
+        "datasets>=3.0",
+        "numpy",
+        "tqdm",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "scikit-learn>=1.3", "matplotlib>=3.7", "pillow>=10", "sentencepiece"],
+    },
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+)
