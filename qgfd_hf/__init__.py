@@ -13,3 +13,16 @@ from .attention_qgfd import (
     qgfd_attention_reference,
     set_qgfd_step,
 )
+from .scheduling_qgfd import (
+    BETA_SCHEDULES,
+    PREDICTION_TYPES,
+    SAMPLERS,
+    DDIMSampler,
+    DDPMBetaSchedule,
+    DDPMSampler,
+    diffusion_target,
+    make_sampler,
+    predict_x0_and_eps,
+    q_sample,
+    sample_loop,
+)
