@@ -25,7 +25,7 @@ fixture patches all of these for the test's duration (`monkeypatch` undoes them)
 - installs `hub_server.NetworkGuard`: any DNS look-up or connection to a non-loopback host
   raises `BlockedNetworkAccess`, and the test errors at teardown if one was attempted (even
   if the code under test swallowed the exception). It also errors if the stand-in received
-  a request for a route it does not implement (``hub.unhandled``); set
+  a request for a route it does not implement or failed on (``hub.unhandled``); set
   ``hub.allow_unhandled = True`` in a test that expects that.
 
 Not redirected: ``HF_MODULES_CACHE`` (where `trust_remote_code` copies model code); it is

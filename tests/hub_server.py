@@ -36,7 +36,8 @@ Errors carry the headers `huggingface_hub.utils.hf_raise_for_status` reads
 (``X-Error-Code: RepoNotFound | RevisionNotFound | EntryNotFound`` and ``X-Error-Message``),
 so callers see the usual `RepositoryNotFoundError`, `RevisionNotFoundError` and
 `EntryNotFoundError`. A request for a route this stand-in does not know gets a 501 and is
-recorded in `HubServer.unhandled`.
+recorded in `HubServer.unhandled`; so is a request the stand-in failed on (also a 501, as
+`huggingface_hub` retries 5xx answers with backoff).
 
 Pointing an already-imported `huggingface_hub` / `transformers` at the server needs more
 than ``HF_ENDPOINT`` (read once, at import): see `tests/conftest.py::hub`.
@@ -153,7 +154,8 @@ class HubServer:
         root: the temporary folder holding the repos (``{type}s/{namespace}/{name}/blobs``).
         username: the namespace of repos created without one (what `whoami` returns).
         requests: ``(method, path)`` of every request served, in order.
-        unhandled: ``(method, path)`` of requests for routes this stand-in does not know.
+        unhandled: ``(method, path)`` of requests for routes this stand-in does not know, or
+            that raised inside it (both answered 501).
     """
 
     def __init__(self, root: str | Path | None = None, username: str = "user"):
@@ -322,8 +324,8 @@ class _Handler(BaseHTTPRequestHandler):
         if content_type:
             headers.setdefault("Content-Type", content_type)
         headers.setdefault("Content-Length", str(len(body)))
-        for k, v in headers.items():
-            self.send_header(k, v)
+        for k, v in headers.items():  # header values must be latin-1
+            self.send_header(k, str(v).encode("latin-1", "replace").decode("latin-1"))
         self.end_headers()
         if self.command != "HEAD" and body:
             self.wfile.write(body)
@@ -350,8 +352,10 @@ class _Handler(BaseHTTPRequestHandler):
                 raise HubError(501, f"hub_server does not implement {self.command} {split.path}")
         except HubError as err:
             self._send_error(err)
-        except Exception as exc:  # a bug in the stand-in: say so instead of hanging the client
-            self._send_json(500, {"error": f"hub_server: {type(exc).__name__}: {exc}"})
+        except Exception as exc:  # a bug in the stand-in: answer at once (a 5xx would be retried with backoff)
+            message = f"hub_server failed on {self.command} {split.path}: {type(exc).__name__}: {exc}"
+            self.hub.unhandled.append((self.command, split.path))
+            self._send_json(501, {"error": message}, {"X-Error-Message": message})
 
     do_GET = do_HEAD = do_POST = do_PUT = do_DELETE = _dispatch
 
