@@ -61,6 +61,15 @@ def test_pipeline_loads_model_and_tokenizer_from_the_hub(hub):
     torch.testing.assert_close(torch.tensor(features), expected)
 
 
+def test_processor_push_and_load(hub):
+    from transformers import AutoFeatureExtractor, Wav2Vec2FeatureExtractor
+
+    Wav2Vec2FeatureExtractor(sampling_rate=8000, feature_size=1).push_to_hub("user/audio")
+    assert "preprocessor_config.json" in hub.list_files("user/audio")
+    loaded = AutoFeatureExtractor.from_pretrained("user/audio")
+    assert isinstance(loaded, Wav2Vec2FeatureExtractor) and loaded.sampling_rate == 8000
+
+
 def test_second_push_makes_a_new_commit_and_loads_the_new_weights(hub):
     model = tiny_bert()
     first = model.push_to_hub("user/tiny")
