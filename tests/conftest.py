@@ -88,9 +88,7 @@ def hub(tmp_path, monkeypatch):
 
     guard = NetworkGuard().install(monkeypatch)
     server = HubServer(root=tmp_path / "hub_repos").start()
-    server.cache_dir = tmp_path / "hf_cache"
-    server.guard = guard
-    server.allow_unhandled = False
+    server.cache_dir, server.guard = tmp_path / "hf_cache", guard
     try:
         point_huggingface_hub_at(server.endpoint, monkeypatch, str(server.cache_dir))
         _http.close_session()  # fresh connection pool

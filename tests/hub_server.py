@@ -165,6 +165,9 @@ class HubServer:
         self.username = username
         self.requests: list[tuple[str, str]] = []
         self.unhandled: list[tuple[str, str]] = []
+        self.allow_unhandled = False  # set by a test that expects 501s (the `hub` fixture checks it)
+        self.cache_dir: Path | None = None  # the download cache, set by the `hub` fixture
+        self.guard = None  # the NetworkGuard, set by the `hub` fixture
         self._repos: dict[tuple[str, str], Repo] = {}
         self._lock = threading.RLock()
         self._counter = 0

@@ -9,7 +9,7 @@ import re
 import pytest
 import torch
 import yaml
-from huggingface_hub import ModelCard, ModelCardData
+from huggingface_hub import HfApi, ModelCard, ModelCardData
 from transformers import PretrainedConfig, PreTrainedModel
 
 from hub_server import HUB_PIPELINE_TAGS
@@ -211,7 +211,7 @@ def test_push_to_hub_with_card_keeps_the_card_that_transformers_push_would_repla
     assert 'model="user/qgfd-image"' in card.text and "## Training" in card.text
     assert hub.list_files("user/qgfd-image") == [".gitattributes", "README.md", "config.json", "model.safetensors"]
     assert hub.list_commits("user/qgfd-image") == ["Upload StandInModel", "initial commit"]
-    assert commit.oid == hub._commit("model", "user/qgfd-image", "main").oid
+    assert commit.oid == HfApi().repo_info("user/qgfd-image").sha
 
     loaded = StandInModel.from_pretrained("user/qgfd-image")
     torch.testing.assert_close(loaded.proj.weight, model.proj.weight)
