@@ -26,3 +26,13 @@ from .scheduling_qgfd import (
     q_sample,
     sample_loop,
 )
+from .patching_qgfd import (
+    find_attention_modules,
+    from_pretrained_qgfd,
+    get_qgfd_settings,
+    is_qgfd_patched,
+    patch_model,
+    qgfd_attention_forward,
+    register_qgfd_attention,
+    unpatch_model,
+)
