@@ -556,7 +556,7 @@ def patch_model(model: PreTrainedModel, **qgfd_settings) -> PreTrainedModel:
     >>> model = qgfd_hf.patch_model(T5ForConditionalGeneration(config).eval(), steps=2, alpha=0.3)
     >>> model.config.qgfd["steps"], model.config._attn_implementation
     (2, 'qgfd')
-    >>> model.generate(torch.tensor([[5, 6, 7]]), max_new_tokens=3, do_sample=False).shape
+    >>> model.generate(torch.tensor([[5, 6, 7]]), max_new_tokens=3, min_new_tokens=3, do_sample=False).shape
     torch.Size([1, 4])
 
     ```
