@@ -656,8 +656,10 @@ def from_pretrained_qgfd(model_class, pretrained_model_name_or_path, **kwargs) -
 
     `model_class.from_pretrained(path)` alone already gives back a QGFD model with fixed alpha
     (the config carries `attn_implementation="qgfd"` and `config.qgfd`). A learnable alpha adds
-    parameters that plain `from_pretrained` does not know (it drops them with a warning); this
-    function loads the model, patches it from `config.qgfd`, then loads those parameters.
+    parameters that plain `from_pretrained` does not know (it drops them, listing them as
+    UNEXPECTED in its load report); this function loads the model (that report still appears),
+    patches it from `config.qgfd` (which also writes `attn_implementation` back on the config, so
+    a later `save_pretrained` stays QGFD), then loads those parameters.
 
     Args:
         model_class: a transformers model class (or an `AutoModel...` class).
