@@ -41,3 +41,4 @@ from .patching_qgfd import (
     register_qgfd_attention,
     unpatch_model,
 )
+from .callbacks_qgfd import QGFDWarmupCallback
