@@ -50,11 +50,13 @@ QGFD_FIELDS = {
 # `QGFDDiffusionBackbone` with latent_dim = d_model, adaLN time conditioning and
 # cross-attention (tests/test_configuration_qgfd.py checks them).
 QGFD_PRESETS: Dict[str, Dict[str, int]] = {
-    "tiny": dict(d_model=32, num_heads=4, num_layers=2, d_ff=64),  # 0.06 M: tests
-    "small": dict(d_model=256, num_heads=4, num_layers=4, d_ff=1024),  # 7.5 M: CPU demos
-    "base": dict(d_model=512, num_heads=8, num_layers=4, d_ff=2048),  # 29.6 M: the seed's sizes
-    "large": dict(d_model=768, num_heads=12, num_layers=12, d_ff=3072),  # 198 M
+    "tiny": dict(d_model=32, num_heads=4, num_layers=2, d_ff=64),  # 0.05 M: tests
+    "small": dict(d_model=256, num_heads=4, num_layers=4, d_ff=1024),  # 6.2 M: CPU demos
+    "base": dict(d_model=512, num_heads=8, num_layers=4, d_ff=2048),  # 24.6 M: the seed's sizes
+    "large": dict(d_model=768, num_heads=12, num_layers=12, d_ff=3072),  # 159.1 M
 }
+# Parameter counts of the presets' backbones in millions (checked by the tests).
+QGFD_PRESET_PARAMS_M = {"tiny": 0.05, "small": 6.2, "base": 24.6, "large": 159.1}
 
 
 # ----------------------------------------------------------------------------------------
@@ -803,6 +805,7 @@ __all__ = [
     "MODALITIES",
     "MODALITY_CONFIGS",
     "QGFD_PRESETS",
+    "QGFD_PRESET_PARAMS_M",
     "QGFDAudioConfig",
     "QGFDConfig",
     "QGFDImageConfig",

@@ -178,9 +178,49 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
     return x * (1 + scale[:, None]) + shift[:, None]
 
 
-def _zero_init(module: nn.Module) -> nn.Module:
-    """Mark a layer to be zero-initialised by `QGFDPreTrainedModel._init_weights`."""
+class CrossAttention(nn.Module):
+    """Plain multi-head cross-attention (QGFD applies to self-attention only).
+
+    Args:
+        d_model (`int`), num_heads (`int`): sizes; keys and values come from tokens of width `d_model`.
+        dropout (`float`, defaults to 0.0): attention dropout in training.
+
+    `forward(x [B, L, D], cond [B, Lc, D], cond_mask [B, Lc] bool (True = valid) or None)`.
+    A query whose keys are all masked gets 0 (never NaN).
+    """
+
+    def __init__(self, d_model: int, num_heads: int, dropout: float = 0.0):
+        super().__init__()
+        self.num_heads, self.head_dim, self.dropout = num_heads, d_model // num_heads, dropout
+        self.q_proj = nn.Linear(d_model, d_model)
+        self.k_proj = nn.Linear(d_model, d_model)
+        self.v_proj = nn.Linear(d_model, d_model)
+        self.out_proj = nn.Linear(d_model, d_model)
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        B, L, _ = x.shape
+        return x.view(B, L, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, L, Dh)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor, cond_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        B, L, D = x.shape
+        q, k, v = self._heads(self.q_proj(x)), self._heads(self.k_proj(cond)), self._heads(self.v_proj(cond))
+        mask, empty = None, None
+        if cond_mask is not None:
+            empty = ~cond_mask.any(-1)  # (B,): samples with no valid conditioning token
+            mask = (cond_mask | empty[:, None])[:, None, None, :]  # (B, 1, 1, Lc), True = may attend
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
+        out = out.transpose(1, 2).reshape(B, L, D)  # (B, L, H * Dh)
+        if empty is not None:
+            out = out.masked_fill(empty[:, None, None], 0.0)
+        return self.out_proj(out)
+
+
+def _zero_init(module: nn.Linear) -> nn.Linear:
+    """Zero a layer's weight now (for standalone use) and mark it for `QGFDPreTrainedModel._init_weights`."""
     module._qgfd_init = "zeros"
+    nn.init.zeros_(module.weight)
+    if module.bias is not None:
+        nn.init.zeros_(module.bias)
     return module
 
 
@@ -265,8 +305,9 @@ class EncoderBlock(nn.Module):
 class DecoderBlock(EncoderBlock):
     """`EncoderBlock` plus cross-attention to conditioning tokens, between the two.
 
-    Self-attention is QGFD; cross-attention is plain attention (QGFD applies to
-    self-attention only) over `cond_tokens` [B, Lc, D], pre-LN, unmodulated (as PixArt-alpha).
+    Self-attention is QGFD; cross-attention (`CrossAttention`) is plain attention (QGFD
+    applies to self-attention only) over `cond_tokens` [B, Lc, D], pre-LN, unmodulated (as
+    PixArt-alpha).
 
     Args:
         cross_attention (`bool`, defaults to `True`): build the cross-attention layer;
@@ -285,7 +326,7 @@ class DecoderBlock(EncoderBlock):
         self.has_cross_attention = cross_attention
         if cross_attention:
             self.norm_cross = nn.LayerNorm(d_model, eps=1e-6)
-            self.cross_attn = QGFDMultiheadAttention(d_model, num_heads, dropout=dropout, qkv_bias=True, qgfd_steps=0)
+            self.cross_attn = CrossAttention(d_model, num_heads, dropout=dropout)
 
     def forward(
         self,
@@ -301,10 +342,8 @@ class DecoderBlock(EncoderBlock):
         if cond_tokens is not None:
             if not self.has_cross_attention:
                 raise ValueError("This block was built without cross-attention and cannot take `cond_tokens`.")
-            # The seed's mask convention (True = masked out), as [B, 1, 1, Lc]: a key-padding mask
-            # that cannot be mistaken for an [Lq, Lk] mask when B == L.
-            pad = None if cond_mask is None else ~cond_mask[:, None, None, :]
-            x = x + self.dropout(self.cross_attn(self.norm_cross(x), cond_tokens, attn_mask=pad, qgfd=False))
+            cond_mask = None if cond_mask is None else cond_mask.bool()
+            x = x + self.dropout(self.cross_attn(self.norm_cross(x), cond_tokens, cond_mask))
         return self._feed_forward(x, mods)
 
 
@@ -500,6 +539,16 @@ class QGFDPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = False
 
     # -- weights --------------------------------------------------------------------------
+
+    def post_init(self):
+        super().post_init()
+        # transformers gathers tied weights (T5's shared / embed_tokens) from direct children
+        # only; our pretrained encoders sit inside adapters, so gather them at any depth.
+        for name, module in self.named_modules():
+            if module is self or not isinstance(module, PreTrainedModel) or "." not in name:
+                continue
+            for key, target in (getattr(module, "all_tied_weights_keys", None) or {}).items():
+                self.all_tied_weights_keys[f"{name}.{key}"] = f"{name}.{target}"
 
     def _init_weights(self, module: nn.Module):
         """Initialise our modules; pretrained sub-models (T5, ViT, Wav2Vec2) use their own."""
@@ -753,6 +802,7 @@ def __getattr__(name):
 
 
 __all__ = [
+    "CrossAttention",
     "DecoderBlock",
     "EncoderBlock",
     "PositionwiseFFN",

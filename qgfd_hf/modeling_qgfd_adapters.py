@@ -84,11 +84,15 @@ def maybe_patch_encoder(encoder: nn.Module, settings: Optional[dict]) -> None:
     """QGFD-patch the encoder's own self-attention when `backbone_qgfd` asks for it."""
     if not settings:
         return
+    import importlib
+
     try:
-        from .patching_qgfd import patch_model
-    except ImportError as err:  # the patching module arrives with the patching issue
+        # TODO(models): a static `from .patching_qgfd import patch_model` once that module is on
+        # main, so that trust_remote_code copies it with the model files.
+        patching = importlib.import_module(".patching_qgfd", __package__)
+    except ImportError as err:
         raise ImportError("`backbone_qgfd` needs qgfd_hf.patching_qgfd.patch_model, which is not available.") from err
-    patch_model(encoder, **settings)
+    patching.patch_model(encoder, **settings)
 
 
 # ----------------------------------------------------------------------------------------

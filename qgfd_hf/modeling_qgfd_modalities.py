@@ -43,7 +43,7 @@ from .configuration_qgfd import (
 )
 from .modeling_qgfd import QGFDDiffusionBackbone, QGFDDiffusionOutput, QGFDPreTrainedModel, check_timesteps
 from .modeling_qgfd_adapters import ADAPTERS, AudioAdapter, ImageAdapter, TabularAdapter, TextAdapter, VideoAdapter
-from .scheduling_qgfd import DDPMBetaSchedule, predict_x0_and_eps
+from .scheduling_qgfd import DDPMBetaSchedule, predict_x0_and_eps, sample_loop
 
 logger = logging.get_logger(__name__)
 
@@ -168,12 +168,12 @@ class TextQGFDDiffusionModel(QGFDPreTrainedModel):
     @torch.no_grad()
     def diffusion_sample(
         self,
-        cond_input_ids: Optional[torch.Tensor] = None,
-        cond_attention_mask: Optional[torch.Tensor] = None,
         num_samples: Optional[int] = None,
-        *,
         cond_tokens: Optional[torch.Tensor] = None,
         cond_mask: Optional[torch.Tensor] = None,
+        *,
+        cond_input_ids: Optional[torch.Tensor] = None,
+        cond_attention_mask: Optional[torch.Tensor] = None,
         clamp: Optional[bool] = None,
         schedule: Optional[DDPMBetaSchedule] = None,
         **sampler_kwargs,
@@ -181,21 +181,24 @@ class TextQGFDDiffusionModel(QGFDPreTrainedModel):
         """Sample latents [B, seq_len, D] that `decode_to_text` turns into strings.
 
         Args:
-            cond_input_ids (`[B, Lc]`), cond_attention_mask (`[B, Lc]`): the source texts
-                (conditional models; or pass `cond_tokens`/`cond_mask`).
-            num_samples (`int`, *optional*): B for unconditional models.
+            num_samples (`int`, *optional*): B (default: the conditioning's batch size).
+            cond_tokens, cond_mask: from `encode_condition`; or, instead,
+            cond_input_ids (`[B, Lc]`), cond_attention_mask (`[B, Lc]`): the source texts.
             clamp (`bool`, *optional*): Diffusion-LM's clamping (default `config.clamp_to_embeddings`).
             **sampler_kwargs: `sampler`, `num_inference_steps`, `eta`, `generator`, `progress`, ... as
                 `QGFDPreTrainedModel.diffusion_sample`.
         """
         if cond_input_ids is not None:
+            if cond_tokens is not None:
+                raise ValueError("Pass either `cond_input_ids` or `cond_tokens`, not both.")
             cond_tokens, cond_mask = self.encode_condition(input_ids=cond_input_ids, attention_mask=cond_attention_mask)
         if self.is_conditional and cond_tokens is None:
             raise ValueError("This text model is conditional: pass `cond_input_ids` (the source texts).")
         if num_samples is None:
             num_samples = cond_tokens.shape[0] if cond_tokens is not None else 1
+        if cond_tokens is not None and cond_tokens.shape[0] != num_samples:
+            raise ValueError(f"`num_samples`={num_samples} differs from the conditioning's batch size {cond_tokens.shape[0]}.")
         schedule = schedule if schedule is not None else self.get_schedule()
-        from .scheduling_qgfd import sample_loop
 
         return sample_loop(
             self.make_denoise_fn(cond_tokens, cond_mask, schedule, clamp=clamp),
