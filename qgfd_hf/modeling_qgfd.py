@@ -30,7 +30,7 @@ from transformers import initialization as init
 from transformers.utils import ModelOutput, logging
 
 from .attention_qgfd import QGFDAlpha, QGFDMultiheadAttention
-from .configuration_qgfd import QGFD_FIELDS, DiffusionConfig, QGFDConfig
+from .configuration_qgfd import DIFFUSION_FIELDS, QGFD_FIELDS, DiffusionConfig, QGFDConfig
 from .scheduling_qgfd import DDPMBetaSchedule, diffusion_target, predict_x0_and_eps, q_sample, sample_loop
 
 logger = logging.get_logger(__name__)
@@ -390,14 +390,13 @@ class QGFDDiffusionBackbone(nn.Module):
 
     def __init__(self, cfg, cross_attention: Optional[bool] = None):
         super().__init__()
-        if isinstance(cfg, QGFDConfig):
-            latent_dim = cfg.latent_dim
-            default_cross = cfg.conditional
-        elif isinstance(cfg, DiffusionConfig):
-            latent_dim = cfg.latent_dim
-            default_cross = True
-        else:
-            raise ValueError(f"`cfg` must be a DiffusionConfig or a QGFDConfig, got {type(cfg).__name__}.")
+        # Duck-typed: with trust_remote_code the config class comes from another copy of
+        # configuration_qgfd.py than this file's, so isinstance would fail.
+        missing = [name for name in DIFFUSION_FIELDS if not hasattr(cfg, name)]
+        if missing or getattr(cfg, "latent_dim", None) is None:
+            raise ValueError(f"`cfg` must be a DiffusionConfig or a QGFDConfig, got {type(cfg).__name__} (missing {missing or ['latent_dim']}).")
+        latent_dim = cfg.latent_dim
+        default_cross = bool(getattr(cfg, "conditional", True))  # the seed's DiffusionConfig: always
         self.cross_attention = default_cross if cross_attention is None else bool(cross_attention)
         self.d_model, self.latent_dim = cfg.d_model, latent_dim
         self.num_timesteps = cfg.num_timesteps

@@ -194,9 +194,13 @@ def _resolve_adapter_config(modality: str, config, shared_cfg):
     from a Hub id or folder (returned as `pretrained` to load) or a backbone config."""
     from .modeling_qgfd_modalities import MODALITY_CONFIG_CLASSES, modality_config_from_backbone
 
-    if isinstance(config, MODALITY_CONFIG_CLASSES[modality]):
+    # Duck-typed (`model_type`), not isinstance: with trust_remote_code the config class comes
+    # from another copy of configuration_qgfd.py than this file's.
+    expected = MODALITY_CONFIG_CLASSES[modality].model_type
+    model_type = getattr(config, "model_type", None)
+    if model_type == expected:
         return config, None
-    if isinstance(config, QGFDConfig):
+    if isinstance(model_type, str) and model_type.startswith("qgfd"):
         raise ValueError(f"A {modality} adapter needs a {MODALITY_CONFIG_CLASSES[modality].__name__}, got {type(config).__name__}.")
     if isinstance(config, (str, PretrainedConfig)) or (config is None and modality in ("image", "video", "tabular")):
         if shared_cfg is None:
