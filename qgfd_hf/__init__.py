@@ -26,6 +26,11 @@ from .scheduling_qgfd import (
     q_sample,
     sample_loop,
 )
+from .modelcard_qgfd import (
+    push_to_hub_with_card,
+    render_model_card,
+    save_model_card,
+)
 from .configuration_qgfd import (
     ALL_MODALITIES,
     MODALITIES,
