@@ -221,8 +221,8 @@ class QGFDConfig(PretrainedConfig):
     schedule, the modality and its pretrained encoder.
 
     The six model classes each have a subclass of this config (`QGFDTextConfig`, ...) with
-    its own `model_type`; use those. `QGFDConfig(modality=...)` builds the right subclass's
-    fields too, but registers no model.
+    its own `model_type` and the modality's own fields; use those. `QGFDConfig` itself holds
+    and checks the fields they share, and no model is registered for it.
 
     Args:
         modality (`str`, defaults to `"text"`): one of "text", "image", "audio", "video",

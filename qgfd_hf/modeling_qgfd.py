@@ -187,6 +187,11 @@ class CrossAttention(nn.Module):
 
     `forward(x [B, L, D], cond [B, Lc, D], cond_mask [B, Lc] bool (True = valid) or None)`.
     A query whose keys are all masked gets 0 (never NaN).
+
+    Example:
+        >>> attn = CrossAttention(32, 4)
+        >>> attn(torch.randn(2, 5, 32), torch.randn(2, 3, 32), torch.tensor([[True, True, False], [False] * 3])).shape
+        torch.Size([2, 5, 32])
     """
 
     def __init__(self, d_model: int, num_heads: int, dropout: float = 0.0):
@@ -361,6 +366,13 @@ def _qgfd_block_kwargs(cfg) -> Dict[str, Any]:
     return kwargs
 
 
+def build_denoiser(config) -> nn.Module:
+    """The denoiser a config asks for (`config.denoiser`): "qgfd" is `QGFDDiffusionBackbone`."""
+    if getattr(config, "denoiser", "qgfd") != "qgfd":
+        raise ValueError(f"Unknown denoiser {config.denoiser!r}; allowed: 'qgfd'.")
+    return QGFDDiffusionBackbone(config)
+
+
 class QGFDDiffusionBackbone(nn.Module):
     """eps_theta(x_t, t, cond): the QGFD diffusion Transformer.
 
@@ -526,7 +538,7 @@ class QGFDPreTrainedModel(PreTrainedModel):
     - `encode_condition(**cond_inputs) -> (cond_tokens [B, Lc, d_model] | None, cond_mask [B, Lc] | None)`;
     - `denoise(x_t, t, cond_tokens=None, cond_mask=None) -> model_output [B, L, latent_dim]`;
     - `data_to_latents(batch) -> x0 [B, L, latent_dim]`; `decode_latents(latents) -> data`;
-    - `get_schedule() -> DDPMBetaSchedule`;
+    - `get_schedule() -> DDPMBetaSchedule`; `sample_clip_value` (a bound for `clip_sample`, or None);
     - `compute_loss(batch, generator=None) -> {"loss", "diffusion_loss", "recon_loss"}`
       (also `forward(**batch)`, so DDP / accelerate wrappers see a forward pass).
     """
@@ -646,11 +658,19 @@ class QGFDPreTrainedModel(PreTrainedModel):
 
     def get_schedule(self, device=None) -> DDPMBetaSchedule:
         """The noise schedule of `config` (float64), on `device` (default: the model's)."""
-        schedule = self.__dict__.get("_schedule")
-        if schedule is None or schedule.num_timesteps != self.config.num_timesteps or schedule.beta_schedule != self.config.beta_schedule:
-            schedule = DDPMBetaSchedule.from_config(self.config)
-            self.__dict__["_schedule"] = schedule  # not a submodule: never saved, never cast
+        key = (self.config.num_timesteps, self.config.beta_start, self.config.beta_end, self.config.beta_schedule)
+        cached = self.__dict__.get("_schedule")
+        if cached is None or cached[0] != key:
+            cached = (key, DDPMBetaSchedule.from_config(self.config))
+            self.__dict__["_schedule"] = cached  # not a submodule: never saved, never cast
+        schedule = cached[1]
         return schedule.to(device if device is not None else self.device)
+
+    @property
+    def sample_clip_value(self) -> Optional[float]:
+        """A bound on clean latents for `sample_loop(clip_sample=...)`, where the latent space has
+        one (pixel patches: normalised pixels x latent_scale); None otherwise."""
+        return None
 
     def _condition_from_batch(self, batch: Mapping) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
         """Conditioning of a training batch (text: `cond_input_ids`, `cond_attention_mask`)."""
@@ -802,6 +822,7 @@ def __getattr__(name):
 
 __all__ = [
     "CrossAttention",
+    "build_denoiser",
     "DecoderBlock",
     "EncoderBlock",
     "PositionwiseFFN",

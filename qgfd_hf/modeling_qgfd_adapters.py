@@ -137,6 +137,10 @@ class LatentDecoder(nn.Module):
     Args:
         latent_dim (`int`), width (`int`), num_heads (`int`), num_layers (`int`): sizes.
         out_dim (`int`, *optional*): output width (None: return the hidden states [B, L, width]).
+
+    Example:
+        >>> LatentDecoder(latent_dim=16, width=32, num_heads=4, num_layers=1, out_dim=12)(torch.randn(2, 9, 16)).shape
+        torch.Size([2, 9, 12])
     """
 
     def __init__(self, latent_dim: int, width: int, num_heads: int, num_layers: int, out_dim: Optional[int], dropout: float = 0.0):
@@ -559,6 +563,17 @@ class AudioAdapter(_ModalityAdapter):
 
     Inputs are `input_values` [B, num_samples] as the feature extractor returns them; decoded
     waveforms are [B, num_samples] in the same units.
+
+    Example:
+        >>> from transformers import Wav2Vec2Config
+        >>> w = Wav2Vec2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64,
+        ...                    conv_dim=(16, 16), conv_stride=(5, 4), conv_kernel=(10, 4),
+        ...                    num_conv_pos_embeddings=8, num_conv_pos_embedding_groups=4)
+        >>> adapter = AudioAdapter(QGFDAudioConfig(backbone_config=w, num_samples=400, d_model=32, num_heads=4,
+        ...                                        num_layers=2, d_ff=64))
+        >>> x0 = adapter.data_to_latents({"input_values": torch.randn(2, 400)})
+        >>> x0.shape, adapter.decode_latents(x0).shape
+        (torch.Size([2, 19, 32]), torch.Size([2, 400]))
     """
 
     modality = "audio"
@@ -642,9 +657,6 @@ class TabularAdapter(_ModalityAdapter):
         if config.freeze_encoder:
             self.encoder_mlp.requires_grad_(False)
         self.decoder = nn.Sequential(nn.Linear(L * D, Hd), nn.GELU(), nn.Linear(Hd, Hd), nn.GELU(), nn.Linear(Hd, F_))
-
-    def _encoder_context(self):
-        return torch.no_grad() if self.modality_config.freeze_encoder else contextlib.nullcontext()
 
     @torch.no_grad()
     def fit_normalization(self, features: torch.Tensor) -> None:

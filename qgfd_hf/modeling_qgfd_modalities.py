@@ -41,7 +41,7 @@ from .configuration_qgfd import (
     QGFDVideoConfig,
     _check_choice,
 )
-from .modeling_qgfd import QGFDDiffusionBackbone, QGFDDiffusionOutput, QGFDPreTrainedModel, check_timesteps
+from .modeling_qgfd import QGFDDiffusionBackbone, QGFDDiffusionOutput, QGFDPreTrainedModel, build_denoiser
 from .modeling_qgfd_adapters import ADAPTERS, AudioAdapter, ImageAdapter, TabularAdapter, TextAdapter, VideoAdapter
 from .scheduling_qgfd import DDPMBetaSchedule, predict_x0_and_eps, sample_loop
 
@@ -93,16 +93,19 @@ class TextQGFDDiffusionModel(QGFDPreTrainedModel):
     def __init__(self, config: QGFDTextConfig):
         super().__init__(config)
         self.adapter = TextAdapter(config)
-        self.backbone = QGFDDiffusionBackbone(config)
+        self.backbone = build_denoiser(config)
         self.post_init()
 
     def _fixed_length(self) -> bool:
         return False  # any length up to the positions' limit (the seed encodes unpadded batches)
 
     def _condition_from_batch(self, batch):
+        has_cond = isinstance(batch, Mapping) and batch.get("cond_input_ids") is not None
         if not self.is_conditional:
+            if has_cond:
+                raise ValueError("This text model is unconditional, but the batch has `cond_input_ids`.")
             return None, None
-        if not isinstance(batch, Mapping) or batch.get("cond_input_ids") is None:
+        if not has_cond:
             raise ValueError("This text model is conditional: its batches need `cond_input_ids` (and `cond_attention_mask`).")
         return self.encode_condition(input_ids=batch["cond_input_ids"], attention_mask=batch.get("cond_attention_mask"))
 
@@ -241,12 +244,21 @@ class ImageQGFDDiffusionModel(QGFDPreTrainedModel):
     def __init__(self, config: QGFDImageConfig):
         super().__init__(config)
         self.adapter = self._adapter_class(config)
-        self.backbone = QGFDDiffusionBackbone(config)
+        self.backbone = build_denoiser(config)
         self.post_init()
 
     def image_to_latents(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """x0 [B, N, latent_dim] of normalised images [B, C, H, W]."""
         return self.adapter.image_to_latents(pixel_values)
+
+    @property
+    def sample_clip_value(self) -> Optional[float]:
+        """Pixel patches: latents are (x - mean) / std x latent_scale of x in [0, 1], so bounded by this."""
+        cfg = self.config
+        if cfg.latent_space != "pixels":
+            return None
+        bound = max(max(abs(0 - m), abs(1 - m)) / s for m, s in zip(cfg.image_mean, cfg.image_std))
+        return float(bound * cfg.latent_scale)
 
 
 class VideoQGFDDiffusionModel(ImageQGFDDiffusionModel):
@@ -300,7 +312,7 @@ class AudioQGFDDiffusionModel(QGFDPreTrainedModel):
     def __init__(self, config: QGFDAudioConfig):
         super().__init__(config)
         self.adapter = AudioAdapter(config)
-        self.backbone = QGFDDiffusionBackbone(config)
+        self.backbone = build_denoiser(config)
         self.post_init()
 
     def audio_to_latents(self, input_values: torch.Tensor) -> torch.Tensor:
@@ -331,7 +343,7 @@ class TabularQGFDDiffusionModel(QGFDPreTrainedModel):
     def __init__(self, config: QGFDTabularConfig):
         super().__init__(config)
         self.adapter = TabularAdapter(config)
-        self.backbone = QGFDDiffusionBackbone(config)
+        self.backbone = build_denoiser(config)
         self.post_init()
 
     def tabular_to_latents(self, features: torch.Tensor) -> torch.Tensor:
@@ -372,7 +384,9 @@ class SharedQGFDDiffusionModel(QGFDPreTrainedModel):
     Args:
         config (`QGFDSharedConfig`), or the seed's form
         `SharedQGFDDiffusionModel(shared_cfg: DiffusionConfig, text_hf_name="t5-small",
-        image_hf_name="google/vit-base-patch16-224")` (Hub ids, folders or configs).
+        image_hf_name="google/vit-base-patch16-224")` (Hub ids, folders or configs; the text
+        modality is then unconditional, as the seed's `text_diffusion_loss(input_ids,
+        attention_mask, schedule)` takes no source text).
 
     Example:
         >>> img = QGFDImageConfig(latent_space="pixels", image_size=8, patch_size=2, num_channels=1, d_model=32,
@@ -390,13 +404,18 @@ class SharedQGFDDiffusionModel(QGFDPreTrainedModel):
     def __init__(self, config, text_hf_name=None, image_hf_name=None):
         pretrained = {}
         if isinstance(config, DiffusionConfig):  # the seed's signature
+            # The seed's text loss takes no source text (it conditioned on the target itself, which
+            # leaks the answer), so its text modality is unconditional here; build a
+            # QGFDSharedConfig with a conditional text_config for source -> target training.
             config, pretrained = _shared_config_from_backbones(
-                config, {"text": text_hf_name or "t5-small", "image": image_hf_name or "google/vit-base-patch16-224"}
+                config,
+                {"text": text_hf_name or "t5-small", "image": image_hf_name or "google/vit-base-patch16-224"},
+                modality_kwargs={"text": {"conditional": False}},
             )
         elif text_hf_name is not None or image_hf_name is not None:
             raise ValueError("`text_hf_name` / `image_hf_name` go with a DiffusionConfig; with a QGFDSharedConfig the backbones are in it.")
         super().__init__(config)
-        self.backbone = QGFDDiffusionBackbone(config)
+        self.backbone = build_denoiser(config)
         for m in config.modalities:
             setattr(self, f"{m}_adapter", ADAPTERS[m](config.modality_config(m), shared_cfg=config))
         self.modality_embedding = nn.Embedding(len(config.modalities), config.d_model)
@@ -480,9 +499,12 @@ class SharedQGFDDiffusionModel(QGFDPreTrainedModel):
             return super().decode_latents(latents)
 
     def _condition_from_batch(self, batch):
+        has_cond = isinstance(batch, Mapping) and batch.get("cond_input_ids") is not None
         if not self.is_conditional:
+            if has_cond:
+                raise ValueError(f"The {self.active_modality} modality is unconditional, but the batch has `cond_input_ids`.")
             return None, None
-        if not isinstance(batch, Mapping) or batch.get("cond_input_ids") is None:
+        if not has_cond:
             raise ValueError("The text modality is conditional: its batches need `cond_input_ids` (and `cond_attention_mask`).")
         return self.encode_condition(input_ids=batch["cond_input_ids"], attention_mask=batch.get("cond_attention_mask"))
 
@@ -523,6 +545,11 @@ class SharedQGFDDiffusionModel(QGFDPreTrainedModel):
             x0 = self.data_to_latents(batch).float()
             cfg.latent_scale = float(cfg.latent_scale / float(x0.std()))
             return cfg.latent_scale
+
+    def decode_to_text(self, latents: torch.Tensor, tokenizer, skip_special_tokens: bool = True) -> list:
+        """Strings from text latents [B, L, latent_dim] (nearest token embedding, then `tokenizer`)."""
+        ids = self.decode_latents(latents, modality="text")
+        return tokenizer.batch_decode(ids.tolist(), skip_special_tokens=skip_special_tokens)
 
     # -- the seed's per-modality losses ---------------------------------------------------------
 

@@ -281,6 +281,30 @@ def test_save_and_auto_load_round_trip(kind, tmp_path):
     torch.testing.assert_close(model.decode_latents(x_t).float(), loaded.decode_latents(x_t).float(), rtol=0, atol=0)
 
 
+def test_saved_folder_loads_without_qgfd_hf(tmp_path):
+    """The saved files are self-contained: a process that cannot import qgfd_hf loads them with
+    trust_remote_code and gets the same outputs."""
+    from helpers_subprocess import run_without_qgfd_hf
+
+    torch.manual_seed(0)
+    model, batch = build("shared")
+    perturb(model).eval()
+    model.save_pretrained(tmp_path / "model")
+    x_t = torch.randn(model.latent_shape(2, modality="image"), generator=torch.Generator().manual_seed(0))
+    torch.save(x_t, tmp_path / "x_t.pt")
+    expected = model.denoise(x_t, torch.tensor([3, 700]), modality="image")
+    out = run_without_qgfd_hf(f"""
+        import torch
+        from transformers import AutoModel
+        model = AutoModel.from_pretrained({str(tmp_path / "model")!r}, trust_remote_code=True).eval()
+        x_t = torch.load({str(tmp_path / "x_t.pt")!r})
+        torch.save(model.denoise(x_t, torch.tensor([3, 700]), modality="image"), {str(tmp_path / "out.pt")!r})
+        print(type(model).__module__, type(model).__name__)
+    """)
+    assert out.split()[-2].startswith("transformers_modules.") and out.split()[-1] == "SharedQGFDDiffusionModel"
+    torch.testing.assert_close(torch.load(tmp_path / "out.pt"), expected, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("kind", SIX)
 def test_determinism_with_a_seed(kind):
     results = []
@@ -382,6 +406,7 @@ def test_image_pixel_space_round_trip_is_exact():
     assert out.shape == images.shape
     torch.testing.assert_close(out, images, atol=1e-6, rtol=0)
     adapter = model.adapter
+    assert model.sample_clip_value == 1.0 and build("image")[0].sample_clip_value is None
     torch.testing.assert_close(adapter.unpatchify(adapter.patchify(batch["pixel_values"])), batch["pixel_values"])
     # Patch 0 is the top-left 2 x 2 block, in row-major order.
     torch.testing.assert_close(adapter.patchify(batch["pixel_values"])[:, 0], batch["pixel_values"][:, 0, :2, :2].reshape(4, 4))
@@ -394,7 +419,7 @@ def test_images_and_video_decode_to_the_input_shape_in_unit_range(kind):
     perturb(model, seed=3)
     out = model.decode_latents(model.data_to_latents(batch))
     assert out.shape == batch["pixel_values"].shape
-    assert float(out.min()) >= 0 and float(out.max()) <= 1
+    assert float(out.detach().min()) >= 0 and float(out.detach().max()) <= 1
 
 
 def test_vit_decoder_learns_to_reconstruct():
@@ -543,23 +568,45 @@ def test_init_weights_special_cases():
 
 
 def test_shared_model_seed_signature_and_losses(t5_dir):
-    # The seed: SharedQGFDDiffusionModel(shared_cfg, text_hf_name, image_hf_name). Here the denoiser is
-    # 48 wide and T5 32 wide: the seed handed T5-width conditioning to the backbone; we project it.
+    # The seed: SharedQGFDDiffusionModel(shared_cfg, text_hf_name, image_hf_name), then
+    # text_diffusion_loss(input_ids, attention_mask, schedule) and image_diffusion_loss(pixel_values, schedule).
     shared_cfg = DiffusionConfig(d_model=48, num_heads=4, num_layers=2, d_ff=64, latent_dim=24)
     model = SharedQGFDDiffusionModel(shared_cfg, text_hf_name=t5_dir, image_hf_name=vit_config())
     saved = T5ForConditionalGeneration.from_pretrained(t5_dir)
     torch.testing.assert_close(model.text_adapter.encoder.shared.weight, saved.shared.weight)
     schedule = qgfd_hf.DDPMBetaSchedule(shared_cfg.num_timesteps)
     batch = text_batch()
-    loss = model.text_diffusion_loss(batch["input_ids"], batch["attention_mask"], schedule,
-                                     cond_input_ids=batch["cond_input_ids"], cond_attention_mask=batch["cond_attention_mask"])
-    assert loss.dim() == 0 and float(loss) > 0
-    cond_tokens, _ = model.encode_condition(modality="text", input_ids=batch["cond_input_ids"])
-    assert cond_tokens.shape[-1] == 48
+    loss = model.text_diffusion_loss(batch["input_ids"], batch["attention_mask"], schedule)
+    assert loss.dim() == 0 and float(loss.detach()) > 0
     image_loss = model.image_diffusion_loss(torch.rand(2, 3, 16, 16) * 2 - 1, schedule)
-    assert image_loss.dim() == 0 and float(image_loss) > 0
+    assert image_loss.dim() == 0 and float(image_loss.detach()) > 0
+    # No conditioning in the seed's form (it conditioned on the target itself).
+    with pytest.raises(ValueError, match="unconditional"):
+        model.text_diffusion_loss(batch["input_ids"], batch["attention_mask"], schedule, cond_input_ids=batch["cond_input_ids"])
+
+
+def test_shared_text_conditioning_is_projected_to_the_denoiser_width():
+    # The seed's bug: T5-width (32) conditioning handed to a denoiser of another width (48).
+    model, batch = build("shared")
+    cond_tokens, cond_mask = model.encode_condition(modality="text", input_ids=batch["cond_input_ids"],
+                                                    attention_mask=batch["cond_attention_mask"])
+    assert model.text_adapter.encoder.config.d_model == 32 and cond_tokens.shape == (4, batch["cond_input_ids"].shape[1], 48)
+    loss = model.text_diffusion_loss(batch["input_ids"], batch["attention_mask"], cond_input_ids=batch["cond_input_ids"],
+                                     cond_attention_mask=batch["cond_attention_mask"])
+    assert loss.dim() == 0 and float(loss.detach()) > 0
     with pytest.raises(ValueError, match="conditional"):
-        model.text_diffusion_loss(batch["input_ids"], batch["attention_mask"], schedule)
+        model.text_diffusion_loss(batch["input_ids"], batch["attention_mask"])
+    texts = model.decode_to_text(model.data_to_latents(batch, modality="text"), make_tokenizer())
+    assert texts == ["hello world", "query graph flow diffusion", "red blue green", "up down left right"]
+
+
+def test_unconditional_text_model():
+    model, batch = build("text", conditional=False)
+    assert not model.is_conditional and not model.backbone.cross_attention
+    assert torch.isfinite(model.compute_loss({"input_ids": batch["input_ids"]})["loss"])
+    with pytest.raises(ValueError, match="unconditional"):
+        model.encode_condition(input_ids=batch["cond_input_ids"])
+    assert model.diffusion_sample(3, num_inference_steps=2).shape == (3, 8, 32)
 
 
 def test_shared_model_modalities_and_text_round_trip():
