@@ -236,9 +236,12 @@ class _ModalityAdapter(nn.Module):
             encoder.eval()
         self.encoder = encoder
 
+    def _encoder_trains(self) -> bool:
+        return not self.modality_config.freeze_encoder
+
     def train(self, mode: bool = True):
         super().train(mode)
-        if self.encoder is not None and self.modality_config.freeze_encoder:
+        if self.encoder is not None and not self._encoder_trains():
             self.encoder.eval()  # a frozen encoder stays in eval mode: no dropout, no SpecAugment
         return self
 
@@ -306,6 +309,12 @@ class TextAdapter(_ModalityAdapter):
         super().__init__(config, shared_cfg)
         self._set_encoder(build_encoder("text", config.backbone_config))
         self.vocab_size = self.encoder.get_input_embeddings().weight.shape[0]
+        if config.conditional and config.train_condition_encoder:
+            # The layers that encode the source text learn; the token embeddings, which define
+            # the latent space (and feed those layers), stay as they are.
+            embeddings = self.encoder.get_input_embeddings().weight
+            for p in self.encoder.parameters():
+                p.requires_grad_(p is not embeddings)
         if config.conditional:
             self.cond_proj = nn.Linear(config.latent_dim, self.d_model)  # T5 width -> denoiser width
         if pretrained is not None:
@@ -358,9 +367,15 @@ class TextAdapter(_ModalityAdapter):
             raise ValueError("This text model is conditional: pass the source text's `input_ids`.")
         _check_ids("input_ids", input_ids, self.vocab_size)
         mask = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else _check_mask("attention_mask", attention_mask, input_ids.shape)
-        with self._encoder_context():
+        grad = self.modality_config.train_condition_encoder or not self.modality_config.freeze_encoder
+        with contextlib.nullcontext() if grad else torch.no_grad():
             states = self.encoder(input_ids=input_ids, attention_mask=mask.long()).last_hidden_state  # (B, Lc, Dm)
         return self.cond_proj(states), mask
+
+    def _encoder_trains(self) -> bool:
+        return not self.modality_config.freeze_encoder or (
+            self.modality_config.conditional and self.modality_config.train_condition_encoder
+        )
 
     def decode_embeddings(self, latents: torch.Tensor) -> torch.Tensor:
         """Token logits [B, L, V] of latents [B, L, Dl]: 2 x E'^T - ||E'||^2 (argmax = nearest embedding)."""

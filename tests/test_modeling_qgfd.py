@@ -430,7 +430,7 @@ def test_vit_decoder_learns_to_reconstruct():
     first = None
     for _ in range(60):
         loss = model.adapter.recon_loss(batch, x0)
-        first = first if first is not None else float(loss)
+        first = first if first is not None else float(loss.detach())
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -480,6 +480,19 @@ def test_encoders_are_frozen_and_stay_in_eval_mode(kind):
     unfrozen, _ = build(kind, freeze_encoder=False)
     unfrozen.train()
     assert all(p.requires_grad for p in unfrozen.adapter.encoder.parameters()) and unfrozen.adapter.encoder.training
+
+
+def test_text_condition_encoder_can_train_while_the_embeddings_stay_frozen():
+    model, batch = build("text", train_condition_encoder=True)
+    model.train()
+    encoder = model.adapter.encoder
+    assert encoder.training and not encoder.shared.weight.requires_grad
+    model.compute_loss(batch)["loss"].backward()
+    assert encoder.shared.weight.grad is None
+    assert encoder.encoder.block[0].layer[0].SelfAttention.q.weight.grad is not None
+    before = model.data_to_latents(batch)
+    torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1.0).step()
+    torch.testing.assert_close(model.data_to_latents(batch), before)  # x0 unchanged
 
 
 def test_tabular_encoder_frozen():
@@ -660,6 +673,35 @@ def test_factory_builds_every_modality(t5_dir):
         "shared", {"text": t5_dir, "image": None}, cfg, modality_kwargs={"image": {"image_size": 8, "patch_size": 2, "num_channels": 1}}
     )
     assert shared.config.modalities == ["text", "image"] and set(processors) == {"text", "image"}
+
+
+def test_factory_loads_pretrained_image_and_audio_backbones_from_folders(tmp_path):
+    from transformers import ViTForImageClassification, ViTImageProcessorPil, Wav2Vec2FeatureExtractor, Wav2Vec2ForCTC
+
+    torch.manual_seed(0)
+    vit = ViTForImageClassification(vit_config())
+    vit.save_pretrained(tmp_path / "vit")
+    ViTImageProcessorPil(size={"height": 16, "width": 16}, image_mean=[0.4, 0.4, 0.4], image_std=[0.2, 0.2, 0.2]).save_pretrained(tmp_path / "vit")
+    w2v = Wav2Vec2ForCTC(w2v2_config())
+    w2v.save_pretrained(tmp_path / "w2v")
+    Wav2Vec2FeatureExtractor(sampling_rate=8000).save_pretrained(tmp_path / "w2v")
+    cfg = DiffusionConfig.from_preset("tiny").to_dict()
+    cfg["latent_dim"] = None
+
+    image_model, processor, _ = create_qgfd_diffusion_model("image", str(tmp_path / "vit"), cfg)
+    torch.testing.assert_close(image_model.adapter.encoder.embeddings.patch_embeddings.projection.weight,
+                               vit.vit.embeddings.patch_embeddings.projection.weight)
+    assert image_model.config.image_mean == [0.4, 0.4, 0.4] and list(processor.image_std) == [0.2, 0.2, 0.2]
+    assert image_model.config.backbone_name == str(tmp_path / "vit")
+
+    audio_model, extractor, _ = create_qgfd_diffusion_model("audio", str(tmp_path / "w2v"), cfg, num_samples=400, sampling_rate=8000)
+    torch.testing.assert_close(audio_model.adapter.encoder.feature_extractor.conv_layers[0].conv.weight,
+                               w2v.wav2vec2.feature_extractor.conv_layers[0].conv.weight)
+    assert extractor.sampling_rate == 8000
+    # A folder without a processor still gives one, built from the config (with a warning).
+    (tmp_path / "vit" / "preprocessor_config.json").unlink()
+    _, processor, _ = create_qgfd_diffusion_model("video", str(tmp_path / "vit"), cfg, num_frames=2)
+    assert processor.size["height"] == 16
 
 
 def test_factory_processor_prepares_pixels_for_the_model():
