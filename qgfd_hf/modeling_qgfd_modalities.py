@@ -639,9 +639,19 @@ def modality_config_from_backbone(modality: str, backbone, base_cfg=None, **kwar
     values.setdefault("latent_dim", None)
     if modality in ("image", "video"):
         values.setdefault("latent_space", "vit" if backbone_config is not None else "pixels")
+        if name is not None and values["latent_space"] == "vit":
+            _normalisation_from_processor(values, _load_processor(modality, name))
     if modality in ("image", "video", "text", "audio") or backbone_config is not None:
         values["backbone_config"] = backbone_config
     return MODALITY_CONFIG_CLASSES[modality](backbone_name=name, **values), name
+
+
+def _normalisation_from_processor(values: dict, processor) -> None:
+    """Normalise pixels as the pretrained image processor does (unless the caller said otherwise)."""
+    for key in ("image_mean", "image_std"):
+        value = getattr(processor, key, None) if processor is not None else None
+        if key not in values and value is not None:
+            values[key] = [float(v) for v in value] if isinstance(value, (list, tuple)) else value
 
 
 def _load_adapter_weights(adapter, name: str) -> None:
@@ -773,12 +783,8 @@ def create_qgfd_diffusion_model(
     loaded = tokenizer if modality == "text" else processor
     if loaded is None and name is not None and modality != "tabular":
         loaded = _load_processor(modality, name)
-    if modality in ("image", "video") and loaded is not None and values["latent_space"] == "vit":
-        # Normalise as the pretrained processor does.
-        for key in ("image_mean", "image_std"):
-            value = getattr(loaded, key, None)
-            if key not in values and value is not None:
-                values[key] = [float(v) for v in value] if isinstance(value, (list, tuple)) else value
+    if modality in ("image", "video") and values["latent_space"] == "vit":
+        _normalisation_from_processor(values, loaded)
     if modality in ("text", "image", "video", "audio") or backbone_config is not None:
         values["backbone_config"] = backbone_config
     config = MODALITY_CONFIG_CLASSES[modality](backbone_name=name, **values)
