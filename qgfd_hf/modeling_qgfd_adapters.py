@@ -309,7 +309,7 @@ class TextAdapter(_ModalityAdapter):
         super().__init__(config, shared_cfg)
         self._set_encoder(build_encoder("text", config.backbone_config))
         self.vocab_size = self.encoder.get_input_embeddings().weight.shape[0]
-        if config.conditional and config.train_condition_encoder:
+        if config.freeze_encoder and config.conditional and config.train_condition_encoder:
             # The layers that encode the source text learn; the token embeddings, which define
             # the latent space (and feed those layers), stay as they are.
             embeddings = self.encoder.get_input_embeddings().weight

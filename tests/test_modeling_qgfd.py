@@ -471,7 +471,7 @@ def test_tabular_decodes_to_original_units_after_training():
 
 @pytest.mark.parametrize("kind", ["text", "image", "audio"])
 def test_encoders_are_frozen_and_stay_in_eval_mode(kind):
-    model, _ = build(kind)
+    model, _ = build(kind, **({"train_condition_encoder": False} if kind == "text" else {}))
     model.train()
     encoder = model.adapter.encoder
     assert not any(p.requires_grad for p in encoder.parameters())
@@ -483,7 +483,7 @@ def test_encoders_are_frozen_and_stay_in_eval_mode(kind):
 
 
 def test_text_condition_encoder_can_train_while_the_embeddings_stay_frozen():
-    model, batch = build("text", train_condition_encoder=True)
+    model, batch = build("text")  # train_condition_encoder=True by default
     model.train()
     encoder = model.adapter.encoder
     assert encoder.training and not encoder.shared.weight.requires_grad
