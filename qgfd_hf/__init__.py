@@ -31,6 +31,17 @@ from .modelcard_qgfd import (
     render_model_card,
     save_model_card,
 )
+from .patching_qgfd import (
+    find_attention_modules,
+    from_pretrained_qgfd,
+    get_qgfd_settings,
+    is_qgfd_patched,
+    patch_model,
+    qgfd_attention_forward,
+    register_qgfd_attention,
+    unpatch_model,
+)
+from .callbacks_qgfd import QGFDWarmupCallback
 from .configuration_qgfd import (
     ALL_MODALITIES,
     MODALITIES,
