@@ -40,6 +40,7 @@ from .configuration_qgfd import (
     QGFDVideoConfig,
 )
 from .modeling_qgfd import EncoderBlock, check_finite, check_float_tensor, sinusoidal_embedding
+from .patching_qgfd import patch_model  # also registers the "qgfd" attention implementation
 
 logger = logging.get_logger(__name__)
 
@@ -84,15 +85,7 @@ def maybe_patch_encoder(encoder: nn.Module, settings: Optional[dict]) -> None:
     """QGFD-patch the encoder's own self-attention when `backbone_qgfd` asks for it."""
     if not settings:
         return
-    import importlib
-
-    try:
-        # TODO(models): a static `from .patching_qgfd import patch_model` once that module is on
-        # main, so that trust_remote_code copies it with the model files.
-        patching = importlib.import_module(".patching_qgfd", __package__)
-    except ImportError as err:
-        raise ImportError("`backbone_qgfd` needs qgfd_hf.patching_qgfd.patch_model, which is not available.") from err
-    patching.patch_model(encoder, **settings)
+    patch_model(encoder, **settings)
 
 
 # ----------------------------------------------------------------------------------------

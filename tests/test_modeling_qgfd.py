@@ -293,16 +293,26 @@ def test_saved_folder_loads_without_qgfd_hf(tmp_path):
     x_t = torch.randn(model.latent_shape(2, modality="image"), generator=torch.Generator().manual_seed(0))
     torch.save(x_t, tmp_path / "x_t.pt")
     expected = model.denoise(x_t, torch.tensor([3, 700]), modality="image")
+    # A text model whose T5 encoder is QGFD-patched: patching_qgfd travels with the files.
+    text, batch = build("text", backbone_qgfd={"steps": 1, "alpha": 0.5})
+    text.eval().save_pretrained(tmp_path / "text")
+    torch.save(batch["cond_input_ids"], tmp_path / "ids.pt")
+    expected_cond = text.encode_condition(input_ids=batch["cond_input_ids"])[0]
     out = run_without_qgfd_hf(f"""
         import torch
         from transformers import AutoModel
         model = AutoModel.from_pretrained({str(tmp_path / "model")!r}, trust_remote_code=True).eval()
         x_t = torch.load({str(tmp_path / "x_t.pt")!r})
         torch.save(model.denoise(x_t, torch.tensor([3, 700]), modality="image"), {str(tmp_path / "out.pt")!r})
+        text = AutoModel.from_pretrained({str(tmp_path / "text")!r}, trust_remote_code=True).eval()
+        torch.save(text.encode_condition(input_ids=torch.load({str(tmp_path / "ids.pt")!r}))[0], {str(tmp_path / "cond.pt")!r})
+        print(text.adapter.encoder.config._attn_implementation)
         print(type(model).__module__, type(model).__name__)
     """)
     assert out.split()[-2].startswith("transformers_modules.") and out.split()[-1] == "SharedQGFDDiffusionModel"
+    assert out.split()[-3] == "qgfd"
     torch.testing.assert_close(torch.load(tmp_path / "out.pt"), expected, rtol=0, atol=0)
+    torch.testing.assert_close(torch.load(tmp_path / "cond.pt"), expected_cond, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("kind", SIX)
@@ -501,11 +511,31 @@ def test_tabular_encoder_frozen():
     assert all(p.requires_grad for p in model.adapter.decoder.parameters())
 
 
-def test_backbone_qgfd_patches_the_encoder():
-    pytest.importorskip("qgfd_hf.patching_qgfd")
-    model, batch = build("text", backbone_qgfd={"steps": 1, "alpha": 0.5})
-    assert qgfd_hf.patching_qgfd.is_qgfd_patched(model.adapter.encoder)
-    assert torch.isfinite(model.compute_loss(batch)["loss"])
+@pytest.mark.parametrize("kind", ["text", "image", "audio"])
+def test_backbone_qgfd_patches_the_encoder(kind, tmp_path):
+    torch.manual_seed(0)
+    plain, batch = build(kind)
+    torch.manual_seed(0)
+    model, _ = build(kind, backbone_qgfd={"steps": 1, "alpha": 0.5})
+    assert qgfd_hf.is_qgfd_patched(model.adapter.encoder) and not qgfd_hf.is_qgfd_patched(plain.adapter.encoder)
+    assert set(model.state_dict()) == set(plain.state_dict())  # patching adds no weights
+    perturb(model).eval()
+    x0 = model.data_to_latents(batch)
+    cond = condition(model, batch)
+    if kind == "text":  # the embeddings are the same; the patched encoder's states differ
+        plain.load_state_dict(model.state_dict())
+        plain.eval()
+        torch.testing.assert_close(x0, plain.data_to_latents(batch))
+        assert not torch.allclose(cond[0], condition(plain, batch)[0])
+    else:
+        plain.load_state_dict(model.state_dict())
+        assert not torch.allclose(x0, plain.eval().data_to_latents(batch))
+    model.save_pretrained(tmp_path)
+    loaded = AutoModel.from_pretrained(tmp_path).eval()
+    assert qgfd_hf.is_qgfd_patched(loaded.adapter.encoder) and loaded.config.backbone_qgfd == {"steps": 1, "alpha": 0.5}
+    torch.testing.assert_close(loaded.data_to_latents(batch), x0, rtol=0, atol=0)
+    if kind == "text":
+        torch.testing.assert_close(condition(loaded, batch)[0], cond[0], rtol=0, atol=0)
 
 
 # ----------------------------------------------------------------------------------------
