@@ -27,11 +27,10 @@ from typing import Mapping, Optional, Tuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from transformers import AutoConfig, AutoModel, PretrainedConfig
+from transformers import AutoModel, PretrainedConfig
 from transformers.utils import logging
 
-from .configuration_qgfd import (
-    DiffusionConfig,
+from .configuration_qgfd import (  # the modality configs are used by the docstring examples
     QGFDAudioConfig,
     QGFDConfig,
     QGFDImageConfig,
@@ -39,7 +38,7 @@ from .configuration_qgfd import (
     QGFDTextConfig,
     QGFDVideoConfig,
 )
-from .modeling_qgfd import EncoderBlock, check_finite, check_float_tensor, sinusoidal_embedding
+from .modeling_qgfd import EncoderBlock, check_float_tensor, sinusoidal_embedding
 from .patching_qgfd import patch_model  # also registers the "qgfd" attention implementation
 
 logger = logging.get_logger(__name__)
