@@ -27,11 +27,10 @@ from typing import Mapping, Optional, Tuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from transformers import AutoConfig, AutoModel, PretrainedConfig
+from transformers import AutoModel, PretrainedConfig
 from transformers.utils import logging
 
-from .configuration_qgfd import (
-    DiffusionConfig,
+from .configuration_qgfd import (  # the modality configs are used by the docstring examples
     QGFDAudioConfig,
     QGFDConfig,
     QGFDImageConfig,
@@ -39,7 +38,8 @@ from .configuration_qgfd import (
     QGFDTextConfig,
     QGFDVideoConfig,
 )
-from .modeling_qgfd import EncoderBlock, check_finite, check_float_tensor, sinusoidal_embedding
+from .modeling_qgfd import EncoderBlock, check_float_tensor, sinusoidal_embedding
+from .patching_qgfd import patch_model  # also registers the "qgfd" attention implementation
 
 logger = logging.get_logger(__name__)
 
@@ -84,15 +84,7 @@ def maybe_patch_encoder(encoder: nn.Module, settings: Optional[dict]) -> None:
     """QGFD-patch the encoder's own self-attention when `backbone_qgfd` asks for it."""
     if not settings:
         return
-    import importlib
-
-    try:
-        # TODO(models): a static `from .patching_qgfd import patch_model` once that module is on
-        # main, so that trust_remote_code copies it with the model files.
-        patching = importlib.import_module(".patching_qgfd", __package__)
-    except ImportError as err:
-        raise ImportError("`backbone_qgfd` needs qgfd_hf.patching_qgfd.patch_model, which is not available.") from err
-    patching.patch_model(encoder, **settings)
+    patch_model(encoder, **settings)
 
 
 # ----------------------------------------------------------------------------------------
@@ -309,7 +301,7 @@ class TextAdapter(_ModalityAdapter):
         super().__init__(config, shared_cfg)
         self._set_encoder(build_encoder("text", config.backbone_config))
         self.vocab_size = self.encoder.get_input_embeddings().weight.shape[0]
-        if config.conditional and config.train_condition_encoder:
+        if config.freeze_encoder and config.conditional and config.train_condition_encoder:
             # The layers that encode the source text learn; the token embeddings, which define
             # the latent space (and feed those layers), stay as they are.
             embeddings = self.encoder.get_input_embeddings().weight

@@ -20,7 +20,7 @@ Example (offline, random weights):
 from __future__ import annotations
 
 import contextlib
-from typing import Dict, Mapping, Optional, Sequence, Tuple
+from typing import Mapping, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -41,7 +41,7 @@ from .configuration_qgfd import (
     QGFDVideoConfig,
     _check_choice,
 )
-from .modeling_qgfd import QGFDDiffusionBackbone, QGFDDiffusionOutput, QGFDPreTrainedModel, build_denoiser
+from .modeling_qgfd import QGFDDiffusionOutput, QGFDPreTrainedModel, build_denoiser
 from .modeling_qgfd_adapters import ADAPTERS, AudioAdapter, ImageAdapter, TabularAdapter, TextAdapter, VideoAdapter
 from .scheduling_qgfd import DDPMBetaSchedule, predict_x0_and_eps, sample_loop
 
@@ -81,7 +81,7 @@ class TextQGFDDiffusionModel(QGFDPreTrainedModel):
         ...                                               num_layers=2, d_ff=64))
         >>> ids = torch.tensor([[5, 9, 1], [7, 1, 0]])
         >>> batch = {"input_ids": ids, "cond_input_ids": ids}
-        >>> float(model.compute_loss(batch, generator=torch.Generator().manual_seed(0))["loss"]) > 0
+        >>> model.compute_loss(batch, generator=torch.Generator().manual_seed(0))["loss"].item() > 0
         True
         >>> model.decode_latents(model.data_to_latents(batch))[:, :3].tolist()
         [[5, 9, 1], [7, 1, 0]]
