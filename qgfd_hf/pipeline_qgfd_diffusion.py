@@ -24,6 +24,7 @@ from .scheduling_qgfd import SAMPLERS, sample_loop
 logger = logging.get_logger(__name__)
 
 OUTPUT_TYPES = ("data", "np", "latent")
+PIPELINE_TASK = "qgfd-diffusion"
 
 
 class QGFDDiffusionPipeline(Pipeline):
@@ -277,5 +278,5 @@ def register_pipeline():
     from transformers import AutoModel
     from transformers.pipelines import PIPELINE_REGISTRY
 
-    if "qgfd-diffusion" not in PIPELINE_REGISTRY.get_supported_tasks():
-        PIPELINE_REGISTRY.register_pipeline("qgfd-diffusion", pipeline_class=QGFDDiffusionPipeline, pt_model=AutoModel, type="multimodal")
+    if PIPELINE_TASK not in PIPELINE_REGISTRY.get_supported_tasks():
+        PIPELINE_REGISTRY.register_pipeline(PIPELINE_TASK, pipeline_class=QGFDDiffusionPipeline, pt_model=AutoModel, type="multimodal")

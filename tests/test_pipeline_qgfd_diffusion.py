@@ -143,3 +143,89 @@ def test_bad_input():
         text_pipe(progress_bar=False)
     with pytest.raises(ValueError, match="strings"):
         text_pipe([1, 2], progress_bar=False)
+
+
+# ----------------------------------------------------------------------------------------
+# Saved folders, the Hub, and loading where qgfd_hf is not installed
+# ----------------------------------------------------------------------------------------
+
+
+def saved_text_model(path):
+    model = text_model()
+    model.processor = make_tokenizer()
+    model.save_pretrained(path)
+    return model
+
+
+def test_save_pretrained_writes_tokenizer_card_and_code(tmp_path):
+    saved_text_model(tmp_path)
+    files = {p.name for p in tmp_path.iterdir()}
+    assert {"config.json", "model.safetensors", "README.md", "tokenizer.json", "pipeline_qgfd_diffusion.py"} <= files
+    card = (tmp_path / "README.md").read_text()
+    assert "library_name: qgfd_hf" in card and "pipeline_tag: text2text-generation" in card
+    # The installed config class drops `custom_pipelines`, so nothing asks for trust_remote_code.
+    assert "custom_pipelines" in (tmp_path / "config.json").read_text()
+    assert not hasattr(AutoModel.from_pretrained(tmp_path).config, "custom_pipelines")
+
+
+def test_pipeline_from_folder_loads_tokenizer_and_samples(tmp_path):
+    model = saved_text_model(tmp_path)
+    pipe = pipeline("qgfd-diffusion", model=str(tmp_path), device="cpu")
+    assert type(pipe.model) is TextQGFDDiffusionModel and pipe.tokenizer is not None
+    a = pipe("hello world", seed=0, num_inference_steps=3, progress_bar=False)
+    b = make_pipe(model, tokenizer=make_tokenizer())("hello world", seed=0, num_inference_steps=3, progress_bar=False)
+    assert a == b
+
+
+def test_missing_weights_name_the_file(tmp_path):
+    saved_text_model(tmp_path)
+    (tmp_path / "model.safetensors").unlink()
+    with pytest.raises(OSError, match="model.safetensors"):
+        AutoModel.from_pretrained(tmp_path)
+    with pytest.raises((OSError, ValueError), match="model.safetensors"):  # pipeline() wraps the OSError
+        pipeline("qgfd-diffusion", model=str(tmp_path), device="cpu")
+
+
+def test_push_to_hub_round_trip(hub):
+    model = text_model()
+    model.processor = make_tokenizer()
+    model.push_to_hub("user/qgfd-text")
+    files = hub.list_files("user/qgfd-text")
+    assert {"config.json", "model.safetensors", "README.md", "tokenizer.json"} <= set(files)
+    assert b"user/qgfd-text" in hub.read_file("user/qgfd-text", "README.md")
+    again = AutoModel.from_pretrained("user/qgfd-text")
+    assert type(again) is TextQGFDDiffusionModel
+    x = torch.randn(2, *model.latent_shape(1)[1:])
+    t = torch.tensor([3, 7])
+    cond = make_tokenizer()(["hello world", "red blue"], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        torch.testing.assert_close(again.denoise(x, t, *again.encode_condition(**cond)), model.denoise(x, t, *model.encode_condition(**cond)))
+    pipe = pipeline("qgfd-diffusion", model="user/qgfd-text", device="cpu")
+    assert pipe("hello world", seed=0, num_inference_steps=3, progress_bar=False) == make_pipe(model, tokenizer=make_tokenizer())(
+        "hello world", seed=0, num_inference_steps=3, progress_bar=False)
+    image = image_model()
+    image.push_to_hub("user/qgfd-digits")
+    out = pipeline("qgfd-diffusion", model="user/qgfd-digits", device="cpu")(num_samples=2, seed=0, num_inference_steps=3, progress_bar=False)
+    assert isinstance(out[0]["image"], Image.Image)
+
+
+@pytest.mark.slow
+def test_loads_where_qgfd_hf_is_not_installed(tmp_path):
+    from helpers_subprocess import run_without_qgfd_hf
+
+    saved_text_model(tmp_path / "text")
+    image_model().save_pretrained(tmp_path / "image")
+    out = run_without_qgfd_hf(f"""
+        import torch
+        from transformers import AutoModel, pipeline
+        model = AutoModel.from_pretrained({str(tmp_path / 'text')!r}, trust_remote_code=True)
+        print(type(model).__module__.split(".")[0], type(model).__name__)
+        pipe = pipeline(model={str(tmp_path / 'text')!r}, trust_remote_code=True, device="cpu")
+        print(type(pipe).__name__, pipe("hello world", seed=0, num_inference_steps=3, progress_bar=False)[0]["generated_text"] is not None)
+        pipe = pipeline(model={str(tmp_path / 'image')!r}, trust_remote_code=True, device="cpu")
+        print(pipe(num_samples=2, seed=0, num_inference_steps=3, progress_bar=False)[0]["image"].size)
+    """)
+    lines = out.strip().splitlines()
+    assert lines[-3] == "transformers_modules TextQGFDDiffusionModel"
+    assert lines[-2] == "QGFDDiffusionPipeline True"
+    assert lines[-1] == "(8, 8)"
