@@ -33,7 +33,11 @@ MODALITIES = ("text", "image", "audio", "video", "tabular")
 ALL_MODALITIES = MODALITIES + ("shared",)
 TIME_CONDITIONINGS = ("adaln", "add")
 POSITION_EMBEDDINGS = ("sinusoidal", "learned", "none")
-DENOISERS = ("qgfd",)  # issue 7 adds "pretrained"
+DENOISERS = ("qgfd", "pretrained")
+# denoiser="pretrained": the backbone families whose Transformer stack can be the denoiser, per
+# modality (`model_type` of `backbone_config`). The tabular model has no pretrained backbone, and the
+# shared model no single one (see `QGFDConfig._validate_denoiser`).
+PRETRAINED_STACKS = {"text": ("t5", "mt5"), "image": ("vit",), "video": ("vit",), "audio": ("wav2vec2",)}
 IMAGE_LATENT_SPACES = ("vit", "pixels")
 
 # The QGFD attention settings of the denoiser: config name -> `QGFDSettings` field.
@@ -248,7 +252,19 @@ class QGFDConfig(PretrainedConfig):
         backbone_qgfd (`dict`, *optional*): QGFD settings (`steps`, `alpha`, `graph`, `mix`, ...)
             for the pretrained encoder's own self-attention, applied with
             `qgfd_hf.patching_qgfd.patch_model`. None (default): the encoder is left unchanged.
-        denoiser (`str`, defaults to `"qgfd"`): the fresh `QGFDDiffusionBackbone`.
+        denoiser (`str`, defaults to `"qgfd"`): `"qgfd"`, the fresh `QGFDDiffusionBackbone`; or
+            `"pretrained"`, the backbone's own Transformer stack as the denoiser
+            (`modeling_qgfd_pretrained.PretrainedDenoiser`): T5's encoder stack for text, ViT's
+            layers for images and video, Wav2Vec2's Transformer encoder for audio (see
+            `PRETRAINED_STACKS`), QGFD-patched with the `qgfd_*` settings, trained, with
+            adaLN-Zero timestep conditioning and projections from and to the latents. It takes
+            the stack's own width, heads, layers, dropout and positions, so `num_layers`,
+            `d_ff`, `dropout`, `position_embedding` and `max_position_embeddings` do not apply
+            to it; `d_model` stays the width of the conditioning tokens (`encode_condition`)
+            and of the learned decoders. Images in `latent_space="pixels"` may then take a ViT
+            `backbone_config`, used by the denoiser only. Not available for tables (no
+            pretrained backbone) or the shared model (several backbones, one denoiser); needs
+            `time_conditioning="adaln"`.
         conditional (`bool`, defaults to `False`): whether the model takes conditioning (only text).
         latent_scale (`float`, defaults to 1.0): latents are the encoder's output times this
             (aim: about unit standard deviation, as Stable Diffusion's scale factor).
@@ -357,6 +373,7 @@ class QGFDConfig(PretrainedConfig):
         super().__init__(**kwargs)
         self._validate_common()
         self._validate_modality()
+        self._validate_denoiser()
 
     # -- validation ---------------------------------------------------------------------
 
@@ -387,6 +404,35 @@ class QGFDConfig(PretrainedConfig):
 
     def _validate_modality(self):
         """Resolve and check the modality's sizes (subclasses)."""
+
+    def _validate_denoiser(self):
+        """denoiser="pretrained" needs a backbone whose Transformer stack can denoise (`PRETRAINED_STACKS`)."""
+        if self.denoiser != "pretrained":
+            return
+        usable = ", ".join(f"{m}: {'/'.join(types)}" for m, types in PRETRAINED_STACKS.items())
+        if self.modality not in PRETRAINED_STACKS:
+            why = (
+                "the tabular model has no pretrained backbone"
+                if self.modality == "tabular"
+                else "the shared model has one denoiser for several modalities and no single backbone to take it from"
+            )
+            raise ValueError(
+                f"denoiser='pretrained' uses a pretrained backbone's Transformer stack as the denoiser, but {why}. "
+                f"Use denoiser='qgfd', or a single-modality model with a backbone ({usable})."
+            )
+        model_type = getattr(self.backbone_config, "model_type", None)
+        if model_type not in PRETRAINED_STACKS[self.modality]:
+            got = "no backbone_config" if self.backbone_config is None else f"backbone model_type={model_type!r}"
+            raise ValueError(
+                f"denoiser='pretrained' for modality {self.modality!r} needs a backbone_config of type "
+                f"{' or '.join(repr(t) for t in PRETRAINED_STACKS[self.modality])} (its Transformer stack becomes the "
+                f"denoiser), got {got}. Usable backbones: {usable}; or use denoiser='qgfd'."
+            )
+        if self.time_conditioning != "adaln":
+            raise ValueError(
+                f"denoiser='pretrained' takes the timestep through adaLN-Zero; time_conditioning must be 'adaln', "
+                f"got {self.time_conditioning!r}."
+            )
 
     def _resolve_latent_dim(self, width: int, what: str):
         """latent_dim is fixed by the encoder: take it when None, refuse a different value."""
@@ -520,7 +566,8 @@ class QGFDImageConfig(QGFDConfig):
     Args:
         latent_space (`str`, defaults to `"vit"`): `"vit"` (frozen ViT patch states, plus a
             learned pixel decoder) or `"pixels"` (non-overlapping pixel patches: patchify /
-            unpatchify, no encoder; for small images and offline use).
+            unpatchify, no encoder; for small images and offline use). With
+            `denoiser="pretrained"`, `"pixels"` takes a ViT `backbone_config` for the denoiser only.
         image_size (`int`, *optional*), patch_size (`int`, *optional*), num_channels (`int`, *optional*):
             with "vit" they come from `backbone_config`; with "pixels" they default to 32, 4, 3.
         image_mean, image_std (`list[float]`, *optional*, default 0.5 per channel): the
@@ -569,8 +616,16 @@ class QGFDImageConfig(QGFDConfig):
                     raise ValueError(f"`{name}`={mine} disagrees with the ViT backbone's {name}={theirs}; pass None.")
                 setattr(self, name, int(theirs))
         else:
-            if self.backbone_config is not None:
-                raise ValueError('latent_space="pixels" uses no encoder; pass backbone_config=None.')
+            if self.backbone_config is not None and self.denoiser != "pretrained":
+                raise ValueError(
+                    'latent_space="pixels" uses no encoder; pass backbone_config=None (a ViT backbone_config is '
+                    'taken only with denoiser="pretrained", as the denoiser).'
+                )
+            if self.backbone_qgfd is not None:
+                raise ValueError(
+                    'latent_space="pixels" has no encoder for `backbone_qgfd` to patch (the denoiser\'s QGFD '
+                    "settings are the `qgfd_*` fields); pass backbone_qgfd=None."
+                )
             self.image_size = 32 if self.image_size is None else self.image_size
             self.patch_size = 4 if self.patch_size is None else self.patch_size
             self.num_channels = 3 if self.num_channels is None else self.num_channels
@@ -824,6 +879,7 @@ __all__ = [
     "MODALITY_CONFIGS",
     "QGFD_PRESETS",
     "QGFD_PRESET_PARAMS_M",
+    "PRETRAINED_STACKS",
     "QGFDAudioConfig",
     "QGFDConfig",
     "QGFDImageConfig",
