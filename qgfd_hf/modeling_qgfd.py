@@ -369,9 +369,17 @@ def _qgfd_block_kwargs(cfg) -> Dict[str, Any]:
 
 
 def build_denoiser(config) -> nn.Module:
-    """The denoiser a config asks for (`config.denoiser`): "qgfd" is `QGFDDiffusionBackbone`."""
-    if getattr(config, "denoiser", "qgfd") != "qgfd":
-        raise ValueError(f"Unknown denoiser {config.denoiser!r}; allowed: 'qgfd'.")
+    """The denoiser a config asks for (`config.denoiser`): "qgfd" is `QGFDDiffusionBackbone`,
+    "pretrained" is `modeling_qgfd_pretrained.PretrainedDenoiser` (the backbone's own stack)."""
+    denoiser = getattr(config, "denoiser", "qgfd")
+    if denoiser == "pretrained":
+        # Imported here: that module builds on this one. A literal relative import, so that
+        # `trust_remote_code` copies the file with this one.
+        from .modeling_qgfd_pretrained import PretrainedDenoiser
+
+        return PretrainedDenoiser(config)
+    if denoiser != "qgfd":
+        raise ValueError(f"Unknown denoiser {denoiser!r}; allowed: 'qgfd', 'pretrained'.")
     return QGFDDiffusionBackbone(config)
 
 
@@ -533,7 +541,8 @@ class QGFDPreTrainedModel(PreTrainedModel):
     pipeline and the training code use on every modality.
 
     Subclasses hold `self.adapter` (data <-> latents, conditioning) and `self.backbone`
-    (`QGFDDiffusionBackbone`). The contract:
+    (the denoiser `build_denoiser` makes: `QGFDDiffusionBackbone`, or `PretrainedDenoiser` for
+    `denoiser="pretrained"`). The contract:
 
     - `config.modality`, `is_conditional`;
     - `latent_shape(batch_size) -> (B, L, latent_dim)`;

@@ -1,0 +1,456 @@
+# coding=utf-8
+"""A pretrained Transformer's own stack as the diffusion denoiser (`denoiser="pretrained"`).
+
+`PretrainedDenoiser` is eps_theta(x_t, t, cond) built from the backbone's Transformer layers:
+
+| modality     | stack (`backbone_config`)                        | positions                              | conditioning tokens |
+|--------------|--------------------------------------------------|----------------------------------------|---------------------|
+| text         | T5's encoder stack (`T5Stack`, mT5 alike)        | T5's relative position bias            | appended to the sequence |
+| image, video | ViT's layers and final LayerNorm (`ViTModel`)    | ViT's learned ones (+ a frame embedding for video) | appended |
+| audio        | Wav2Vec2's Transformer encoder (`Wav2Vec2Model`) | Wav2Vec2's convolutional ones          | appended |
+
+None of these stacks has cross-attention (T5's decoder does, but its self-attention is causal and
+its position bias was trained for causal use only), so conditioning tokens always join the
+sequence: [prefix; latents; conditioning], with padded conditioning tokens masked out. Latents
+come first so that right-padding the conditioning moves no latent: T5's relative positions, and so
+the outputs, do not depend on how long the batch's longest source text is. ViT keeps its CLS token
+as a prefix (its layers were trained with it). Only the text model is conditional today.
+
+How the timestep gets in: adaLN-Zero (DiT), added around the pretrained layers without changing
+them. Each layer's two sub-layers (self-attention and feed-forward: T5's `SelfAttention` /
+`DenseReluDense`, ViT's `attention` / `mlp`, Wav2Vec2's `attention` / `feed_forward`) get a
+forward pre-hook that modulates their input, `u * (1 + scale) + shift`, and a forward hook that
+gates their output, `o * (1 + gate)`, with (shift, scale, gate) per sub-layer predicted from the
+timestep embedding by a per-layer zero-initialised linear map. That input is the normalised
+stream in every family (pre-LN T5 and ViT; post-LN Wav2Vec2, whose sub-layers read the output of
+a LayerNorm), so this is DiT's `modulate(norm(x))` placed where each family normalises. The gate
+is `1 + gate`, not DiT's `gate`: zero-initialised, every layer then computes exactly what the
+pretrained layer computed (DiT's zero gate would switch the pretrained layers off). The layer
+modules, their parameter names and transformers' attention dispatch are untouched, so
+`patch_model` puts QGFD into their self-attention and the pretrained weights load by name.
+
+Weights: the stack is built from `backbone_config` (random), then `load_pretrained_stack` copies
+the pretrained weights in, from a Hub id / folder or from an encoder already loaded (the factory
+passes the modality's frozen encoder, so the checkpoint is read once). The stack is a separate
+copy: it trains, while the encoder that makes x0 stays frozen. Parts of the backbone the denoiser
+does not use (T5's token embeddings, ViT's patch embedding, Wav2Vec2's convolutional feature
+encoder and projection) are removed from the copy. Everything else trains: the stack, the input
+and output projections, the timestep embedding, the modulations.
+
+Shapes: `B` batch, `L` latent tokens, `Lc` conditioning tokens, `P` prefix tokens (ViT's CLS),
+`Dl` latent_dim, `D` d_model (conditioning width), `W` the stack's width.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import List, Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from transformers import PreTrainedModel
+from transformers.masking_utils import create_bidirectional_mask
+from transformers.utils import logging
+
+from .configuration_qgfd import PRETRAINED_STACKS, qgfd_settings
+from .modeling_qgfd import TimestepEmbedding, _zero_init, check_condition, check_float_tensor, check_timesteps, modulate
+from .modeling_qgfd_adapters import build_encoder, load_pretrained_encoder
+from .patching_qgfd import patch_model
+
+logger = logging.get_logger(__name__)
+
+
+# ----------------------------------------------------------------------------------------
+# adaLN-Zero around a pretrained sub-layer: two hooks
+# ----------------------------------------------------------------------------------------
+
+# The (shift, scale, gate) [B, W] of the current call sit in the hooked module's __dict__ under this
+# key, set by `PretrainedDenoiser.run_stack` and removed after it. Outside that call the hooks pass
+# everything through, so the stack called directly is the plain (QGFD-patched) pretrained stack.
+_ADALN_KEY = "_qgfd_adaln"
+
+
+def _adaln_modulate_input(module: nn.Module, args, kwargs):
+    """Forward pre-hook: the sub-layer's input u [B, L', W] -> u * (1 + scale) + shift."""
+    mods = module.__dict__.get(_ADALN_KEY)
+    if mods is None:
+        return None
+    shift, scale, _ = mods
+    if args:
+        return (modulate(args[0], shift, scale),) + tuple(args[1:]), kwargs
+    kwargs = dict(kwargs, hidden_states=modulate(kwargs["hidden_states"], shift, scale))
+    return args, kwargs
+
+
+def _adaln_gate_output(module: nn.Module, args, output):
+    """Forward hook: the sub-layer's output o [B, L', W] -> o * (1 + gate) (first element of a tuple)."""
+    mods = module.__dict__.get(_ADALN_KEY)
+    if mods is None:
+        return None
+    gate = 1 + mods[2][:, None]  # (B, 1, W)
+    if isinstance(output, tuple):
+        return (output[0] * gate,) + tuple(output[1:])
+    return output * gate
+
+
+# ----------------------------------------------------------------------------------------
+# The stack families
+# ----------------------------------------------------------------------------------------
+
+
+class _StackFamily:
+    """How to build, load and run one family of pretrained stacks."""
+
+    modality = None  # the modality whose encoder (modeling_qgfd_adapters.build_encoder) holds this stack
+
+    @staticmethod
+    def width(config) -> int:
+        return int(config.hidden_size)
+
+    def build(self, backbone_config) -> PreTrainedModel:
+        raise NotImplementedError
+
+    def layers(self, stack) -> nn.ModuleList:
+        raise NotImplementedError
+
+    def sublayers(self, layer) -> Tuple[nn.Module, nn.Module]:
+        """(self-attention, feed-forward) of one layer: the modules adaLN-Zero wraps."""
+        raise NotImplementedError
+
+    def encoder_state_dict(self, encoder: nn.Module) -> dict:
+        """The stack's weights, keyed as the stack names them, from a loaded encoder of the backbone."""
+        return encoder.state_dict()
+
+    def prefix(self, stack, batch_size: int) -> Optional[torch.Tensor]:
+        """Tokens [B, P, W] put before the latents (None: none)."""
+        return None
+
+    def run(self, stack, h: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+        """The stack on tokens h [B, L', W] with mask [B, L'] bool (True = attend) or None -> [B, L', W]."""
+        raise NotImplementedError
+
+
+class _T5Family(_StackFamily):
+    """T5's encoder stack: bidirectional self-attention with relative position bias, pre-RMSNorm,
+    final RMSNorm. The stack's token embedding is dropped (the latents come in through `in_proj`)."""
+
+    modality = "text"
+
+    @staticmethod
+    def width(config) -> int:
+        return int(config.d_model)
+
+    def build(self, backbone_config):
+        if backbone_config.model_type == "mt5":
+            from transformers.models.mt5.modeling_mt5 import MT5Stack as Stack
+        else:
+            from transformers.models.t5.modeling_t5 import T5Stack as Stack
+        config = copy.deepcopy(backbone_config)
+        config.is_decoder, config.use_cache = False, False  # the encoder stack
+        stack = Stack(config)
+        stack.embed_tokens = None  # [V, W], unused: the stack takes inputs_embeds
+        return stack
+
+    def layers(self, stack):
+        return stack.block
+
+    def sublayers(self, layer):
+        return layer.layer[0].SelfAttention, layer.layer[-1].DenseReluDense
+
+    def encoder_state_dict(self, encoder):
+        stack = getattr(encoder, "encoder", encoder)  # T5EncoderModel -> its T5Stack
+        return stack.state_dict()
+
+    def run(self, stack, h, mask):
+        # T5Stack.forward: dropout, the blocks (block 0 computes the position bias the others reuse),
+        # final RMSNorm, dropout; the mask goes through the attention implementation's mask function.
+        return stack(inputs_embeds=h, attention_mask=mask).last_hidden_state
+
+
+class _ViTFamily(_StackFamily):
+    """ViT's layers (pre-LN) and final LayerNorm, with its CLS token as a prefix and its learned
+    position embeddings on the latent patches. The patch embedding (pixels -> W) is dropped."""
+
+    modality = "image"
+
+    def build(self, backbone_config):
+        from transformers import ViTModel
+
+        stack = ViTModel(copy.deepcopy(backbone_config), add_pooling_layer=False)
+        del stack.embeddings.patch_embeddings  # unused: the latents come in through `in_proj`
+        return stack
+
+    def layers(self, stack):
+        return stack.layers
+
+    def sublayers(self, layer):
+        return layer.attention, layer.mlp
+
+    def encoder_state_dict(self, encoder):
+        return {k: v for k, v in encoder.state_dict().items() if not k.startswith("embeddings.patch_embeddings.")}
+
+    def prefix(self, stack, batch_size):
+        emb = stack.embeddings
+        cls = emb.cls_token + emb.position_embeddings[:, :1]  # (1, 1, W), as ViTEmbeddings does it
+        return cls.expand(batch_size, -1, -1)  # (B, 1, W)
+
+    def patch_positions(self, stack, num_patches: int) -> torch.Tensor:
+        """ViT's patch position embeddings [1, N, W] for a square grid of N patches (bicubic
+        interpolation, as ViT's `interpolate_pos_encoding`, when N differs from ViT's own)."""
+        pos = stack.embeddings.position_embeddings[:, 1:]  # (1, N0, W)
+        n0, width = pos.shape[1], pos.shape[2]
+        if num_patches == n0:
+            return pos
+        g0, g = math.isqrt(n0), math.isqrt(num_patches)
+        if g0 * g0 != n0 or g * g != num_patches:
+            raise ValueError(f"ViT positions need square grids of patches, got {n0} (ViT) and {num_patches} (latents).")
+        grid = pos.reshape(1, g0, g0, width).permute(0, 3, 1, 2)  # (1, W, g0, g0)
+        grid = F.interpolate(grid.float(), size=(g, g), mode="bicubic", align_corners=False).to(pos.dtype)
+        return grid.permute(0, 2, 3, 1).reshape(1, g * g, width)  # (1, N, W)
+
+    def run(self, stack, h, mask):
+        # ViTModel.forward after its embeddings: the layers, then the final LayerNorm.
+        attention_mask = None
+        if mask is not None:
+            attention_mask = create_bidirectional_mask(config=stack.config, inputs_embeds=h, attention_mask=mask)
+        for layer in stack.layers:
+            h = layer(h, attention_mask)
+        return stack.layernorm(h)
+
+
+class _Wav2Vec2Family(_StackFamily):
+    """Wav2Vec2's Transformer encoder: convolutional positions, LayerNorm, post-LN layers (or pre-LN
+    ones in the "stable layer norm" variant). The convolutional feature encoder, the feature
+    projection and the SpecAugment mask embedding are dropped."""
+
+    modality = "audio"
+
+    def build(self, backbone_config):
+        from transformers import Wav2Vec2Model
+
+        stack = Wav2Vec2Model(copy.deepcopy(backbone_config))
+        stack.feature_extractor, stack.feature_projection = None, None  # unused: latents come in through `in_proj`
+        if "masked_spec_embed" in stack._parameters:
+            del stack.masked_spec_embed
+        stack.adapter = None  # Wav2Vec2's optional output adapter (add_adapter) is not part of the encoder
+        return stack
+
+    def layers(self, stack):
+        return stack.encoder.layers
+
+    def sublayers(self, layer):
+        return layer.attention, layer.feed_forward
+
+    def encoder_state_dict(self, encoder):
+        return {k: v for k, v in encoder.state_dict().items() if k.startswith("encoder.")}
+
+    def run(self, stack, h, mask):
+        # Wav2Vec2Encoder.forward: conv positions, LayerNorm, dropout, the layers (LayerDrop in training).
+        return stack.encoder(h, attention_mask=mask).last_hidden_state
+
+
+_FAMILIES = {"t5": _T5Family(), "mt5": _T5Family(), "vit": _ViTFamily(), "wav2vec2": _Wav2Vec2Family()}
+
+
+# ----------------------------------------------------------------------------------------
+# The denoiser
+# ----------------------------------------------------------------------------------------
+
+
+class PretrainedDenoiser(nn.Module):
+    """eps_theta(x_t, t, cond) whose body is a pretrained backbone's Transformer stack (see the
+    module docstring), QGFD-patched with the config's `qgfd_*` settings.
+
+    1. latents to the stack's width (`in_proj`), plus the stack's own input positions (ViT);
+    2. timestep embedding c (sinusoids + MLP), plus an optional extra embedding;
+    3. the sequence [prefix; latents; conditioning tokens (LayerNorm, then `cond_proj` to W)] and
+       its mask;
+    4. the stack, each layer's sub-layers modulated by adaLN-Zero from c;
+    5. the latent positions of the output, modulated by c (zero-initialised shift and scale),
+       then `out_proj` (zero-initialised, as DiT: the untrained model predicts 0).
+
+    Args:
+        config (`QGFDConfig`): `denoiser="pretrained"`, `backbone_config` (a family of
+            `PRETRAINED_STACKS`), `latent_dim`, `d_model` (conditioning width), `num_timesteps`,
+            the `qgfd_*` settings; video: `num_frames`.
+        conditional (`bool`, *optional*): take conditioning tokens; default `config.conditional`.
+
+    The stack is random until `load_pretrained_stack` (the factory calls it when the backbone is
+    a Hub id or folder).
+
+    Example:
+        >>> from transformers import ViTConfig
+        >>> from qgfd_hf import QGFDImageConfig
+        >>> vit = ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+        ...                 image_size=16, patch_size=4)
+        >>> cfg = QGFDImageConfig(backbone_config=vit, denoiser="pretrained", d_model=32, num_heads=4, num_layers=2, d_ff=64)
+        >>> net = PretrainedDenoiser(cfg)
+        >>> net(torch.randn(2, 16, 32), torch.tensor([3, 500])).shape
+        torch.Size([2, 16, 32])
+    """
+
+    def __init__(self, config, conditional: Optional[bool] = None):
+        super().__init__()
+        backbone_config = getattr(config, "backbone_config", None)
+        model_type = getattr(backbone_config, "model_type", None)
+        if model_type not in _FAMILIES:
+            usable = ", ".join(f"{m}: {'/'.join(t)}" for m, t in PRETRAINED_STACKS.items())
+            raise ValueError(
+                f"The pretrained denoiser needs a backbone_config with a usable Transformer stack ({usable}), "
+                f"got {'None' if backbone_config is None else repr(model_type)}."
+            )
+        self.family = _FAMILIES[model_type]  # stateless helper, not a module
+        self.conditional = bool(getattr(config, "conditional", False)) if conditional is None else bool(conditional)
+        self.latent_dim, self.d_model, self.num_timesteps = config.latent_dim, config.d_model, config.num_timesteps
+        self.num_frames = int(getattr(config, "num_frames", 1)) if config.modality == "video" else 1
+        self._backbone_config = copy.deepcopy(backbone_config)  # for `load_pretrained_stack` (unpatched)
+
+        # The stack: its own copy of the backbone config, so patching it leaves the encoder's alone.
+        self.stack = self.family.build(backbone_config)
+        patch_model(self.stack, **qgfd_settings(config).to_dict())
+        self.width = width = self.family.width(self.stack.config)
+        num_layers = len(self.family.layers(self.stack))
+
+        self.in_proj = nn.Linear(config.latent_dim, width)
+        if self.num_frames > 1:
+            self.frame_embed = nn.Embedding(self.num_frames, width)  # which frame a patch is in (ViT positions are per frame)
+        self.time_embed = TimestepEmbedding(width)
+        if self.conditional:
+            self.cond_norm = nn.LayerNorm(config.d_model, eps=1e-6)
+            self.cond_proj = nn.Linear(config.d_model, width)
+        # adaLN-Zero: per layer (shift, scale, gate) x (self-attention, feed-forward) from c; zero at the start.
+        self.adaLN_modulation = nn.ModuleList(
+            nn.Sequential(nn.SiLU(), _zero_init(nn.Linear(width, 6 * width))) for _ in range(num_layers)
+        )
+        self.adaLN_final = nn.Sequential(nn.SiLU(), _zero_init(nn.Linear(width, 2 * width)))
+        self.out_proj = _zero_init(nn.Linear(width, config.latent_dim))
+        for layer in self.family.layers(self.stack):
+            for sublayer in self.family.sublayers(layer):
+                sublayer.register_forward_pre_hook(_adaln_modulate_input, with_kwargs=True)
+                sublayer.register_forward_hook(_adaln_gate_output)
+
+    # -- weights ------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def load_pretrained_stack(self, source) -> None:
+        """Copy the backbone's pretrained weights into the stack.
+
+        Args:
+            source (`str` or `nn.Module`): a Hub id or folder (read with `from_pretrained`), or an
+                encoder of the same backbone already loaded (the modality adapter's `encoder`), which
+                saves reading the checkpoint twice.
+        """
+        if isinstance(source, str):
+            encoder = build_encoder(self.family.modality, copy.deepcopy(self._backbone_config))
+            load_pretrained_encoder(encoder, source)
+        elif isinstance(source, nn.Module):
+            encoder = source
+        else:
+            raise ValueError(f"`source` must be a Hub id, a folder or a loaded encoder module, got {type(source).__name__}.")
+        state = self.family.encoder_state_dict(encoder)
+        wanted = [k for k in self.stack.state_dict() if ".qgfd_alpha." not in k]  # QGFD alphas are the denoiser's own
+        missing = [k for k in wanted if k not in state]
+        if missing:
+            raise ValueError(f"{type(encoder).__name__} lacks weights of the denoiser's stack: {missing[:5]}{' ...' if len(missing) > 5 else ''}.")
+        bad = [k for k in wanted if state[k].shape != self.stack.state_dict()[k].shape]
+        if bad:
+            raise ValueError(f"{type(encoder).__name__} has weights of other shapes than the denoiser's stack: {bad[:5]}.")
+        self.stack.load_state_dict({k: state[k] for k in wanted}, strict=False)
+        logger.info(f"Pretrained denoiser: {len(wanted)} stack tensors loaded from {source if isinstance(source, str) else type(source).__name__}.")
+
+    # -- forward ------------------------------------------------------------------------------
+
+    def _layer_sublayers(self) -> List[Tuple[nn.Module, nn.Module]]:
+        return [self.family.sublayers(layer) for layer in self.family.layers(self.stack)]
+
+    def embed_latents(self, x_t: torch.Tensor) -> torch.Tensor:
+        """Latents [B, L, Dl] -> tokens [B, L, W]: `in_proj`, plus ViT's positions (per frame, plus the frame embedding)."""
+        h = self.in_proj(x_t)  # (B, L, W)
+        if isinstance(self.family, _ViTFamily):
+            B, L, W = h.shape
+            if L % self.num_frames:
+                raise ValueError(f"Latent length {L} is not a multiple of num_frames={self.num_frames}.")
+            n = L // self.num_frames
+            pos = self.family.patch_positions(self.stack, n).to(h.dtype)  # (1, N, W)
+            h = h.view(B, self.num_frames, n, W) + pos[:, None]  # (B, F, N, W)
+            if self.num_frames > 1:
+                h = h + self.frame_embed.weight[None, :, None].to(h.dtype)  # (1, F, 1, W)
+            h = self.stack.embeddings.dropout(h.reshape(B, L, W))
+        return h
+
+    def run_stack(self, tokens: torch.Tensor, c: Optional[torch.Tensor], mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The stack on a token sequence [B, L', W], with adaLN-Zero from c [B, W] (None: the plain stack).
+
+        Returns the stack's last hidden states [B, L', W]. With the modulations at zero (as
+        initialised) this equals the pretrained stack's own forward on `tokens`.
+        """
+        if c is None:
+            return self.family.run(self.stack, tokens, mask)
+        sublayers = self._layer_sublayers()
+        try:
+            for (attn, ffn), adaln in zip(sublayers, self.adaLN_modulation):
+                mods = adaln(c).chunk(6, dim=-1)  # 6 x (B, W)
+                attn.__dict__[_ADALN_KEY], ffn.__dict__[_ADALN_KEY] = mods[:3], mods[3:]
+            return self.family.run(self.stack, tokens, mask)
+        finally:
+            for attn, ffn in sublayers:
+                attn.__dict__.pop(_ADALN_KEY, None)
+                ffn.__dict__.pop(_ADALN_KEY, None)
+
+    def forward(
+        self,
+        x_t: torch.Tensor,
+        t: torch.Tensor,
+        cond_tokens: Optional[torch.Tensor] = None,
+        cond_mask: Optional[torch.Tensor] = None,
+        extra_embedding: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """Predict the model output for x_t at step t (same contract as `QGFDDiffusionBackbone`).
+
+        Args:
+            x_t (`[B, L, latent_dim]`), t (`[B]` or an int), cond_tokens (`[B, Lc, d_model]`, *optional*),
+            cond_mask (`[B, Lc]`, 1 = valid, *optional*), extra_embedding (`[B, W]`, *optional*, added to c).
+
+        Returns:
+            `torch.FloatTensor` `[B, L, latent_dim]`.
+        """
+        check_float_tensor("x_t", x_t, f"[B, L, latent_dim={self.latent_dim}]", 3, self.latent_dim)
+        B, L, _ = x_t.shape
+        t = check_timesteps(t, B, self.num_timesteps, x_t.device)
+        cond_mask = check_condition(cond_tokens, cond_mask, B, self.d_model)
+        if cond_tokens is not None and not self.conditional:
+            raise ValueError("This denoiser is unconditional; pass cond_tokens=None.")
+        if extra_embedding is not None:
+            check_float_tensor("extra_embedding", extra_embedding, f"[B, {self.width}]", 2, self.width)
+
+        # 1. Latents to the stack's width, with the stack's positions.
+        h = self.embed_latents(x_t)  # (B, L, W)
+        # 2. Time (and extra) embedding c.
+        c = self.time_embed(t)  # (B, W)
+        if extra_embedding is not None:
+            c = c + extra_embedding.to(c.dtype)
+        # 3. The sequence [prefix; latents; conditioning] and its mask (None: every token attends everywhere).
+        parts, keep = [h], [None]
+        prefix = self.family.prefix(self.stack, B)
+        if prefix is not None:
+            parts.insert(0, prefix.to(h.dtype))
+            keep.insert(0, None)
+        if cond_tokens is not None:
+            parts.append(self.cond_proj(self.cond_norm(cond_tokens.to(h.dtype))))  # (B, Lc, W)
+            keep.append(cond_mask)
+        P = 0 if prefix is None else prefix.shape[1]
+        mask = None
+        if any(k is not None for k in keep):
+            mask = torch.cat([torch.ones(p.shape[:2], dtype=torch.bool, device=h.device) if k is None else k
+                              for p, k in zip(parts, keep)], dim=1)  # (B, P + L + Lc)
+        tokens = torch.cat(parts, dim=1) if len(parts) > 1 else h  # (B, P + L + Lc, W)
+        # 4. The pretrained stack with adaLN-Zero.
+        out = self.run_stack(tokens, c, mask)[:, P : P + L]  # (B, L, W)
+        # 5. Output head.
+        shift, scale = self.adaLN_final(c).chunk(2, dim=-1)  # each (B, W)
+        return self.out_proj(modulate(out, shift, scale))  # (B, L, Dl)
+
+
+__all__ = ["PretrainedDenoiser"]
