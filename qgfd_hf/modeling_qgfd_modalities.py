@@ -744,8 +744,10 @@ def create_qgfd_diffusion_model(
         scale_latents (`bool`, defaults to `True`): text: set `latent_scale` = 1 / std of the
             token embeddings (unless `latent_scale` is given).
         **kwargs: further config fields (`seq_len`, `latent_space`, `image_size`, `num_features`,
-            `backbone_qgfd`, `freeze_encoder`, ...). For "shared": `modalities` and
-            `modality_kwargs` (a dict modality -> its config fields).
+            `backbone_qgfd`, `freeze_encoder`, `denoiser`, ...). For "shared": `modalities` and
+            `modality_kwargs` (a dict modality -> its config fields). With `denoiser="pretrained"`
+            the denoiser is the backbone's own Transformer stack, loaded from `backbone_name`
+            when it is a Hub id or folder (random for a config), and trained.
 
     Returns:
         `(model, tokenizer | processor | None, schedule)`; for "shared", a dict of processors.
@@ -781,7 +783,10 @@ def create_qgfd_diffusion_model(
     if modality in ("image", "video"):
         values.setdefault("latent_space", "vit" if backbone_config is not None else "pixels")
     loaded = tokenizer if modality == "text" else processor
-    if loaded is None and name is not None and modality != "tabular":
+    # Pixel patches with a (ViT) backbone: the backbone is the pretrained denoiser's only, and its
+    # processor (resizing to the ViT's size) does not prepare this model's pixels.
+    pixels = modality in ("image", "video") and values["latent_space"] == "pixels"
+    if loaded is None and name is not None and modality != "tabular" and not pixels:
         loaded = _load_processor(modality, name)
     if modality in ("image", "video") and values["latent_space"] == "vit":
         _normalisation_from_processor(values, loaded)
@@ -790,7 +795,12 @@ def create_qgfd_diffusion_model(
     config = MODALITY_CONFIG_CLASSES[modality](backbone_name=name, **values)
     model = MODEL_CLASSES[modality](config)
     if name is not None:
-        model.adapter.load_pretrained_encoder(name)
+        if model.adapter.encoder is not None:
+            model.adapter.load_pretrained_encoder(name)
+        if config.denoiser == "pretrained":
+            # The denoiser's stack: a trainable copy of the encoder's weights (read once, from the
+            # encoder just loaded; from `name` where no encoder makes the latents).
+            model.backbone.load_pretrained_stack(model.adapter.encoder if model.adapter.encoder is not None else name)
     if modality == "text" and scale_latents and "latent_scale" not in kwargs:
         model.adapter.fit_embedding_scale()
     if loaded is None:
