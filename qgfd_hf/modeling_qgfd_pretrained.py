@@ -432,20 +432,16 @@ class PretrainedDenoiser(nn.Module):
         if extra_embedding is not None:
             c = c + extra_embedding.to(c.dtype)
         # 3. The sequence [prefix; latents; conditioning] and its mask (None: every token attends everywhere).
-        parts, keep = [h], [None]
-        prefix = self.family.prefix(self.stack, B)
-        if prefix is not None:
-            parts.insert(0, prefix.to(h.dtype))
-            keep.insert(0, None)
-        if cond_tokens is not None:
-            parts.append(self.cond_proj(self.cond_norm(cond_tokens.to(h.dtype))))  # (B, Lc, W)
-            keep.append(cond_mask)
+        tokens, mask = h, None
+        prefix = self.family.prefix(self.stack, B)  # (B, P, W) or None
         P = 0 if prefix is None else prefix.shape[1]
-        mask = None
-        if any(k is not None for k in keep):
-            mask = torch.cat([torch.ones(p.shape[:2], dtype=torch.bool, device=h.device) if k is None else k
-                              for p, k in zip(parts, keep)], dim=1)  # (B, P + L + Lc)
-        tokens = torch.cat(parts, dim=1) if len(parts) > 1 else h  # (B, P + L + Lc, W)
+        if prefix is not None:
+            tokens = torch.cat([prefix.to(h.dtype), tokens], dim=1)  # (B, P + L, W)
+        if cond_tokens is not None:
+            cond = self.cond_proj(self.cond_norm(cond_tokens.to(h.dtype)))  # (B, Lc, W)
+            tokens = torch.cat([tokens, cond], dim=1)  # (B, P + L + Lc, W)
+            if cond_mask is not None:
+                mask = torch.cat([cond_mask.new_ones(B, P + L), cond_mask], dim=1)  # (B, P + L + Lc) bool
         # 4. The pretrained stack with adaLN-Zero.
         out = self.run_stack(tokens, c, mask)[:, P : P + L]  # (B, L, W)
         # 5. Output head.
