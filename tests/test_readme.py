@@ -1,0 +1,53 @@
+"""The README's quickstart runs, as written, with "t5-small" replaced by a tiny T5 saved
+to a temporary folder (no download) and the Hub replaced by the local stand-in."""
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import T5ForConditionalGeneration
+
+from transformers import T5Config
+
+from test_modeling_qgfd import WORDS, make_tokenizer
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def quickstart_blocks():
+    text = README.read_text(encoding="utf-8")
+    section = text.split("## Quickstart", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```python\n(.*?)```", section, flags=re.S)
+
+
+def test_readme_names_its_commands():
+    text = README.read_text(encoding="utf-8")
+    assert "qgfd-hf demo" in text
+    test_command = 'pip install torch==2.13.0 -e ".[test]" && python -m pytest -q'
+    assert test_command in text
+    assert test_command in (README.parent / ".ci" / "run").read_text()  # CI runs the README's command
+
+
+@pytest.mark.slow
+def test_quickstart_runs(tmp_path, monkeypatch, hub, capsys):
+    blocks = quickstart_blocks()
+    assert len(blocks) == 4
+    t5 = tmp_path / "tiny-t5"
+    torch.manual_seed(0)
+    # t5-small's width (the quickstart's latent_dim=512), one small layer
+    config = T5Config(vocab_size=len(WORDS) + 3, d_model=512, d_kv=16, d_ff=64, num_layers=1, num_heads=2,
+                      decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
+    T5ForConditionalGeneration(config).save_pretrained(t5)
+    make_tokenizer().save_pretrained(t5)
+    monkeypatch.chdir(tmp_path)
+    torch.manual_seed(0)
+    namespace = {}
+    for block in blocks:
+        exec(compile(block.replace('"t5-small"', repr(str(t5))), "README.md", "exec"), namespace)
+    out = capsys.readouterr().out
+    loss = float(re.search(r"Text diffusion loss: ([0-9.e+-]+)", out).group(1))
+    assert loss > 0 and loss == loss
+    assert namespace["out"].shape == (2, 8, 1024, 64) and namespace["p"].shape == (2, 8, 64, 64)
+    assert (tmp_path / "my-qgfd-text" / "README.md").exists()
+    assert "model.safetensors" in hub.list_files("user/my-qgfd-text")
