@@ -80,9 +80,10 @@ DIFFUSION_SETTINGS = (
     ("prediction_type", 'the denoiser\'s target: "epsilon", "sample" (x0) or "v"'),
 )
 DENOISER_SETTINGS = (
-    ("d_model", "width"),
-    ("num_layers", "blocks"),
-    ("num_heads", "attention heads"),
+    ("denoiser", '"qgfd": a fresh QGFD Transformer; "pretrained": the backbone\'s own stack (its config sets the sizes below)'),
+    ("d_model", "width (of conditioning tokens and decoders with a pretrained denoiser)"),
+    ("num_layers", "blocks (fresh denoiser only)"),
+    ("num_heads", "attention heads (fresh denoiser only)"),
     ("latent_dim", "width of the latents x_t"),
 )
 
