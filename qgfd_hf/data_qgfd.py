@@ -6,7 +6,7 @@ modality's collator reads:
 
 | modality | columns                                | collator output (the `batch` of `compute_loss`) |
 |----------|----------------------------------------|-------------------------------------------------|
-| image    | `pixel_values` ([C, H, W] in [0, 1])   | `pixel_values` `[B, C, H, W]` float32             |
+| image    | `pixel_values` ([C, H, W] in [0, 1])   | `pixel_values` `[B, C, H, W]`, normalised         |
 |          | or `image` (PIL, from an image folder) |                                                 |
 | text     | `source`, `target` (strings)           | `input_ids`, `attention_mask` `[B, L]` (target); |
 |          |                                        | `cond_input_ids`, `cond_attention_mask` (source) |
@@ -200,17 +200,24 @@ def load_hub_image_dataset(name: str = "cifar10", split: str = "train", image_co
 
 
 class ImageCollator:
-    """Rows -> `{"pixel_values": [B, C, H, W]}` float32 in [0, 1].
+    """Rows -> `{"pixel_values": [B, C, H, W]}` float32, normalised as the model expects:
+    `(x - image_mean) / image_std` of images x in [0, 1] (the image processor's convention).
 
     Rows carry either `pixel_values` (already [C, H, W] in [0, 1]) or `image` (a PIL image,
     converted to `num_channels` channels and resized to `image_size`).
     """
 
-    def __init__(self, num_channels: int, image_size: int):
+    def __init__(self, num_channels: int, image_size: int, image_mean: Optional[Sequence[float]] = None, image_std: Optional[Sequence[float]] = None):
         if num_channels not in (1, 3):
             raise ValueError(f"`num_channels` must be 1 (grey) or 3 (RGB), got {num_channels!r}.")
         self.num_channels = num_channels
         self.image_size = image_size
+        mean = [0.0] * num_channels if image_mean is None else list(image_mean)
+        std = [1.0] * num_channels if image_std is None else list(image_std)
+        if len(mean) != num_channels or len(std) != num_channels or min(std) <= 0:
+            raise ValueError(f"`image_mean`/`image_std` need {num_channels} values (std > 0), got {mean} and {std}.")
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
 
     def _from_pil(self, image) -> torch.Tensor:
         from PIL import Image
@@ -226,8 +233,8 @@ class ImageCollator:
         if "pixel_values" in rows[0]:
             x = torch.stack([torch.as_tensor(np.asarray(r["pixel_values"], dtype=np.float32)) for r in rows])
         else:
-            x = torch.stack([self._from_pil(r["image"]) for r in rows])
-        return {"pixel_values": x.clamp(0, 1)}
+            x = torch.stack([self._from_pil(r["image"]) for r in rows])  # (B, C, H, W) in [0, 1]
+        return {"pixel_values": (x.clamp(0, 1) - self.mean) / self.std}
 
 
 # ----------------------------------------------------------------------------------------

@@ -49,7 +49,7 @@ def frechet_distance(feats_a: np.ndarray, feats_b: np.ndarray) -> float:
     if len(a) < 2 or len(b) < 2:
         raise ValueError(f"Need at least 2 rows in each set, got {len(a)} and {len(b)}.")
     mu_a, mu_b = a.mean(0), b.mean(0)
-    s_a, s_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    s_a, s_b = np.atleast_2d(np.cov(a, rowvar=False)), np.atleast_2d(np.cov(b, rowvar=False))  # (F, F)
     w, v = np.linalg.eigh(s_a)
     sqrt_a = (v * np.sqrt(np.clip(w, 0, None))) @ v.T  # S_a^(1/2)
     m = sqrt_a @ s_b @ sqrt_a
