@@ -14,8 +14,11 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=find_packages(include=["qgfd_hf", "qgfd_hf.*"]),
-    package_data={"qgfd_hf": ["templates/*.md"]},
+    # The top-level model_cards/ folder ships inside the package as qgfd_hf/model_cards/
+    # (qgfd_hf.modelcard_qgfd looks there first, then in a source checkout's model_cards/).
+    packages=find_packages(include=["qgfd_hf", "qgfd_hf.*"]) + ["qgfd_hf.model_cards"],
+    package_dir={"qgfd_hf.model_cards": "model_cards"},
+    package_data={"qgfd_hf": ["templates/*.md"], "qgfd_hf.model_cards": ["*.md"]},
     include_package_data=True,
     install_requires=[
         "torch>=2.4",

@@ -26,3 +26,18 @@ from .scheduling_qgfd import (
     q_sample,
     sample_loop,
 )
+from .modelcard_qgfd import (
+    push_to_hub_with_card,
+    render_model_card,
+    save_model_card,
+)
+from .patching_qgfd import (
+    find_attention_modules,
+    from_pretrained_qgfd,
+    get_qgfd_settings,
+    is_qgfd_patched,
+    patch_model,
+    qgfd_attention_forward,
+    register_qgfd_attention,
+    unpatch_model,
+)

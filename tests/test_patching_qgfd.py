@@ -1,0 +1,580 @@
+"""Tests for qgfd_hf.patching_qgfd: QGFD inside T5, ViT, Wav2Vec2 and a Llama-style decoder.
+
+Every model is built in-process from a tiny config (width 32, 2 layers, 4 heads); nothing is
+downloaded. Tolerances: 1e-6 for alpha=0 against the original, 1e-5 for cached decoding and
+padding (fp32).
+"""
+
+import copy
+import doctest
+import json
+import os
+import warnings
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from transformers import (
+    AttentionInterface,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedConfig,
+    PreTrainedModel,
+    T5Config,
+    T5ForConditionalGeneration,
+    ViTConfig,
+    ViTModel,
+    Wav2Vec2Config,
+    Wav2Vec2Model,
+)
+from transformers.cache_utils import DynamicLayer
+from transformers.masking_utils import AttentionMaskInterface
+
+import qgfd_hf
+from qgfd_hf import patching_qgfd
+from qgfd_hf.patching_qgfd import QGFDDynamicLayer, find_attention_modules
+
+# ----------------------------------------------------------------------------------------
+# Tiny models
+# ----------------------------------------------------------------------------------------
+
+
+def tiny_t5(**overrides):
+    torch.manual_seed(0)
+    kw = dict(d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4, vocab_size=100, dropout_rate=0.0,
+              decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
+    kw.update(overrides)
+    return T5ForConditionalGeneration(T5Config(**kw)).eval()
+
+
+def tiny_llama(**overrides):
+    torch.manual_seed(0)
+    kw = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+              num_key_value_heads=2, vocab_size=100, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    kw.update(overrides)
+    return LlamaForCausalLM(LlamaConfig(**kw)).eval()
+
+
+def tiny_vit():
+    torch.manual_seed(0)
+    return ViTModel(ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                              image_size=16, patch_size=4)).eval()
+
+
+def tiny_wav2vec2():
+    torch.manual_seed(0)
+    config = Wav2Vec2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                            conv_dim=(16, 16), conv_stride=(5, 4), conv_kernel=(10, 8), num_conv_pos_embeddings=16,
+                            num_conv_pos_embedding_groups=2, feat_extract_norm="layer", do_stable_layer_norm=True,
+                            hidden_dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, feat_proj_dropout=0.0,
+                            layerdrop=0.0, mask_time_prob=0.0)
+    return Wav2Vec2Model(config).eval()
+
+
+@pytest.fixture(scope="module")
+def t5():
+    return tiny_t5()
+
+
+@pytest.fixture(scope="module")
+def llama():
+    return tiny_llama()
+
+
+@pytest.fixture(scope="module")
+def vit():
+    return tiny_vit()
+
+
+@pytest.fixture(scope="module")
+def wav2vec2():
+    return tiny_wav2vec2()
+
+
+def gen_ids(batch=2, length=7, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(3, 100, (batch, length), generator=g)
+
+
+def patched(model, **settings):
+    return qgfd_hf.patch_model(copy.deepcopy(model), **settings)
+
+
+# One forward per model kind, returning a tensor to compare.
+def run(kind, model, **extra):
+    g = torch.Generator().manual_seed(2)
+    if kind == "t5":
+        ids = gen_ids()
+        return model(input_ids=ids, decoder_input_ids=gen_ids(length=5, seed=3), **extra).logits
+    if kind == "llama":
+        return model(input_ids=gen_ids(), **extra).logits
+    if kind == "vit":
+        return model(torch.randn(2, 3, 16, 16, generator=g), **extra).last_hidden_state
+    audio = torch.randn(2, 1600, generator=g)
+    mask = torch.ones(2, 1600, dtype=torch.long)
+    mask[1, 1200:] = 0
+    return model(audio, attention_mask=mask, **extra).last_hidden_state
+
+
+KINDS = ["t5", "llama", "vit", "wav2vec2"]
+
+
+@pytest.fixture
+def model_of(request, t5, llama, vit, wav2vec2):
+    return {"t5": t5, "llama": llama, "vit": vit, "wav2vec2": wav2vec2}
+
+
+# ----------------------------------------------------------------------------------------
+# Registration and which layers get QGFD
+# ----------------------------------------------------------------------------------------
+
+
+def test_registered_with_attention_and_mask_interfaces():
+    assert AttentionInterface._global_mapping["qgfd"] is qgfd_hf.qgfd_attention_forward
+    assert "qgfd" in AttentionMaskInterface._global_mapping
+
+
+def test_t5_self_attention_gets_qgfd_cross_attention_stays_plain(t5):
+    roles = {name: role for name, _, role in find_attention_modules(t5)}
+    assert roles == {
+        **{f"encoder.block.{i}.layer.0.SelfAttention": "self" for i in range(2)},
+        **{f"decoder.block.{i}.layer.0.SelfAttention": "self" for i in range(2)},
+        **{f"decoder.block.{i}.layer.1.EncDecAttention": "cross" for i in range(2)},
+    }
+    m = patched(t5)
+    with_alpha = sorted(n.rsplit(".qgfd_alpha", 1)[0] for n, mod in m.named_modules() if n.endswith("qgfd_alpha"))
+    assert with_alpha == sorted(n for n, r in roles.items() if r == "self")
+    assert m.config._attn_implementation == m.encoder.config._attn_implementation == "qgfd"
+
+
+def test_t5_cross_attention_is_exactly_plain(t5):
+    """QGFD with alpha > 0 changes the self-attention only: T5 cross-attention equals sdpa's."""
+    m = patched(t5, alpha=0.7, steps=2)
+    seen = {}
+
+    def grab(name):
+        def hook(module, args, kwargs, output):
+            seen.setdefault(name, []).append(output[0])
+        return hook
+
+    ref = copy.deepcopy(m)
+    qgfd_hf.unpatch_model(ref)
+    # Feed both cross-attention layers the same inputs: take them from the patched model's run.
+    cross = m.decoder.block[0].layer[1].EncDecAttention
+    inputs = {}
+    cross.register_forward_pre_hook(lambda mod, a, kw: inputs.update(args=a, kwargs=kw), with_kwargs=True)
+    run("t5", m)
+    out_qgfd = cross(*inputs["args"], **inputs["kwargs"])[0]
+    out_plain = ref.decoder.block[0].layer[1].EncDecAttention(*inputs["args"], **inputs["kwargs"])[0]
+    assert torch.equal(out_qgfd, out_plain)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_alpha_zero_equals_original(kind, model_of):
+    original = model_of[kind]
+    m = patched(original, alpha=0.0, steps=3)
+    with torch.no_grad():
+        torch.testing.assert_close(run(kind, m), run(kind, original), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_patch_changes_outputs_and_unpatch_restores_exactly(kind, model_of):
+    original = model_of[kind]
+    keys = list(original.state_dict())
+    names = [n for n, _ in original.named_parameters()]
+    m = patched(original, alpha=0.6, steps=2)
+    assert qgfd_hf.is_qgfd_patched(m) and not qgfd_hf.is_qgfd_patched(original)
+    assert list(m.state_dict()) == keys and [n for n, _ in m.named_parameters()] == names
+    with torch.no_grad():
+        before, qgfd = run(kind, original), run(kind, m)
+        assert (qgfd - before).abs().max() > 1e-4
+        qgfd_hf.unpatch_model(m)
+        assert torch.equal(run(kind, m), before)
+    assert not qgfd_hf.is_qgfd_patched(m)
+    assert m.config._attn_implementation == original.config._attn_implementation
+    assert not hasattr(m.config, "qgfd") and "attn_implementation" not in m.config.__dict__
+    assert list(m.state_dict()) == keys
+    assert not any(n.endswith("qgfd_alpha") for n, _ in m.named_modules())
+
+
+# ----------------------------------------------------------------------------------------
+# The QGFD each layer computes, and output_attentions
+# ----------------------------------------------------------------------------------------
+
+
+def _inputs_of(module):
+    seen = {}
+    handle = module.register_forward_pre_hook(lambda mod, a, kw: seen.update(args=a, kwargs=kw), with_kwargs=True)
+    return seen, handle
+
+
+def test_vit_attention_is_qgfd_with_weights_from_reference(vit):
+    settings = dict(steps=2, alpha=0.4, mix="recurrent")
+    m = patched(vit, **settings)
+    attn = m.layers[0].attention
+    seen, handle = _inputs_of(attn)
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        out = m(x, output_attentions=True)
+        plain = m(x).last_hidden_state
+        handle.remove()
+        h = seen["args"][0]
+        B, L, _ = h.shape
+        q, k, v = (p(h).view(B, L, 4, 8).transpose(1, 2) for p in (attn.q_proj, attn.k_proj, attn.v_proj))
+        _, ref_w = qgfd_hf.qgfd_attention_reference(q, k, v, return_weights=True, **settings)
+    torch.testing.assert_close(out.attentions[0], ref_w, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out.last_hidden_state, plain, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(ref_w, torch.softmax(q @ k.transpose(-1, -2) / 8**0.5, -1), atol=1e-3)
+    torch.testing.assert_close(out.attentions[1].sum(-1), torch.ones(2, 4, L))
+
+
+def test_t5_keeps_relative_position_bias_and_scale_one(t5):
+    settings = dict(steps=2, alpha=0.5)
+    m = patched(t5, **settings)
+    attn = m.encoder.block[0].layer[0].SelfAttention
+    seen, handle = _inputs_of(attn)
+    with torch.no_grad():
+        out = m(input_ids=gen_ids(), decoder_input_ids=gen_ids(length=4), output_attentions=True)
+        handle.remove()
+        h = seen["args"][0]
+        B, L, _ = h.shape
+        q, k, v = (p(h).view(B, L, 4, 8).transpose(1, 2) for p in (attn.q, attn.k, attn.v))
+        bias = attn.compute_bias(L, L)  # (1, H, L, L)
+        _, ref_w = qgfd_hf.qgfd_attention_reference(q, k, v, attn_mask=bias, scale=1.0, return_weights=True, **settings)
+    torch.testing.assert_close(out.encoder_attentions[0], ref_w, rtol=1e-5, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------------------
+# Decoders: causality, generate() with the cache, padding
+# ----------------------------------------------------------------------------------------
+
+GRAPH_SETTINGS = [
+    dict(steps=2, alpha=0.5, graph="attention"),
+    dict(steps=3, alpha=0.7, graph="keys", mix="recurrent", key_temperature=0.5),
+]
+
+
+@pytest.mark.parametrize("settings", GRAPH_SETTINGS)
+def test_decoders_are_exactly_causal(settings, t5, llama):
+    ids = gen_ids(length=8)
+    changed = ids.clone()
+    changed[:, 5:] = (changed[:, 5:] + 7) % 97 + 3
+    m = patched(llama, **settings)
+    with torch.no_grad():
+        a, b = m(input_ids=ids).logits, m(input_ids=changed).logits
+    assert torch.equal(a[:, :5], b[:, :5]) and not torch.allclose(a[:, 5:], b[:, 5:])
+    m = patched(t5, **settings)
+    enc = gen_ids(length=6, seed=5)
+    with torch.no_grad():
+        a = m(input_ids=enc, decoder_input_ids=ids).logits
+        b = m(input_ids=enc, decoder_input_ids=changed).logits
+    assert torch.equal(a[:, :5], b[:, :5]) and not torch.allclose(a[:, 5:], b[:, 5:])
+
+
+def _t5_cached_vs_full(m, ids, **gen_kwargs):
+    out = m.generate(ids, max_new_tokens=6, do_sample=False, output_logits=True, return_dict_in_generate=True,
+                     **gen_kwargs)
+    with torch.no_grad():
+        full = m(input_ids=ids, decoder_input_ids=out.sequences[:, :-1], use_cache=False).logits
+    return torch.stack(out.logits, 1), full, out.sequences
+
+
+@pytest.mark.parametrize("settings", GRAPH_SETTINGS)
+def test_t5_generate_cached_equals_full_forward(settings, t5):
+    m = patched(t5, **settings)
+    cached, full, _ = _t5_cached_vs_full(m, gen_ids())
+    torch.testing.assert_close(cached, full, rtol=0, atol=1e-5)
+
+
+def _llama_left_padded():
+    ids = gen_ids(length=7)
+    mask = torch.ones_like(ids)
+    ids[1, :3], mask[1, :3] = 0, 0
+    return ids, mask
+
+
+@pytest.mark.parametrize("settings", GRAPH_SETTINGS)
+def test_llama_generate_cached_equals_full_forward_with_left_padding(settings, llama):
+    m = patched(llama, **settings)
+    ids, mask = _llama_left_padded()
+    out = m.generate(ids, attention_mask=mask, max_new_tokens=6, do_sample=False, output_logits=True,
+                     return_dict_in_generate=True)
+    full_mask = torch.cat([mask, torch.ones(2, 6, dtype=mask.dtype)], 1)
+    position_ids = (full_mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        full = m(input_ids=out.sequences, attention_mask=full_mask, position_ids=position_ids).logits
+    torch.testing.assert_close(torch.stack(out.logits, 1), full[:, ids.shape[1] - 1 : -1], rtol=0, atol=1e-5)
+
+
+def test_fresh_generate_does_not_reuse_stale_values(llama):
+    m = patched(llama, steps=2, alpha=0.6)
+    a, b = gen_ids(seed=11), gen_ids(seed=12)
+    first = m.generate(a, max_new_tokens=5, do_sample=False)
+    m.generate(b, max_new_tokens=7, do_sample=False)
+    again = m.generate(a, max_new_tokens=5, do_sample=False)
+    fresh = patched(llama, steps=2, alpha=0.6).generate(a, max_new_tokens=5, do_sample=False)
+    assert torch.equal(first, again) and torch.equal(first, fresh)
+
+
+def test_t5_beam_search_cached_equals_uncached():
+    m = patched(tiny_t5(initializer_factor=3.0), steps=2, alpha=0.5)
+    ids = gen_ids(batch=2, length=6)
+    kw = dict(max_new_tokens=5, num_beams=3, num_return_sequences=2, do_sample=False, output_scores=True,
+              return_dict_in_generate=True)
+    cached = m.generate(ids, **kw)
+    uncached = m.generate(ids, use_cache=False, **kw)
+    assert torch.equal(cached.sequences, uncached.sequences)
+    torch.testing.assert_close(cached.sequences_scores, uncached.sequences_scores, rtol=1e-4, atol=1e-4)
+    assert len(set(map(tuple, cached.sequences.tolist()))) > 2  # the beams differ: reorders happened
+
+
+def test_cache_layer_keeps_propagated_values_in_step_with_its_edits():
+    layer = DynamicLayer()
+    k = torch.randn(2, 1, 5, 4)
+    layer.update(k, k.clone())
+    layer = patching_qgfd._qgfd_layer(layer)
+    assert isinstance(layer, QGFDDynamicLayer)
+    w = torch.arange(2 * 5, dtype=torch.float).view(2, 1, 5, 1)
+    layer._qgfd_propagated = patching_qgfd._Propagated((w,), 5)
+    layer.reorder_cache(torch.tensor([1, 1]))
+    assert torch.equal(layer._qgfd_propagated.values[0], w[[1, 1]])
+    layer.batch_repeat_interleave(2)
+    assert layer._qgfd_propagated.values[0].shape[0] == 4
+    layer.batch_select_indices(torch.tensor([0, 3]))
+    assert layer._qgfd_propagated.values[0].shape[0] == 2
+    layer.crop(-2)
+    assert layer._qgfd_propagated.length == layer.get_seq_length() == 3
+    layer.reset()
+    assert layer._qgfd_propagated is None
+
+
+def test_static_cache_is_refused_clearly(llama):
+    m = patched(llama)
+    with pytest.raises(ValueError, match="static, sliding-window and quantized caches"):
+        m.generate(gen_ids(), max_new_tokens=3, do_sample=False, cache_implementation="static")
+
+
+def test_t5_padding_equals_unpadded(t5):
+    m = patched(t5, steps=2, alpha=0.5)
+    ids = gen_ids(batch=2, length=8)
+    mask = torch.ones_like(ids)
+    ids[1, 5:], mask[1, 5:] = 0, 0
+    dec = gen_ids(batch=2, length=4, seed=9)
+    with torch.no_grad():
+        batch = m(input_ids=ids, attention_mask=mask, decoder_input_ids=dec)
+        alone = m(input_ids=ids[1:, :5], decoder_input_ids=dec[1:])
+    torch.testing.assert_close(batch.encoder_last_hidden_state[1, :5], alone.encoder_last_hidden_state[0], rtol=0, atol=1e-5)
+    torch.testing.assert_close(batch.logits[1], alone.logits[0], rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("settings", GRAPH_SETTINGS)
+def test_llama_left_padding_equals_unpadded(settings, llama):
+    m = patched(llama, **settings)
+    ids, mask = _llama_left_padded()
+    with torch.no_grad():
+        batch = m(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0)).logits
+        alone = m(input_ids=ids[1:, 3:]).logits
+    torch.testing.assert_close(batch[1, 3:], alone[0], rtol=0, atol=1e-5)
+
+
+def test_wav2vec2_padding_equals_unpadded(wav2vec2):
+    m = patched(wav2vec2, steps=2, alpha=0.5, graph="keys")
+    audio = torch.randn(2, 1600, generator=torch.Generator().manual_seed(4))
+    mask = torch.ones(2, 1600, dtype=torch.long)
+    audio[1, 1200:], mask[1, 1200:] = 0.0, 0
+    with torch.no_grad():
+        batch = m(audio, attention_mask=mask).last_hidden_state
+        alone = m(audio[1:, :1200]).last_hidden_state
+    n = alone.shape[1]
+    torch.testing.assert_close(batch[1, :n], alone[0], rtol=0, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------
+# Settings on the config: save / load, set_attn_implementation, from_pretrained(attn_implementation=)
+# ----------------------------------------------------------------------------------------
+
+
+def test_save_pretrained_from_pretrained_gives_back_the_qgfd_model(t5, tmp_path):
+    settings = dict(steps=2, alpha=0.3, graph="keys", mix="recurrent")
+    m = patched(t5, **settings)
+    m.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["attn_implementation"] == "qgfd" and saved["qgfd"]["steps"] == 2
+    loaded = T5ForConditionalGeneration.from_pretrained(tmp_path).eval()
+    assert qgfd_hf.is_qgfd_patched(loaded)
+    assert qgfd_hf.get_qgfd_settings(loaded) == qgfd_hf.QGFDSettings(**settings)
+    with torch.no_grad():
+        assert torch.equal(run("t5", loaded), run("t5", m))
+    # Generation from a loaded model: its layers meet the cache on their very first call.
+    cached, full, seq = _t5_cached_vs_full(loaded, gen_ids())
+    torch.testing.assert_close(cached, full, rtol=0, atol=1e-5)
+    assert torch.equal(seq, m.generate(gen_ids(), max_new_tokens=6, do_sample=False))
+
+
+def test_from_pretrained_with_attn_implementation_and_set_attn_implementation(llama, tmp_path):
+    plain = copy.deepcopy(llama)
+    plain.config.qgfd = {"steps": 2, "alpha": 0.4}
+    plain.save_pretrained(tmp_path)
+    expected = patched(llama, steps=2, alpha=0.4)
+    loaded = LlamaForCausalLM.from_pretrained(tmp_path, attn_implementation="qgfd").eval()
+    switched = copy.deepcopy(llama)
+    switched.set_attn_implementation("qgfd")
+    defaults = patched(llama)
+    with torch.no_grad():
+        assert torch.equal(run("llama", loaded), run("llama", expected))
+        assert torch.equal(run("llama", switched), run("llama", defaults))
+    out = loaded.generate(gen_ids(), max_new_tokens=5, do_sample=False, output_logits=True, return_dict_in_generate=True)
+    with torch.no_grad():
+        full = loaded(input_ids=out.sequences).logits[:, 6:-1]
+    torch.testing.assert_close(torch.stack(out.logits, 1), full, rtol=0, atol=1e-5)
+    assert qgfd_hf.is_qgfd_patched(switched)
+    qgfd_hf.unpatch_model(switched)
+    with torch.no_grad():
+        assert torch.equal(run("llama", switched), run("llama", llama))
+
+
+def test_vit_roundtrip_and_resave(vit, tmp_path):
+    m = patched(vit, steps=1, alpha=0.5)
+    m.save_pretrained(tmp_path / "a")
+    loaded = qgfd_hf.from_pretrained_qgfd(ViTModel, tmp_path / "a").eval()
+    loaded.save_pretrained(tmp_path / "b")
+    again = ViTModel.from_pretrained(tmp_path / "b").eval()
+    with torch.no_grad():
+        assert torch.equal(run("vit", again), run("vit", m))
+
+
+# ----------------------------------------------------------------------------------------
+# Learnable alpha, warm-up, training
+# ----------------------------------------------------------------------------------------
+
+
+def test_learnable_alpha_adds_one_parameter_per_layer_and_reloads(vit, tmp_path):
+    m = patched(vit, learnable_alpha=True, alpha=0.3, alpha_max=0.8)
+    new = sorted(set(m.state_dict()) - set(vit.state_dict()))
+    assert new == [f"layers.{i}.attention.qgfd_alpha.logit" for i in range(2)]
+    m.train()
+    run("vit", m).pow(2).mean().backward()
+    assert all(m.get_parameter(n).grad.abs().sum() > 0 for n in new)
+    with torch.no_grad():
+        m.get_parameter(new[0]).add_(0.5)
+    m.eval().save_pretrained(tmp_path)
+    loaded = qgfd_hf.from_pretrained_qgfd(ViTModel, tmp_path).eval()
+    with torch.no_grad():
+        assert torch.equal(run("vit", loaded), run("vit", m))
+    plain_load = ViTModel.from_pretrained(tmp_path).eval()
+    with pytest.raises(ValueError, match="learnable alpha"):
+        run("vit", plain_load)
+
+
+def test_warmup_follows_set_qgfd_step(llama):
+    warm = patched(llama, alpha=0.6, steps=2, warmup_steps=10).train()
+    assert qgfd_hf.set_qgfd_step(warm, 0) == 2
+    with torch.no_grad():
+        torch.testing.assert_close(run("llama", warm), run("llama", llama), rtol=0, atol=1e-6)
+        qgfd_hf.set_qgfd_step(warm, 5)
+        torch.testing.assert_close(run("llama", warm), run("llama", patched(llama, alpha=0.3, steps=2)), rtol=0, atol=1e-6)
+        qgfd_hf.set_qgfd_step(warm, 0)
+        warm.eval()  # eval uses the full alpha
+        torch.testing.assert_close(run("llama", warm), run("llama", patched(llama, alpha=0.6, steps=2)), rtol=0, atol=1e-6)
+
+
+def _grads(model, enable_checkpointing):
+    model.train()
+    if enable_checkpointing:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model.gradient_checkpointing_enable()
+    model.zero_grad()
+    labels = gen_ids(length=5, seed=8)
+    if isinstance(model, T5ForConditionalGeneration):
+        loss = model(input_ids=gen_ids(), labels=labels).loss
+    else:
+        loss = model(input_ids=labels, labels=labels).loss
+    loss.backward()
+    return {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("kind", ["t5", "llama"])
+def test_backward_and_gradient_checkpointing_give_the_same_grads(kind, model_of):
+    settings = dict(steps=2, alpha=0.5, warmup_steps=4)
+    a, b = patched(model_of[kind], **settings), patched(model_of[kind], **settings)
+    qgfd_hf.set_qgfd_step(a, 3)
+    qgfd_hf.set_qgfd_step(b, 3)
+    ga, gb = _grads(a, False), _grads(b, True)
+    assert set(ga) == set(gb) and len(ga) == len(list(a.parameters()))
+    for n in ga:
+        assert torch.isfinite(ga[n]).all()
+        torch.testing.assert_close(gb[n], ga[n], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_bf16_autocast_forward_backward(kind, model_of):
+    m = patched(model_of[kind], steps=2, alpha=0.5).train()
+    with torch.no_grad():
+        ref = run(kind, m).float()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = run(kind, m)
+    out.float().pow(2).mean().backward()
+    assert torch.isfinite(out.float()).all()
+    assert all(torch.isfinite(p.grad).all() for p in m.parameters() if p.grad is not None)
+    assert (out.float() - ref).norm() / ref.norm() < 5e-2
+
+
+# ----------------------------------------------------------------------------------------
+# Bad input
+# ----------------------------------------------------------------------------------------
+
+
+class _NoAttentionConfig(PreTrainedConfig):
+    model_type = "qgfd-test-no-attention"
+
+
+class _NoAttentionModel(PreTrainedModel):
+    config_class = _NoAttentionConfig
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.linear = nn.Linear(4, 4)
+        self.post_init()
+
+    def forward(self, x):
+        return self.linear(x)
+
+
+def test_model_without_attention_is_refused_with_what_is_supported():
+    with pytest.raises(ValueError, match="no attention layer.*T5.*ViT.*Wav2Vec2"):
+        qgfd_hf.patch_model(_NoAttentionModel(_NoAttentionConfig()))
+    with pytest.raises(ValueError, match="PreTrainedModel.*T5"):
+        qgfd_hf.patch_model(nn.Linear(3, 3))
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [dict(alpha=1.5), dict(steps=-1), dict(steps=1.5), dict(graph="dense"), dict(mix="avg"),
+     dict(key_temperature=0.0), dict(warmup_steps=-2), dict(learnable_alpha=True, alpha=0.9, alpha_max=0.5),
+     dict(stepz=2)],
+)
+def test_invalid_settings_raise_value_error(settings, vit):
+    m = copy.deepcopy(vit)
+    with pytest.raises(ValueError):
+        qgfd_hf.patch_model(m, **settings)
+    assert not qgfd_hf.is_qgfd_patched(m)
+
+
+def test_patching_twice_same_settings_is_a_no_op_other_settings_raise(vit):
+    m = patched(vit, steps=2, alpha=0.4)
+    alphas = [mod for n, mod in m.named_modules() if n.endswith("qgfd_alpha")]
+    assert qgfd_hf.patch_model(m) is m
+    assert qgfd_hf.patch_model(m, steps=2, alpha=0.4) is m
+    assert [mod for n, mod in m.named_modules() if n.endswith("qgfd_alpha")] == alphas
+    with pytest.raises(ValueError, match="unpatch_model"):
+        qgfd_hf.patch_model(m, steps=3)
+    qgfd_hf.unpatch_model(m)
+    with pytest.raises(ValueError, match="nothing to unpatch"):
+        qgfd_hf.unpatch_model(m)
+
+
+def test_docstring_examples_run():
+    result = doctest.testmod(patching_qgfd, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0 and result.failed == 0
