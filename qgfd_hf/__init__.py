@@ -41,3 +41,38 @@ from .patching_qgfd import (
     register_qgfd_attention,
     unpatch_model,
 )
+from .configuration_qgfd import (
+    ALL_MODALITIES,
+    MODALITIES,
+    QGFD_PRESETS,
+    DiffusionConfig,
+    QGFDAudioConfig,
+    QGFDConfig,
+    QGFDImageConfig,
+    QGFDSharedConfig,
+    QGFDTabularConfig,
+    QGFDTextConfig,
+    QGFDVideoConfig,
+)
+from .modeling_qgfd import (
+    DecoderBlock,
+    EncoderBlock,
+    PositionwiseFFN,
+    QGFDDiffusionBackbone,
+    QGFDDiffusionOutput,
+    QGFDPreTrainedModel,
+    TimestepEmbedding,
+)
+from .modeling_qgfd_adapters import AudioAdapter, ImageAdapter, TabularAdapter, TextAdapter, VideoAdapter
+from .modeling_qgfd_modalities import (
+    AudioQGFDDiffusionModel,
+    ImageQGFDDiffusionModel,
+    SharedQGFDDiffusionModel,
+    TabularQGFDDiffusionModel,
+    TextQGFDDiffusionModel,
+    VideoQGFDDiffusionModel,
+    create_qgfd_diffusion_model,
+    register_qgfd_auto_classes,
+)
+
+register_qgfd_auto_classes()

@@ -1,0 +1,816 @@
+# coding=utf-8
+"""Configurations of the QGFD diffusion models.
+
+- `DiffusionConfig`: the seed's dataclass (the denoiser's sizes, QGFD settings, schedule),
+  kept for the seed's quickstart and accepted by `QGFDDiffusionBackbone(cfg)`.
+- `QGFDConfig(PretrainedConfig)`: every hyperparameter of a Hugging Face QGFD diffusion
+  model, with the pretrained encoder's own config nested as `backbone_config`.
+- One subclass per model, each with its own `model_type` so that `AutoModel` returns the
+  right class: `QGFDTextConfig` ("qgfd_text"), `QGFDImageConfig` ("qgfd_image"),
+  `QGFDAudioConfig` ("qgfd_audio"), `QGFDVideoConfig` ("qgfd_video"),
+  `QGFDTabularConfig` ("qgfd_tabular") and `QGFDSharedConfig` ("qgfd_shared").
+
+Every value is checked in `__init__`; a bad one raises `ValueError` naming the value and
+what is allowed. Sizes derived from the pretrained encoder (`latent_dim`, image size, ...)
+are resolved here, so `latent_shape` needs nothing but the config.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Dict, Optional, Sequence
+
+from transformers import AutoConfig, PretrainedConfig
+
+from .attention_qgfd import QGFDSettings
+from .scheduling_qgfd import BETA_SCHEDULES, PREDICTION_TYPES
+
+MODALITIES = ("text", "image", "audio", "video", "tabular")
+ALL_MODALITIES = MODALITIES + ("shared",)
+TIME_CONDITIONINGS = ("adaln", "add")
+POSITION_EMBEDDINGS = ("sinusoidal", "learned", "none")
+DENOISERS = ("qgfd",)  # issue 7 adds "pretrained"
+IMAGE_LATENT_SPACES = ("vit", "pixels")
+
+# The QGFD attention settings of the denoiser: config name -> `QGFDSettings` field.
+QGFD_FIELDS = {
+    "qgfd_steps": "steps",
+    "qgfd_alpha": "alpha",
+    "qgfd_graph": "graph",
+    "qgfd_mix": "mix",
+    "qgfd_key_temperature": "key_temperature",
+    "qgfd_detach_graph": "detach_graph",
+    "qgfd_learnable_alpha": "learnable_alpha",
+    "qgfd_alpha_max": "alpha_max",
+    "qgfd_warmup_steps": "warmup_steps",
+}
+
+# Named sizes of the denoiser (DiT's `DiT_models`). Parameter counts are those of
+# `QGFDDiffusionBackbone` with latent_dim = d_model, adaLN time conditioning and
+# cross-attention (tests/test_configuration_qgfd.py checks them).
+QGFD_PRESETS: Dict[str, Dict[str, int]] = {
+    "tiny": dict(d_model=32, num_heads=4, num_layers=2, d_ff=64),  # 0.05 M: tests
+    "small": dict(d_model=256, num_heads=4, num_layers=4, d_ff=1024),  # 6.2 M: CPU demos
+    "base": dict(d_model=512, num_heads=8, num_layers=4, d_ff=2048),  # 24.6 M: the seed's sizes
+    "large": dict(d_model=768, num_heads=12, num_layers=12, d_ff=3072),  # 159.1 M
+}
+# Parameter counts of the presets' backbones in millions (checked by the tests).
+QGFD_PRESET_PARAMS_M = {"tiny": 0.05, "small": 6.2, "base": 24.6, "large": 159.1}
+
+
+# ----------------------------------------------------------------------------------------
+# Validation helpers (shared by DiffusionConfig and QGFDConfig)
+# ----------------------------------------------------------------------------------------
+
+
+def _check_int(name, value, minimum=1):
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"`{name}` must be an int >= {minimum}, got {value!r}.")
+
+
+def _check_float(name, value, low=None, high=None, low_open=False, high_open=False):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value) or math.isinf(value):
+        raise ValueError(f"`{name}` must be a finite float, got {value!r}.")
+    lo_bad = low is not None and (value <= low if low_open else value < low)
+    hi_bad = high is not None and (value >= high if high_open else value > high)
+    if lo_bad or hi_bad:
+        lo = "" if low is None else ("(" if low_open else "[") + f"{low}"
+        hi = "" if high is None else f"{high}" + (")" if high_open else "]")
+        raise ValueError(f"`{name}` must lie in {lo or '(-inf'}, {hi or 'inf)'}, got {value!r}.")
+
+
+def _check_choice(name, value, allowed):
+    if value not in allowed:
+        raise ValueError(f"Unknown {name} {value!r}; allowed: {', '.join(repr(a) for a in allowed)}.")
+
+
+def _check_bool(name, value):
+    if not isinstance(value, bool):
+        raise ValueError(f"`{name}` must be a bool, got {value!r}.")
+
+
+def validate_diffusion_settings(cfg) -> None:
+    """Check the denoiser, QGFD and schedule fields that `DiffusionConfig` and `QGFDConfig` share."""
+    _check_int("d_model", cfg.d_model)
+    _check_int("num_heads", cfg.num_heads)
+    if cfg.d_model % cfg.num_heads:
+        raise ValueError(f"`num_heads`={cfg.num_heads} must divide `d_model`={cfg.d_model}.")
+    _check_int("num_layers", cfg.num_layers)
+    _check_int("d_ff", cfg.d_ff)
+    if cfg.latent_dim is not None:
+        _check_int("latent_dim", cfg.latent_dim)
+    _check_int("num_timesteps", cfg.num_timesteps, minimum=2)
+    _check_float("dropout", cfg.dropout, 0.0, 1.0, high_open=True)
+    qgfd_settings(cfg)  # QGFDSettings raises ValueError on a bad QGFD value
+    _check_choice("beta_schedule", cfg.beta_schedule, BETA_SCHEDULES)
+    _check_float("beta_start", cfg.beta_start, 0.0, 1.0, low_open=True, high_open=True)
+    _check_float("beta_end", cfg.beta_end, 0.0, 1.0, low_open=True, high_open=True)
+    if cfg.beta_start > cfg.beta_end:
+        raise ValueError(f"Need beta_start <= beta_end, got beta_start={cfg.beta_start!r}, beta_end={cfg.beta_end!r}.")
+    _check_choice("prediction_type", cfg.prediction_type, PREDICTION_TYPES)
+    _check_choice("time_conditioning", cfg.time_conditioning, TIME_CONDITIONINGS)
+    _check_choice("position_embedding", cfg.position_embedding, POSITION_EMBEDDINGS)
+    _check_int("max_position_embeddings", cfg.max_position_embeddings)
+
+
+def qgfd_settings(cfg) -> QGFDSettings:
+    """The denoiser's `QGFDSettings` from a config's `qgfd_*` fields."""
+    return QGFDSettings.from_dict({field: getattr(cfg, name) for name, field in QGFD_FIELDS.items()})
+
+
+# ----------------------------------------------------------------------------------------
+# The seed's dataclass
+# ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class DiffusionConfig:
+    """The seed's configuration of the QGFD denoiser (a plain dataclass).
+
+    Args:
+        d_model (`int`, defaults to 512): width of the denoiser.
+        num_heads (`int`, defaults to 8): attention heads; must divide `d_model`.
+        num_layers (`int`, defaults to 4): number of `DecoderBlock`s.
+        d_ff (`int`, defaults to 2048): hidden width of each block's feed-forward network.
+        latent_dim (`int`, defaults to 512): width of the latents the denoiser reads and
+            predicts. The modality models require it to equal their encoder's width
+            (T5 `d_model`, ViT/Wav2Vec2 `hidden_size`, `C * patch_size**2` for pixel patches).
+        num_timesteps (`int`, defaults to 1000): diffusion steps T.
+        qgfd_steps (`int`, defaults to 1), qgfd_alpha (`float`, defaults to 0.5), qgfd_graph,
+            qgfd_mix, qgfd_key_temperature, qgfd_detach_graph, qgfd_learnable_alpha,
+            qgfd_alpha_max, qgfd_warmup_steps: the QGFD settings of the denoiser's
+            self-attention (see `qgfd_hf.QGFDSettings`).
+        dropout (`float`, defaults to 0.0): dropout in attention and feed-forward layers.
+        beta_schedule (`str`, defaults to `"linear"`): `"linear"`, `"cosine"` or `"sqrt"`.
+        beta_start (`float`, defaults to 1e-4), beta_end (`float`, defaults to 2e-2): linear schedule's ends.
+        prediction_type (`str`, defaults to `"epsilon"`): `"epsilon"`, `"sample"` or `"v"`.
+        time_conditioning (`str`, defaults to `"adaln"`): `"adaln"` (DiT's adaLN-Zero) or
+            `"add"` (the seed: the time embedding is added to every token).
+        position_embedding (`str`, defaults to `"sinusoidal"`): `"sinusoidal"`, `"learned"` or `"none"`.
+        max_position_embeddings (`int`, defaults to 1024): longest latent sequence of learned positions.
+
+    Example:
+        >>> cfg = DiffusionConfig(d_model=32, num_heads=4, num_layers=2, d_ff=64, latent_dim=32)
+        >>> cfg.num_timesteps
+        1000
+    """
+
+    d_model: int = 512
+    num_heads: int = 8
+    num_layers: int = 4
+    d_ff: int = 2048
+    latent_dim: int = 512
+    num_timesteps: int = 1000
+    qgfd_steps: int = 1
+    qgfd_alpha: float = 0.5
+    qgfd_graph: str = "attention"
+    qgfd_mix: str = "seed"
+    qgfd_key_temperature: float = 1.0
+    qgfd_detach_graph: bool = False
+    qgfd_learnable_alpha: bool = False
+    qgfd_alpha_max: float = 1.0
+    qgfd_warmup_steps: int = 0
+    dropout: float = 0.0
+    beta_schedule: str = "linear"
+    beta_start: float = 1e-4
+    beta_end: float = 2e-2
+    prediction_type: str = "epsilon"
+    time_conditioning: str = "adaln"
+    position_embedding: str = "sinusoidal"
+    max_position_embeddings: int = 1024
+
+    def __post_init__(self):
+        validate_diffusion_settings(self)
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> "DiffusionConfig":
+        """A config of a named size in `QGFD_PRESETS` ("tiny", "small", "base", "large")."""
+        _check_choice("preset", name, tuple(QGFD_PRESETS))
+        values = dict(QGFD_PRESETS[name], latent_dim=QGFD_PRESETS[name]["d_model"])
+        values.update(overrides)
+        return cls(**values)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+
+DIFFUSION_FIELDS = tuple(f.name for f in fields(DiffusionConfig))
+
+
+def _to_config(value, name):
+    """None, a config, or a dict with `model_type` (as saved in config.json) -> a config or None."""
+    if value is None or isinstance(value, PretrainedConfig):
+        return value
+    if isinstance(value, dict):
+        d = dict(value)
+        model_type = d.pop("model_type", None)
+        if model_type is None:
+            raise ValueError(f"`{name}` as a dict needs a `model_type` key, got keys {sorted(d)}.")
+        return AutoConfig.for_model(model_type, **d)
+    raise ValueError(f"`{name}` must be None, a PretrainedConfig or a dict, got {type(value).__name__}.")
+
+
+# ----------------------------------------------------------------------------------------
+# QGFDConfig
+# ----------------------------------------------------------------------------------------
+
+
+class QGFDConfig(PretrainedConfig):
+    r"""Configuration of a QGFD diffusion model: the denoiser, QGFD attention, the noise
+    schedule, the modality and its pretrained encoder.
+
+    The six model classes each have a subclass of this config (`QGFDTextConfig`, ...) with
+    its own `model_type` and the modality's own fields; use those. `QGFDConfig` itself holds
+    and checks the fields they share, and no model is registered for it.
+
+    Args:
+        modality (`str`, defaults to `"text"`): one of "text", "image", "audio", "video",
+            "tabular", "shared" (fixed by each subclass).
+        d_model, num_heads, num_layers, d_ff, latent_dim, num_timesteps, dropout, qgfd_steps,
+            qgfd_alpha, qgfd_graph, qgfd_mix, qgfd_key_temperature, qgfd_detach_graph,
+            qgfd_learnable_alpha, qgfd_alpha_max, qgfd_warmup_steps, beta_schedule, beta_start,
+            beta_end, prediction_type, time_conditioning, position_embedding,
+            max_position_embeddings: as in `DiffusionConfig`. `latent_dim=None` (the default)
+            takes the width the modality's encoder produces; a value that disagrees with it
+            raises `ValueError`.
+        backbone_name (`str`, *optional*): the Hub id or folder the pretrained encoder came from
+            (recorded for model cards; loading uses the weights saved with the model).
+        backbone_config (`PretrainedConfig` or `dict`, *optional*): the pretrained encoder's own
+            config (T5, ViT, Wav2Vec2, ...), nested in this one.
+        freeze_encoder (`bool`, defaults to `True`): freeze the encoder that produces x0 (and keep
+            it in eval mode). Trained through the diffusion loss, latents collapse toward zero,
+            where noise is trivially predictable.
+        backbone_qgfd (`dict`, *optional*): QGFD settings (`steps`, `alpha`, `graph`, `mix`, ...)
+            for the pretrained encoder's own self-attention, applied with
+            `qgfd_hf.patching_qgfd.patch_model`. None (default): the encoder is left unchanged.
+        denoiser (`str`, defaults to `"qgfd"`): the fresh `QGFDDiffusionBackbone`.
+        conditional (`bool`, defaults to `False`): whether the model takes conditioning (only text).
+        latent_scale (`float`, defaults to 1.0): latents are the encoder's output times this
+            (aim: about unit standard deviation, as Stable Diffusion's scale factor).
+        recon_weight (`float`, defaults to 1.0): weight of the learned decoder's reconstruction
+            loss in `compute_loss`.
+        decoder_layers (`int`, defaults to 2), decoder_dim (`int`, *optional*, defaults to
+            `d_model`): size of the learned latent-to-data decoder (image, audio, video).
+        initializer_range (`float`, defaults to 0.02): std of the normal initialisations.
+
+    Example:
+        >>> from qgfd_hf import QGFDTabularConfig
+        >>> cfg = QGFDTabularConfig(d_model=32, num_heads=4, num_layers=2, d_ff=64, num_features=5)
+        >>> cfg.model_type, cfg.latent_dim
+        ('qgfd_tabular', 32)
+    """
+
+    model_type = "qgfd"
+    sub_configs = {"backbone_config": AutoConfig}
+    _fixed_modality = None  # set by each subclass
+
+    def __init__(
+        self,
+        modality: Optional[str] = None,
+        d_model: int = 512,
+        num_heads: int = 8,
+        num_layers: int = 4,
+        d_ff: int = 2048,
+        latent_dim: Optional[int] = None,
+        num_timesteps: int = 1000,
+        dropout: float = 0.0,
+        qgfd_steps: int = 1,
+        qgfd_alpha: float = 0.5,
+        qgfd_graph: str = "attention",
+        qgfd_mix: str = "seed",
+        qgfd_key_temperature: float = 1.0,
+        qgfd_detach_graph: bool = False,
+        qgfd_learnable_alpha: bool = False,
+        qgfd_alpha_max: float = 1.0,
+        qgfd_warmup_steps: int = 0,
+        beta_schedule: str = "linear",
+        beta_start: float = 1e-4,
+        beta_end: float = 2e-2,
+        prediction_type: str = "epsilon",
+        time_conditioning: str = "adaln",
+        position_embedding: str = "sinusoidal",
+        max_position_embeddings: int = 1024,
+        backbone_name: Optional[str] = None,
+        backbone_config=None,
+        freeze_encoder: bool = True,
+        backbone_qgfd: Optional[dict] = None,
+        denoiser: str = "qgfd",
+        conditional: bool = False,
+        latent_scale: float = 1.0,
+        recon_weight: float = 1.0,
+        decoder_layers: int = 2,
+        decoder_dim: Optional[int] = None,
+        initializer_range: float = 0.02,
+        **kwargs,
+    ):
+        if modality is None:
+            modality = self._fixed_modality or "text"
+        _check_choice("modality", modality, ALL_MODALITIES)
+        if self._fixed_modality is not None and modality != self._fixed_modality:
+            raise ValueError(f"{type(self).__name__} is for modality {self._fixed_modality!r}, got modality={modality!r}.")
+        self.modality = modality
+        self.d_model = d_model
+        self.num_heads = num_heads
+        self.num_layers = num_layers
+        self.d_ff = d_ff
+        self.latent_dim = latent_dim
+        self.num_timesteps = num_timesteps
+        self.dropout = dropout
+        self.qgfd_steps = qgfd_steps
+        self.qgfd_alpha = qgfd_alpha
+        self.qgfd_graph = qgfd_graph
+        self.qgfd_mix = qgfd_mix
+        self.qgfd_key_temperature = qgfd_key_temperature
+        self.qgfd_detach_graph = qgfd_detach_graph
+        self.qgfd_learnable_alpha = qgfd_learnable_alpha
+        self.qgfd_alpha_max = qgfd_alpha_max
+        self.qgfd_warmup_steps = qgfd_warmup_steps
+        self.beta_schedule = beta_schedule
+        self.beta_start = beta_start
+        self.beta_end = beta_end
+        self.prediction_type = prediction_type
+        self.time_conditioning = time_conditioning
+        self.position_embedding = position_embedding
+        self.max_position_embeddings = max_position_embeddings
+        self.backbone_name = backbone_name
+        self.backbone_config = _to_config(backbone_config, "backbone_config")
+        self.freeze_encoder = freeze_encoder
+        self.backbone_qgfd = dict(backbone_qgfd) if backbone_qgfd is not None else None
+        self.denoiser = denoiser
+        self.conditional = conditional
+        self.latent_scale = latent_scale
+        self.recon_weight = recon_weight
+        self.decoder_layers = decoder_layers
+        self.decoder_dim = decoder_dim
+        self.initializer_range = initializer_range
+        super().__init__(**kwargs)
+        self._validate_common()
+        self._validate_modality()
+
+    # -- validation ---------------------------------------------------------------------
+
+    def _validate_common(self):
+        validate_diffusion_settings(self)
+        if self.backbone_name is not None and not isinstance(self.backbone_name, str):
+            raise ValueError(f"`backbone_name` must be a str (Hub id or folder) or None, got {self.backbone_name!r}.")
+        _check_bool("freeze_encoder", self.freeze_encoder)
+        if self.backbone_qgfd is not None:
+            QGFDSettings.from_dict(self.backbone_qgfd)  # ValueError names unknown or bad settings
+            if self.backbone_config is None:
+                raise ValueError(
+                    "`backbone_qgfd` patches the pretrained encoder, but this config has no `backbone_config`"
+                    " (for the shared model, set it in each modality's config)."
+                )
+        _check_choice("denoiser", self.denoiser, DENOISERS)
+        _check_bool("conditional", self.conditional)
+        if self.conditional and self.modality not in ("text", "shared"):
+            raise ValueError(f"Conditioning is implemented for text only; modality={self.modality!r} needs conditional=False.")
+        _check_float("latent_scale", self.latent_scale, 0.0, None, low_open=True)
+        _check_float("recon_weight", self.recon_weight, 0.0, None)
+        _check_int("decoder_layers", self.decoder_layers, minimum=0)
+        if self.decoder_dim is not None:
+            _check_int("decoder_dim", self.decoder_dim)
+            if self.decoder_dim % self.num_heads:
+                raise ValueError(f"`num_heads`={self.num_heads} must divide `decoder_dim`={self.decoder_dim}.")
+        _check_float("initializer_range", self.initializer_range, 0.0, None, low_open=True)
+
+    def _validate_modality(self):
+        """Resolve and check the modality's sizes (subclasses)."""
+
+    def _resolve_latent_dim(self, width: int, what: str):
+        """latent_dim is fixed by the encoder: take it when None, refuse a different value."""
+        if self.latent_dim is None:
+            self.latent_dim = int(width)
+        elif self.latent_dim != width:
+            raise ValueError(
+                f"`latent_dim`={self.latent_dim} must equal {what} ({width}) for modality {self.modality!r}: "
+                f"the latents are that encoder's outputs. Pass latent_dim={width} or latent_dim=None."
+            )
+
+    def _require_backbone(self, attrs: Sequence[str], what: str):
+        if self.backbone_config is None:
+            raise ValueError(f"modality {self.modality!r} needs `backbone_config` (a {what} config), got None.")
+        missing = [a for a in attrs if not hasattr(self.backbone_config, a)]
+        if missing:
+            raise ValueError(
+                f"`backbone_config` ({type(self.backbone_config).__name__}) is not a {what} config: it lacks {missing}."
+            )
+
+    # -- helpers ------------------------------------------------------------------------
+
+    @property
+    def decoder_width(self) -> int:
+        return self.decoder_dim or self.d_model
+
+    def qgfd_settings(self) -> QGFDSettings:
+        """The denoiser's QGFD settings as a `QGFDSettings`."""
+        return qgfd_settings(self)
+
+    def num_latent_tokens(self) -> int:
+        """L, the length of the latent sequence the denoiser sees."""
+        raise NotImplementedError(f"{type(self).__name__} has no fixed latent length.")
+
+    def diffusion_config(self) -> DiffusionConfig:
+        """The seed's `DiffusionConfig` view of this config."""
+        values = {name: getattr(self, name) for name in DIFFUSION_FIELDS}
+        return DiffusionConfig(**values)
+
+    @classmethod
+    def from_diffusion_config(cls, diffusion_cfg: Optional[DiffusionConfig] = None, **kwargs) -> "QGFDConfig":
+        """Build from the seed's `DiffusionConfig` (or a dict of its fields); `kwargs` override.
+
+        `latent_dim` is taken from `diffusion_cfg` unless `kwargs` sets it (None derives it
+        from the encoder).
+        """
+        if diffusion_cfg is None:
+            values = {}
+        elif isinstance(diffusion_cfg, DiffusionConfig):
+            values = diffusion_cfg.to_dict()
+        elif isinstance(diffusion_cfg, dict):
+            values = DiffusionConfig(**diffusion_cfg).to_dict()
+        else:
+            raise ValueError(f"`diffusion_cfg` must be a DiffusionConfig, a dict or None, got {type(diffusion_cfg).__name__}.")
+        values.update(kwargs)
+        return cls(**values)
+
+
+def _backbone_width(cfg) -> int:
+    for attr in ("d_model", "hidden_size"):
+        if hasattr(cfg, attr):
+            return int(getattr(cfg, attr))
+    raise ValueError(f"Cannot read the width of backbone config {type(cfg).__name__} (no d_model or hidden_size).")
+
+
+class QGFDTextConfig(QGFDConfig):
+    """Config of `TextQGFDDiffusionModel`: diffusion over a T5's token embeddings (Diffusion-LM).
+
+    Args:
+        seq_len (`int`, defaults to 64): L, the length of generated (and training) sequences;
+            shorter inputs are padded with the pad token, longer ones raise.
+        conditional (`bool`, defaults to `True`): condition on a source text through the T5
+            encoder's states, projected to `d_model`.
+        pad_token_id (`int`, *optional*): the pad token (default: the backbone's, else 0).
+        clamp_to_embeddings (`bool`, defaults to `False`): when sampling, replace the predicted
+            x0 by its nearest token embedding at every step (Diffusion-LM's clamping trick).
+        **kwargs: `QGFDConfig` arguments. `backbone_config` must be a text encoder config
+            (T5 or any config with `vocab_size` and `d_model`/`hidden_size`);
+            `latent_dim` is its width.
+
+    Example:
+        >>> from transformers import T5Config
+        >>> cfg = QGFDTextConfig(backbone_config=T5Config(vocab_size=50, d_model=32, num_layers=1, num_heads=4, d_kv=8),
+        ...                      d_model=32, num_heads=4, num_layers=2, d_ff=64, seq_len=8)
+        >>> cfg.latent_dim, cfg.num_latent_tokens()
+        (32, 8)
+    """
+
+    model_type = "qgfd_text"
+    _fixed_modality = "text"
+
+    def __init__(
+        self,
+        seq_len: int = 64,
+        conditional: bool = True,
+        pad_token_id: Optional[int] = None,
+        clamp_to_embeddings: bool = False,
+        **kwargs,
+    ):
+        self.seq_len = seq_len
+        self.pad_token_id = pad_token_id
+        self.clamp_to_embeddings = clamp_to_embeddings
+        super().__init__(conditional=conditional, **kwargs)
+
+    def _validate_modality(self):
+        _check_int("seq_len", self.seq_len)
+        _check_bool("clamp_to_embeddings", self.clamp_to_embeddings)
+        self._require_backbone(["vocab_size"], "text encoder (e.g. T5)")
+        self._resolve_latent_dim(_backbone_width(self.backbone_config), "the text encoder's embedding width")
+        if self.pad_token_id is None:
+            self.pad_token_id = getattr(self.backbone_config, "pad_token_id", None) or 0
+        _check_int("pad_token_id", self.pad_token_id, minimum=0)
+        if self.pad_token_id >= self.backbone_config.vocab_size:
+            raise ValueError(f"`pad_token_id`={self.pad_token_id} is outside the vocabulary (size {self.backbone_config.vocab_size}).")
+
+    def num_latent_tokens(self) -> int:
+        return self.seq_len
+
+
+class QGFDImageConfig(QGFDConfig):
+    """Config of `ImageQGFDDiffusionModel`.
+
+    Args:
+        latent_space (`str`, defaults to `"vit"`): `"vit"` (frozen ViT patch states, plus a
+            learned pixel decoder) or `"pixels"` (non-overlapping pixel patches: patchify /
+            unpatchify, no encoder; for small images and offline use).
+        image_size (`int`, *optional*), patch_size (`int`, *optional*), num_channels (`int`, *optional*):
+            with "vit" they come from `backbone_config`; with "pixels" they default to 32, 4, 3.
+        image_mean, image_std (`list[float]`, *optional*, default 0.5 per channel): the
+            normalisation of `pixel_values` (`(x - mean) / std` of images in [0, 1]), as the
+            image processor applies it; decoded images are mapped back to [0, 1].
+
+    Example:
+        >>> cfg = QGFDImageConfig(latent_space="pixels", image_size=8, patch_size=2, num_channels=1,
+        ...                       d_model=32, num_heads=4, num_layers=2, d_ff=64)
+        >>> cfg.latent_dim, cfg.num_latent_tokens()
+        (4, 16)
+    """
+
+    model_type = "qgfd_image"
+    _fixed_modality = "image"
+
+    def __init__(
+        self,
+        latent_space: str = "vit",
+        image_size: Optional[int] = None,
+        patch_size: Optional[int] = None,
+        num_channels: Optional[int] = None,
+        image_mean: Optional[Sequence[float]] = None,
+        image_std: Optional[Sequence[float]] = None,
+        **kwargs,
+    ):
+        self.latent_space = latent_space
+        self.image_size = image_size
+        self.patch_size = patch_size
+        self.num_channels = num_channels
+        self.image_mean = list(image_mean) if image_mean is not None else None
+        self.image_std = list(image_std) if image_std is not None else None
+        super().__init__(**kwargs)
+
+    def _validate_modality(self):
+        _check_choice("latent_space", self.latent_space, IMAGE_LATENT_SPACES)
+        if self.latent_space == "vit":
+            self._require_backbone(["image_size", "patch_size", "num_channels", "hidden_size"], "ViT")
+            for name in ("image_size", "patch_size", "num_channels"):
+                mine, theirs = getattr(self, name), getattr(self.backbone_config, name)
+                if isinstance(theirs, (list, tuple)):
+                    if len(set(theirs)) != 1:
+                        raise ValueError(f"Only square images and patches are supported, backbone has {name}={theirs}.")
+                    theirs = theirs[0]
+                if mine is not None and mine != theirs:
+                    raise ValueError(f"`{name}`={mine} disagrees with the ViT backbone's {name}={theirs}; pass None.")
+                setattr(self, name, int(theirs))
+        else:
+            if self.backbone_config is not None:
+                raise ValueError('latent_space="pixels" uses no encoder; pass backbone_config=None.')
+            self.image_size = 32 if self.image_size is None else self.image_size
+            self.patch_size = 4 if self.patch_size is None else self.patch_size
+            self.num_channels = 3 if self.num_channels is None else self.num_channels
+        _check_int("image_size", self.image_size)
+        _check_int("patch_size", self.patch_size)
+        _check_int("num_channels", self.num_channels)
+        if self.image_size % self.patch_size:
+            raise ValueError(f"`patch_size`={self.patch_size} must divide `image_size`={self.image_size}.")
+        for name in ("image_mean", "image_std"):
+            value = getattr(self, name)
+            if value is None:
+                value = [0.5] * self.num_channels
+            if len(value) != self.num_channels or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in value):
+                raise ValueError(f"`{name}` must be {self.num_channels} floats (one per channel), got {value!r}.")
+            setattr(self, name, [float(v) for v in value])
+        if any(s <= 0 for s in self.image_std):
+            raise ValueError(f"`image_std` must be > 0, got {self.image_std!r}.")
+        if self.latent_space == "vit":
+            self._resolve_latent_dim(self.backbone_config.hidden_size, "the ViT hidden size")
+        else:
+            self._resolve_latent_dim(self.num_channels * self.patch_size**2, "num_channels * patch_size**2")
+
+    def num_latent_tokens(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+
+class QGFDVideoConfig(QGFDImageConfig):
+    """Config of `VideoQGFDDiffusionModel`: every frame goes through the image path.
+
+    Args:
+        num_frames (`int`, defaults to 8): F, frames per clip; the latents are the frames'
+            patch latents one after the other, `[B, F * N, latent_dim]`.
+        **kwargs: `QGFDImageConfig` arguments (per frame).
+
+    Example:
+        >>> cfg = QGFDVideoConfig(num_frames=2, latent_space="pixels", image_size=8, patch_size=4, num_channels=1,
+        ...                       d_model=32, num_heads=4, num_layers=2, d_ff=64)
+        >>> cfg.num_latent_tokens()
+        8
+    """
+
+    model_type = "qgfd_video"
+    _fixed_modality = "video"
+
+    def __init__(self, num_frames: int = 8, **kwargs):
+        self.num_frames = num_frames
+        super().__init__(**kwargs)
+
+    def _validate_modality(self):
+        _check_int("num_frames", self.num_frames)
+        super()._validate_modality()
+
+    def num_latent_tokens(self) -> int:
+        return self.num_frames * super().num_latent_tokens()
+
+
+def _conv_hop_and_receptive_field(kernels: Sequence[int], strides: Sequence[int]):
+    """Hop (total stride) and receptive field, in samples, of a stack of 1-D convolutions."""
+    hop, field = 1, 1
+    for k, s in zip(kernels, strides):
+        field += (k - 1) * hop
+        hop *= s
+    return hop, field
+
+
+class QGFDAudioConfig(QGFDConfig):
+    """Config of `AudioQGFDDiffusionModel`: frozen Wav2Vec2 frame latents, learned decoder.
+
+    Args:
+        num_samples (`int`, defaults to 16000): N, samples per clip (fixed; sampling makes clips
+            of this length).
+        sampling_rate (`int`, defaults to 16000): the waveform's sampling rate.
+        **kwargs: `QGFDConfig` arguments; `backbone_config` must be a Wav2Vec2-style config
+            (`conv_kernel`, `conv_stride`, `hidden_size`).
+
+    Example:
+        >>> from transformers import Wav2Vec2Config
+        >>> w = Wav2Vec2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64,
+        ...                    conv_dim=(16, 16), conv_stride=(5, 4), conv_kernel=(10, 4),
+        ...                    num_conv_pos_embeddings=8, num_conv_pos_embedding_groups=4)
+        >>> cfg = QGFDAudioConfig(backbone_config=w, num_samples=400, d_model=32, num_heads=4, num_layers=2, d_ff=64)
+        >>> cfg.num_latent_tokens()
+        19
+    """
+
+    model_type = "qgfd_audio"
+    _fixed_modality = "audio"
+
+    def __init__(self, num_samples: int = 16000, sampling_rate: int = 16000, **kwargs):
+        self.num_samples = num_samples
+        self.sampling_rate = sampling_rate
+        super().__init__(**kwargs)
+
+    def _validate_modality(self):
+        self._require_backbone(["conv_kernel", "conv_stride", "hidden_size"], "Wav2Vec2")
+        _check_int("sampling_rate", self.sampling_rate)
+        _check_int("num_samples", self.num_samples)
+        hop, field = self.hop_and_receptive_field()
+        if self.num_samples < field:
+            raise ValueError(f"`num_samples`={self.num_samples} is shorter than the encoder's receptive field ({field} samples).")
+        self._resolve_latent_dim(self.backbone_config.hidden_size, "the Wav2Vec2 hidden size")
+
+    def hop_and_receptive_field(self):
+        return _conv_hop_and_receptive_field(self.backbone_config.conv_kernel, self.backbone_config.conv_stride)
+
+    def num_latent_tokens(self) -> int:
+        length = self.num_samples
+        for k, s in zip(self.backbone_config.conv_kernel, self.backbone_config.conv_stride):
+            length = (length - k) // s + 1  # Wav2Vec2's conv output length (no padding)
+        return length
+
+
+class QGFDTabularConfig(QGFDConfig):
+    """Config of `TabularQGFDDiffusionModel`: features -> token sequence (frozen MLP) -> decoder.
+
+    Args:
+        num_features (`int`, defaults to 8): F, numeric columns per row.
+        num_tokens (`int`, defaults to 8): L, tokens the features map to.
+        tabular_hidden_dim (`int`, defaults to 256): hidden width of the encoder and decoder MLPs.
+        feature_names (`list[str]`, *optional*): column names (the pipeline returns rows as
+            column -> value).
+        **kwargs: `QGFDConfig` arguments; `latent_dim` (token width) defaults to `d_model`.
+
+    Example:
+        >>> cfg = QGFDTabularConfig(num_features=4, num_tokens=2, d_model=32, num_heads=4, num_layers=2, d_ff=64)
+        >>> cfg.latent_dim, cfg.num_latent_tokens()
+        (32, 2)
+    """
+
+    model_type = "qgfd_tabular"
+    _fixed_modality = "tabular"
+
+    def __init__(
+        self,
+        num_features: int = 8,
+        num_tokens: int = 8,
+        tabular_hidden_dim: int = 256,
+        feature_names: Optional[Sequence[str]] = None,
+        **kwargs,
+    ):
+        self.num_features = num_features
+        self.num_tokens = num_tokens
+        self.tabular_hidden_dim = tabular_hidden_dim
+        self.feature_names = list(feature_names) if feature_names is not None else None
+        super().__init__(**kwargs)
+
+    def _validate_modality(self):
+        _check_int("num_features", self.num_features)
+        _check_int("num_tokens", self.num_tokens)
+        _check_int("tabular_hidden_dim", self.tabular_hidden_dim)
+        if self.backbone_config is not None:
+            raise ValueError("The tabular model has no pretrained encoder; pass backbone_config=None.")
+        if self.feature_names is not None and (
+            len(self.feature_names) != self.num_features or not all(isinstance(n, str) for n in self.feature_names)
+        ):
+            raise ValueError(f"`feature_names` must be {self.num_features} strings, got {self.feature_names!r}.")
+        if self.latent_dim is None:
+            self.latent_dim = self.d_model
+
+    def num_latent_tokens(self) -> int:
+        return self.num_tokens
+
+
+MODALITY_CONFIGS = {
+    "text": QGFDTextConfig,
+    "image": QGFDImageConfig,
+    "audio": QGFDAudioConfig,
+    "video": QGFDVideoConfig,
+    "tabular": QGFDTabularConfig,
+}
+
+
+class QGFDSharedConfig(QGFDConfig):
+    """Config of `SharedQGFDDiffusionModel`: one denoiser, one adapter per modality.
+
+    Args:
+        modalities (`list[str]`, defaults to `["text", "image"]`): the modalities the model
+            serves; the first is the default of methods that take `modality=`.
+        text_config, image_config, audio_config, video_config, tabular_config (modality config
+            or `dict`, *optional*): each modality's own config (its encoder, sizes, latent
+            scale); required for every modality in `modalities`. Their denoiser fields are unused.
+        latent_dim (`int`, defaults to 512): the shared latent width; adapters map each
+            modality's latents to it with a fixed (frozen by default) orthogonal projection.
+        **kwargs: `QGFDConfig` arguments for the shared denoiser.
+
+    Example:
+        >>> img = QGFDImageConfig(latent_space="pixels", image_size=8, patch_size=2, num_channels=1)
+        >>> cfg = QGFDSharedConfig(modalities=["image"], image_config=img, latent_dim=16,
+        ...                        d_model=32, num_heads=4, num_layers=2, d_ff=64)
+        >>> cfg.image_config.latent_dim, cfg.latent_dim
+        (4, 16)
+    """
+
+    model_type = "qgfd_shared"
+    _fixed_modality = "shared"
+    sub_configs = {f"{m}_config": MODALITY_CONFIGS[m] for m in MODALITIES}
+
+    def __init__(
+        self,
+        modalities: Sequence[str] = ("text", "image"),
+        text_config=None,
+        image_config=None,
+        audio_config=None,
+        video_config=None,
+        tabular_config=None,
+        latent_dim: int = 512,
+        **kwargs,
+    ):
+        if isinstance(modalities, str) or not isinstance(modalities, (list, tuple)) or not modalities:
+            raise ValueError(f"`modalities` must be a non-empty list drawn from {MODALITIES}, got {modalities!r}.")
+        self.modalities = list(modalities)
+        given = dict(text=text_config, image=image_config, audio=audio_config, video=video_config, tabular=tabular_config)
+        for m, value in given.items():
+            if isinstance(value, dict):
+                value = MODALITY_CONFIGS[m](**{k: v for k, v in value.items() if k != "model_type"})
+            elif value is not None and not isinstance(value, MODALITY_CONFIGS[m]):
+                raise ValueError(f"`{m}_config` must be a {MODALITY_CONFIGS[m].__name__} or dict, got {type(value).__name__}.")
+            setattr(self, f"{m}_config", value)
+        kwargs.setdefault("conditional", bool(text_config is not None and getattr(self.text_config, "conditional", False)))
+        super().__init__(latent_dim=latent_dim, **kwargs)
+
+    def _validate_modality(self):
+        for m in self.modalities:
+            _check_choice("modality in `modalities`", m, MODALITIES)
+            if getattr(self, f"{m}_config") is None:
+                raise ValueError(f"modality {m!r} is in `modalities` but `{m}_config` is None.")
+        if len(set(self.modalities)) != len(self.modalities):
+            raise ValueError(f"`modalities` has duplicates: {self.modalities!r}.")
+        text = self.text_config
+        expect = bool("text" in self.modalities and text is not None and text.conditional)
+        if self.conditional != expect:
+            raise ValueError(f"`conditional`={self.conditional} must equal text_config.conditional ({expect}).")
+
+    def modality_config(self, modality: str) -> QGFDConfig:
+        _check_choice("modality", modality, tuple(self.modalities))
+        return getattr(self, f"{modality}_config")
+
+    def num_latent_tokens(self, modality: Optional[str] = None) -> int:
+        return self.modality_config(modality or self.modalities[0]).num_latent_tokens()
+
+
+QGFDConfig.register_for_auto_class()
+for _cls in (QGFDTextConfig, QGFDImageConfig, QGFDAudioConfig, QGFDVideoConfig, QGFDTabularConfig, QGFDSharedConfig):
+    _cls.register_for_auto_class()
+
+__all__ = [
+    "ALL_MODALITIES",
+    "DiffusionConfig",
+    "IMAGE_LATENT_SPACES",
+    "MODALITIES",
+    "MODALITY_CONFIGS",
+    "QGFD_PRESETS",
+    "QGFD_PRESET_PARAMS_M",
+    "QGFDAudioConfig",
+    "QGFDConfig",
+    "QGFDImageConfig",
+    "QGFDSharedConfig",
+    "QGFDTabularConfig",
+    "QGFDTextConfig",
+    "QGFDVideoConfig",
+]

@@ -1,0 +1,836 @@
+# coding=utf-8
+"""The QGFD diffusion denoiser and the base class of every QGFD diffusion model.
+
+The denoiser `QGFDDiffusionBackbone` is eps_theta(x_t, t, cond): a stack of pre-LN
+Transformer blocks whose self-attention is QGFD attention, with cross-attention to
+conditioning tokens and DiT's adaLN-Zero timestep conditioning (or the seed's additive
+time embedding). It predicts once for a given t; the samplers in `scheduling_qgfd` run the
+loop over timesteps.
+
+`QGFDPreTrainedModel` implements the contract that the pipeline and the training code
+call on every modality model (`latent_shape`, `encode_condition`, `denoise`,
+`data_to_latents`, `decode_latents`, `get_schedule`, `compute_loss`); the modality models
+and their adapters live in `modeling_qgfd_modalities.py`.
+
+Shapes: `B` batch, `L` latent length, `Lc` conditioning length, `D` d_model,
+`Dl` latent_dim, `H` heads, `F` frequency width of the timestep embedding.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.utils import ModelOutput, logging
+
+from .attention_qgfd import QGFDAlpha, QGFDMultiheadAttention
+from .configuration_qgfd import DIFFUSION_FIELDS, QGFD_FIELDS, DiffusionConfig, QGFDConfig
+from .scheduling_qgfd import DDPMBetaSchedule, diffusion_target, predict_x0_and_eps, q_sample, sample_loop
+
+logger = logging.get_logger(__name__)
+
+_INT_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
+
+
+# ----------------------------------------------------------------------------------------
+# Input checks
+# ----------------------------------------------------------------------------------------
+
+
+def check_finite(name: str, x: torch.Tensor) -> None:
+    """ValueError if `x` holds NaN or inf."""
+    if not torch.isfinite(x).all():
+        raise ValueError(f"`{name}` contains NaN or inf values.")
+
+
+def check_float_tensor(name: str, x, shape_hint: str, dims: int, last: Optional[int] = None) -> None:
+    """ValueError unless `x` is a finite floating tensor with `dims` dims and last dim `last`."""
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        raise ValueError(f"`{name}` must be a floating-point tensor of shape {shape_hint}, got {_describe(x)}.")
+    if x.dim() != dims or (last is not None and x.shape[-1] != last):
+        raise ValueError(f"`{name}` must have shape {shape_hint}, got {list(x.shape)}.")
+    check_finite(name, x)
+
+
+def _describe(x) -> str:
+    if isinstance(x, torch.Tensor):
+        return f"a {x.dtype} tensor of shape {list(x.shape)}"
+    return type(x).__name__
+
+
+def check_timesteps(t, batch_size: int, num_timesteps: int, device) -> torch.Tensor:
+    """t as a LongTensor [B] on `device`; an int or a 0-dim tensor is broadcast to the batch.
+
+    Raises ValueError for non-integer t, a wrong length, or values outside [0, num_timesteps).
+    """
+    if isinstance(t, int) and not isinstance(t, bool):
+        t = torch.full((batch_size,), t, dtype=torch.long)
+    if not isinstance(t, torch.Tensor) or t.dtype not in _INT_DTYPES:
+        raise ValueError(f"`t` must be an integer tensor of shape [B]=[{batch_size}], got {_describe(t)}.")
+    if t.dim() == 0:
+        t = t.expand(batch_size)
+    if t.dim() != 1 or t.shape[0] != batch_size:
+        raise ValueError(f"`t` must have shape [B]=[{batch_size}], got {list(t.shape)}.")
+    if t.numel() and (int(t.min()) < 0 or int(t.max()) >= num_timesteps):
+        raise ValueError(f"`t` must lie in [0, {num_timesteps}), got values in [{int(t.min())}, {int(t.max())}].")
+    return t.to(device=device, dtype=torch.long)
+
+
+def check_condition(cond_tokens, cond_mask, batch_size: int, d_model: int):
+    """Check (cond_tokens [B, Lc, D], cond_mask [B, Lc] or None); returns the mask as bool (True = valid)."""
+    if cond_tokens is None:
+        if cond_mask is not None:
+            raise ValueError("`cond_mask` was given without `cond_tokens`.")
+        return None
+    check_float_tensor("cond_tokens", cond_tokens, f"[B, Lc, d_model={d_model}]", 3, d_model)
+    if cond_tokens.shape[0] != batch_size:
+        raise ValueError(f"`cond_tokens` has batch size {cond_tokens.shape[0]}, the latents {batch_size}.")
+    if cond_mask is None:
+        return None
+    if not isinstance(cond_mask, torch.Tensor) or tuple(cond_mask.shape) != tuple(cond_tokens.shape[:2]):
+        raise ValueError(
+            f"`cond_mask` must be a tensor of shape [B, Lc]={list(cond_tokens.shape[:2])} (1 = valid token), got {_describe(cond_mask)}."
+        )
+    if cond_mask.dtype != torch.bool:
+        if cond_mask.is_floating_point() or not bool(((cond_mask == 0) | (cond_mask == 1)).all()):
+            raise ValueError("`cond_mask` must be bool or 0/1 integers (1 = valid token, as HF's attention_mask).")
+        cond_mask = cond_mask.bool()
+    return cond_mask
+
+
+# ----------------------------------------------------------------------------------------
+# Embeddings
+# ----------------------------------------------------------------------------------------
+
+
+def sinusoidal_embedding(positions: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Transformer sinusoids: positions [N] (any real values) -> [N, dim] float32 (cos | sin)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=positions.device) / max(half, 1))
+    args = positions.float()[:, None] * freqs[None]  # (N, dim // 2)
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)  # (N, 2 * (dim // 2))
+    if dim % 2:
+        emb = F.pad(emb, (0, 1))
+    return emb
+
+
+class PositionwiseFFN(nn.Module):
+    """The feed-forward network of a Transformer block: Linear -> GELU -> dropout -> Linear.
+
+    Args:
+        d_model (`int`): input and output width.
+        d_ff (`int`): hidden width.
+        dropout (`float`, defaults to 0.0): dropout after the activation.
+
+    Example:
+        >>> ffn = PositionwiseFFN(32, 64)
+        >>> ffn(torch.randn(2, 5, 32)).shape
+        torch.Size([2, 5, 32])
+    """
+
+    def __init__(self, d_model: int, d_ff: int, dropout: float = 0.0):
+        super().__init__()
+        self.fc1 = nn.Linear(d_model, d_ff)
+        self.act = nn.GELU(approximate="tanh")
+        self.dropout = nn.Dropout(dropout)
+        self.fc2 = nn.Linear(d_ff, d_model)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.dropout(self.act(self.fc1(x))))
+
+
+class TimestepEmbedding(nn.Module):
+    """Timestep embedding: sinusoids of t, then an MLP (DiT's `TimestepEmbedder`).
+
+    Args:
+        d_model (`int`): output width.
+        frequency_dim (`int`, defaults to 256): width of the sinusoidal features.
+        max_period (`float`, defaults to 10000): lowest frequency's period.
+
+    Example:
+        >>> emb = TimestepEmbedding(32)
+        >>> emb(torch.tensor([0, 999])).shape
+        torch.Size([2, 32])
+    """
+
+    def __init__(self, d_model: int, frequency_dim: int = 256, max_period: float = 10000.0):
+        super().__init__()
+        self.frequency_dim = frequency_dim
+        self.max_period = max_period
+        self.linear_1 = nn.Linear(frequency_dim, d_model)
+        self.act = nn.SiLU()
+        self.linear_2 = nn.Linear(d_model, d_model)
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        freqs = sinusoidal_embedding(t, self.frequency_dim, self.max_period)  # (B, F)
+        freqs = freqs.to(self.linear_1.weight.dtype)
+        return self.linear_2(self.act(self.linear_1(freqs)))  # (B, D)
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """adaLN: x [B, L, D] * (1 + scale [B, D]) + shift [B, D]."""
+    return x * (1 + scale[:, None]) + shift[:, None]
+
+
+class CrossAttention(nn.Module):
+    """Plain multi-head cross-attention (QGFD applies to self-attention only).
+
+    Args:
+        d_model (`int`), num_heads (`int`): sizes; keys and values come from tokens of width `d_model`.
+        dropout (`float`, defaults to 0.0): attention dropout in training.
+
+    `forward(x [B, L, D], cond [B, Lc, D], cond_mask [B, Lc] bool (True = valid) or None)`.
+    A query whose keys are all masked gets 0 (never NaN).
+
+    Example:
+        >>> attn = CrossAttention(32, 4)
+        >>> attn(torch.randn(2, 5, 32), torch.randn(2, 3, 32), torch.tensor([[True, True, False], [False] * 3])).shape
+        torch.Size([2, 5, 32])
+    """
+
+    def __init__(self, d_model: int, num_heads: int, dropout: float = 0.0):
+        super().__init__()
+        self.num_heads, self.head_dim, self.dropout = num_heads, d_model // num_heads, dropout
+        self.q_proj = nn.Linear(d_model, d_model)
+        self.k_proj = nn.Linear(d_model, d_model)
+        self.v_proj = nn.Linear(d_model, d_model)
+        self.out_proj = nn.Linear(d_model, d_model)
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        B, L, _ = x.shape
+        return x.view(B, L, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, L, Dh)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor, cond_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        B, L, D = x.shape
+        q, k, v = self._heads(self.q_proj(x)), self._heads(self.k_proj(cond)), self._heads(self.v_proj(cond))
+        mask, empty = None, None
+        if cond_mask is not None:
+            empty = ~cond_mask.any(-1)  # (B,): samples with no valid conditioning token
+            mask = (cond_mask | empty[:, None])[:, None, None, :]  # (B, 1, 1, Lc), True = may attend
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
+        out = out.transpose(1, 2).reshape(B, L, D)  # (B, L, H * Dh)
+        if empty is not None:
+            out = out.masked_fill(empty[:, None, None], 0.0)
+        return self.out_proj(out)
+
+
+def _zero_init(module: nn.Linear) -> nn.Linear:
+    """Zero a layer's weight now (for standalone use) and mark it for `QGFDPreTrainedModel._init_weights`."""
+    module._qgfd_init = "zeros"
+    nn.init.zeros_(module.weight)
+    if module.bias is not None:
+        nn.init.zeros_(module.bias)
+    return module
+
+
+# ----------------------------------------------------------------------------------------
+# Blocks
+# ----------------------------------------------------------------------------------------
+
+
+class EncoderBlock(nn.Module):
+    """Pre-LN Transformer block: QGFD self-attention and a feed-forward network.
+
+    With `time_conditioning="adaln"` the block takes a conditioning vector `c` [B, D] (the
+    timestep embedding) and modulates both sub-layers with it (DiT's adaLN-Zero: shift,
+    scale and gate per sub-layer, predicted from `c` by a zero-initialised layer, so the
+    block starts as the identity). Otherwise (`"add"` or None) it is a plain pre-LN block.
+
+    Args:
+        d_model (`int`), num_heads (`int`), d_ff (`int`): sizes.
+        dropout (`float`, defaults to 0.0): attention and feed-forward dropout.
+        time_conditioning (`str`, *optional*): `"adaln"`, `"add"` or None.
+        qgfd_steps (`int`, defaults to 0), qgfd_alpha (`float`, defaults to 0.5), **qgfd_kwargs:
+            the self-attention's QGFD settings (`graph`, `mix`, ...); steps 0 is plain attention.
+
+    Example:
+        >>> block = EncoderBlock(32, 4, 64, time_conditioning="adaln", qgfd_steps=1)
+        >>> block(torch.randn(2, 5, 32), c=torch.randn(2, 32)).shape
+        torch.Size([2, 5, 32])
+    """
+
+    _num_modulations = 6  # (shift, scale, gate) x (self-attention, FFN)
+
+    def __init__(
+        self,
+        d_model: int,
+        num_heads: int,
+        d_ff: int,
+        dropout: float = 0.0,
+        time_conditioning: Optional[str] = None,
+        qgfd_steps: int = 0,
+        qgfd_alpha: float = 0.5,
+        **qgfd_kwargs,
+    ):
+        super().__init__()
+        self.adaln = time_conditioning == "adaln"
+        # adaLN supplies the scale and shift, so those norms carry no affine parameters (DiT).
+        self.norm1 = nn.LayerNorm(d_model, eps=1e-6, elementwise_affine=not self.adaln)
+        self.self_attn = QGFDMultiheadAttention(
+            d_model, num_heads, dropout=dropout, qkv_bias=True, qgfd_steps=qgfd_steps, qgfd_alpha=qgfd_alpha, **qgfd_kwargs
+        )
+        self.norm2 = nn.LayerNorm(d_model, eps=1e-6, elementwise_affine=not self.adaln)
+        self.ffn = PositionwiseFFN(d_model, d_ff, dropout)
+        self.dropout = nn.Dropout(dropout)
+        if self.adaln:
+            self.adaLN_modulation = nn.Sequential(nn.SiLU(), _zero_init(nn.Linear(d_model, self._num_modulations * d_model)))
+
+    def _modulations(self, c: Optional[torch.Tensor], batch_size: int):
+        if not self.adaln:
+            return None
+        if c is None:
+            raise ValueError("This block uses adaLN time conditioning and needs `c` [B, d_model].")
+        return self.adaLN_modulation(c).chunk(self._num_modulations, dim=-1)  # each (B, D)
+
+    def _self_attention(self, x, mods, attn_mask):
+        if mods is None:
+            return x + self.dropout(self.self_attn(self.norm1(x), attn_mask=attn_mask))
+        shift, scale, gate = mods[0], mods[1], mods[2]
+        return x + gate[:, None] * self.dropout(self.self_attn(modulate(self.norm1(x), shift, scale), attn_mask=attn_mask))
+
+    def _feed_forward(self, x, mods):
+        if mods is None:
+            return x + self.dropout(self.ffn(self.norm2(x)))
+        shift, scale, gate = mods[3], mods[4], mods[5]
+        return x + gate[:, None] * self.dropout(self.ffn(modulate(self.norm2(x), shift, scale)))
+
+    def forward(self, x: torch.Tensor, c: Optional[torch.Tensor] = None, attn_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """x [B, L, D], c [B, D] (adaLN only), attn_mask as `QGFDMultiheadAttention` (True = masked out)."""
+        mods = self._modulations(c, x.shape[0])
+        x = self._self_attention(x, mods, attn_mask)
+        return self._feed_forward(x, mods)
+
+
+class DecoderBlock(EncoderBlock):
+    """`EncoderBlock` plus cross-attention to conditioning tokens, between the two.
+
+    Self-attention is QGFD; cross-attention (`CrossAttention`) is plain attention (QGFD
+    applies to self-attention only) over `cond_tokens` [B, Lc, D], pre-LN, unmodulated (as
+    PixArt-alpha).
+
+    Args:
+        cross_attention (`bool`, defaults to `True`): build the cross-attention layer;
+            without it the block is an `EncoderBlock` and refuses `cond_tokens`.
+        **kwargs: `EncoderBlock` arguments.
+
+    Example:
+        >>> block = DecoderBlock(32, 4, 64, time_conditioning="adaln")
+        >>> cond, mask = torch.randn(2, 3, 32), torch.tensor([[1, 1, 0], [1, 1, 1]])
+        >>> block(torch.randn(2, 5, 32), c=torch.randn(2, 32), cond_tokens=cond, cond_mask=mask).shape
+        torch.Size([2, 5, 32])
+    """
+
+    def __init__(self, d_model: int, num_heads: int, d_ff: int, dropout: float = 0.0, cross_attention: bool = True, **kwargs):
+        super().__init__(d_model, num_heads, d_ff, dropout=dropout, **kwargs)
+        self.has_cross_attention = cross_attention
+        if cross_attention:
+            self.norm_cross = nn.LayerNorm(d_model, eps=1e-6)
+            self.cross_attn = CrossAttention(d_model, num_heads, dropout=dropout)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        c: Optional[torch.Tensor] = None,
+        cond_tokens: Optional[torch.Tensor] = None,
+        cond_mask: Optional[torch.Tensor] = None,
+        attn_mask: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """x [B, L, D]; c [B, D]; cond_tokens [B, Lc, D]; cond_mask [B, Lc] bool, True = valid."""
+        mods = self._modulations(c, x.shape[0])
+        x = self._self_attention(x, mods, attn_mask)
+        if cond_tokens is not None:
+            if not self.has_cross_attention:
+                raise ValueError("This block was built without cross-attention and cannot take `cond_tokens`.")
+            cond_mask = None if cond_mask is None else cond_mask.bool()
+            x = x + self.dropout(self.cross_attn(self.norm_cross(x), cond_tokens, cond_mask))
+        return self._feed_forward(x, mods)
+
+
+# ----------------------------------------------------------------------------------------
+# The denoiser
+# ----------------------------------------------------------------------------------------
+
+
+def _qgfd_block_kwargs(cfg) -> Dict[str, Any]:
+    """`EncoderBlock` QGFD keyword arguments from a config's `qgfd_*` fields."""
+    kwargs = {"qgfd_steps": cfg.qgfd_steps, "qgfd_alpha": cfg.qgfd_alpha}
+    for name, field in QGFD_FIELDS.items():
+        if name not in ("qgfd_steps", "qgfd_alpha"):
+            kwargs[field] = getattr(cfg, name)
+    return kwargs
+
+
+def build_denoiser(config) -> nn.Module:
+    """The denoiser a config asks for (`config.denoiser`): "qgfd" is `QGFDDiffusionBackbone`."""
+    if getattr(config, "denoiser", "qgfd") != "qgfd":
+        raise ValueError(f"Unknown denoiser {config.denoiser!r}; allowed: 'qgfd'.")
+    return QGFDDiffusionBackbone(config)
+
+
+class QGFDDiffusionBackbone(nn.Module):
+    """eps_theta(x_t, t, cond): the QGFD diffusion Transformer.
+
+    1. project latents to d_model and add positions;
+    2. embed t (sinusoids + MLP), plus an optional extra embedding (modality, class);
+    3. run the `DecoderBlock`s (QGFD self-attention, cross-attention to `cond_tokens`),
+       conditioned on the time embedding by adaLN-Zero (or by adding it to every token);
+    4. final norm (adaLN-modulated), then project back to `latent_dim`.
+
+    The output is the model's prediction for the config's `prediction_type` (epsilon by
+    default). It runs once per call: the samplers own the loop over timesteps.
+
+    Args:
+        cfg (`DiffusionConfig` or `QGFDConfig`): sizes, QGFD settings, `time_conditioning`,
+            `position_embedding`, `num_timesteps`.
+        cross_attention (`bool`, *optional*): build cross-attention; default
+            `cfg.conditional` for a `QGFDConfig` and True for the seed's `DiffusionConfig`.
+
+    Example:
+        >>> cfg = DiffusionConfig(d_model=32, num_heads=4, num_layers=2, d_ff=64, latent_dim=16)
+        >>> net = QGFDDiffusionBackbone(cfg)
+        >>> x_t, t = torch.randn(2, 10, 16), torch.tensor([3, 500])
+        >>> cond, mask = torch.randn(2, 4, 32), torch.ones(2, 4, dtype=torch.long)
+        >>> net(x_t, t, cond_tokens=cond, cond_mask=mask).shape
+        torch.Size([2, 10, 16])
+    """
+
+    def __init__(self, cfg, cross_attention: Optional[bool] = None):
+        super().__init__()
+        # Duck-typed: with trust_remote_code the config class comes from another copy of
+        # configuration_qgfd.py than this file's, so isinstance would fail.
+        missing = [name for name in DIFFUSION_FIELDS if not hasattr(cfg, name)]
+        if missing or getattr(cfg, "latent_dim", None) is None:
+            raise ValueError(f"`cfg` must be a DiffusionConfig or a QGFDConfig, got {type(cfg).__name__} (missing {missing or ['latent_dim']}).")
+        latent_dim = cfg.latent_dim
+        default_cross = bool(getattr(cfg, "conditional", True))  # the seed's DiffusionConfig: always
+        self.cross_attention = default_cross if cross_attention is None else bool(cross_attention)
+        self.d_model, self.latent_dim = cfg.d_model, latent_dim
+        self.num_timesteps = cfg.num_timesteps
+        self.time_conditioning = cfg.time_conditioning
+        self.position_embedding = cfg.position_embedding
+        self.max_position_embeddings = cfg.max_position_embeddings
+
+        self.in_proj = nn.Linear(latent_dim, cfg.d_model)
+        if self.position_embedding == "learned":
+            self.pos_embed = nn.Embedding(cfg.max_position_embeddings, cfg.d_model)
+        self.time_embed = TimestepEmbedding(cfg.d_model)
+        if self.cross_attention:
+            self.cond_norm = nn.LayerNorm(cfg.d_model, eps=1e-6)
+        self.blocks = nn.ModuleList(
+            DecoderBlock(
+                cfg.d_model,
+                cfg.num_heads,
+                cfg.d_ff,
+                dropout=cfg.dropout,
+                cross_attention=self.cross_attention,
+                time_conditioning=cfg.time_conditioning,
+                **_qgfd_block_kwargs(cfg),
+            )
+            for _ in range(cfg.num_layers)
+        )
+        adaln = cfg.time_conditioning == "adaln"
+        self.norm_out = nn.LayerNorm(cfg.d_model, eps=1e-6, elementwise_affine=not adaln)
+        if adaln:
+            self.adaLN_final = nn.Sequential(nn.SiLU(), _zero_init(nn.Linear(cfg.d_model, 2 * cfg.d_model)))
+        # Zero-initialised output (DiT): the untrained model predicts 0.
+        self.out_proj = _zero_init(nn.Linear(cfg.d_model, latent_dim))
+
+    def positions(self, length: int, device, dtype) -> Optional[torch.Tensor]:
+        """Position embeddings [L, D] (None for position_embedding="none")."""
+        if self.position_embedding == "none":
+            return None
+        if self.position_embedding == "learned":
+            if length > self.max_position_embeddings:
+                raise ValueError(f"Latent length {length} exceeds `max_position_embeddings`={self.max_position_embeddings}.")
+            return self.pos_embed.weight[:length]
+        return sinusoidal_embedding(torch.arange(length, device=device), self.d_model).to(dtype)
+
+    def forward(
+        self,
+        x_t: torch.Tensor,
+        t: torch.Tensor,
+        cond_tokens: Optional[torch.Tensor] = None,
+        cond_mask: Optional[torch.Tensor] = None,
+        extra_embedding: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """Predict the model output for x_t at step t.
+
+        Args:
+            x_t (`torch.FloatTensor` `[B, L, latent_dim]`): noisy latents.
+            t (`torch.LongTensor` `[B]`, or an int): timesteps in [0, num_timesteps).
+            cond_tokens (`torch.FloatTensor` `[B, Lc, d_model]`, *optional*): conditioning tokens.
+            cond_mask (`[B, Lc]`, *optional*): 1/True = valid token (HF `attention_mask` convention).
+            extra_embedding (`torch.FloatTensor` `[B, d_model]`, *optional*): added to the time
+                embedding (the shared model's modality embedding; class conditioning).
+
+        Returns:
+            `torch.FloatTensor` `[B, L, latent_dim]`: eps (or x0, or v) prediction.
+        """
+        check_float_tensor("x_t", x_t, f"[B, L, latent_dim={self.latent_dim}]", 3, self.latent_dim)
+        B, L, _ = x_t.shape
+        t = check_timesteps(t, B, self.num_timesteps, x_t.device)
+        cond_mask = check_condition(cond_tokens, cond_mask, B, self.d_model)
+        if cond_tokens is not None and not self.cross_attention:
+            raise ValueError("This denoiser is unconditional (built without cross-attention); pass cond_tokens=None.")
+        if extra_embedding is not None:
+            check_float_tensor("extra_embedding", extra_embedding, f"[B, d_model={self.d_model}]", 2, self.d_model)
+
+        # 1. Latents to the model width, plus positions.
+        h = self.in_proj(x_t)  # (B, L, D)
+        pos = self.positions(L, x_t.device, h.dtype)
+        if pos is not None:
+            h = h + pos[None]
+        # 2. Time (and extra) embedding c.
+        c = self.time_embed(t)  # (B, D)
+        if extra_embedding is not None:
+            c = c + extra_embedding.to(c.dtype)
+        if self.time_conditioning == "add":
+            h = h + c[:, None]  # the seed: the time embedding added to every token
+        if cond_tokens is not None:
+            cond_tokens = self.cond_norm(cond_tokens.to(h.dtype))
+        # 3. The QGFD blocks.
+        for block in self.blocks:
+            h = block(h, c, cond_tokens=cond_tokens, cond_mask=cond_mask)
+        # 4. Output head.
+        if self.time_conditioning == "adaln":
+            shift, scale = self.adaLN_final(c).chunk(2, dim=-1)  # each (B, D)
+            h = modulate(self.norm_out(h), shift, scale)
+        else:
+            h = self.norm_out(h)
+        return self.out_proj(h)  # (B, L, Dl)
+
+
+# ----------------------------------------------------------------------------------------
+# The base model and the uniform contract
+# ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class QGFDDiffusionOutput(ModelOutput):
+    """Training losses of a QGFD diffusion model.
+
+    Args:
+        loss (`torch.FloatTensor` `[]`): diffusion_loss + recon_weight * recon_loss.
+        diffusion_loss (`torch.FloatTensor` `[]`): MSE between the denoiser's output and its target.
+        recon_loss (`torch.FloatTensor` `[]`): MSE of the learned decoder (0 when the modality has none).
+    """
+
+    loss: Optional[torch.FloatTensor] = None
+    diffusion_loss: Optional[torch.FloatTensor] = None
+    recon_loss: Optional[torch.FloatTensor] = None
+
+
+class QGFDPreTrainedModel(PreTrainedModel):
+    """Base class of the QGFD diffusion models: weight init, and the uniform contract that the
+    pipeline and the training code use on every modality.
+
+    Subclasses hold `self.adapter` (data <-> latents, conditioning) and `self.backbone`
+    (`QGFDDiffusionBackbone`). The contract:
+
+    - `config.modality`, `is_conditional`;
+    - `latent_shape(batch_size) -> (B, L, latent_dim)`;
+    - `encode_condition(**cond_inputs) -> (cond_tokens [B, Lc, d_model] | None, cond_mask [B, Lc] | None)`;
+    - `denoise(x_t, t, cond_tokens=None, cond_mask=None) -> model_output [B, L, latent_dim]`;
+    - `data_to_latents(batch) -> x0 [B, L, latent_dim]`; `decode_latents(latents) -> data`;
+    - `get_schedule() -> DDPMBetaSchedule`; `sample_clip_value` (a bound for `clip_sample`, or None);
+    - `compute_loss(batch, generator=None) -> {"loss", "diffusion_loss", "recon_loss"}`
+      (also `forward(**batch)`, so DDP / accelerate wrappers see a forward pass).
+    """
+
+    config_class = QGFDConfig
+    base_model_prefix = "qgfd"
+    main_input_name = "x_t"
+    _no_split_modules = ["DecoderBlock", "EncoderBlock"]
+    supports_gradient_checkpointing = False
+
+    # -- weights --------------------------------------------------------------------------
+
+    def post_init(self):
+        super().post_init()
+        # transformers gathers tied weights (T5's shared / embed_tokens) from direct children
+        # only; our pretrained encoders sit inside adapters, so gather them at any depth.
+        for name, module in self.named_modules():
+            if module is self or not isinstance(module, PreTrainedModel) or "." not in name:
+                continue
+            for key, target in (getattr(module, "all_tied_weights_keys", None) or {}).items():
+                self.all_tied_weights_keys[f"{name}.{key}"] = f"{name}.{target}"
+
+    def _init_weights(self, module: nn.Module):
+        """Initialise our modules; pretrained sub-models (T5, ViT, Wav2Vec2) use their own."""
+        super()._init_weights(module)  # norms 1/0, embeddings and linears N(0, initializer_range)
+        rule = getattr(module, "_qgfd_init", None)
+        if isinstance(module, nn.Linear):
+            if rule == "zeros":
+                # adaLN-Zero modulations and the denoiser's output layer start at 0 (DiT):
+                # every block starts as the identity and the untrained model predicts 0.
+                init.zeros_(module.weight)
+            elif rule in ("he", "lecun"):
+                # The frozen random tabular encoder: variance-preserving ("he" before the GELU,
+                # "lecun" after it), so that its latents come out at about unit scale.
+                gain = math.sqrt(2.0) if rule == "he" else 1.0
+                init.normal_(module.weight, mean=0.0, std=gain / math.sqrt(module.in_features))
+            else:
+                # Every other linear layer of ours: Xavier uniform, as DiT.
+                init.xavier_uniform_(module.weight)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif rule == "orthogonal" and isinstance(getattr(module, "weight", None), torch.Tensor):
+            # Adapters' fixed projection into the shared latent space: (semi-)orthogonal, scaled
+            # so that latents keep their per-coordinate scale (`SharedProjection`).
+            init.orthogonal_(module.weight, gain=module.gain)
+        elif isinstance(module, QGFDAlpha) and module.logit is not None:
+            # A learnable QGFD alpha starts at settings.alpha (as QGFDAlpha.__init__ sets it).
+            s = module.settings
+            frac = min(max(s.alpha / s.alpha_max, 1e-3), 1 - 1e-3)
+            init.constant_(module.logit, math.log(frac / (1 - frac)))
+        elif rule == "feature_stats":
+            # Tabular normalisation statistics: identity until fitted to data.
+            init.zeros_(module.feature_mean)
+            init.ones_(module.feature_std)
+
+    # -- the contract ---------------------------------------------------------------------
+
+    @property
+    def is_conditional(self) -> bool:
+        """Whether `denoise` expects conditioning tokens (text models with a source text)."""
+        return bool(self.config.conditional)
+
+    def latent_shape(self, batch_size: int) -> Tuple[int, int, int]:
+        """(B, L, latent_dim) of the latents this model samples."""
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"`batch_size` must be an int >= 1, got {batch_size!r}.")
+        return (batch_size, self.config.num_latent_tokens(), self.config.latent_dim)
+
+    def _fixed_length(self) -> bool:
+        """Whether every latent sequence must have exactly `num_latent_tokens()` tokens."""
+        return True
+
+    def check_latents(self, name: str, latents) -> None:
+        """ValueError unless `latents` is finite, [B, L, latent_dim] (L fixed where the modality needs it)."""
+        L = self.config.num_latent_tokens()
+        hint = f"[B, {L if self._fixed_length() else 'L'}, latent_dim={self.config.latent_dim}]"
+        check_float_tensor(name, latents, hint, 3, self.config.latent_dim)
+        if self._fixed_length() and latents.shape[1] != L:
+            raise ValueError(f"`{name}` must have shape {hint}, got {list(latents.shape)}.")
+
+    def encode_condition(self, **cond_inputs) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+        """Conditioning tokens [B, Lc, d_model] and mask [B, Lc] (True = valid) from raw inputs.
+
+        Unconditional models return (None, None) and refuse any input.
+        """
+        if not self.is_conditional:
+            if any(v is not None for v in cond_inputs.values()):
+                raise ValueError(f"This {self.config.modality} model is unconditional; it takes no conditioning, got {sorted(cond_inputs)}.")
+            return None, None
+        return self.adapter.encode_condition(**cond_inputs)
+
+    def denoise(self, x_t: torch.Tensor, t, cond_tokens: Optional[torch.Tensor] = None, cond_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """One denoiser call: the model output (config.prediction_type) for x_t at step t.
+
+        Args:
+            x_t (`torch.FloatTensor` `[B, L, latent_dim]`): noisy latents.
+            t (`torch.LongTensor` `[B]`): timesteps in [0, num_timesteps).
+            cond_tokens (`[B, Lc, d_model]`), cond_mask (`[B, Lc]`, 1 = valid): from `encode_condition`;
+                required by conditional models, refused by unconditional ones.
+
+        Returns:
+            `torch.FloatTensor` `[B, L, latent_dim]`.
+        """
+        self.check_latents("x_t", x_t)
+        if self.is_conditional and cond_tokens is None:
+            raise ValueError("This model is conditional: pass `cond_tokens` (from `encode_condition`).")
+        return self.backbone(x_t, t, cond_tokens=cond_tokens, cond_mask=cond_mask)
+
+    def data_to_latents(self, batch) -> torch.Tensor:
+        """Clean latents x0 [B, L, latent_dim] from a batch of data (see the modality's docstring)."""
+        return self.adapter.data_to_latents(batch)
+
+    def decode_latents(self, latents: torch.Tensor):
+        """Data from latents [B, L, latent_dim] (see the modality's docstring for the output)."""
+        self.check_latents("latents", latents)
+        return self.adapter.decode_latents(latents)
+
+    def get_schedule(self, device=None) -> DDPMBetaSchedule:
+        """The noise schedule of `config` (float64), on `device` (default: the model's)."""
+        key = (self.config.num_timesteps, self.config.beta_start, self.config.beta_end, self.config.beta_schedule)
+        cached = self.__dict__.get("_schedule")
+        if cached is None or cached[0] != key:
+            cached = (key, DDPMBetaSchedule.from_config(self.config))
+            self.__dict__["_schedule"] = cached  # not a submodule: never saved, never cast
+        schedule = cached[1]
+        return schedule.to(device if device is not None else self.device)
+
+    @property
+    def sample_clip_value(self) -> Optional[float]:
+        """A bound on clean latents for `sample_loop(clip_sample=...)`, where the latent space has
+        one (pixel patches: normalised pixels x latent_scale); None otherwise."""
+        return None
+
+    def _condition_from_batch(self, batch: Mapping) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+        """Conditioning of a training batch (text: `cond_input_ids`, `cond_attention_mask`)."""
+        return None, None
+
+    def _recon_loss(self, batch, x0: torch.Tensor) -> Optional[torch.Tensor]:
+        return self.adapter.recon_loss(batch, x0)
+
+    def compute_loss(self, batch, generator: Optional[torch.Generator] = None) -> QGFDDiffusionOutput:
+        """The training loss on a batch: t ~ U{0..T-1}, noise ~ N(0, I), prediction-type target.
+
+        Args:
+            batch (`dict` or `torch.Tensor`): the modality's data (see `data_to_latents`), and
+                for conditional text models `cond_input_ids` / `cond_attention_mask`.
+            generator (`torch.Generator`, *optional*): draws t and the noise (reproducible losses).
+
+        Returns:
+            `QGFDDiffusionOutput` (a dict): `loss` = diffusion_loss + recon_weight * recon_loss.
+        """
+        x0 = self.data_to_latents(batch)
+        cond_tokens, cond_mask = self._condition_from_batch(batch)
+        t, noise = self._draw_t_and_noise(x0, generator)
+        diffusion_loss = self.diffusion_forward(x0, t, cond_tokens=cond_tokens, cond_mask=cond_mask, noise=noise)
+        recon = self._recon_loss(batch, x0)
+        recon = recon if recon is not None else diffusion_loss.new_zeros(())
+        loss = diffusion_loss + self.config.recon_weight * recon
+        return QGFDDiffusionOutput(loss=loss, diffusion_loss=diffusion_loss, recon_loss=recon)
+
+    def forward(self, batch=None, generator: Optional[torch.Generator] = None, **batch_kwargs) -> QGFDDiffusionOutput:
+        """`compute_loss` on `batch` (or on the keyword arguments: `model(**batch)`)."""
+        if batch is None:
+            batch = batch_kwargs
+        elif batch_kwargs:
+            raise ValueError(f"Pass the batch either as `batch` or as keywords, not both (got {sorted(batch_kwargs)}).")
+        return self.compute_loss(batch, generator=generator)
+
+    def _draw_t_and_noise(self, x0: torch.Tensor, generator: Optional[torch.Generator]):
+        gen_device = generator.device if generator is not None else x0.device
+        t = torch.randint(0, self.config.num_timesteps, (x0.shape[0],), generator=generator, device=gen_device)
+        noise = torch.randn(x0.shape, generator=generator, device=gen_device, dtype=torch.float32)
+        return t.to(x0.device), noise.to(device=x0.device, dtype=x0.dtype)
+
+    def diffusion_forward(
+        self,
+        x0: torch.Tensor,
+        t: torch.Tensor,
+        schedule: Optional[DDPMBetaSchedule] = None,
+        cond_tokens: Optional[torch.Tensor] = None,
+        cond_mask: Optional[torch.Tensor] = None,
+        noise: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """The diffusion loss (scalar MSE) for clean latents x0 at timesteps t (the seed's method).
+
+        1. x_t = sqrt(a_bar_t) x0 + sqrt(1 - a_bar_t) eps [DDPM Eq. 4];
+        2. target: eps, x0 or v (config.prediction_type);
+        3. MSE between `denoise(x_t, t, cond)` and the target.
+        """
+        self.check_latents("x0", x0)
+        schedule = schedule if schedule is not None else self.get_schedule(x0.device)
+        t = check_timesteps(t, x0.shape[0], self.config.num_timesteps, x0.device)
+        x_t, noise = q_sample(x0, t, schedule, noise)
+        target = diffusion_target(x0, noise, t, schedule, self.config.prediction_type)
+        model_output = self.denoise(x_t, t, cond_tokens=cond_tokens, cond_mask=cond_mask)
+        return F.mse_loss(model_output.float(), target.float())
+
+    def make_denoise_fn(
+        self, cond_tokens: Optional[torch.Tensor] = None, cond_mask: Optional[torch.Tensor] = None, schedule: Optional[DDPMBetaSchedule] = None
+    ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """`denoise_fn(x_t, t)` for `scheduling_qgfd.sample_loop`, with the conditioning bound
+        (and, for text models with `clamp_to_embeddings`, Diffusion-LM's clamping)."""
+
+        def denoise_fn(x_t, t):
+            return self.denoise(x_t, t, cond_tokens=cond_tokens, cond_mask=cond_mask)
+
+        return denoise_fn
+
+    @torch.no_grad()
+    def diffusion_sample(
+        self,
+        num_samples: Optional[int] = None,
+        cond_tokens: Optional[torch.Tensor] = None,
+        cond_mask: Optional[torch.Tensor] = None,
+        *,
+        schedule: Optional[DDPMBetaSchedule] = None,
+        sampler: str = "ddim",
+        num_inference_steps: Optional[int] = None,
+        eta: float = 0.0,
+        generator: Optional[torch.Generator] = None,
+        progress: bool = False,
+        clip_sample: Optional[float] = None,
+        x_T: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """Sample latents [B, L, latent_dim] with DDIM or DDPM; `decode_latents` turns them into data.
+
+        Args:
+            num_samples (`int`, *optional*): B (default: the conditioning's batch size, else 1).
+            cond_tokens, cond_mask: from `encode_condition` (conditional models only).
+            sampler, num_inference_steps, eta, generator, progress, clip_sample, x_T: as
+                `scheduling_qgfd.sample_loop`.
+        """
+        if num_samples is None:
+            num_samples = cond_tokens.shape[0] if cond_tokens is not None else 1
+        if cond_tokens is not None and cond_tokens.shape[0] != num_samples:
+            raise ValueError(f"`num_samples`={num_samples} differs from the conditioning's batch size {cond_tokens.shape[0]}.")
+        schedule = schedule if schedule is not None else self.get_schedule()
+        return sample_loop(
+            self.make_denoise_fn(cond_tokens, cond_mask, schedule),
+            self.latent_shape(num_samples),
+            schedule,
+            sampler=sampler,
+            num_inference_steps=num_inference_steps,
+            eta=eta,
+            prediction_type=self.config.prediction_type,
+            generator=generator,
+            device=self.device,
+            dtype=self.dtype,
+            progress=progress,
+            clip_sample=clip_sample,
+            x_T=x_T,
+        )
+
+    @torch.no_grad()
+    def fit_latent_scale(self, batch) -> float:
+        """Set `config.latent_scale` so that the latents of `batch` have unit std; returns it.
+
+        Call it once on a representative batch before training (as Stable Diffusion's scale
+        factor): a model trained with one scale must be sampled with the same.
+        """
+        x0 = self.data_to_latents(batch).float()
+        std = float(x0.std())
+        if not std > 0:
+            raise ValueError("The batch's latents have zero spread; cannot fit a latent scale.")
+        self.config.latent_scale = float(self.config.latent_scale / std)
+        return self.config.latent_scale
+
+
+def __getattr__(name):
+    # The seed kept everything in one module: `from qgfd_hf.modeling_qgfd import
+    # TextQGFDDiffusionModel` still works, re-exported lazily (the modality models import this
+    # module, so a top-level import would be circular).
+    import importlib
+
+    for module_name in (".modeling_qgfd_modalities", ".modeling_qgfd_adapters"):
+        module = importlib.import_module(module_name, __package__)
+        if name in getattr(module, "__all__", ()):
+            return getattr(module, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = [
+    "CrossAttention",
+    "build_denoiser",
+    "DecoderBlock",
+    "EncoderBlock",
+    "PositionwiseFFN",
+    "QGFDDiffusionBackbone",
+    "QGFDDiffusionOutput",
+    "QGFDPreTrainedModel",
+    "TimestepEmbedding",
+    "check_condition",
+    "check_timesteps",
+    "sinusoidal_embedding",
+]

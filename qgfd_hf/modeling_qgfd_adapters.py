@@ -1,0 +1,719 @@
+# coding=utf-8
+"""Modality adapters: data <-> latents, conditioning, and the learned decoders.
+
+Each adapter owns what is specific to one modality: the (frozen) encoder that makes the
+clean latents x0, the decoder that turns latents back into data, and, for text, the
+conditioning encoder. The single-modality models hold one adapter; the shared model holds
+one per modality and maps every modality into one latent width with a fixed projection.
+
+| modality | x0 (latents)                                   | decoder                         | conditioning |
+|----------|------------------------------------------------|---------------------------------|--------------|
+| text     | T5 token embeddings x latent_scale (frozen)    | nearest embedding (exact)       | T5 encoder states of a source text -> d_model |
+| image    | ViT patch states (frozen) or pixel patches     | learned (ViT) / unpatchify      | none |
+| audio    | Wav2Vec2 frame states (frozen)                 | learned, transposed conv        | none |
+| video    | per-frame image latents, frames one after another | the image decoder per frame  | none |
+| tabular  | frozen random MLP of standardised features     | learned MLP                     | none |
+
+Shapes: `B` batch, `L` latent tokens, `Dl` latent width, `V` vocabulary, `C, H, W` image
+channels and size, `p` patch size, `N = (H / p)^2` patches, `F` frames or features, `S` samples.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Mapping, Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from transformers import AutoConfig, AutoModel, PretrainedConfig
+from transformers.utils import logging
+
+from .configuration_qgfd import (
+    DiffusionConfig,
+    QGFDAudioConfig,
+    QGFDConfig,
+    QGFDImageConfig,
+    QGFDTabularConfig,
+    QGFDTextConfig,
+    QGFDVideoConfig,
+)
+from .modeling_qgfd import EncoderBlock, check_finite, check_float_tensor, sinusoidal_embedding
+
+logger = logging.get_logger(__name__)
+
+
+# ----------------------------------------------------------------------------------------
+# Pretrained encoders
+# ----------------------------------------------------------------------------------------
+
+_T5_ENCODERS = {"t5": "T5EncoderModel", "mt5": "MT5EncoderModel", "umt5": "UMT5EncoderModel"}
+
+
+def build_encoder(modality: str, backbone_config: PretrainedConfig) -> nn.Module:
+    """The pretrained encoder's architecture from its config, with random weights (no download).
+
+    text: T5's encoder (`T5EncoderModel`; mT5, umT5 alike) or any encoder-only model
+    (`AutoModel`); image: `ViTModel` without its pooler (or `AutoModel`); audio: `AutoModel`
+    (Wav2Vec2Model and friends).
+    """
+    import transformers
+
+    model_type = getattr(backbone_config, "model_type", "")
+    if modality == "text" and model_type in _T5_ENCODERS:
+        return getattr(transformers, _T5_ENCODERS[model_type])(backbone_config)
+    if modality == "text" and getattr(backbone_config, "is_encoder_decoder", False):
+        raise ValueError(
+            f"Text backbones must be T5-family ({sorted(_T5_ENCODERS)}) or encoder-only models, got model_type={model_type!r}."
+        )
+    if modality in ("image", "video") and model_type == "vit":
+        return transformers.ViTModel(backbone_config, add_pooling_layer=False)
+    return AutoModel.from_config(backbone_config)
+
+
+def load_pretrained_encoder(encoder: nn.Module, name: str) -> None:
+    """Copy the weights of the Hub model or folder `name` into `encoder` (same architecture)."""
+    kwargs = {"add_pooling_layer": False} if type(encoder).__name__ == "ViTModel" else {}
+    pretrained = type(encoder).from_pretrained(name, **kwargs)
+    encoder.load_state_dict(pretrained.state_dict(), strict=True)
+    logger.info(f"Loaded pretrained {type(encoder).__name__} weights from {name!r}.")
+
+
+def maybe_patch_encoder(encoder: nn.Module, settings: Optional[dict]) -> None:
+    """QGFD-patch the encoder's own self-attention when `backbone_qgfd` asks for it."""
+    if not settings:
+        return
+    import importlib
+
+    try:
+        # TODO(models): a static `from .patching_qgfd import patch_model` once that module is on
+        # main, so that trust_remote_code copies it with the model files.
+        patching = importlib.import_module(".patching_qgfd", __package__)
+    except ImportError as err:
+        raise ImportError("`backbone_qgfd` needs qgfd_hf.patching_qgfd.patch_model, which is not available.") from err
+    patching.patch_model(encoder, **settings)
+
+
+# ----------------------------------------------------------------------------------------
+# Building blocks of the adapters
+# ----------------------------------------------------------------------------------------
+
+
+class SharedProjection(nn.Module):
+    """A fixed linear map into the shared latent width, inverted by pseudo-inverse.
+
+    `y = x W^T` with W `[out, in]` (semi-)orthogonal times `gain = max(1, sqrt(out / in))`, so
+    that the per-coordinate scale of the latents is kept. With out >= in the map is
+    injective and `inverse(forward(x)) == x`; with out < in it keeps the top subspace only.
+
+    Example:
+        >>> proj = SharedProjection(4, 16)
+        >>> x = torch.randn(2, 3, 4)
+        >>> torch.allclose(proj.inverse(proj(x)), x, atol=1e-5)
+        True
+    """
+
+    def __init__(self, in_dim: int, out_dim: int):
+        super().__init__()
+        self.in_dim, self.out_dim = in_dim, out_dim
+        self.gain = max(1.0, math.sqrt(out_dim / in_dim))
+        self.weight = nn.Parameter(torch.empty(out_dim, in_dim))
+        self._qgfd_init = "orthogonal"  # see QGFDPreTrainedModel._init_weights
+        nn.init.orthogonal_(self.weight, gain=self.gain)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight)  # (..., in) -> (..., out)
+
+    def inverse(self, y: torch.Tensor) -> torch.Tensor:
+        pinv = torch.linalg.pinv(self.weight.t().float())  # (out, in)
+        return (y.float() @ pinv).to(y.dtype)  # (..., out) -> (..., in)
+
+
+class LatentDecoder(nn.Module):
+    """Latent tokens to per-token outputs: Linear, positions, plain pre-LN Transformer
+    blocks (softmax attention: the decoder is an auxiliary network), LayerNorm, Linear.
+
+    Args:
+        latent_dim (`int`), width (`int`), num_heads (`int`), num_layers (`int`): sizes.
+        out_dim (`int`, *optional*): output width (None: return the hidden states [B, L, width]).
+
+    Example:
+        >>> LatentDecoder(latent_dim=16, width=32, num_heads=4, num_layers=1, out_dim=12)(torch.randn(2, 9, 16)).shape
+        torch.Size([2, 9, 12])
+    """
+
+    def __init__(self, latent_dim: int, width: int, num_heads: int, num_layers: int, out_dim: Optional[int], dropout: float = 0.0):
+        super().__init__()
+        self.width = width
+        self.in_proj = nn.Linear(latent_dim, width)
+        self.blocks = nn.ModuleList(EncoderBlock(width, num_heads, 4 * width, dropout=dropout) for _ in range(num_layers))
+        self.norm = nn.LayerNorm(width, eps=1e-6)
+        self.out_proj = nn.Linear(width, out_dim) if out_dim is not None else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.in_proj(x)  # (B, L, width)
+        h = h + sinusoidal_embedding(torch.arange(h.shape[1], device=h.device), self.width).to(h.dtype)[None]
+        for block in self.blocks:
+            h = block(h)
+        h = self.norm(h)
+        return self.out_proj(h) if self.out_proj is not None else h
+
+
+def _get(batch, key: str, modality: str) -> torch.Tensor:
+    """`batch[key]` from a dict-like batch, or the batch itself when it is a tensor."""
+    if isinstance(batch, torch.Tensor):
+        return batch
+    if not isinstance(batch, Mapping):
+        raise ValueError(f"A {modality} batch must be a dict with {key!r} or a tensor, got {type(batch).__name__}.")
+    if key not in batch:
+        raise ValueError(f"A {modality} batch needs the key {key!r}; got keys {sorted(batch)}.")
+    return batch[key]
+
+
+def _check_ids(name: str, ids, vocab_size: int) -> None:
+    if not isinstance(ids, torch.Tensor) or ids.dtype not in (torch.int64, torch.int32) or ids.dim() != 2:
+        got = f"{ids.dtype} tensor of shape {list(ids.shape)}" if isinstance(ids, torch.Tensor) else type(ids).__name__
+        raise ValueError(f"`{name}` must be an integer tensor of shape [B, L], got a {got}.")
+    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab_size):
+        raise ValueError(f"`{name}` holds token ids outside [0, {vocab_size}): [{int(ids.min())}, {int(ids.max())}].")
+
+
+def _check_mask(name: str, mask, shape) -> torch.Tensor:
+    if not isinstance(mask, torch.Tensor) or tuple(mask.shape) != tuple(shape):
+        raise ValueError(f"`{name}` must be a tensor of shape {list(shape)} (1 = real token), got {type(mask).__name__}"
+                         + (f" of shape {list(mask.shape)}" if isinstance(mask, torch.Tensor) else "") + ".")
+    if mask.is_floating_point() or not bool(((mask == 0) | (mask == 1)).all()):
+        raise ValueError(f"`{name}` must hold 0/1 (or bool) values.")
+    return mask.bool()
+
+
+# ----------------------------------------------------------------------------------------
+# Adapter base
+# ----------------------------------------------------------------------------------------
+
+
+def _resolve_adapter_config(modality: str, config, shared_cfg):
+    """An adapter's modality config; the seed's form `XAdapter(hf_name, shared_cfg)` builds it
+    from a Hub id or folder (returned as `pretrained` to load) or a backbone config."""
+    from .modeling_qgfd_modalities import MODALITY_CONFIG_CLASSES, modality_config_from_backbone
+
+    # Duck-typed (`model_type`), not isinstance: with trust_remote_code the config class comes
+    # from another copy of configuration_qgfd.py than this file's.
+    expected = MODALITY_CONFIG_CLASSES[modality].model_type
+    model_type = getattr(config, "model_type", None)
+    if model_type == expected:
+        return config, None
+    if isinstance(model_type, str) and model_type.startswith("qgfd"):
+        raise ValueError(f"A {modality} adapter needs a {MODALITY_CONFIG_CLASSES[modality].__name__}, got {type(config).__name__}.")
+    if isinstance(config, (str, PretrainedConfig)) or (config is None and modality in ("image", "video", "tabular")):
+        if shared_cfg is None:
+            raise ValueError(f"`{modality}` adapter built from a backbone needs `shared_cfg`.")
+        cfg, name = modality_config_from_backbone(modality, config, shared_cfg)
+        return cfg, name
+    raise ValueError(f"A {modality} adapter takes a modality config, a Hub id / folder or a backbone config, got {type(config).__name__}.")
+
+
+class _ModalityAdapter(nn.Module):
+    modality = None
+
+    def __init__(self, config: QGFDConfig, shared_cfg=None):
+        super().__init__()
+        self.modality_config = config
+        self.in_shared_space = shared_cfg is not None
+        self.latent_dim = shared_cfg.latent_dim if shared_cfg is not None else config.latent_dim
+        self.d_model = shared_cfg.d_model if shared_cfg is not None else config.d_model
+        self.encoder = None
+        if shared_cfg is not None:
+            # Part of the encoder that makes x0: frozen with it (latents would collapse otherwise).
+            self.proj = SharedProjection(config.latent_dim, shared_cfg.latent_dim)
+            self.proj.requires_grad_(not config.freeze_encoder)
+
+    def _set_encoder(self, encoder: nn.Module) -> None:
+        maybe_patch_encoder(encoder, self.modality_config.backbone_qgfd)
+        if self.modality_config.freeze_encoder:
+            encoder.requires_grad_(False)
+            encoder.eval()
+        self.encoder = encoder
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.encoder is not None and self.modality_config.freeze_encoder:
+            self.encoder.eval()  # a frozen encoder stays in eval mode: no dropout, no SpecAugment
+        return self
+
+    def _encoder_context(self):
+        return torch.no_grad() if self.modality_config.freeze_encoder else contextlib.nullcontext()
+
+    def load_pretrained_encoder(self, name: str) -> None:
+        """Load the encoder's weights from a Hub id or folder."""
+        if self.encoder is None:
+            raise ValueError(f"This {self.modality} adapter has no pretrained encoder to load.")
+        load_pretrained_encoder(self.encoder, name)
+
+    def to_shared(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x) if self.in_shared_space else x  # (B, L, Dm) -> (B, L, Dl)
+
+    def from_shared(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj.inverse(x) if self.in_shared_space else x  # (B, L, Dl) -> (B, L, Dm)
+
+    def latent_shape(self, batch_size: int) -> Tuple[int, int, int]:
+        return (batch_size, self.modality_config.num_latent_tokens(), self.latent_dim)
+
+    def encode_condition(self, **cond_inputs):
+        if any(v is not None for v in cond_inputs.values()):
+            raise ValueError(f"The {self.modality} modality is unconditional; got conditioning {sorted(cond_inputs)}.")
+        return None, None
+
+    def recon_loss(self, batch, x0: torch.Tensor) -> Optional[torch.Tensor]:
+        return None
+
+
+# ----------------------------------------------------------------------------------------
+# Text
+# ----------------------------------------------------------------------------------------
+
+
+class TextAdapter(_ModalityAdapter):
+    """Text <-> T5 token-embedding latents, and T5-encoded conditioning (Diffusion-LM style).
+
+    - latents: `E[input_ids] * latent_scale` [B, L, Dl] with E the T5 input embedding (frozen
+      by default), padded with the pad token to `seq_len` by `data_to_latents`;
+    - decoding: nearest embedding, `logits = 2 x E'^T - ||E'||^2` with E' the embedding
+      matrix in latent space; decode(encode(ids)) == ids exactly;
+    - conditioning: the T5 encoder's states of a source text, projected to the denoiser's
+      `d_model` (the seed handed T5-width states to a backbone of another width).
+
+    Args:
+        config (`QGFDTextConfig`, or the seed's Hub id / folder / backbone config with `shared_cfg`).
+        shared_cfg (`QGFDSharedConfig` or `DiffusionConfig`, *optional*): inside the shared model,
+            map latents to its `latent_dim` and conditioning to its `d_model`.
+
+    Example:
+        >>> from transformers import T5Config
+        >>> t5 = T5Config(vocab_size=50, d_model=32, d_ff=64, num_layers=1, num_heads=4, d_kv=8)
+        >>> adapter = TextAdapter(QGFDTextConfig(backbone_config=t5, d_model=32, num_heads=4, num_layers=2, d_ff=64, seq_len=6))
+        >>> ids = torch.tensor([[5, 6, 7, 1]])
+        >>> x0 = adapter.data_to_latents({"input_ids": ids})
+        >>> x0.shape, adapter.decode_latents(x0)[0, :4].tolist()
+        (torch.Size([1, 6, 32]), [5, 6, 7, 1])
+    """
+
+    modality = "text"
+
+    def __init__(self, config, shared_cfg=None):
+        config, pretrained = _resolve_adapter_config("text", config, shared_cfg)
+        super().__init__(config, shared_cfg)
+        self._set_encoder(build_encoder("text", config.backbone_config))
+        self.vocab_size = self.encoder.get_input_embeddings().weight.shape[0]
+        if config.conditional:
+            self.cond_proj = nn.Linear(config.latent_dim, self.d_model)  # T5 width -> denoiser width
+        if pretrained is not None:
+            self.load_pretrained_encoder(pretrained)
+            self.fit_embedding_scale()
+
+    def fit_embedding_scale(self) -> float:
+        """Set `latent_scale` = 1 / std(E), so that token latents have about unit std."""
+        std = float(self.encoder.get_input_embeddings().weight.detach().float().std())
+        self.modality_config.latent_scale = 1.0 / std
+        return self.modality_config.latent_scale
+
+    def latent_embeddings(self) -> torch.Tensor:
+        """E' [V, Dl]: every token's latent (embedding x latent_scale, in the shared space if any)."""
+        with self._encoder_context():
+            E = self.encoder.get_input_embeddings().weight * self.modality_config.latent_scale  # (V, Dm)
+            return self.to_shared(E)
+
+    def embed(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Token latents [B, L, Dl] of `input_ids` [B, L]; masked positions get the pad token's."""
+        _check_ids("input_ids", input_ids, self.vocab_size)
+        if attention_mask is not None:
+            mask = _check_mask("attention_mask", attention_mask, input_ids.shape)
+            input_ids = input_ids.masked_fill(~mask, self.modality_config.pad_token_id)
+        with self._encoder_context():
+            x = self.encoder.get_input_embeddings()(input_ids) * self.modality_config.latent_scale  # (B, L, Dm)
+            return self.to_shared(x)
+
+    def data_to_latents(self, batch) -> torch.Tensor:
+        """x0 [B, seq_len, Dl] from `batch["input_ids"]` [B, L <= seq_len] (and `attention_mask`)."""
+        ids = _get(batch, "input_ids", "text")
+        mask = batch.get("attention_mask") if isinstance(batch, Mapping) else None
+        _check_ids("input_ids", ids, self.vocab_size)
+        S, L = self.modality_config.seq_len, ids.shape[1]
+        if L > S:
+            raise ValueError(f"`input_ids` has length {L}, longer than the model's seq_len={S}; truncate to {S} tokens.")
+        if L < S:  # right-pad to the fixed length the model samples
+            ids = F.pad(ids, (0, S - L), value=self.modality_config.pad_token_id)
+            if mask is not None:
+                mask = F.pad(mask, (0, S - L), value=0)
+        return self.embed(ids, mask)
+
+    def encode_condition(self, input_ids=None, attention_mask=None, token_type_ids=None, **unknown):
+        """Conditioning tokens [B, Lc, d_model] and mask [B, Lc] (True = valid) of a source text."""
+        if unknown:
+            raise ValueError(f"Unknown conditioning inputs {sorted(unknown)}; the text model takes input_ids and attention_mask.")
+        if not self.modality_config.conditional:
+            return super().encode_condition(input_ids=input_ids, attention_mask=attention_mask)
+        if input_ids is None:
+            raise ValueError("This text model is conditional: pass the source text's `input_ids`.")
+        _check_ids("input_ids", input_ids, self.vocab_size)
+        mask = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else _check_mask("attention_mask", attention_mask, input_ids.shape)
+        with self._encoder_context():
+            states = self.encoder(input_ids=input_ids, attention_mask=mask.long()).last_hidden_state  # (B, Lc, Dm)
+        return self.cond_proj(states), mask
+
+    def decode_embeddings(self, latents: torch.Tensor) -> torch.Tensor:
+        """Token logits [B, L, V] of latents [B, L, Dl]: 2 x E'^T - ||E'||^2 (argmax = nearest embedding)."""
+        E = self.latent_embeddings().to(latents.dtype)  # (V, Dl)
+        return 2 * latents @ E.t() - (E * E).sum(-1)  # (B, L, V)
+
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Token ids [B, L] of latents [B, L, Dl] (rounding to the nearest embedding)."""
+        return self.decode_embeddings(latents).argmax(-1)
+
+    def round_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Each latent replaced by its nearest token latent [B, L, Dl] (Diffusion-LM's clamp)."""
+        return self.latent_embeddings().to(latents.dtype)[self.decode_latents(latents)]
+
+
+# ----------------------------------------------------------------------------------------
+# Images and video
+# ----------------------------------------------------------------------------------------
+
+
+class ImageAdapter(_ModalityAdapter):
+    """Images <-> patch latents.
+
+    - `latent_space="vit"`: x0 = ViT patch states (CLS dropped) x latent_scale [B, N, Dl],
+      frozen; a learned `LatentDecoder` maps latents to pixel patches, trained by the
+      reconstruction loss (`recon_loss`) next to the diffusion loss.
+    - `latent_space="pixels"`: x0 = non-overlapping p x p patches of the normalised image,
+      `[B, N, C p^2]`; decoding is `unpatchify`, exact, nothing to learn.
+
+    Inputs are `pixel_values` [B, C, H, W] normalised as the image processor does
+    (`(x - image_mean) / image_std` of images in [0, 1]); decoded images are in [0, 1].
+
+    Example:
+        >>> adapter = ImageAdapter(QGFDImageConfig(latent_space="pixels", image_size=8, patch_size=2, num_channels=1,
+        ...                                        d_model=32, num_heads=4, num_layers=2, d_ff=64))
+        >>> images = torch.rand(2, 1, 8, 8)
+        >>> x0 = adapter.data_to_latents({"pixel_values": (images - 0.5) / 0.5})
+        >>> x0.shape, torch.allclose(adapter.decode_latents(x0), images, atol=1e-6)
+        (torch.Size([2, 16, 4]), True)
+    """
+
+    modality = "image"
+
+    def __init__(self, config, shared_cfg=None):
+        config, pretrained = _resolve_adapter_config(self.modality, config, shared_cfg)
+        super().__init__(config, shared_cfg)
+        self.patch_size, self.num_channels, self.image_size = config.patch_size, config.num_channels, config.image_size
+        self.grid = config.image_size // config.patch_size
+        if config.latent_space == "vit":
+            self._set_encoder(build_encoder(self.modality, config.backbone_config))
+            patch_dim = config.num_channels * config.patch_size**2
+            self.decoder = LatentDecoder(
+                config.latent_dim, config.decoder_width, config.num_heads, config.decoder_layers, patch_dim, config.dropout
+            )
+        if pretrained is not None:
+            self.load_pretrained_encoder(pretrained)
+
+    # -- pixels ---------------------------------------------------------------------------
+
+    def _stats(self, like: torch.Tensor):
+        shape = (1, self.num_channels, 1, 1)
+        mean = torch.tensor(self.modality_config.image_mean, device=like.device, dtype=like.dtype).view(shape)
+        std = torch.tensor(self.modality_config.image_std, device=like.device, dtype=like.dtype).view(shape)
+        return mean, std
+
+    def check_images(self, pixel_values) -> None:
+        C, S = self.num_channels, self.image_size
+        check_float_tensor("pixel_values", pixel_values, f"[B, {C}, {S}, {S}]", 4)
+        if tuple(pixel_values.shape[1:]) != (C, S, S):
+            raise ValueError(f"`pixel_values` must have shape [B, {C}, {S}, {S}], got {list(pixel_values.shape)}.")
+
+    def patchify(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """[B, C, H, W] -> [B, N, p * p * C], patches in row-major order."""
+        B, C = pixel_values.shape[:2]
+        g, p = self.grid, self.patch_size
+        x = pixel_values.reshape(B, C, g, p, g, p)  # (B, C, gh, p, gw, p)
+        x = x.permute(0, 2, 4, 3, 5, 1)  # (B, gh, gw, p, p, C)
+        return x.reshape(B, g * g, p * p * C)  # (B, N, p*p*C)
+
+    def unpatchify(self, patches: torch.Tensor) -> torch.Tensor:
+        """[B, N, p * p * C] -> [B, C, H, W] (inverse of `patchify`)."""
+        B = patches.shape[0]
+        g, p, C = self.grid, self.patch_size, self.num_channels
+        x = patches.reshape(B, g, g, p, p, C)  # (B, gh, gw, p, p, C)
+        x = x.permute(0, 5, 1, 3, 2, 4)  # (B, C, gh, p, gw, p)
+        return x.reshape(B, C, g * p, g * p)  # (B, C, H, W)
+
+    # -- latents --------------------------------------------------------------------------
+
+    def _encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """[B, C, H, W] normalised -> latents [B, N, Dl]."""
+        if self.encoder is None:
+            h = self.patchify(pixel_values)  # (B, N, C p^2)
+        else:
+            with self._encoder_context():
+                h = self.encoder(pixel_values=pixel_values).last_hidden_state  # (B, 1 + N, D_vit)
+            h = h[:, -self.grid**2 :]  # drop the CLS token, keep the N patch states
+        return self.to_shared(h * self.modality_config.latent_scale)
+
+    def _decode_images(self, latents: torch.Tensor) -> torch.Tensor:
+        """latents [B, N, Dl] -> normalised pixels [B, C, H, W]."""
+        h = self.from_shared(latents)  # (B, N, Dm)
+        if self.encoder is None:
+            return self.unpatchify(h / self.modality_config.latent_scale)
+        return self.unpatchify(self.decoder(h))  # (B, N, C p^2) -> (B, C, H, W)
+
+    def image_to_latents(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """x0 [B, N, Dl] of normalised `pixel_values` [B, C, H, W]."""
+        self.check_images(pixel_values)
+        return self._encode_images(pixel_values)
+
+    def data_to_latents(self, batch) -> torch.Tensor:
+        """x0 [B, N, Dl] from `batch["pixel_values"]` [B, C, H, W] (normalised)."""
+        return self.image_to_latents(_get(batch, "pixel_values", self.modality))
+
+    def decode_normalized(self, latents: torch.Tensor) -> torch.Tensor:
+        """Normalised pixels [B, C, H, W] (the space of `pixel_values`)."""
+        return self._decode_images(latents)
+
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Images [B, C, H, W] in [0, 1]."""
+        x = self.decode_normalized(latents)
+        mean, std = self._stats(x)
+        return (x * std + mean).clamp(0, 1)
+
+    def recon_loss(self, batch, x0: torch.Tensor) -> Optional[torch.Tensor]:
+        """MSE of the learned decoder on normalised pixels (ViT latents; None for pixel patches)."""
+        if self.encoder is None:
+            return None
+        target = _get(batch, "pixel_values", self.modality)
+        return F.mse_loss(self.decode_normalized(x0).float(), target.float())
+
+
+class VideoAdapter(ImageAdapter):
+    """Video <-> per-frame image latents, frames one after another: [B, F * N, Dl].
+
+    `pixel_values` [B, F, C, H, W] normalised as for images; decoded clips are
+    [B, F, C, H, W] in [0, 1]. Every frame goes through the image path (ViT + learned decoder,
+    or pixel patches).
+
+    Example:
+        >>> cfg = QGFDVideoConfig(num_frames=2, latent_space="pixels", image_size=8, patch_size=4, num_channels=1,
+        ...                       d_model=32, num_heads=4, num_layers=2, d_ff=64)
+        >>> adapter = VideoAdapter(cfg)
+        >>> clips = torch.rand(3, 2, 1, 8, 8)
+        >>> x0 = adapter.data_to_latents({"pixel_values": (clips - 0.5) / 0.5})
+        >>> x0.shape, adapter.decode_latents(x0).shape
+        (torch.Size([3, 8, 16]), torch.Size([3, 2, 1, 8, 8]))
+    """
+
+    modality = "video"
+
+    def check_video(self, pixel_values) -> None:
+        Fr, C, S = self.modality_config.num_frames, self.num_channels, self.image_size
+        check_float_tensor("pixel_values", pixel_values, f"[B, {Fr}, {C}, {S}, {S}]", 5)
+        if tuple(pixel_values.shape[1:]) != (Fr, C, S, S):
+            raise ValueError(f"`pixel_values` must have shape [B, {Fr}, {C}, {S}, {S}], got {list(pixel_values.shape)}.")
+
+    def video_to_latents(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """x0 [B, F * N, Dl] of normalised clips [B, F, C, H, W]."""
+        self.check_video(pixel_values)
+        B, Fr = pixel_values.shape[:2]
+        frames = pixel_values.reshape(B * Fr, *pixel_values.shape[2:])  # (B*F, C, H, W)
+        lat = self._encode_images(frames)  # (B*F, N, Dl)
+        return lat.reshape(B, Fr * lat.shape[1], lat.shape[2])  # (B, F*N, Dl)
+
+    def image_to_latents(self, pixel_values):
+        raise ValueError("A video adapter takes clips [B, F, C, H, W]: use video_to_latents.")
+
+    def data_to_latents(self, batch) -> torch.Tensor:
+        """x0 [B, F * N, Dl] from `batch["pixel_values"]` [B, F, C, H, W] (normalised)."""
+        return self.video_to_latents(_get(batch, "pixel_values", self.modality))
+
+    def decode_normalized(self, latents: torch.Tensor) -> torch.Tensor:
+        """Normalised clips [B, F, C, H, W]."""
+        B, Fr = latents.shape[0], self.modality_config.num_frames
+        frames = latents.reshape(B * Fr, latents.shape[1] // Fr, latents.shape[2])  # (B*F, N, Dl)
+        x = self._decode_images(frames)  # (B*F, C, H, W)
+        return x.reshape(B, Fr, *x.shape[1:])  # (B, F, C, H, W)
+
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Clips [B, F, C, H, W] in [0, 1]."""
+        x = self.decode_normalized(latents)
+        mean, std = self._stats(x)
+        return (x * std[:, None] + mean[:, None]).clamp(0, 1)  # stats (1, 1, C, 1, 1)
+
+
+# ----------------------------------------------------------------------------------------
+# Audio
+# ----------------------------------------------------------------------------------------
+
+
+class AudioAdapter(_ModalityAdapter):
+    """Waveforms <-> Wav2Vec2 frame latents, with a learned decoder to waveform.
+
+    - latents: the Wav2Vec2 encoder's last hidden states x latent_scale [B, L, Dl], frozen;
+    - decoder: `LatentDecoder` to hidden states, then a transposed convolution with the
+      encoder's hop (total conv stride) and receptive field, cropped or zero-padded to
+      `num_samples`; trained by the reconstruction loss.
+
+    Inputs are `input_values` [B, num_samples] as the feature extractor returns them; decoded
+    waveforms are [B, num_samples] in the same units.
+
+    Example:
+        >>> from transformers import Wav2Vec2Config
+        >>> w = Wav2Vec2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64,
+        ...                    conv_dim=(16, 16), conv_stride=(5, 4), conv_kernel=(10, 4),
+        ...                    num_conv_pos_embeddings=8, num_conv_pos_embedding_groups=4)
+        >>> adapter = AudioAdapter(QGFDAudioConfig(backbone_config=w, num_samples=400, d_model=32, num_heads=4,
+        ...                                        num_layers=2, d_ff=64))
+        >>> x0 = adapter.data_to_latents({"input_values": torch.randn(2, 400)})
+        >>> x0.shape, adapter.decode_latents(x0).shape
+        (torch.Size([2, 19, 32]), torch.Size([2, 400]))
+    """
+
+    modality = "audio"
+
+    def __init__(self, config, shared_cfg=None):
+        config, pretrained = _resolve_adapter_config("audio", config, shared_cfg)
+        super().__init__(config, shared_cfg)
+        self._set_encoder(build_encoder("audio", config.backbone_config))
+        self.hop, self.receptive_field = config.hop_and_receptive_field()
+        width = config.decoder_width
+        self.decoder = LatentDecoder(config.latent_dim, width, config.num_heads, config.decoder_layers, None, config.dropout)
+        self.to_waveform = nn.ConvTranspose1d(width, 1, kernel_size=self.receptive_field, stride=self.hop)
+        if pretrained is not None:
+            self.load_pretrained_encoder(pretrained)
+
+    def check_audio(self, input_values) -> None:
+        S = self.modality_config.num_samples
+        check_float_tensor("input_values", input_values, f"[B, num_samples={S}]", 2)
+        if input_values.shape[1] != S:
+            raise ValueError(f"`input_values` must have shape [B, {S}] (num_samples), got {list(input_values.shape)}.")
+
+    def audio_to_latents(self, input_values: torch.Tensor) -> torch.Tensor:
+        """x0 [B, L, Dl] of waveforms [B, num_samples]."""
+        self.check_audio(input_values)
+        with self._encoder_context():
+            h = self.encoder(input_values).last_hidden_state  # (B, L, D_w2v)
+        return self.to_shared(h * self.modality_config.latent_scale)
+
+    def data_to_latents(self, batch) -> torch.Tensor:
+        """x0 [B, L, Dl] from `batch["input_values"]` [B, num_samples]."""
+        return self.audio_to_latents(_get(batch, "input_values", "audio"))
+
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Waveforms [B, num_samples]."""
+        h = self.decoder(self.from_shared(latents))  # (B, L, width)
+        wave = self.to_waveform(h.transpose(1, 2)).squeeze(1)  # (B, (L - 1) * hop + field)
+        S = self.modality_config.num_samples
+        return wave[:, :S] if wave.shape[1] >= S else F.pad(wave, (0, S - wave.shape[1]))
+
+    def recon_loss(self, batch, x0: torch.Tensor) -> torch.Tensor:
+        target = _get(batch, "input_values", "audio")
+        return F.mse_loss(self.decode_latents(x0).float(), target.float())
+
+
+# ----------------------------------------------------------------------------------------
+# Tabular
+# ----------------------------------------------------------------------------------------
+
+
+class TabularAdapter(_ModalityAdapter):
+    """Rows of numeric features <-> a token sequence.
+
+    - standardise with `feature_mean` / `feature_std` (buffers, saved with the model; set
+      them with `fit_normalization`);
+    - encoder (the seed's features-to-tokens map): MLP F -> hidden -> L * Dl, frozen random
+      weights by default (variance-preserving init), reshaped to [B, L, Dl], x latent_scale;
+    - decoder: MLP L * Dl -> hidden -> hidden -> F, learned by the reconstruction loss;
+      decoded rows are in the original feature units.
+
+    Example:
+        >>> adapter = TabularAdapter(QGFDTabularConfig(num_features=3, num_tokens=2, d_model=32, num_heads=4,
+        ...                                            num_layers=2, d_ff=64, tabular_hidden_dim=16))
+        >>> rows = torch.randn(5, 3) * 10 + 4
+        >>> adapter.fit_normalization(rows)
+        >>> adapter.data_to_latents({"features": rows}).shape, adapter.decode_latents(adapter.data_to_latents(rows)).shape
+        (torch.Size([5, 2, 32]), torch.Size([5, 3]))
+    """
+
+    modality = "tabular"
+
+    def __init__(self, config, shared_cfg=None):
+        config, _ = _resolve_adapter_config("tabular", config, shared_cfg)
+        super().__init__(config, shared_cfg)
+        F_, L, D, Hd = config.num_features, config.num_tokens, config.latent_dim, config.tabular_hidden_dim
+        self.register_buffer("feature_mean", torch.zeros(F_))
+        self.register_buffer("feature_std", torch.ones(F_))
+        self._qgfd_init = "feature_stats"  # see QGFDPreTrainedModel._init_weights
+        first, second = nn.Linear(F_, Hd), nn.Linear(Hd, L * D)
+        first._qgfd_init, second._qgfd_init = "he", "lecun"
+        self.encoder_mlp = nn.Sequential(first, nn.GELU(), second)
+        if config.freeze_encoder:
+            self.encoder_mlp.requires_grad_(False)
+        self.decoder = nn.Sequential(nn.Linear(L * D, Hd), nn.GELU(), nn.Linear(Hd, Hd), nn.GELU(), nn.Linear(Hd, F_))
+
+    @torch.no_grad()
+    def fit_normalization(self, features: torch.Tensor) -> None:
+        """Set `feature_mean` / `feature_std` from data [N, F] (constant columns get std 1)."""
+        self.check_features(features)
+        if features.shape[0] < 2:
+            raise ValueError("`fit_normalization` needs at least 2 rows.")
+        std = features.float().std(0)
+        constant = std < 1e-8
+        if bool(constant.any()):
+            logger.warning(f"Features {constant.nonzero().flatten().tolist()} are constant; their std is set to 1.")
+        self.feature_mean.copy_(features.float().mean(0))
+        self.feature_std.copy_(torch.where(constant, torch.ones_like(std), std))
+
+    def check_features(self, features) -> None:
+        F_ = self.modality_config.num_features
+        check_float_tensor("features", features, f"[B, num_features={F_}]", 2, F_)
+
+    def tabular_to_latents(self, features: torch.Tensor) -> torch.Tensor:
+        """x0 [B, L, Dl] of rows [B, F] (original units)."""
+        self.check_features(features)
+        z = (features - self.feature_mean.to(features.dtype)) / self.feature_std.to(features.dtype)  # (B, F)
+        with self._encoder_context():
+            tokens = self.encoder_mlp(z)  # (B, L * Dm)
+        tokens = tokens.reshape(features.shape[0], self.modality_config.num_tokens, -1)  # (B, L, Dm)
+        return self.to_shared(tokens * self.modality_config.latent_scale)
+
+    def data_to_latents(self, batch) -> torch.Tensor:
+        """x0 [B, L, Dl] from `batch["features"]` [B, F]."""
+        return self.tabular_to_latents(_get(batch, "features", "tabular"))
+
+    def decode_standardized(self, latents: torch.Tensor) -> torch.Tensor:
+        h = self.from_shared(latents)  # (B, L, Dm)
+        return self.decoder(h.reshape(h.shape[0], -1))  # (B, L*Dm) -> (B, F)
+
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Rows [B, F] in the original feature units."""
+        z = self.decode_standardized(latents)
+        return z * self.feature_std.to(z.dtype) + self.feature_mean.to(z.dtype)
+
+    def recon_loss(self, batch, x0: torch.Tensor) -> torch.Tensor:
+        features = _get(batch, "features", "tabular")
+        z = (features - self.feature_mean.to(features.dtype)) / self.feature_std.to(features.dtype)
+        return F.mse_loss(self.decode_standardized(x0).float(), z.float())
+
+
+ADAPTERS = {"text": TextAdapter, "image": ImageAdapter, "audio": AudioAdapter, "video": VideoAdapter, "tabular": TabularAdapter}
+
+__all__ = [
+    "ADAPTERS",
+    "AudioAdapter",
+    "ImageAdapter",
+    "LatentDecoder",
+    "SharedProjection",
+    "TabularAdapter",
+    "TextAdapter",
+    "VideoAdapter",
+    "build_encoder",
+    "load_pretrained_encoder",
+]

@@ -1,0 +1,818 @@
+# coding=utf-8
+"""The QGFD diffusion models for text, images, audio, video and tables, the shared model,
+and the factory `create_qgfd_diffusion_model`.
+
+Every model is a `QGFDPreTrainedModel`: a modality adapter (`modeling_qgfd_adapters`) and a
+`QGFDDiffusionBackbone`, with the uniform contract documented on `QGFDPreTrainedModel`.
+The models keep the seed's method names (`encode_text`, `image_to_latents`,
+`diffusion_forward`, ...).
+
+Example (offline, random weights):
+    >>> from transformers import T5Config
+    >>> from qgfd_hf import DiffusionConfig, create_qgfd_diffusion_model
+    >>> t5 = T5Config(vocab_size=64, d_model=32, d_ff=64, num_layers=1, num_heads=4, d_kv=8)
+    >>> cfg = DiffusionConfig(d_model=32, num_heads=4, num_layers=2, d_ff=64, latent_dim=32)
+    >>> model, tokenizer, schedule = create_qgfd_diffusion_model("text", t5, cfg, seq_len=8)
+    >>> model.latent_shape(2)
+    (2, 8, 32)
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Dict, Mapping, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+from transformers import AutoConfig, PretrainedConfig
+from transformers.utils import logging
+
+from .configuration_qgfd import (
+    ALL_MODALITIES,
+    DIFFUSION_FIELDS,
+    MODALITIES,
+    DiffusionConfig,
+    QGFDAudioConfig,
+    QGFDConfig,
+    QGFDImageConfig,
+    QGFDSharedConfig,
+    QGFDTabularConfig,
+    QGFDTextConfig,
+    QGFDVideoConfig,
+    _check_choice,
+)
+from .modeling_qgfd import QGFDDiffusionBackbone, QGFDDiffusionOutput, QGFDPreTrainedModel, build_denoiser
+from .modeling_qgfd_adapters import ADAPTERS, AudioAdapter, ImageAdapter, TabularAdapter, TextAdapter, VideoAdapter
+from .scheduling_qgfd import DDPMBetaSchedule, predict_x0_and_eps, sample_loop
+
+logger = logging.get_logger(__name__)
+
+MODALITY_CONFIG_CLASSES = {
+    "text": QGFDTextConfig,
+    "image": QGFDImageConfig,
+    "audio": QGFDAudioConfig,
+    "video": QGFDVideoConfig,
+    "tabular": QGFDTabularConfig,
+}
+
+
+# ----------------------------------------------------------------------------------------
+# Text
+# ----------------------------------------------------------------------------------------
+
+
+class TextQGFDDiffusionModel(QGFDPreTrainedModel):
+    """Text diffusion in a T5's token-embedding space (Diffusion-LM), conditioned on a source
+    text through the T5 encoder.
+
+    - `data_to_latents({"input_ids", "attention_mask"})` -> x0 [B, seq_len, latent_dim]
+      (padded with the pad token to `seq_len`);
+    - `encode_condition(input_ids=..., attention_mask=...)` -> T5 encoder states of the
+      source text projected to `d_model` [B, Lc, d_model], mask [B, Lc];
+    - `decode_latents(latents)` -> token ids [B, L] (nearest embedding);
+      `decode_to_text(latents, tokenizer)` -> strings;
+    - training batches: `input_ids` / `attention_mask` (the target text) and, when
+      conditional, `cond_input_ids` / `cond_attention_mask` (the source text).
+
+    Example:
+        >>> from transformers import T5Config
+        >>> t5 = T5Config(vocab_size=64, d_model=32, d_ff=64, num_layers=1, num_heads=4, d_kv=8)
+        >>> model = TextQGFDDiffusionModel(QGFDTextConfig(backbone_config=t5, seq_len=8, d_model=32, num_heads=4,
+        ...                                               num_layers=2, d_ff=64))
+        >>> ids = torch.tensor([[5, 9, 1], [7, 1, 0]])
+        >>> batch = {"input_ids": ids, "cond_input_ids": ids}
+        >>> float(model.compute_loss(batch, generator=torch.Generator().manual_seed(0))["loss"]) > 0
+        True
+        >>> model.decode_latents(model.data_to_latents(batch))[:, :3].tolist()
+        [[5, 9, 1], [7, 1, 0]]
+    """
+
+    config_class = QGFDTextConfig
+    main_input_name = "input_ids"
+
+    def __init__(self, config: QGFDTextConfig):
+        super().__init__(config)
+        self.adapter = TextAdapter(config)
+        self.backbone = build_denoiser(config)
+        self.post_init()
+
+    def _fixed_length(self) -> bool:
+        return False  # any length up to the positions' limit (the seed encodes unpadded batches)
+
+    def _condition_from_batch(self, batch):
+        has_cond = isinstance(batch, Mapping) and batch.get("cond_input_ids") is not None
+        if not self.is_conditional:
+            if has_cond:
+                raise ValueError("This text model is unconditional, but the batch has `cond_input_ids`.")
+            return None, None
+        if not has_cond:
+            raise ValueError("This text model is conditional: its batches need `cond_input_ids` (and `cond_attention_mask`).")
+        return self.encode_condition(input_ids=batch["cond_input_ids"], attention_mask=batch.get("cond_attention_mask"))
+
+    # -- the seed's methods -----------------------------------------------------------------
+
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Clean latents x0 [B, L, latent_dim]: the tokens' T5 embeddings x latent_scale (no padding added)."""
+        return self.adapter.embed(input_ids, attention_mask)
+
+    def diffusion_forward(
+        self,
+        x0_embeds: torch.Tensor,
+        t: torch.Tensor,
+        cond_input_ids: Optional[torch.Tensor] = None,
+        cond_attention_mask: Optional[torch.Tensor] = None,
+        schedule: Optional[DDPMBetaSchedule] = None,
+        noise: Optional[torch.Tensor] = None,
+        cond_tokens: Optional[torch.Tensor] = None,
+        cond_mask: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """The diffusion loss (scalar) of x0_embeds [B, L, D] at timesteps t [B], conditioned on
+        a source text (`cond_input_ids`) or on ready `cond_tokens`."""
+        if cond_input_ids is not None:
+            if cond_tokens is not None:
+                raise ValueError("Pass either `cond_input_ids` or `cond_tokens`, not both.")
+            cond_tokens, cond_mask = self.encode_condition(input_ids=cond_input_ids, attention_mask=cond_attention_mask)
+        return super().diffusion_forward(x0_embeds, t, schedule=schedule, cond_tokens=cond_tokens, cond_mask=cond_mask, noise=noise)
+
+    def decode_embeddings(self, latents: torch.Tensor) -> torch.Tensor:
+        """Token logits [B, L, V] (2 x E^T - ||E||^2: the argmax is the nearest token embedding)."""
+        self.check_latents("latents", latents)
+        return self.adapter.decode_embeddings(latents)
+
+    def decode_to_text(self, latents: torch.Tensor, tokenizer, skip_special_tokens: bool = True) -> list:
+        """Strings from latents [B, L, D], through the nearest embedding and `tokenizer`."""
+        return tokenizer.batch_decode(self.decode_latents(latents).tolist(), skip_special_tokens=skip_special_tokens)
+
+    def make_denoise_fn(self, cond_tokens=None, cond_mask=None, schedule=None, clamp: Optional[bool] = None):
+        """`denoise_fn(x_t, t)`; with `clamp` (default `config.clamp_to_embeddings`) the predicted
+        x0 is replaced by its nearest token embedding, and the output re-expressed for the
+        prediction type (Diffusion-LM's clamping trick)."""
+        base = super().make_denoise_fn(cond_tokens, cond_mask, schedule)
+        clamp = self.config.clamp_to_embeddings if clamp is None else clamp
+        if not clamp:
+            return base
+        schedule = schedule if schedule is not None else self.get_schedule()
+        ptype = self.config.prediction_type
+
+        def clamped(x_t, t):
+            x0, _ = predict_x0_and_eps(base(x_t, t), x_t, t, schedule, ptype)
+            x0 = self.adapter.round_latents(x0)
+            a = schedule.gather("sqrt_alphas_cumprod", t, x_t)
+            s = schedule.gather("sqrt_one_minus_alphas_cumprod", t, x_t)
+            eps = (x_t - a * x0) / s
+            if ptype == "epsilon":
+                return eps
+            if ptype == "sample":
+                return x0
+            return a * eps - s * x0  # v
+
+        return clamped
+
+    @torch.no_grad()
+    def diffusion_sample(
+        self,
+        num_samples: Optional[int] = None,
+        cond_tokens: Optional[torch.Tensor] = None,
+        cond_mask: Optional[torch.Tensor] = None,
+        *,
+        cond_input_ids: Optional[torch.Tensor] = None,
+        cond_attention_mask: Optional[torch.Tensor] = None,
+        clamp: Optional[bool] = None,
+        schedule: Optional[DDPMBetaSchedule] = None,
+        **sampler_kwargs,
+    ) -> torch.Tensor:
+        """Sample latents [B, seq_len, D] that `decode_to_text` turns into strings.
+
+        Args:
+            num_samples (`int`, *optional*): B (default: the conditioning's batch size).
+            cond_tokens, cond_mask: from `encode_condition`; or, instead,
+            cond_input_ids (`[B, Lc]`), cond_attention_mask (`[B, Lc]`): the source texts.
+            clamp (`bool`, *optional*): Diffusion-LM's clamping (default `config.clamp_to_embeddings`).
+            **sampler_kwargs: `sampler`, `num_inference_steps`, `eta`, `generator`, `progress`, ... as
+                `QGFDPreTrainedModel.diffusion_sample`.
+        """
+        if cond_input_ids is not None:
+            if cond_tokens is not None:
+                raise ValueError("Pass either `cond_input_ids` or `cond_tokens`, not both.")
+            cond_tokens, cond_mask = self.encode_condition(input_ids=cond_input_ids, attention_mask=cond_attention_mask)
+        if self.is_conditional and cond_tokens is None:
+            raise ValueError("This text model is conditional: pass `cond_input_ids` (the source texts).")
+        if num_samples is None:
+            num_samples = cond_tokens.shape[0] if cond_tokens is not None else 1
+        if cond_tokens is not None and cond_tokens.shape[0] != num_samples:
+            raise ValueError(f"`num_samples`={num_samples} differs from the conditioning's batch size {cond_tokens.shape[0]}.")
+        schedule = schedule if schedule is not None else self.get_schedule()
+
+        return sample_loop(
+            self.make_denoise_fn(cond_tokens, cond_mask, schedule, clamp=clamp),
+            self.latent_shape(num_samples),
+            schedule,
+            prediction_type=self.config.prediction_type,
+            device=self.device,
+            dtype=self.dtype,
+            progress=sampler_kwargs.pop("progress", False),
+            **sampler_kwargs,
+        )
+
+
+# ----------------------------------------------------------------------------------------
+# Images, video, audio, tables
+# ----------------------------------------------------------------------------------------
+
+
+class ImageQGFDDiffusionModel(QGFDPreTrainedModel):
+    """Unconditional image diffusion over ViT patch latents (with a learned pixel decoder) or
+    over pixel patches (`latent_space="pixels"`).
+
+    - `data_to_latents({"pixel_values"})` / `image_to_latents(pixel_values)`: normalised
+      images [B, C, H, W] (as the image processor returns them) -> x0 [B, N, latent_dim];
+    - `decode_latents(latents)` -> images [B, C, H, W] in [0, 1];
+    - `compute_loss` adds the decoder's reconstruction loss (ViT latents).
+
+    Example:
+        >>> model = ImageQGFDDiffusionModel(QGFDImageConfig(latent_space="pixels", image_size=8, patch_size=2,
+        ...                                                 num_channels=1, d_model=32, num_heads=4, num_layers=2, d_ff=64))
+        >>> x0 = model.image_to_latents(torch.rand(2, 1, 8, 8) * 2 - 1)
+        >>> model.denoise(x0, torch.tensor([0, 10])).shape, model.decode_latents(x0).shape
+        (torch.Size([2, 16, 4]), torch.Size([2, 1, 8, 8]))
+    """
+
+    config_class = QGFDImageConfig
+    main_input_name = "pixel_values"
+    _adapter_class = ImageAdapter
+
+    def __init__(self, config: QGFDImageConfig):
+        super().__init__(config)
+        self.adapter = self._adapter_class(config)
+        self.backbone = build_denoiser(config)
+        self.post_init()
+
+    def image_to_latents(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """x0 [B, N, latent_dim] of normalised images [B, C, H, W]."""
+        return self.adapter.image_to_latents(pixel_values)
+
+    @property
+    def sample_clip_value(self) -> Optional[float]:
+        """Pixel patches: latents are (x - mean) / std x latent_scale of x in [0, 1], so bounded by this."""
+        cfg = self.config
+        if cfg.latent_space != "pixels":
+            return None
+        bound = max(max(abs(0 - m), abs(1 - m)) / s for m, s in zip(cfg.image_mean, cfg.image_std))
+        return float(bound * cfg.latent_scale)
+
+
+class VideoQGFDDiffusionModel(ImageQGFDDiffusionModel):
+    """Unconditional video diffusion over per-frame image latents, frames one after another.
+
+    - `data_to_latents({"pixel_values"})` / `video_to_latents(pixel_values)`: normalised clips
+      [B, F, C, H, W] -> x0 [B, F * N, latent_dim];
+    - `decode_latents(latents)` -> clips [B, F, C, H, W] in [0, 1].
+
+    Example:
+        >>> cfg = QGFDVideoConfig(num_frames=2, latent_space="pixels", image_size=8, patch_size=4, num_channels=1,
+        ...                       d_model=32, num_heads=4, num_layers=2, d_ff=64)
+        >>> model = VideoQGFDDiffusionModel(cfg)
+        >>> model.decode_latents(model.video_to_latents(torch.zeros(1, 2, 1, 8, 8))).shape
+        torch.Size([1, 2, 1, 8, 8])
+    """
+
+    config_class = QGFDVideoConfig
+    _adapter_class = VideoAdapter
+
+    def video_to_latents(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """x0 [B, F * N, latent_dim] of normalised clips [B, F, C, H, W]."""
+        return self.adapter.video_to_latents(pixel_values)
+
+    def image_to_latents(self, pixel_values):
+        raise ValueError("The video model takes clips [B, F, C, H, W]: use video_to_latents.")
+
+
+class AudioQGFDDiffusionModel(QGFDPreTrainedModel):
+    """Unconditional audio diffusion over Wav2Vec2 frame latents, with a learned waveform decoder.
+
+    - `data_to_latents({"input_values"})` / `audio_to_latents(input_values)`: waveforms
+      [B, num_samples] (as the feature extractor returns them) -> x0 [B, L, latent_dim];
+    - `decode_latents(latents)` -> waveforms [B, num_samples], in the units of `input_values`;
+    - `compute_loss` adds the decoder's reconstruction loss.
+
+    Example:
+        >>> from transformers import Wav2Vec2Config
+        >>> w = Wav2Vec2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64,
+        ...                    conv_dim=(16, 16), conv_stride=(5, 4), conv_kernel=(10, 4),
+        ...                    num_conv_pos_embeddings=8, num_conv_pos_embedding_groups=4)
+        >>> model = AudioQGFDDiffusionModel(QGFDAudioConfig(backbone_config=w, num_samples=400, d_model=32,
+        ...                                                 num_heads=4, num_layers=2, d_ff=64))
+        >>> model.decode_latents(model.audio_to_latents(torch.randn(2, 400))).shape
+        torch.Size([2, 400])
+    """
+
+    config_class = QGFDAudioConfig
+    main_input_name = "input_values"
+
+    def __init__(self, config: QGFDAudioConfig):
+        super().__init__(config)
+        self.adapter = AudioAdapter(config)
+        self.backbone = build_denoiser(config)
+        self.post_init()
+
+    def audio_to_latents(self, input_values: torch.Tensor) -> torch.Tensor:
+        """x0 [B, L, latent_dim] of waveforms [B, num_samples]."""
+        return self.adapter.audio_to_latents(input_values)
+
+
+class TabularQGFDDiffusionModel(QGFDPreTrainedModel):
+    """Unconditional diffusion over rows of numeric features (features -> token sequence).
+
+    - `fit_normalization(features)` once on the training data (mean/std are saved with the model);
+    - `data_to_latents({"features"})` / `tabular_to_latents(features)`: rows [B, F] -> x0 [B, L, latent_dim];
+    - `decode_latents(latents)` -> rows [B, F] in the original units;
+    - `compute_loss` adds the decoder's reconstruction loss.
+
+    Example:
+        >>> model = TabularQGFDDiffusionModel(QGFDTabularConfig(num_features=3, num_tokens=2, d_model=32, num_heads=4,
+        ...                                                     num_layers=2, d_ff=64))
+        >>> rows = torch.randn(6, 3)
+        >>> model.fit_normalization(rows)
+        >>> model.decode_latents(model.tabular_to_latents(rows)).shape
+        torch.Size([6, 3])
+    """
+
+    config_class = QGFDTabularConfig
+    main_input_name = "features"
+
+    def __init__(self, config: QGFDTabularConfig):
+        super().__init__(config)
+        self.adapter = TabularAdapter(config)
+        self.backbone = build_denoiser(config)
+        self.post_init()
+
+    def tabular_to_latents(self, features: torch.Tensor) -> torch.Tensor:
+        """x0 [B, L, latent_dim] of rows [B, num_features]."""
+        return self.adapter.tabular_to_latents(features)
+
+    def fit_normalization(self, features: torch.Tensor) -> None:
+        """Store the per-feature mean and std of `features` [N, F] (buffers, saved with the model)."""
+        self.adapter.fit_normalization(features)
+
+
+MODEL_CLASSES = {
+    "text": TextQGFDDiffusionModel,
+    "image": ImageQGFDDiffusionModel,
+    "audio": AudioQGFDDiffusionModel,
+    "video": VideoQGFDDiffusionModel,
+    "tabular": TabularQGFDDiffusionModel,
+}
+
+
+# ----------------------------------------------------------------------------------------
+# The shared model
+# ----------------------------------------------------------------------------------------
+
+
+class SharedQGFDDiffusionModel(QGFDPreTrainedModel):
+    """One QGFD denoiser shared by several modalities, each through its adapter.
+
+    Each adapter encodes its data to the modality's latents, then maps them to the shared
+    `latent_dim` with a fixed orthogonal projection (frozen with the encoder, inverted by
+    pseudo-inverse for decoding); text conditioning is projected to the shared `d_model`. A
+    learned modality embedding is added to the timestep embedding, so the denoiser knows
+    which modality it is denoising.
+
+    Every method of the uniform contract takes `modality=` (default: `active_modality`, the
+    first of `config.modalities`; change it with `set_modality`).
+
+    Args:
+        config (`QGFDSharedConfig`), or the seed's form
+        `SharedQGFDDiffusionModel(shared_cfg: DiffusionConfig, text_hf_name="t5-small",
+        image_hf_name="google/vit-base-patch16-224")` (Hub ids, folders or configs; the text
+        modality is then unconditional, as the seed's `text_diffusion_loss(input_ids,
+        attention_mask, schedule)` takes no source text).
+
+    Example:
+        >>> img = QGFDImageConfig(latent_space="pixels", image_size=8, patch_size=2, num_channels=1, d_model=32,
+        ...                       num_heads=4, num_layers=2, d_ff=64)
+        >>> tab = QGFDTabularConfig(num_features=3, num_tokens=2, latent_dim=8, d_model=32, num_heads=4, num_layers=2, d_ff=64)
+        >>> model = SharedQGFDDiffusionModel(QGFDSharedConfig(modalities=["image", "tabular"], image_config=img,
+        ...     tabular_config=tab, latent_dim=16, d_model=32, num_heads=4, num_layers=2, d_ff=64))
+        >>> model.latent_shape(2, modality="image"), model.latent_shape(2, modality="tabular")
+        ((2, 16, 16), (2, 2, 16))
+    """
+
+    config_class = QGFDSharedConfig
+    main_input_name = "x_t"
+
+    def __init__(self, config, text_hf_name=None, image_hf_name=None):
+        pretrained = {}
+        if isinstance(config, DiffusionConfig):  # the seed's signature
+            # The seed's text loss takes no source text (it conditioned on the target itself, which
+            # leaks the answer), so its text modality is unconditional here; build a
+            # QGFDSharedConfig with a conditional text_config for source -> target training.
+            config, pretrained = _shared_config_from_backbones(
+                config,
+                {"text": text_hf_name or "t5-small", "image": image_hf_name or "google/vit-base-patch16-224"},
+                modality_kwargs={"text": {"conditional": False}},
+            )
+        elif text_hf_name is not None or image_hf_name is not None:
+            raise ValueError("`text_hf_name` / `image_hf_name` go with a DiffusionConfig; with a QGFDSharedConfig the backbones are in it.")
+        super().__init__(config)
+        self.backbone = build_denoiser(config)
+        for m in config.modalities:
+            setattr(self, f"{m}_adapter", ADAPTERS[m](config.modality_config(m), shared_cfg=config))
+        self.modality_embedding = nn.Embedding(len(config.modalities), config.d_model)
+        self.active_modality = config.modalities[0]
+        self.post_init()
+        for m, name in pretrained.items():
+            _load_adapter_weights(getattr(self, f"{m}_adapter"), name)
+
+    # -- modality selection -----------------------------------------------------------------
+
+    def set_modality(self, modality: str) -> "SharedQGFDDiffusionModel":
+        """Make `modality` the default of every method; returns the model."""
+        _check_choice("modality", modality, tuple(self.config.modalities))
+        self.active_modality = modality
+        return self
+
+    @contextlib.contextmanager
+    def _using(self, modality: Optional[str]):
+        previous = self.active_modality
+        if modality is not None:
+            self.set_modality(modality)
+        try:
+            yield
+        finally:
+            self.active_modality = previous
+
+    @property
+    def adapter(self):
+        return getattr(self, f"{self.active_modality}_adapter")
+
+    def _modality_config(self) -> QGFDConfig:
+        return self.config.modality_config(self.active_modality)
+
+    @property
+    def is_conditional(self) -> bool:
+        """Whether the active modality takes conditioning (text with `conditional=True`)."""
+        return bool(self._modality_config().conditional)
+
+    def _fixed_length(self) -> bool:
+        return self.active_modality != "text"
+
+    def check_latents(self, name, latents, modality=None):
+        with self._using(modality):
+            L = self._modality_config().num_latent_tokens()
+            hint = f"[B, {L if self._fixed_length() else 'L'}, latent_dim={self.config.latent_dim}]"
+            from .modeling_qgfd import check_float_tensor
+
+            check_float_tensor(name, latents, hint, 3, self.config.latent_dim)
+            if self._fixed_length() and latents.shape[1] != L:
+                raise ValueError(f"`{name}` must have shape {hint} for modality {self.active_modality!r}, got {list(latents.shape)}.")
+
+    # -- the contract, with modality= ---------------------------------------------------------
+
+    def latent_shape(self, batch_size: int, modality: Optional[str] = None) -> Tuple[int, int, int]:
+        with self._using(modality):
+            if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+                raise ValueError(f"`batch_size` must be an int >= 1, got {batch_size!r}.")
+            return (batch_size, self._modality_config().num_latent_tokens(), self.config.latent_dim)
+
+    def encode_condition(self, modality: Optional[str] = None, **cond_inputs):
+        with self._using(modality):
+            return super().encode_condition(**cond_inputs)
+
+    def denoise(self, x_t, t, cond_tokens=None, cond_mask=None, modality: Optional[str] = None):
+        with self._using(modality):
+            self.check_latents("x_t", x_t)
+            if self.is_conditional and cond_tokens is None:
+                raise ValueError("The text modality of this model is conditional: pass `cond_tokens`.")
+            if not self.is_conditional and cond_tokens is not None:
+                raise ValueError(f"The {self.active_modality} modality is unconditional; pass cond_tokens=None.")
+            index = torch.full((x_t.shape[0],), self.config.modalities.index(self.active_modality), device=x_t.device)
+            extra = self.modality_embedding(index)  # (B, D)
+            return self.backbone(x_t, t, cond_tokens=cond_tokens, cond_mask=cond_mask, extra_embedding=extra)
+
+    def data_to_latents(self, batch, modality: Optional[str] = None):
+        with self._using(modality):
+            return super().data_to_latents(batch)
+
+    def decode_latents(self, latents, modality: Optional[str] = None):
+        with self._using(modality):
+            return super().decode_latents(latents)
+
+    def _condition_from_batch(self, batch):
+        has_cond = isinstance(batch, Mapping) and batch.get("cond_input_ids") is not None
+        if not self.is_conditional:
+            if has_cond:
+                raise ValueError(f"The {self.active_modality} modality is unconditional, but the batch has `cond_input_ids`.")
+            return None, None
+        if not has_cond:
+            raise ValueError("The text modality is conditional: its batches need `cond_input_ids` (and `cond_attention_mask`).")
+        return self.encode_condition(input_ids=batch["cond_input_ids"], attention_mask=batch.get("cond_attention_mask"))
+
+    def compute_loss(self, batch, generator=None, modality: Optional[str] = None) -> QGFDDiffusionOutput:
+        with self._using(modality):
+            recon_weight = self._modality_config().recon_weight
+            out = super().compute_loss(batch, generator=generator)
+            # The decoder's loss is weighted by the modality's own recon_weight.
+            out["loss"] = out["diffusion_loss"] + recon_weight * out["recon_loss"]
+            out.loss = out["loss"]
+            return out
+
+    def forward(self, batch=None, generator=None, modality: Optional[str] = None, **batch_kwargs):
+        with self._using(modality):
+            return super().forward(batch, generator=generator, **batch_kwargs)
+
+    def diffusion_forward(self, x0, t, schedule=None, cond_tokens=None, cond_mask=None, noise=None, modality: Optional[str] = None):
+        with self._using(modality):
+            return super().diffusion_forward(x0, t, schedule=schedule, cond_tokens=cond_tokens, cond_mask=cond_mask, noise=noise)
+
+    def make_denoise_fn(self, cond_tokens=None, cond_mask=None, schedule=None, modality: Optional[str] = None):
+        modality = modality or self.active_modality
+
+        def denoise_fn(x_t, t):
+            return self.denoise(x_t, t, cond_tokens=cond_tokens, cond_mask=cond_mask, modality=modality)
+
+        return denoise_fn
+
+    @torch.no_grad()
+    def diffusion_sample(self, num_samples=None, cond_tokens=None, cond_mask=None, *, modality: Optional[str] = None, **kwargs):
+        with self._using(modality):
+            return super().diffusion_sample(num_samples, cond_tokens, cond_mask, **kwargs)
+
+    def fit_latent_scale(self, batch, modality: Optional[str] = None) -> float:
+        """Set the modality's `latent_scale` so that its shared latents have unit std."""
+        with self._using(modality):
+            cfg = self._modality_config()
+            x0 = self.data_to_latents(batch).float()
+            cfg.latent_scale = float(cfg.latent_scale / float(x0.std()))
+            return cfg.latent_scale
+
+    def decode_to_text(self, latents: torch.Tensor, tokenizer, skip_special_tokens: bool = True) -> list:
+        """Strings from text latents [B, L, latent_dim] (nearest token embedding, then `tokenizer`)."""
+        ids = self.decode_latents(latents, modality="text")
+        return tokenizer.batch_decode(ids.tolist(), skip_special_tokens=skip_special_tokens)
+
+    # -- the seed's per-modality losses ---------------------------------------------------------
+
+    def _loss(self, modality, batch, schedule, generator):
+        with self._using(modality):
+            if schedule is not None and schedule.num_timesteps != self.config.num_timesteps:
+                raise ValueError(f"`schedule` has {schedule.num_timesteps} steps, the model {self.config.num_timesteps}.")
+            return self.compute_loss(batch, generator=generator)["loss"]
+
+    def text_diffusion_loss(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: Optional[torch.Tensor] = None,
+        schedule: Optional[DDPMBetaSchedule] = None,
+        cond_input_ids: Optional[torch.Tensor] = None,
+        cond_attention_mask: Optional[torch.Tensor] = None,
+        generator: Optional[torch.Generator] = None,
+    ) -> torch.Tensor:
+        """The text diffusion loss (scalar). x0 are the target's token embeddings; the
+        conditioning is a *source* text (`cond_input_ids`), required when the text modality is
+        conditional (the seed conditioned on the target itself, which leaks the answer)."""
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "cond_input_ids": cond_input_ids,
+                 "cond_attention_mask": cond_attention_mask}
+        return self._loss("text", batch, schedule, generator)
+
+    def image_diffusion_loss(self, pixel_values, schedule=None, generator=None) -> torch.Tensor:
+        """The image loss (scalar): diffusion + recon_weight x the pixel decoder's reconstruction loss."""
+        return self._loss("image", {"pixel_values": pixel_values}, schedule, generator)
+
+    def audio_diffusion_loss(self, input_values, schedule=None, generator=None) -> torch.Tensor:
+        """The audio loss (scalar): diffusion + recon_weight x the waveform decoder's loss."""
+        return self._loss("audio", {"input_values": input_values}, schedule, generator)
+
+    def video_diffusion_loss(self, pixel_values, schedule=None, generator=None) -> torch.Tensor:
+        """The video loss (scalar): diffusion + recon_weight x the frame decoder's loss."""
+        return self._loss("video", {"pixel_values": pixel_values}, schedule, generator)
+
+    def tabular_diffusion_loss(self, features, schedule=None, generator=None) -> torch.Tensor:
+        """The tabular loss (scalar): diffusion + recon_weight x the feature decoder's loss."""
+        return self._loss("tabular", {"features": features}, schedule, generator)
+
+
+# ----------------------------------------------------------------------------------------
+# The factory
+# ----------------------------------------------------------------------------------------
+
+
+def _diffusion_values(diffusion_cfg) -> dict:
+    """DiffusionConfig fields as config keywords; without a DiffusionConfig, latent_dim is derived."""
+    if diffusion_cfg is None:
+        values = DiffusionConfig().to_dict()
+        values["latent_dim"] = None
+        return values
+    if isinstance(diffusion_cfg, DiffusionConfig):
+        return diffusion_cfg.to_dict()
+    if isinstance(diffusion_cfg, Mapping):
+        return DiffusionConfig(**diffusion_cfg).to_dict()
+    if isinstance(diffusion_cfg, QGFDConfig):
+        return {name: getattr(diffusion_cfg, name) for name in DIFFUSION_FIELDS}
+    raise ValueError(f"`diffusion_cfg` must be a DiffusionConfig, a dict or None, got {type(diffusion_cfg).__name__}.")
+
+
+def _resolve_backbone(backbone, modality):
+    """(backbone_config or None, Hub id / folder or None) from a name, a config or None."""
+    if backbone is None:
+        return None, None
+    if isinstance(backbone, str):
+        return AutoConfig.from_pretrained(backbone), backbone
+    if isinstance(backbone, PretrainedConfig):
+        if isinstance(backbone, QGFDConfig):
+            raise ValueError(f"The {modality} backbone must be the encoder's config (T5, ViT, ...), not a {type(backbone).__name__}.")
+        return backbone, None
+    raise ValueError(f"`backbone_name` for {modality} must be a Hub id, a folder, a transformers config or None, got {type(backbone).__name__}.")
+
+
+def modality_config_from_backbone(modality: str, backbone, base_cfg=None, **kwargs):
+    """A modality config for an adapter or model: returns (config, pretrained name or None).
+
+    `base_cfg` (a DiffusionConfig or QGFDConfig) supplies the sizes of the learned decoders;
+    `latent_dim` is the encoder's width.
+    """
+    backbone_config, name = _resolve_backbone(backbone, modality)
+    values = {}
+    if base_cfg is not None:
+        values = {k: getattr(base_cfg, k) for k in ("d_model", "num_heads", "num_layers", "d_ff", "dropout")}
+    values.update(kwargs)
+    values.setdefault("latent_dim", None)
+    if modality in ("image", "video"):
+        values.setdefault("latent_space", "vit" if backbone_config is not None else "pixels")
+    if modality in ("image", "video", "text", "audio") or backbone_config is not None:
+        values["backbone_config"] = backbone_config
+    return MODALITY_CONFIG_CLASSES[modality](backbone_name=name, **values), name
+
+
+def _load_adapter_weights(adapter, name: str) -> None:
+    adapter.load_pretrained_encoder(name)
+    if isinstance(adapter, TextAdapter):
+        adapter.fit_embedding_scale()
+
+
+def _shared_config_from_backbones(diffusion_cfg, backbones: Mapping, modality_kwargs: Optional[Mapping] = None, **kwargs):
+    values = _diffusion_values(diffusion_cfg)
+    if values.get("latent_dim") is None:
+        values["latent_dim"] = values["d_model"]
+    base = DiffusionConfig(**{k: v for k, v in values.items()})
+    modality_kwargs = dict(modality_kwargs or {})
+    modalities = list(kwargs.pop("modalities", list(backbones)))
+    sub, pretrained = {}, {}
+    for m in modalities:
+        _check_choice("modality", m, MODALITIES)
+        cfg, name = modality_config_from_backbone(m, backbones.get(m), base, **modality_kwargs.pop(m, {}))
+        sub[f"{m}_config"] = cfg
+        if name is not None:
+            pretrained[m] = name
+    if modality_kwargs:
+        raise ValueError(f"`modality_kwargs` for modalities not in {modalities}: {sorted(modality_kwargs)}.")
+    values.update(kwargs)
+    return QGFDSharedConfig(modalities=modalities, **sub, **values), pretrained
+
+
+def _default_processor(modality: str, config, name: Optional[str]):
+    """The tokenizer / image processor / feature extractor that goes with the model."""
+    if modality == "tabular":
+        return None
+    if name is not None:
+        from transformers import AutoFeatureExtractor, AutoImageProcessor, AutoTokenizer
+
+        loader = {"text": AutoTokenizer, "image": AutoImageProcessor, "video": AutoImageProcessor, "audio": AutoFeatureExtractor}[modality]
+        try:
+            return loader.from_pretrained(name)
+        except (OSError, ValueError) as err:
+            if modality == "text":
+                raise ValueError(f"No tokenizer could be loaded from {name!r} ({err}); pass `tokenizer=`.") from err
+            logger.warning(f"No processor at {name!r} ({err}); building one from the model's config.")
+    if modality == "text":
+        logger.info("The text backbone was given as a config: no tokenizer (pass `tokenizer=` to get one back).")
+        return None
+    if modality in ("image", "video"):
+        from transformers import ViTImageProcessorPil
+
+        return ViTImageProcessorPil(
+            size={"height": config.image_size, "width": config.image_size},
+            image_mean=config.image_mean,
+            image_std=config.image_std,
+            do_convert_rgb=config.num_channels == 3,
+        )
+    from transformers import Wav2Vec2FeatureExtractor
+
+    return Wav2Vec2FeatureExtractor(sampling_rate=config.sampling_rate, do_normalize=True, return_attention_mask=False)
+
+
+def create_qgfd_diffusion_model(
+    modality: str,
+    backbone_name=None,
+    diffusion_cfg: Optional[DiffusionConfig] = None,
+    *,
+    tokenizer=None,
+    processor=None,
+    scale_latents: bool = True,
+    **kwargs,
+):
+    """Build a QGFD diffusion model, its tokenizer or processor, and its noise schedule.
+
+    Args:
+        modality (`str`): "text", "image", "audio", "video", "tabular" or "shared".
+        backbone_name: the pretrained encoder: a Hub id or local folder (weights loaded with
+            `from_pretrained`), or a transformers config (random weights; offline). None for
+            `latent_space="pixels"` images/video and for tables. For "shared": a dict
+            modality -> backbone.
+        diffusion_cfg (`DiffusionConfig`, *optional*): the denoiser's sizes, QGFD settings and
+            schedule. Without it, defaults, and `latent_dim` is the encoder's width.
+        tokenizer, processor: use these instead of loading them from `backbone_name`.
+        scale_latents (`bool`, defaults to `True`): text: set `latent_scale` = 1 / std of the
+            token embeddings (unless `latent_scale` is given).
+        **kwargs: further config fields (`seq_len`, `latent_space`, `image_size`, `num_features`,
+            `backbone_qgfd`, `freeze_encoder`, ...). For "shared": `modalities` and
+            `modality_kwargs` (a dict modality -> its config fields).
+
+    Returns:
+        `(model, tokenizer | processor | None, schedule)`; for "shared", a dict of processors.
+
+    Example:
+        >>> from qgfd_hf import DiffusionConfig, create_qgfd_diffusion_model
+        >>> cfg = DiffusionConfig(d_model=32, num_heads=4, num_layers=2, d_ff=64, latent_dim=4)
+        >>> model, processor, schedule = create_qgfd_diffusion_model("image", None, cfg, image_size=8, patch_size=2,
+        ...                                                          num_channels=1)
+        >>> type(model).__name__, model.latent_shape(3), schedule.num_timesteps
+        ('ImageQGFDDiffusionModel', (3, 16, 4), 1000)
+    """
+    _check_choice("modality", modality, ALL_MODALITIES)
+    if modality == "shared":
+        if backbone_name is not None and not isinstance(backbone_name, Mapping):
+            raise ValueError("For modality='shared', `backbone_name` must be a dict modality -> backbone (Hub id, folder or config).")
+        backbones = dict(backbone_name or {})
+        config, pretrained = _shared_config_from_backbones(diffusion_cfg, backbones, **kwargs)
+        model = SharedQGFDDiffusionModel(config)
+        processors = {}
+        for m in config.modalities:
+            if m in pretrained:
+                _load_adapter_weights(getattr(model, f"{m}_adapter"), pretrained[m])
+            given = (tokenizer if m == "text" else None) or (processor.get(m) if isinstance(processor, Mapping) else None)
+            processors[m] = given or _default_processor(m, config.modality_config(m), pretrained.get(m))
+        return model, processors, model.get_schedule()
+
+    values = _diffusion_values(diffusion_cfg)
+    values.update(kwargs)
+    backbone_config, name = _resolve_backbone(backbone_name, modality)
+    if modality == "text" and backbone_config is None:
+        raise ValueError("The text model needs a T5 backbone: a Hub id, a folder or a T5Config.")
+    if modality in ("image", "video"):
+        values.setdefault("latent_space", "vit" if backbone_config is not None else "pixels")
+    loaded = tokenizer if modality == "text" else processor
+    if loaded is None and name is not None:
+        loaded = _default_processor(modality, None, name)
+    if modality in ("image", "video") and loaded is not None and values["latent_space"] == "vit":
+        # Normalise as the pretrained processor does.
+        for key in ("image_mean", "image_std"):
+            value = getattr(loaded, key, None)
+            if key not in values and value is not None:
+                values[key] = [float(v) for v in value] if isinstance(value, (list, tuple)) else value
+    if modality in ("text", "image", "video", "audio") or backbone_config is not None:
+        values["backbone_config"] = backbone_config
+    config = MODALITY_CONFIG_CLASSES[modality](backbone_name=name, **values)
+    model = MODEL_CLASSES[modality](config)
+    if name is not None:
+        model.adapter.load_pretrained_encoder(name)
+    if modality == "text" and scale_latents and "latent_scale" not in kwargs:
+        model.adapter.fit_embedding_scale()
+    if loaded is None:
+        loaded = _default_processor(modality, config, None)
+    return model, loaded, model.get_schedule()
+
+
+# ----------------------------------------------------------------------------------------
+# Auto classes
+# ----------------------------------------------------------------------------------------
+
+ALL_MODEL_CLASSES = dict(MODEL_CLASSES, shared=SharedQGFDDiffusionModel)
+for _model_cls in ALL_MODEL_CLASSES.values():
+    _model_cls.register_for_auto_class("AutoModel")
+
+
+def register_qgfd_auto_classes() -> None:
+    """Register every QGFD config with `AutoConfig` and every model with `AutoModel`
+    (called on `import qgfd_hf`)."""
+    from transformers import AutoModel
+
+    AutoConfig.register(QGFDConfig.model_type, QGFDConfig, exist_ok=True)
+    for model_cls in ALL_MODEL_CLASSES.values():
+        AutoConfig.register(model_cls.config_class.model_type, model_cls.config_class, exist_ok=True)
+        AutoModel.register(model_cls.config_class, model_cls, exist_ok=True)
+
+
+__all__ = [
+    "ALL_MODEL_CLASSES",
+    "AudioQGFDDiffusionModel",
+    "ImageQGFDDiffusionModel",
+    "MODEL_CLASSES",
+    "SharedQGFDDiffusionModel",
+    "TabularQGFDDiffusionModel",
+    "TextQGFDDiffusionModel",
+    "VideoQGFDDiffusionModel",
+    "create_qgfd_diffusion_model",
+    "modality_config_from_backbone",
+    "register_qgfd_auto_classes",
+]
