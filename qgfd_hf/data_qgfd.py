@@ -147,12 +147,11 @@ def check_image_folder(data_dir: str) -> List[str]:
         raise ValueError(f"Image folder {data_dir!r} does not exist or is not a folder.")
     files = _list_files(data_dir)
     images = [f for f in files if f.lower().endswith(IMAGE_EXTENSIONS)]
+    if not files:
+        raise ValueError(f"Image folder {data_dir!r} is empty.")
     if not images:
         others = [os.path.relpath(f, data_dir) for f in files[:5]]
-        raise ValueError(
-            f"Image folder {data_dir!r} holds no images (extensions {', '.join(IMAGE_EXTENSIONS)})"
-            + (f"; it has e.g. {others}." if others else "; it is empty.")
-        )
+        raise ValueError(f"Image folder {data_dir!r} holds no images (extensions {', '.join(IMAGE_EXTENSIONS)}); it has e.g. {others}.")
     bad = []
     for f in images:
         try:

@@ -349,6 +349,25 @@ def save_loss_plot(log_history: List[dict], path: str, title: str = "QGFD diffus
 
 
 # ----------------------------------------------------------------------------------------
+# Model card
+# ----------------------------------------------------------------------------------------
+
+
+def write_model_card(model: nn.Module, folder: str, training_info: dict) -> Optional[str]:
+    """Write the library's README.md model card, with what training recorded, into `folder`.
+    Models without a QGFD config (no `modality`) get none."""
+    from .modelcard_qgfd import save_model_card
+
+    if getattr(getattr(model, "config", None), "modality", None) is None:
+        return None
+    try:
+        return str(save_model_card(model, folder, training_info=training_info))
+    except ValueError as e:  # e.g. a modality the card template does not know: the weights still count
+        logger.warning(f"No model card written: {e}")
+        return None
+
+
+# ----------------------------------------------------------------------------------------
 # The trainer
 # ----------------------------------------------------------------------------------------
 
@@ -633,8 +652,32 @@ class QGFDTrainer:
                 self.ema.restore(model)
         if self.processing_class is not None:
             self.processing_class.save_pretrained(tmp)
+        write_model_card(model, tmp, self.training_info())
         _replace_dir(tmp, model_dir)
         return model_dir
+
+    def training_info(self, metrics: Optional[dict] = None) -> dict:
+        """What the model card records about this training run (`render_model_card`'s training_info)."""
+        a = self.args
+        info = {
+            "steps": self.state.global_step,
+            "batch size (global, per micro-step)": a.batch_size,
+            "gradient accumulation steps": a.gradient_accumulation_steps,
+            "learning rate": f"{a.learning_rate:g} ({a.lr_schedule}, {a.warmup_steps} warm-up steps)",
+            "EMA decay": a.ema_decay if a.ema_decay > 0 else "off",
+            "mixed precision": a.mixed_precision,
+            "processes": self.accelerator.num_processes if self.accelerator is not None else 1,
+            "seed": a.seed,
+        }
+        if self.metadata.get("dataset"):
+            info["datasets"] = self.metadata["dataset"]
+        recorded = {}
+        if self.state.log_history:
+            recorded["final training loss"] = round(self.state.log_history[-1]["loss"], 5)
+        recorded.update(metrics or {})
+        if recorded:
+            info["metrics"] = recorded
+        return info
 
     def ema_model_state(self) -> Dict[str, torch.Tensor]:
         """The weights the saved model has: the EMA of the trainable ones and the frozen rest."""
