@@ -52,12 +52,18 @@ DEMO_SETTINGS: Dict[str, dict] = {
         num_samples=360, sampler="ddpm", num_inference_steps=100,
     ),
     "text": dict(
+        # denoiser over the token embeddings of a small random T5 (no download), conditioned on
+        # the T5 encoder's states of the source sequence
         d_model=64, num_heads=4, num_layers=3, d_ff=128,
         t5_d_model=32, t5_layers=2, t5_heads=4, t5_d_ff=64,
+        # Diffusion-LM's choices: the sqrt schedule and x0 ("sample") prediction
         num_timesteps=1000, beta_schedule="sqrt", prediction_type="sample",
         qgfd_steps=1, qgfd_alpha=0.5, qgfd_warmup_steps=200,
+        # The T5 is random, so it is trained too (freeze_encoder=False): frozen random encoder
+        # states do not tell the denoiser where a source word sits, and exact match stays near 0.
+        model_kwargs=dict(freeze_encoder=False),
         num_pairs=4000, num_heldout=200, min_len=3, max_len=6,
-        max_steps=2500, batch_size=64, learning_rate=2e-3, warmup_steps=100, ema_decay=0.999,
+        max_steps=3000, batch_size=64, learning_rate=2e-3, warmup_steps=100, ema_decay=0.999,
         checkpoint_every=500,
         sampler="ddim", num_inference_steps=50,
     ),
@@ -118,7 +124,9 @@ def _add_training_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--log-every", type=int, default=None)
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --output-dir")
+    g.add_argument("--stop-after", type=int, default=None, help="pause after this many steps (checkpoint, no final model); --resume continues")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
+    g.add_argument("--threads", type=int, default=None, help="CPU threads for torch (demo default: 1, robust on busy machines)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -161,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 _TRAINING_FIELDS = (
-    "max_steps", "batch_size", "gradient_accumulation_steps", "learning_rate", "weight_decay", "lr_schedule",
+    "stop_after", "max_steps", "batch_size", "gradient_accumulation_steps", "learning_rate", "weight_decay", "lr_schedule",
     "warmup_steps", "max_grad_norm", "mixed_precision", "ema_decay", "checkpoint_every", "keep_last", "log_every",
 )
 _DIFFUSION_FIELDS = (
@@ -184,8 +192,10 @@ def _training_arguments(args, output_dir: str, defaults: Optional[dict] = None):
     return QGFDTrainingArguments(output_dir=output_dir, seed=args.seed, progress=not args.no_progress, **values)
 
 
-def _diffusion_config(args, defaults: dict, latent_dim: Optional[int]):
-    from .configuration_qgfd import QGFD_PRESETS, DiffusionConfig
+def _diffusion_values(args, defaults: dict) -> dict:
+    """The denoiser's settings (`DiffusionConfig` fields): the demo's defaults, then --preset,
+    then the individual flags. `latent_dim` is left to the factory (the encoder's width)."""
+    from .configuration_qgfd import QGFD_PRESETS
 
     values = {k: v for k, v in defaults.items() if k in _DIFFUSION_FIELDS}
     if args.preset is not None:
@@ -193,11 +203,7 @@ def _diffusion_config(args, defaults: dict, latent_dim: Optional[int]):
             raise ValueError(f"Unknown --preset {args.preset!r}; allowed: {', '.join(QGFD_PRESETS)}.")
         values.update(QGFD_PRESETS[args.preset])
     values.update(_given(args, _DIFFUSION_FIELDS))
-    if latent_dim is not None:
-        values["latent_dim"] = latent_dim
-    else:
-        values.setdefault("latent_dim", values.get("d_model", 512))
-    return DiffusionConfig(**values)
+    return values
 
 
 # ----------------------------------------------------------------------------------------
@@ -247,11 +253,10 @@ class _ImageJob:
         latent_space = args.latent_space or ("vit" if args.backbone else "pixels")
         patch = args.patch_size or self.defaults.get("patch_size", 2 if self.image_size <= 16 else 4)
         kwargs = dict(image_size=self.image_size, num_channels=self.num_channels, patch_size=patch, latent_space=latent_space)
-        latent_dim = self.num_channels * patch**2 if latent_space == "pixels" else None
-        cfg = _diffusion_config(args, self.defaults, latent_dim)
         if latent_space == "vit":
             kwargs = dict(latent_space="vit")  # sizes come from the ViT
-        model, processor, _ = create_qgfd_diffusion_model("image", args.backbone, cfg, **kwargs)
+        kwargs.update(_diffusion_values(args, self.defaults))
+        model, processor, _ = create_qgfd_diffusion_model("image", args.backbone, None, **kwargs)
         check_image_fits_model(self.train, model.config.num_channels, model.config.image_size, f"The dataset {self.name!r}")
         collator = ImageCollator(model.config.num_channels, model.config.image_size, model.config.image_mean, model.config.image_std)
         return model, processor, collator
@@ -306,8 +311,8 @@ class _TextJob:
             raise ValueError("--dataset mrpc needs a pretrained T5: --backbone t5-small (or a local T5 folder).")
         seq_len = args.seq_len or (d.get("max_len", 6) + 1 if self.name == "reversal" else 64)
         check_text_fits(self.train, tokenizer, seq_len, f"The dataset {self.name!r}")
-        cfg = _diffusion_config(args, d, None)
-        model, tok, _ = create_qgfd_diffusion_model("text", backbone, cfg, tokenizer=tokenizer, seq_len=seq_len, **d.get("model_kwargs", {}))
+        kwargs = dict(_diffusion_values(args, d), seq_len=seq_len, conditional=True, **d.get("model_kwargs", {}))
+        model, tok, _ = create_qgfd_diffusion_model("text", backbone, None, tokenizer=tokenizer, **kwargs)
         tokenizer = tok or tokenizer
         return model, tokenizer, Seq2SeqCollator(tokenizer, seq_len)
 
@@ -413,9 +418,18 @@ def save_image_grid(images: np.ndarray, path: str, nrow: Optional[int] = None, c
 def cmd_train(args) -> int:
     if args.output_dir is None:
         raise ValueError("--output-dir is required for train.")
-    job = _make_job(args, {})
+    _set_threads(args.threads)
+    # The demo's datasets come with the demo's tuned settings (each flag still overrides them).
+    demo_data = {"image": "digits", "text": "reversal"}[args.modality]
+    is_demo_data = (args.dataset or (demo_data if not (args.data_dir or args.data_files) else None)) == demo_data
+    defaults = dict(DEMO_SETTINGS[args.modality]) if is_demo_data else {}
+    job = _make_job(args, defaults)
     _say(f"Training a {args.modality} model on {job.name} ({len(job.train)} examples) -> {args.output_dir}")
-    _, metrics, _ = _train(args, job, args.output_dir, {}, {"dataset": job.card_name or job.name, "modality": args.modality})
+    _, metrics, _ = _train(args, job, args.output_dir, defaults, {"dataset": job.card_name or job.name, "modality": args.modality})
+    if metrics.get("paused"):
+        _say(f"  paused at step {metrics['global_step']}; checkpoint {os.path.abspath(metrics['checkpoint'])}")
+        _say("  continue with the same command plus --resume")
+        return 0
     _print_paths(args.output_dir, metrics)
     return 0
 
@@ -444,7 +458,17 @@ def cmd_sample(args) -> int:
     return 0
 
 
+def _set_threads(threads: Optional[int]) -> None:
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {threads}.")
+        torch.set_num_threads(threads)
+
+
 def cmd_demo(args) -> int:
+    # One thread by default: on a machine whose cores are shared with other jobs, two torch threads
+    # that wait on each other can be many times slower than one.
+    _set_threads(args.threads if args.threads is not None else 1)
     defaults = dict(DEMO_SETTINGS[args.modality])
     for name in ("num_samples", "num_inference_steps"):
         if getattr(args, name, None) is not None:
@@ -454,7 +478,10 @@ def cmd_demo(args) -> int:
     output_dir = args.output_dir or f"qgfd-demo-{args.modality}"
     t0 = time.time()
     job = _make_job(args, defaults)
-    _say(f"QGFD demo ({args.modality}): training on {job.name} ({len(job.train)} examples), output in {os.path.abspath(output_dir)}")
+    _say(
+        f"QGFD demo ({args.modality}): training on {job.name} ({len(job.train)} examples) for {defaults['max_steps'] if args.max_steps is None else args.max_steps} "
+        f"steps on {torch.get_num_threads()} CPU thread(s) (--threads to change); output in {os.path.abspath(output_dir)}"
+    )
     trainer, train_metrics, processor = _train(args, job, output_dir, defaults, {"dataset": job.card_name or job.name, "modality": args.modality, "demo": True})
     model_dir = os.path.join(output_dir, "model")
     t_train = time.time() - t0
@@ -481,7 +508,7 @@ def _demo_image_eval(args, job, d, model_dir, output_dir) -> dict:
     t = time.time()
     images = generate(model_dir, num_samples=d["num_samples"], num_inference_steps=d["num_inference_steps"], sampler=d["sampler"], seed=args.seed, progress=not args.no_progress)
     t_sample = time.time() - t
-    grid = save_image_grid(images[:100], os.path.join(output_dir, "samples.png"), nrow=10)
+    grid = save_image_grid(images[:100], os.path.join(output_dir, "samples.png"), nrow=10, cell=40)
     t = time.time()
     evaluator = DigitsEvaluator(job.train["pixel_values"], job.train["label"], job.test["pixel_values"], job.test["label"], seed=0)
     scores = evaluator.evaluate(images)

@@ -39,6 +39,7 @@ schedule advances once per optimizer step on any number of processes.
 from __future__ import annotations
 
 import json
+import logging as py_logging
 import math
 import os
 import re
@@ -58,6 +59,18 @@ from transformers.utils import logging
 from .attention_qgfd import set_qgfd_step
 
 logger = logging.get_logger(__name__)
+
+
+class _TiedWeightsNote(py_logging.Filter):
+    """Drops accelerate's per-checkpoint "Removed shared tensor ..." warning: tied weights (T5's
+    shared embedding) are written once and tied again on load; resuming a text model gives the
+    same weights (tests/test_cli.py checks it)."""
+
+    def filter(self, record):
+        return "Removed shared tensor" not in str(record.getMessage())
+
+
+py_logging.getLogger("accelerate.utils.other").addFilter(_TiedWeightsNote())
 
 LR_SCHEDULES = ("cosine", "linear", "constant")
 MIXED_PRECISIONS = ("no", "fp16", "bf16")
@@ -99,6 +112,10 @@ class QGFDTrainingArguments:
         seed (`int`, defaults to 0): seeds Python, NumPy, torch, the data order and the noise.
         num_workers (`int`, defaults to 0): DataLoader workers.
         progress (`bool`, defaults to `True`): a tqdm progress bar on the main process.
+        stop_after (`int`, *optional*): pause after this many optimizer steps: write a checkpoint
+            and return, without the final model (`train(resume=True)` continues). The learning
+            rate schedule still runs to `max_steps`, so a paused and resumed run equals an
+            uninterrupted one.
     """
 
     output_dir: str
@@ -120,6 +137,7 @@ class QGFDTrainingArguments:
     seed: int = 0
     num_workers: int = 0
     progress: bool = True
+    stop_after: Optional[int] = None
 
     def __post_init__(self):
         if not isinstance(self.output_dir, (str, os.PathLike)) or not str(self.output_dir):
@@ -151,6 +169,8 @@ class QGFDTrainingArguments:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not 0 <= value < 1:
                 raise ValueError(f"`{name}` must lie in [0, 1), got {value!r}.")
+        if self.stop_after is not None and (isinstance(self.stop_after, bool) or not isinstance(self.stop_after, int) or self.stop_after < 1):
+            raise ValueError(f"`stop_after` must be None or an int >= 1, got {self.stop_after!r}.")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"Unknown lr_schedule {self.lr_schedule!r}; allowed: {', '.join(LR_SCHEDULES)}.")
         if self.mixed_precision not in MIXED_PRECISIONS:
@@ -580,12 +600,24 @@ class QGFDTrainer:
                 if a.checkpoint_every and self.state.global_step % a.checkpoint_every == 0:
                     self.state.train_seconds = time.time() - t_start
                     self.save_checkpoint()
-                if self.state.global_step >= a.max_steps:
+                if self.state.global_step >= a.max_steps or self.state.global_step == a.stop_after:
                     break
+            if self.state.global_step == a.stop_after and a.stop_after < a.max_steps:
+                break
             epoch += 1
         bar.close()
         self.state.train_seconds = time.time() - t_start
+        if self.state.global_step == a.stop_after and a.stop_after < a.max_steps:
+            return self._pause()
         return self._finish()
+
+    def _pause(self) -> dict:
+        """`stop_after` reached: make sure the newest checkpoint is this step's, and return."""
+        a = self.args
+        if last_checkpoint(a.checkpoint_dir) != os.path.join(a.checkpoint_dir, checkpoint_name(self.state.global_step)):
+            self.save_checkpoint()
+        logger.info(f"Paused at step {self.state.global_step} of {a.max_steps}; continue with resume=True.")
+        return {"global_step": self.state.global_step, "paused": True, "checkpoint": last_checkpoint(a.checkpoint_dir), "log_history": self.state.log_history}
 
     # -- saving ----------------------------------------------------------------------------
 

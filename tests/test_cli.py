@@ -155,9 +155,52 @@ def test_train_on_an_image_folder_and_resume(tmp_path, capsys):
     assert json.loads((out / "metrics.json").read_text())["global_step"] == 4
 
 
+def test_text_model_resumes_to_the_same_weights(tmp_path, capsys):
+    """The text model ties T5's embeddings (saved once in a checkpoint): pausing after 2 of 4
+    steps (--stop-after) and resuming equals 4 uninterrupted steps."""
+    from safetensors.torch import load_file
+
+    base = ["train", "--modality", "text", "--dataset", "reversal"] + TINY
+    assert _run(base + ["--output-dir", str(tmp_path / "ref"), "--max-steps", "4"], capsys)[0] == 0
+    code, out, _ = _run(base + ["--output-dir", str(tmp_path / "res"), "--max-steps", "4", "--stop-after", "2"], capsys)
+    assert code == 0 and "paused at step 2" in out and not (tmp_path / "res" / "model").exists()
+    code, _, err = _run(base + ["--output-dir", str(tmp_path / "res"), "--max-steps", "4", "--resume"], capsys)
+    assert code == 0, err
+    a = load_file(str(tmp_path / "ref" / "model" / "model.safetensors"))
+    b = load_file(str(tmp_path / "res" / "model" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert (a[k] - b[k]).abs().max() < 1e-6, k
+
+
 def test_save_image_grid(tmp_path):
     path = save_image_grid(np.random.default_rng(0).random((5, 3, 4, 4)), str(tmp_path / "g.png"), nrow=3, cell=8, pad=1)
     with Image.open(path) as im:
         assert im.size == (3 * 9 + 1, 2 * 9 + 1)
     with pytest.raises(ValueError, match=r"\[N, C, H, W\]"):
         save_image_grid(np.zeros((2, 4, 4)), str(tmp_path / "x.png"))
+
+
+@pytest.mark.slow
+def test_train_under_accelerate_launch_two_processes(tmp_path, capsys):
+    """`qgfd-hf train` on the real image model under `accelerate launch` with 2 CPU processes:
+    same steps and learning rates as 1 process with the same global batch, and a loss within
+    tolerance (each process draws its own noise, so the losses are close, not equal).
+    (`--multi_gpu` + ACCELERATE_USE_CPU=1: `--cpu --num_processes 2` starts one process on
+    accelerate 1.x, huggingface/accelerate#2741.)"""
+    args = ["train", "--modality", "image", "--dataset", "digits", "--preset", "tiny", "--batch-size", "32", "--max-steps", "6",
+            "--log-every", "1", "--checkpoint-every", "3", "--no-progress"]
+    assert _run(args + ["--output-dir", str(tmp_path / "one")], capsys)[0] == 0
+    env = dict(os.environ, PYTHONPATH=REPO, ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0", "-m", "qgfd_hf"]
+    res = subprocess.run(cmd + args + ["--output-dir", str(tmp_path / "two")], env=env, capture_output=True, text=True, timeout=240)
+    assert res.returncode == 0, res.stderr[-3000:]
+    one = json.loads((tmp_path / "one" / "metrics.json").read_text())
+    two = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    assert one["num_processes"] == 1 and two["num_processes"] == 2
+    assert [r["step"] for r in two["log_history"]] == [r["step"] for r in one["log_history"]] == list(range(1, 7))
+    assert [r["lr"] for r in two["log_history"]] == pytest.approx([r["lr"] for r in one["log_history"]])
+    mean = lambda m: sum(r["loss"] for r in m["log_history"]) / len(m["log_history"])
+    assert mean(two) == pytest.approx(mean(one), rel=0.15)
+    assert (tmp_path / "two" / "model" / "model.safetensors").exists()
