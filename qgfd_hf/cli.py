@@ -358,7 +358,7 @@ def generate(model_or_path, inputs=None, *, num_samples: Optional[int] = None, n
     kwargs = dict(num_inference_steps=num_inference_steps, sampler=sampler, seed=seed, batch_size=batch_size, progress_bar=progress)
     if inputs is None:
         out = pipe(num_samples=num_samples, output_type="np", **kwargs)
-        return np.stack([o["np"] for o in out])
+        return np.stack([o["np"] for o in out]).transpose(0, 3, 1, 2)  # the pipeline's [H, W, C] -> [N, C, H, W]
     out = pipe(list(inputs), **kwargs)  # one list of samples per input text
     return [group[0]["generated_text"] for group in out]
 
