@@ -41,6 +41,7 @@ from .patching_qgfd import (
     register_qgfd_attention,
     unpatch_model,
 )
+from .callbacks_qgfd import QGFDWarmupCallback
 from .configuration_qgfd import (
     ALL_MODALITIES,
     MODALITIES,

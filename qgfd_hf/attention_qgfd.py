@@ -132,7 +132,7 @@ def _check_temperature(tau):
         raise ValueError(f"`key_temperature` must be a finite float > 0, got {tau!r}.")
 
 
-def _check_inputs(query, key, value, attn_mask, graph, has_past):
+def _check_inputs(query, key, value, attn_mask, graph, has_past, diffuse=True):
     for name, t in (("query", query), ("key", key), ("value", value)):
         if not isinstance(t, torch.Tensor):
             raise ValueError(f"`{name}` must be a torch.Tensor, got {type(t).__name__}.")
@@ -153,12 +153,14 @@ def _check_inputs(query, key, value, attn_mask, graph, has_past):
     if key.shape[2] != value.shape[2]:
         raise ValueError(f"key and value must have the same length, got {key.shape[2]} and {value.shape[2]}.")
     Lk = key.shape[2]
-    if graph == "attention" and Lq != Lk and not has_past:
+    # The length rules are QGFD's own: with steps == 0 (plain attention, e.g. cross-attention
+    # in QGFDMultiheadAttention) any Lq, Lk is fine, as for SDPA.
+    if diffuse and graph == "attention" and Lq != Lk and not has_past:
         raise ValueError(
             f'graph="attention" uses P = p0 and needs self-attention (Lq == Lk), got Lq={Lq}, Lk={Lk}. '
             'Use graph="keys", plain attention for cross-attention, or `past_propagated` for cached decoding.'
         )
-    if Lq > Lk:
+    if (diffuse or has_past) and Lq > Lk:
         raise ValueError(f"QGFD needs Lq <= Lk, got Lq={Lq}, Lk={Lk}.")
     if attn_mask is not None:
         if not isinstance(attn_mask, torch.Tensor):
@@ -305,7 +307,7 @@ def qgfd_attention(
     if not 0.0 <= dropout_p < 1.0:
         raise ValueError(f"`dropout_p` must be in [0, 1), got {dropout_p!r}.")
     has_past = past_propagated is not None
-    _check_inputs(query, key, value, attn_mask, graph, has_past)
+    _check_inputs(query, key, value, attn_mask, graph, has_past, diffuse=steps > 0)
     B, H, Lq, D = query.shape
     Lk = key.shape[2]
     Lpast = Lk - Lq
@@ -431,7 +433,7 @@ def qgfd_attention_reference(
     _check_temperature(key_temperature)
     if not 0.0 <= dropout_p < 1.0:
         raise ValueError(f"`dropout_p` must be in [0, 1), got {dropout_p!r}.")
-    _check_inputs(query, key, value, attn_mask, graph, has_past=False)
+    _check_inputs(query, key, value, attn_mask, graph, has_past=False, diffuse=steps > 0)
     B, H, Lq, D = query.shape
     Lk = key.shape[2]
     scale = 1.0 / math.sqrt(D) if scale is None else scale

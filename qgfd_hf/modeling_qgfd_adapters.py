@@ -27,11 +27,10 @@ from typing import Mapping, Optional, Tuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from transformers import AutoConfig, AutoModel, PretrainedConfig
+from transformers import AutoModel, PretrainedConfig
 from transformers.utils import logging
 
-from .configuration_qgfd import (
-    DiffusionConfig,
+from .configuration_qgfd import (  # the modality configs are used by the docstring examples
     QGFDAudioConfig,
     QGFDConfig,
     QGFDImageConfig,
@@ -39,7 +38,8 @@ from .configuration_qgfd import (
     QGFDTextConfig,
     QGFDVideoConfig,
 )
-from .modeling_qgfd import EncoderBlock, check_finite, check_float_tensor, sinusoidal_embedding
+from .modeling_qgfd import EncoderBlock, check_float_tensor, sinusoidal_embedding
+from .patching_qgfd import patch_model  # also registers the "qgfd" attention implementation
 
 logger = logging.get_logger(__name__)
 
@@ -84,15 +84,7 @@ def maybe_patch_encoder(encoder: nn.Module, settings: Optional[dict]) -> None:
     """QGFD-patch the encoder's own self-attention when `backbone_qgfd` asks for it."""
     if not settings:
         return
-    import importlib
-
-    try:
-        # TODO(models): a static `from .patching_qgfd import patch_model` once that module is on
-        # main, so that trust_remote_code copies it with the model files.
-        patching = importlib.import_module(".patching_qgfd", __package__)
-    except ImportError as err:
-        raise ImportError("`backbone_qgfd` needs qgfd_hf.patching_qgfd.patch_model, which is not available.") from err
-    patching.patch_model(encoder, **settings)
+    patch_model(encoder, **settings)
 
 
 # ----------------------------------------------------------------------------------------
@@ -236,9 +228,12 @@ class _ModalityAdapter(nn.Module):
             encoder.eval()
         self.encoder = encoder
 
+    def _encoder_trains(self) -> bool:
+        return not self.modality_config.freeze_encoder
+
     def train(self, mode: bool = True):
         super().train(mode)
-        if self.encoder is not None and self.modality_config.freeze_encoder:
+        if self.encoder is not None and not self._encoder_trains():
             self.encoder.eval()  # a frozen encoder stays in eval mode: no dropout, no SpecAugment
         return self
 
@@ -306,6 +301,12 @@ class TextAdapter(_ModalityAdapter):
         super().__init__(config, shared_cfg)
         self._set_encoder(build_encoder("text", config.backbone_config))
         self.vocab_size = self.encoder.get_input_embeddings().weight.shape[0]
+        if config.freeze_encoder and config.conditional and config.train_condition_encoder:
+            # The layers that encode the source text learn; the token embeddings, which define
+            # the latent space (and feed those layers), stay as they are.
+            embeddings = self.encoder.get_input_embeddings().weight
+            for p in self.encoder.parameters():
+                p.requires_grad_(p is not embeddings)
         if config.conditional:
             self.cond_proj = nn.Linear(config.latent_dim, self.d_model)  # T5 width -> denoiser width
         if pretrained is not None:
@@ -358,9 +359,15 @@ class TextAdapter(_ModalityAdapter):
             raise ValueError("This text model is conditional: pass the source text's `input_ids`.")
         _check_ids("input_ids", input_ids, self.vocab_size)
         mask = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else _check_mask("attention_mask", attention_mask, input_ids.shape)
-        with self._encoder_context():
+        grad = self.modality_config.train_condition_encoder or not self.modality_config.freeze_encoder
+        with contextlib.nullcontext() if grad else torch.no_grad():
             states = self.encoder(input_ids=input_ids, attention_mask=mask.long()).last_hidden_state  # (B, Lc, Dm)
         return self.cond_proj(states), mask
+
+    def _encoder_trains(self) -> bool:
+        return not self.modality_config.freeze_encoder or (
+            self.modality_config.conditional and self.modality_config.train_condition_encoder
+        )
 
     def decode_embeddings(self, latents: torch.Tensor) -> torch.Tensor:
         """Token logits [B, L, V] of latents [B, L, Dl]: 2 x E'^T - ||E'||^2 (argmax = nearest embedding)."""

@@ -20,7 +20,7 @@ Example (offline, random weights):
 from __future__ import annotations
 
 import contextlib
-from typing import Dict, Mapping, Optional, Sequence, Tuple
+from typing import Mapping, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -41,7 +41,7 @@ from .configuration_qgfd import (
     QGFDVideoConfig,
     _check_choice,
 )
-from .modeling_qgfd import QGFDDiffusionBackbone, QGFDDiffusionOutput, QGFDPreTrainedModel, build_denoiser
+from .modeling_qgfd import QGFDDiffusionOutput, QGFDPreTrainedModel, build_denoiser
 from .modeling_qgfd_adapters import ADAPTERS, AudioAdapter, ImageAdapter, TabularAdapter, TextAdapter, VideoAdapter
 from .scheduling_qgfd import DDPMBetaSchedule, predict_x0_and_eps, sample_loop
 
@@ -81,7 +81,7 @@ class TextQGFDDiffusionModel(QGFDPreTrainedModel):
         ...                                               num_layers=2, d_ff=64))
         >>> ids = torch.tensor([[5, 9, 1], [7, 1, 0]])
         >>> batch = {"input_ids": ids, "cond_input_ids": ids}
-        >>> float(model.compute_loss(batch, generator=torch.Generator().manual_seed(0))["loss"]) > 0
+        >>> model.compute_loss(batch, generator=torch.Generator().manual_seed(0))["loss"].item() > 0
         True
         >>> model.decode_latents(model.data_to_latents(batch))[:, :3].tolist()
         [[5, 9, 1], [7, 1, 0]]
@@ -639,9 +639,19 @@ def modality_config_from_backbone(modality: str, backbone, base_cfg=None, **kwar
     values.setdefault("latent_dim", None)
     if modality in ("image", "video"):
         values.setdefault("latent_space", "vit" if backbone_config is not None else "pixels")
+        if name is not None and values["latent_space"] == "vit":
+            _normalisation_from_processor(values, _load_processor(modality, name))
     if modality in ("image", "video", "text", "audio") or backbone_config is not None:
         values["backbone_config"] = backbone_config
     return MODALITY_CONFIG_CLASSES[modality](backbone_name=name, **values), name
+
+
+def _normalisation_from_processor(values: dict, processor) -> None:
+    """Normalise pixels as the pretrained image processor does (unless the caller said otherwise)."""
+    for key in ("image_mean", "image_std"):
+        value = getattr(processor, key, None) if processor is not None else None
+        if key not in values and value is not None:
+            values[key] = [float(v) for v in value] if isinstance(value, (list, tuple)) else value
 
 
 def _load_adapter_weights(adapter, name: str) -> None:
@@ -670,23 +680,23 @@ def _shared_config_from_backbones(diffusion_cfg, backbones: Mapping, modality_kw
     return QGFDSharedConfig(modalities=modalities, **sub, **values), pretrained
 
 
-def _default_processor(modality: str, config, name: Optional[str]):
-    """The tokenizer / image processor / feature extractor that goes with the model."""
-    if modality == "tabular":
-        return None
-    if name is not None:
-        from transformers import AutoFeatureExtractor, AutoImageProcessor, AutoTokenizer
+def _load_processor(modality: str, name: str):
+    """The tokenizer / image processor / feature extractor saved with the backbone at `name`
+    (None, with a warning, when an image or audio backbone has none; text needs one)."""
+    from transformers import AutoFeatureExtractor, AutoImageProcessor, AutoTokenizer
 
-        loader = {"text": AutoTokenizer, "image": AutoImageProcessor, "video": AutoImageProcessor, "audio": AutoFeatureExtractor}[modality]
-        try:
-            return loader.from_pretrained(name)
-        except (OSError, ValueError) as err:
-            if modality == "text":
-                raise ValueError(f"No tokenizer could be loaded from {name!r} ({err}); pass `tokenizer=`.") from err
-            logger.warning(f"No processor at {name!r} ({err}); building one from the model's config.")
-    if modality == "text":
-        logger.info("The text backbone was given as a config: no tokenizer (pass `tokenizer=` to get one back).")
+    loader = {"text": AutoTokenizer, "image": AutoImageProcessor, "video": AutoImageProcessor, "audio": AutoFeatureExtractor}[modality]
+    try:
+        return loader.from_pretrained(name)
+    except (OSError, ValueError) as err:
+        if modality == "text":
+            raise ValueError(f"No tokenizer could be loaded from {name!r} ({err}); pass `tokenizer=`.") from err
+        logger.warning(f"No processor at {name!r} ({err}); building one from the model's config.")
         return None
+
+
+def _processor_from_config(modality: str, config):
+    """A processor that prepares data the way the model's config expects (no download)."""
     if modality in ("image", "video"):
         from transformers import ViTImageProcessorPil
 
@@ -696,9 +706,18 @@ def _default_processor(modality: str, config, name: Optional[str]):
             image_std=config.image_std,
             do_convert_rgb=config.num_channels == 3,
         )
-    from transformers import Wav2Vec2FeatureExtractor
+    if modality == "audio":
+        from transformers import Wav2Vec2FeatureExtractor
 
-    return Wav2Vec2FeatureExtractor(sampling_rate=config.sampling_rate, do_normalize=True, return_attention_mask=False)
+        return Wav2Vec2FeatureExtractor(sampling_rate=config.sampling_rate, do_normalize=True, return_attention_mask=False)
+    if modality == "text":
+        logger.info("The text backbone was given as a config: no tokenizer (pass `tokenizer=` to get one back).")
+    return None
+
+
+def _default_processor(modality: str, config, name: Optional[str]):
+    loaded = _load_processor(modality, name) if name is not None and modality != "tabular" else None
+    return loaded if loaded is not None else _processor_from_config(modality, config)
 
 
 def create_qgfd_diffusion_model(
@@ -762,14 +781,10 @@ def create_qgfd_diffusion_model(
     if modality in ("image", "video"):
         values.setdefault("latent_space", "vit" if backbone_config is not None else "pixels")
     loaded = tokenizer if modality == "text" else processor
-    if loaded is None and name is not None:
-        loaded = _default_processor(modality, None, name)
-    if modality in ("image", "video") and loaded is not None and values["latent_space"] == "vit":
-        # Normalise as the pretrained processor does.
-        for key in ("image_mean", "image_std"):
-            value = getattr(loaded, key, None)
-            if key not in values and value is not None:
-                values[key] = [float(v) for v in value] if isinstance(value, (list, tuple)) else value
+    if loaded is None and name is not None and modality != "tabular":
+        loaded = _load_processor(modality, name)
+    if modality in ("image", "video") and values["latent_space"] == "vit":
+        _normalisation_from_processor(values, loaded)
     if modality in ("text", "image", "video", "audio") or backbone_config is not None:
         values["backbone_config"] = backbone_config
     config = MODALITY_CONFIG_CLASSES[modality](backbone_name=name, **values)
@@ -779,7 +794,7 @@ def create_qgfd_diffusion_model(
     if modality == "text" and scale_latents and "latent_scale" not in kwargs:
         model.adapter.fit_embedding_scale()
     if loaded is None:
-        loaded = _default_processor(modality, config, None)
+        loaded = _processor_from_config(modality, config)
     return model, loaded, model.get_schedule()
 
 

@@ -20,7 +20,6 @@ from qgfd_hf import (
     DecoderBlock,
     DiffusionConfig,
     EncoderBlock,
-    ImageAdapter,
     ImageQGFDDiffusionModel,
     PositionwiseFFN,
     QGFDAudioConfig,
@@ -32,7 +31,6 @@ from qgfd_hf import (
     QGFDVideoConfig,
     SharedQGFDDiffusionModel,
     TabularQGFDDiffusionModel,
-    TextAdapter,
     TextQGFDDiffusionModel,
     TimestepEmbedding,
     VideoQGFDDiffusionModel,
@@ -293,16 +291,26 @@ def test_saved_folder_loads_without_qgfd_hf(tmp_path):
     x_t = torch.randn(model.latent_shape(2, modality="image"), generator=torch.Generator().manual_seed(0))
     torch.save(x_t, tmp_path / "x_t.pt")
     expected = model.denoise(x_t, torch.tensor([3, 700]), modality="image")
+    # A text model whose T5 encoder is QGFD-patched: patching_qgfd travels with the files.
+    text, batch = build("text", backbone_qgfd={"steps": 1, "alpha": 0.5})
+    text.eval().save_pretrained(tmp_path / "text")
+    torch.save(batch["cond_input_ids"], tmp_path / "ids.pt")
+    expected_cond = text.encode_condition(input_ids=batch["cond_input_ids"])[0]
     out = run_without_qgfd_hf(f"""
         import torch
         from transformers import AutoModel
         model = AutoModel.from_pretrained({str(tmp_path / "model")!r}, trust_remote_code=True).eval()
         x_t = torch.load({str(tmp_path / "x_t.pt")!r})
         torch.save(model.denoise(x_t, torch.tensor([3, 700]), modality="image"), {str(tmp_path / "out.pt")!r})
+        text = AutoModel.from_pretrained({str(tmp_path / "text")!r}, trust_remote_code=True).eval()
+        torch.save(text.encode_condition(input_ids=torch.load({str(tmp_path / "ids.pt")!r}))[0], {str(tmp_path / "cond.pt")!r})
+        print(text.adapter.encoder.config._attn_implementation)
         print(type(model).__module__, type(model).__name__)
     """)
     assert out.split()[-2].startswith("transformers_modules.") and out.split()[-1] == "SharedQGFDDiffusionModel"
+    assert out.split()[-3] == "qgfd"
     torch.testing.assert_close(torch.load(tmp_path / "out.pt"), expected, rtol=0, atol=0)
+    torch.testing.assert_close(torch.load(tmp_path / "cond.pt"), expected_cond, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("kind", SIX)
@@ -430,11 +438,11 @@ def test_vit_decoder_learns_to_reconstruct():
     first = None
     for _ in range(60):
         loss = model.adapter.recon_loss(batch, x0)
-        first = first if first is not None else float(loss)
+        first = first if first is not None else float(loss.detach())
         opt.zero_grad()
         loss.backward()
         opt.step()
-    assert float(loss) < 0.5 * first
+    assert float(loss.detach()) < 0.5 * first
 
 
 def test_audio_decodes_to_the_input_shape():
@@ -471,7 +479,7 @@ def test_tabular_decodes_to_original_units_after_training():
 
 @pytest.mark.parametrize("kind", ["text", "image", "audio"])
 def test_encoders_are_frozen_and_stay_in_eval_mode(kind):
-    model, _ = build(kind)
+    model, _ = build(kind, **({"train_condition_encoder": False} if kind == "text" else {}))
     model.train()
     encoder = model.adapter.encoder
     assert not any(p.requires_grad for p in encoder.parameters())
@@ -482,17 +490,50 @@ def test_encoders_are_frozen_and_stay_in_eval_mode(kind):
     assert all(p.requires_grad for p in unfrozen.adapter.encoder.parameters()) and unfrozen.adapter.encoder.training
 
 
+def test_text_condition_encoder_can_train_while_the_embeddings_stay_frozen():
+    model, batch = build("text")  # train_condition_encoder=True by default
+    model.train()
+    encoder = model.adapter.encoder
+    assert encoder.training and not encoder.shared.weight.requires_grad
+    model.compute_loss(batch)["loss"].backward()
+    assert encoder.shared.weight.grad is None
+    assert encoder.encoder.block[0].layer[0].SelfAttention.q.weight.grad is not None
+    before = model.data_to_latents(batch)
+    torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1.0).step()
+    torch.testing.assert_close(model.data_to_latents(batch), before)  # x0 unchanged
+
+
 def test_tabular_encoder_frozen():
     model, _ = build("tabular")
     assert not any(p.requires_grad for p in model.adapter.encoder_mlp.parameters())
     assert all(p.requires_grad for p in model.adapter.decoder.parameters())
 
 
-def test_backbone_qgfd_patches_the_encoder():
-    pytest.importorskip("qgfd_hf.patching_qgfd")
-    model, batch = build("text", backbone_qgfd={"steps": 1, "alpha": 0.5})
-    assert qgfd_hf.patching_qgfd.is_qgfd_patched(model.adapter.encoder)
-    assert torch.isfinite(model.compute_loss(batch)["loss"])
+@pytest.mark.parametrize("kind", ["text", "image", "audio"])
+def test_backbone_qgfd_patches_the_encoder(kind, tmp_path):
+    torch.manual_seed(0)
+    plain, batch = build(kind)
+    torch.manual_seed(0)
+    model, _ = build(kind, backbone_qgfd={"steps": 1, "alpha": 0.5})
+    assert qgfd_hf.is_qgfd_patched(model.adapter.encoder) and not qgfd_hf.is_qgfd_patched(plain.adapter.encoder)
+    assert set(model.state_dict()) == set(plain.state_dict())  # patching adds no weights
+    perturb(model).eval()
+    x0 = model.data_to_latents(batch)
+    cond = condition(model, batch)
+    if kind == "text":  # the embeddings are the same; the patched encoder's states differ
+        plain.load_state_dict(model.state_dict())
+        plain.eval()
+        torch.testing.assert_close(x0, plain.data_to_latents(batch))
+        assert not torch.allclose(cond[0], condition(plain, batch)[0])
+    else:
+        plain.load_state_dict(model.state_dict())
+        assert not torch.allclose(x0, plain.eval().data_to_latents(batch))
+    model.save_pretrained(tmp_path)
+    loaded = AutoModel.from_pretrained(tmp_path).eval()
+    assert qgfd_hf.is_qgfd_patched(loaded.adapter.encoder) and loaded.config.backbone_qgfd == {"steps": 1, "alpha": 0.5}
+    torch.testing.assert_close(loaded.data_to_latents(batch), x0, rtol=0, atol=0)
+    if kind == "text":
+        torch.testing.assert_close(condition(loaded, batch)[0], cond[0], rtol=0, atol=0)
 
 
 # ----------------------------------------------------------------------------------------
@@ -520,7 +561,7 @@ def test_backbone_variants(time_conditioning, position_embedding):
     net = QGFDDiffusionBackbone(cfg)
     out = net(torch.randn(2, 10, 16), torch.tensor([3, 500]), torch.randn(2, 4, 32), torch.ones(2, 4, dtype=torch.long))
     assert out.shape == (2, 10, 16)
-    assert float(out.abs().max()) == 0.0  # zero-initialised output layer (DiT)
+    assert float(out.detach().abs().max()) == 0.0  # zero-initialised output layer (DiT)
     if position_embedding == "learned":
         with pytest.raises(ValueError, match="max_position_embeddings"):
             net(torch.randn(1, 13, 16), torch.tensor([3]))
@@ -553,8 +594,8 @@ def test_masked_conditioning_tokens_are_ignored():
 def test_init_weights_special_cases():
     model, _ = build("shared")
     for block in model.backbone.blocks:
-        assert float(block.adaLN_modulation[1].weight.abs().max()) == 0
-    assert float(model.backbone.out_proj.weight.abs().max()) == 0
+        assert float(block.adaLN_modulation[1].weight.detach().abs().max()) == 0
+    assert float(model.backbone.out_proj.weight.detach().abs().max()) == 0
     # The shared projection is orthogonal with a scale-keeping gain; it inverts exactly.
     W = model.image_adapter.proj.weight  # (32, 4)
     torch.testing.assert_close(W.t() @ W, torch.eye(4) * (32 / 4), atol=1e-5, rtol=1e-5)
@@ -660,6 +701,35 @@ def test_factory_builds_every_modality(t5_dir):
         "shared", {"text": t5_dir, "image": None}, cfg, modality_kwargs={"image": {"image_size": 8, "patch_size": 2, "num_channels": 1}}
     )
     assert shared.config.modalities == ["text", "image"] and set(processors) == {"text", "image"}
+
+
+def test_factory_loads_pretrained_image_and_audio_backbones_from_folders(tmp_path):
+    from transformers import ViTForImageClassification, ViTImageProcessorPil, Wav2Vec2FeatureExtractor, Wav2Vec2ForCTC
+
+    torch.manual_seed(0)
+    vit = ViTForImageClassification(vit_config())
+    vit.save_pretrained(tmp_path / "vit")
+    ViTImageProcessorPil(size={"height": 16, "width": 16}, image_mean=[0.4, 0.4, 0.4], image_std=[0.2, 0.2, 0.2]).save_pretrained(tmp_path / "vit")
+    w2v = Wav2Vec2ForCTC(w2v2_config())
+    w2v.save_pretrained(tmp_path / "w2v")
+    Wav2Vec2FeatureExtractor(sampling_rate=8000).save_pretrained(tmp_path / "w2v")
+    cfg = DiffusionConfig.from_preset("tiny").to_dict()
+    cfg["latent_dim"] = None
+
+    image_model, processor, _ = create_qgfd_diffusion_model("image", str(tmp_path / "vit"), cfg)
+    torch.testing.assert_close(image_model.adapter.encoder.embeddings.patch_embeddings.projection.weight,
+                               vit.vit.embeddings.patch_embeddings.projection.weight)
+    assert image_model.config.image_mean == [0.4, 0.4, 0.4] and list(processor.image_std) == [0.2, 0.2, 0.2]
+    assert image_model.config.backbone_name == str(tmp_path / "vit")
+
+    audio_model, extractor, _ = create_qgfd_diffusion_model("audio", str(tmp_path / "w2v"), cfg, num_samples=400, sampling_rate=8000)
+    torch.testing.assert_close(audio_model.adapter.encoder.feature_extractor.conv_layers[0].conv.weight,
+                               w2v.wav2vec2.feature_extractor.conv_layers[0].conv.weight)
+    assert extractor.sampling_rate == 8000
+    # A folder without a processor still gives one, built from the config (with a warning).
+    (tmp_path / "vit" / "preprocessor_config.json").unlink()
+    _, processor, _ = create_qgfd_diffusion_model("video", str(tmp_path / "vit"), cfg, num_frames=2)
+    assert processor.size["height"] == 16
 
 
 def test_factory_processor_prepares_pixels_for_the_model():
