@@ -59,9 +59,10 @@ DEMO_SETTINGS: Dict[str, dict] = {
         # Diffusion-LM's choices: the sqrt schedule and x0 ("sample") prediction
         num_timesteps=1000, beta_schedule="sqrt", prediction_type="sample",
         qgfd_steps=1, qgfd_alpha=0.5, qgfd_warmup_steps=200,
-        # The T5 is random, so it is trained too (freeze_encoder=False): frozen random encoder
-        # states do not tell the denoiser where a source word sits, and exact match stays near 0.
-        model_kwargs=dict(freeze_encoder=False),
+        # The T5 is random: its token embeddings (the latent space) stay frozen, while its encoder
+        # layers that read the source learn (train_condition_encoder, the model's default); frozen
+        # random encoder states do not tell the denoiser where a source word sits.
+        model_kwargs=dict(freeze_encoder=True, train_condition_encoder=True),
         num_pairs=4000, num_heldout=200, min_len=3, max_len=6,
         max_steps=3000, batch_size=64, learning_rate=2e-3, warmup_steps=100, ema_decay=0.999,
         checkpoint_every=500,
