@@ -66,13 +66,13 @@ def main():
     # 1. Text data and tokenizer.
     if args.text_backbone is not None:
         tokenizer = AutoTokenizer.from_pretrained(args.text_backbone)
-        text_backbone, freeze_text, seq_len = args.text_backbone, True, 64
+        text_backbone, seq_len = args.text_backbone, 64
         text_train, text_heldout = train_test_split_dataset(load_mrpc(args.text_data_files), 100)
     else:
         tokenizer = build_word_tokenizer(REVERSAL_VOCAB)
         text_backbone = T5Config(vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
                                  pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
-        freeze_text, seq_len = False, 7  # a random encoder must learn where each source word sits
+        seq_len = 7
         text_train, text_heldout = train_test_split_dataset(make_reversal_dataset(4000), 200)
 
     # 2. Image data.
@@ -89,7 +89,7 @@ def main():
         None,
         tokenizer=tokenizer,
         modality_kwargs={
-            "text": dict(conditional=True, seq_len=seq_len, freeze_encoder=freeze_text),
+            "text": dict(conditional=True, seq_len=seq_len, freeze_encoder=True, train_condition_encoder=True),
             "image": dict(latent_space="pixels", image_size=image_size, patch_size=patch, num_channels=channels),
         },
         d_model=args.d_model, num_layers=args.num_layers, num_heads=args.num_heads, d_ff=2 * args.d_model,

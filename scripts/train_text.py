@@ -82,21 +82,20 @@ def main():
     if args.backbone is not None:
         tokenizer = AutoTokenizer.from_pretrained(args.backbone)
         backbone = args.backbone
-        freeze = True  # a pretrained encoder keeps its embedding space (the latents)
     elif args.reversal:
         tokenizer = build_word_tokenizer(REVERSAL_VOCAB)
         backbone = T5Config(vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
                             pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
-        freeze = False  # a random encoder must learn where each source word sits
     else:
         raise SystemExit("MRPC needs a pretrained T5: --backbone t5-small (or a local T5 folder).")
     seq_len = args.seq_len or (7 if args.reversal else 64)
     check_text_fits(train, tokenizer, seq_len)
 
-    # 3. The model: the QGFD denoiser over T5 embeddings, conditioned on the source text.
+    # 3. The model: the QGFD denoiser over T5 embeddings, conditioned on the source text. The
+    #    embeddings (the latent space) stay frozen; the T5 layers that read the source learn.
     set_seed(args.seed)
     model, tokenizer_out, _ = create_qgfd_diffusion_model(
-        "text", backbone, None, tokenizer=tokenizer, seq_len=seq_len, conditional=True, freeze_encoder=freeze,
+        "text", backbone, None, tokenizer=tokenizer, seq_len=seq_len, conditional=True, freeze_encoder=True, train_condition_encoder=True,
         d_model=args.d_model, num_layers=args.num_layers, num_heads=args.num_heads, d_ff=4 * args.d_model,
         beta_schedule="sqrt", prediction_type="sample", qgfd_steps=args.qgfd_steps, qgfd_alpha=args.qgfd_alpha,
     )
