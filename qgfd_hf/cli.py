@@ -269,7 +269,7 @@ class _TextJob:
     def __init__(self, args, defaults: dict):
         from .data_qgfd import check_dataset_for_modality, load_mrpc, make_reversal_dataset, train_test_split_dataset
 
-        if args.data_dir is not None if hasattr(args, "data_dir") else False:
+        if getattr(args, "data_dir", None) is not None:
             raise ValueError("--data-dir is an image folder; text takes --dataset reversal|mrpc or --data-files.")
         name = getattr(args, "dataset", None) or ("mrpc" if getattr(args, "data_files", None) else "reversal")
         self.defaults = defaults

@@ -7,6 +7,11 @@ embedding tells the denoiser which modality it is denoising. Phase 1 trains on t
 phase 2 continues the same weights on images; each phase is an ordinary `QGFDTrainer` run with
 its own checkpoints (`--resume` continues whichever phase was interrupted).
 
+What the defaults gave on 2 CPU cores (about 3 minutes): 94% exact match on held-out reversal
+pairs after the text phase, 0% after the image phase (training on images alone overwrites what
+the shared denoiser knew about text), and noisy digits (the 4-wide pixel patches live in a
+32-wide shared latent space, and 3000 steps are not enough there).
+
     # offline: the generated reversal task (random small T5), then scikit-learn's digits
     python scripts/train_shared.py --output-dir runs/shared --text-steps 3000 --image-steps 3000
 
@@ -19,6 +24,8 @@ its own checkpoints (`--resume` continues whichever phase was interrupted).
 
 import argparse
 import os
+
+import torch
 
 from accelerate.utils import set_seed
 from transformers import AutoTokenizer, T5Config
@@ -58,6 +65,17 @@ def parse_args():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true")
     return p.parse_args()
+
+
+def text_exact_match(model, tokenizer, heldout) -> float:
+    """Exact match of the shared model's text samples on held-out pairs (DDIM, 50 steps)."""
+    model.eval()
+    enc = tokenizer(list(heldout["source"]), padding=True, return_tensors="pt")
+    with torch.no_grad():
+        cond, mask = model.encode_condition(modality="text", input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])
+        latents = model.diffusion_sample(cond.shape[0], cond, mask, modality="text", num_inference_steps=50,
+                                         generator=torch.Generator().manual_seed(0))
+    return exact_match(model.decode_to_text(latents, tokenizer), heldout["target"])
 
 
 def main():
@@ -119,15 +137,17 @@ def main():
         metrics = trainer.train(resume=resume)
         trainer.ema.copy_to(model)  # the next phase starts from the averaged weights it saved
         print(f"phase {modality}: final loss {metrics['final_loss']:.4f} ({metrics['train_runtime_s']:.0f}s)")
+        if modality == "text":
+            print(f"  text exact match after the text phase: {text_exact_match(model, tokenizer, text_heldout):.1%}")
 
-    # 5. After both phases: does the shared denoiser still do text, and does it do images?
-    model.eval()
-    enc = tokenizer(list(text_heldout["source"]), padding=True, return_tensors="pt")
-    cond, mask = model.encode_condition(modality="text", input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])
-    latents = model.diffusion_sample(cond.shape[0], cond, mask, modality="text", num_inference_steps=50)
-    preds = model.decode_to_text(latents, tokenizer)
-    print(f"text after both phases: exact match {exact_match(preds, text_heldout['target']):.1%} on {len(preds)} held-out pairs")
-    images = model.decode_latents(model.diffusion_sample(64, modality="image", sampler="ddpm", num_inference_steps=100), modality="image")
+    # 5. After both phases: does the shared denoiser still do text (or did the image phase
+    #    overwrite it), and does it do images?
+    print(f"text exact match after both phases: {text_exact_match(model, tokenizer, text_heldout):.1%} "
+          f"on {len(text_heldout)} held-out pairs")
+    with torch.no_grad():
+        latents = model.diffusion_sample(64, modality="image", sampler="ddpm", num_inference_steps=100,
+                                         generator=torch.Generator().manual_seed(0))
+        images = model.decode_latents(latents, modality="image")
     grid = save_image_grid(images.float().numpy(), os.path.join(args.output_dir, "image_samples.png"), nrow=8, cell=40)
     print(f"image samples: {grid}")
 
