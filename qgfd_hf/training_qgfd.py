@@ -46,7 +46,7 @@ import re
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 import torch
 import torch.nn as nn
@@ -347,10 +347,10 @@ def save_loss_plot(log_history: List[dict], path: str, title: str = "QGFD diffus
 
     steps = [r["step"] for r in log_history]
     fig, (ax, ax_lr) = plt.subplots(2, 1, figsize=(7, 5.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
-    for key, style in (("loss", "-"), ("diffusion_loss", "--"), ("recon_loss", ":")):
-        values = [r.get(key) for r in log_history]
-        if any(v is not None for v in values) and (key == "loss" or any(v for v in values if v is not None)):
-            ax.plot(steps, [math.nan if v is None else v for v in values], style, label=key)
+    ax.plot(steps, [r["loss"] for r in log_history], "-", label="loss")
+    if any(r.get("recon_loss") for r in log_history):  # a learned decoder: show the two parts too
+        for key, style in (("diffusion_loss", "--"), ("recon_loss", ":")):
+            ax.plot(steps, [r.get(key, math.nan) for r in log_history], style, label=key)
     ax.set_yscale("log")
     ax.set_ylabel("loss (mean over the logging window)")
     ax.set_title(title)

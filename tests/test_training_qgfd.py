@@ -27,7 +27,6 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from qgfd_hf import DDPMBetaSchedule, QGFDMultiheadAttention, q_sample  # noqa: E402
-from qgfd_hf.attention_qgfd import QGFDAlpha  # noqa: E402
 from qgfd_hf.training_qgfd import (  # noqa: E402
     EMAModel,
     QGFDTrainer,
