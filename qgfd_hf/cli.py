@@ -75,8 +75,10 @@ TEXT_DATASETS = ("reversal", "mrpc")
 
 
 def _say(msg: str = "") -> None:
-    """The CLI's own output (the library logs through transformers' logging instead)."""
-    print(msg, flush=True)
+    """The CLI's own output (the library logs through transformers' logging instead); under
+    `accelerate launch` only the first process speaks."""
+    if os.environ.get("RANK", "0") == "0":
+        print(msg, flush=True)
 
 
 # ----------------------------------------------------------------------------------------
@@ -426,7 +428,9 @@ def cmd_train(args) -> int:
     defaults = dict(DEMO_SETTINGS[args.modality]) if is_demo_data else {}
     job = _make_job(args, defaults)
     _say(f"Training a {args.modality} model on {job.name} ({len(job.train)} examples) -> {args.output_dir}")
-    _, metrics, _ = _train(args, job, args.output_dir, defaults, {"dataset": job.card_name or job.name, "modality": args.modality})
+    trainer, metrics, _ = _train(args, job, args.output_dir, defaults, {"dataset": job.card_name or job.name, "modality": args.modality})
+    if not trainer.accelerator.is_main_process:  # under `accelerate launch`, one process reports
+        return 0
     if metrics.get("paused"):
         _say(f"  paused at step {metrics['global_step']}; checkpoint {os.path.abspath(metrics['checkpoint'])}")
         _say("  continue with the same command plus --resume")
@@ -484,6 +488,8 @@ def cmd_demo(args) -> int:
         f"steps on {torch.get_num_threads()} CPU thread(s) (--threads to change); output in {os.path.abspath(output_dir)}"
     )
     trainer, train_metrics, processor = _train(args, job, output_dir, defaults, {"dataset": job.card_name or job.name, "modality": args.modality, "demo": True})
+    if not trainer.accelerator.is_main_process:  # under `accelerate launch`, one process samples and scores
+        return 0
     model_dir = os.path.join(output_dir, "model")
     t_train = time.time() - t0
     if args.modality == "image":
