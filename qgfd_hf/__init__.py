@@ -77,3 +77,6 @@ from .modeling_qgfd_modalities import (
 )
 
 register_qgfd_auto_classes()
+from .pipeline_qgfd_diffusion import QGFDDiffusionPipeline, register_pipeline
+
+register_pipeline()

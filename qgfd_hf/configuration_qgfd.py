@@ -26,6 +26,9 @@ from transformers import AutoConfig, PretrainedConfig
 from .attention_qgfd import QGFDSettings
 from .scheduling_qgfd import BETA_SCHEDULES, PREDICTION_TYPES
 
+# True when this file is the installed `qgfd_hf` package, False in a `trust_remote_code` copy.
+_INSTALLED = __name__.split(".")[0] == "qgfd_hf"
+
 MODALITIES = ("text", "image", "audio", "video", "tabular")
 ALL_MODALITIES = MODALITIES + ("shared",)
 TIME_CONDITIONINGS = ("adaln", "add")
@@ -345,6 +348,12 @@ class QGFDConfig(PretrainedConfig):
         self.decoder_layers = decoder_layers
         self.decoder_dim = decoder_dim
         self.initializer_range = initializer_range
+        if _INSTALLED:
+            # Saved folders name the pipeline in `custom_pipelines` so that, where qgfd_hf is
+            # not installed, `pipeline(model=dir, trust_remote_code=True)` finds it. Where it is
+            # installed, "qgfd-diffusion" is registered already; keeping the entry would make
+            # transformers ask for `trust_remote_code` (see QGFDPreTrainedModel.save_pretrained).
+            kwargs.pop("custom_pipelines", None)
         super().__init__(**kwargs)
         self._validate_common()
         self._validate_modality()

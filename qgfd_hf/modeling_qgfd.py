@@ -32,6 +32,8 @@ from transformers.utils import ModelOutput, logging
 from .attention_qgfd import QGFDAlpha, QGFDMultiheadAttention
 from .configuration_qgfd import DIFFUSION_FIELDS, QGFD_FIELDS, DiffusionConfig, QGFDConfig
 from .scheduling_qgfd import DDPMBetaSchedule, diffusion_target, q_sample, sample_loop
+from .modelcard_qgfd import push_to_hub_with_card, save_model_card
+from .pipeline_qgfd_diffusion import PIPELINE_TASK, QGFDDiffusionPipeline
 
 logger = logging.get_logger(__name__)
 
@@ -655,6 +657,57 @@ class QGFDPreTrainedModel(PreTrainedModel):
         """Data from latents [B, L, latent_dim] (see the modality's docstring for the output)."""
         self.check_latents("latents", latents)
         return self.adapter.decode_latents(latents)
+
+    # -- saving and sharing ----------------------------------------------------------------
+
+    # The tokenizer / processor that prepares this model's data; the factory attaches it, and
+    # `save_pretrained` writes it beside the weights so `from_pretrained` users and the
+    # pipeline find it. A plain attribute: never part of the state dict.
+    processor = None
+
+    def save_pretrained(self, save_directory, *args, processor=None, training_info: Optional[Mapping] = None, model_card: bool = True, **kwargs):
+        """Save the model as transformers does (`config.json`, `model.safetensors`, and this
+        package's code for `trust_remote_code`), plus its tokenizer or processor and a model
+        card `README.md`.
+
+        Args:
+            save_directory: the folder.
+            processor (*optional*): the tokenizer / processor to save; defaults to `self.processor`.
+            training_info (`dict`, *optional*): what training recorded (data, steps, metrics) for the card.
+            model_card (`bool`, defaults to `True`): write `README.md`.
+            **kwargs: passed to `PreTrainedModel.save_pretrained`.
+        """
+        # The pipeline travels with the code: where qgfd_hf is not installed,
+        # `pipeline(model=dir, trust_remote_code=True)` reads this entry (the installed config
+        # class drops it on load, see QGFDConfig).
+        self.config.custom_pipelines = {
+            PIPELINE_TASK: {
+                "impl": f"{QGFDDiffusionPipeline.__module__.split('.')[-1]}.{QGFDDiffusionPipeline.__name__}",
+                "pt": ["AutoModel"],
+                "type": "multimodal",
+            }
+        }
+        try:
+            super().save_pretrained(save_directory, *args, **kwargs)
+        finally:
+            del self.config.custom_pipelines
+        if not kwargs.get("is_main_process", True):
+            return
+        processor = processor if processor is not None else self.processor
+        if processor is not None:
+            processor.save_pretrained(save_directory)
+        if model_card:
+            try:
+                save_model_card(self, save_directory, training_info=training_info)
+            except FileNotFoundError as err:  # a trust_remote_code copy has no template
+                logger.warning(f"No model card written: {err}")
+
+    def push_to_hub(self, repo_id: str, *, training_info: Optional[Mapping] = None, **kwargs):
+        """Upload the saved model (code, weights, tokenizer / processor) and its model card in one
+        commit. `transformers`' own `push_to_hub` would replace the card with a generic one.
+        Keyword arguments: those of `qgfd_hf.push_to_hub_with_card` (`private`, `token`,
+        `revision`, `commit_message`, `create_pr`, ...)."""
+        return push_to_hub_with_card(self, repo_id, training_info=training_info, **kwargs)
 
     def get_schedule(self, device=None) -> DDPMBetaSchedule:
         """The noise schedule of `config` (float64), on `device` (default: the model's)."""

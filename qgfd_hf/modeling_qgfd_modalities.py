@@ -795,6 +795,7 @@ def create_qgfd_diffusion_model(
         model.adapter.fit_embedding_scale()
     if loaded is None:
         loaded = _processor_from_config(modality, config)
+    model.processor = loaded  # saved with the model by save_pretrained
     return model, loaded, model.get_schedule()
 
 

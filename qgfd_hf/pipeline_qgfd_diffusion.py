@@ -1,0 +1,282 @@
+# coding=utf-8
+"""`pipeline("qgfd-diffusion")`: sample real data from a QGFD diffusion model.
+
+The denoising loop is written out in `_forward`: the network predicts once per timestep
+and the sampler (`scheduling_qgfd`) moves the latents; nothing loops inside the model.
+
+Every QGFD diffusion model exposes the same contract, which is all this pipeline uses:
+`config.modality`, `is_conditional`, `latent_shape(batch_size)`,
+`encode_condition(**tokenized) -> (cond_tokens, cond_mask)`,
+`denoise(x_t, t, cond_tokens, cond_mask)`, `decode_latents(latents)`, `get_schedule()`.
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional, Union
+
+import numpy as np
+import torch
+from transformers import Pipeline
+from transformers.utils import logging
+
+from .scheduling_qgfd import SAMPLERS, sample_loop
+
+logger = logging.get_logger(__name__)
+
+OUTPUT_TYPES = ("data", "np", "latent")
+PIPELINE_TASK = "qgfd-diffusion"
+
+
+class QGFDDiffusionPipeline(Pipeline):
+    """Sample from a QGFD diffusion model: strings, PIL images, waveforms, video frames or table rows.
+
+    Call arguments:
+        inputs (`str` or `list[str]`, *optional*): conditioning texts, for conditional models
+            only (one sample set per text); unconditional models take none.
+        num_samples (`int`, defaults to 1): samples per conditioning text, or in all for
+            an unconditional model.
+        num_inference_steps (`int`, *optional*): denoising steps, 1..`num_timesteps` (all by default
+            for `"ddpm"`, 50 (or fewer if trained with fewer) for `"ddim"`).
+        sampler (`str`, defaults to `"ddim"`): `"ddim"` or `"ddpm"`.
+        eta (`float`, defaults to 0.0): DDIM's eta (0 = deterministic given the starting noise).
+        generator (`torch.Generator`, *optional*) or seed (`int`, *optional*): for reproducible samples.
+        batch_size (`int`, *optional*): how many samples go through the network at once.
+        output_type (`str`, defaults to `"data"`): `"data"` (strings, PIL images, waveforms,
+            frames, rows), `"np"` (numpy arrays), or `"latent"` (the sampled latents).
+        progress_bar (`bool`, defaults to `True`): show the sampler's progress bar.
+
+    Returns a list with one entry per sample (per text, a list of `num_samples` entries):
+    text `{"generated_text": str}`; image `{"image": PIL.Image}`; audio
+    `{"audio": np.ndarray [N], "sampling_rate": int}`; video `{"frames": np.ndarray [F, H, W, C]}`;
+    tabular `{"row": {column: value}}`. With `output_type="np"`: `{"np": array}` (images
+    `[H, W, C]` and video `[F, H, W, C]` floats in [0, 1], audio `[N]`, tables `[num_features]`,
+    text the token ids `[L]`); with `"latent"`: `{"latent": tensor}`.
+
+    Example:
+        >>> from transformers import pipeline
+        >>> import qgfd_hf  # registers "qgfd-diffusion"
+        >>> pipe = pipeline("qgfd-diffusion", model="path/to/saved/model")  # doctest: +SKIP
+        >>> pipe(num_samples=4, seed=0)[0]["image"]  # doctest: +SKIP
+    """
+
+    _load_tokenizer = None  # loaded when the folder has one (text models need it)
+    _load_processor = False
+    _load_image_processor = False
+    _load_feature_extractor = False
+    _load_video_processor = False
+
+    def _sanitize_parameters(
+        self,
+        num_samples=None,
+        num_inference_steps=None,
+        sampler=None,
+        eta=None,
+        generator=None,
+        seed=None,
+        output_type=None,
+        progress_bar=None,
+        sample_batch_size=None,
+        max_length=None,
+        **kwargs,
+    ):
+        if kwargs:
+            raise ValueError(f"Unknown argument(s) {sorted(kwargs)} for the qgfd-diffusion pipeline.")
+        preprocess, forward, postprocess = {}, {}, {}
+        if num_samples is not None:
+            if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+                raise ValueError(f"`num_samples` must be an int >= 1, got {num_samples!r}.")
+            preprocess["num_samples"] = num_samples
+        if max_length is not None:
+            preprocess["max_length"] = max_length
+        if num_inference_steps is not None:
+            if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps <= 0:
+                raise ValueError(f"`num_inference_steps` must be an int >= 1, got {num_inference_steps!r}.")
+            forward["num_inference_steps"] = num_inference_steps
+        if sampler is not None:
+            if sampler not in SAMPLERS:
+                raise ValueError(f"Unknown sampler {sampler!r}; allowed: {', '.join(map(repr, SAMPLERS))}.")
+            forward["sampler"] = sampler
+        if eta is not None:
+            forward["eta"] = eta
+        if generator is not None and seed is not None:
+            raise ValueError("Pass either `generator` or `seed`, not both.")
+        if seed is not None:
+            if isinstance(seed, bool) or not isinstance(seed, int):
+                raise ValueError(f"`seed` must be an int, got {seed!r}.")
+            forward["seed"] = seed
+        if generator is not None:
+            if not isinstance(generator, torch.Generator):
+                raise ValueError(f"`generator` must be a torch.Generator, got {type(generator).__name__}.")
+            forward["generator"] = generator
+        if progress_bar is not None:
+            forward["progress_bar"] = bool(progress_bar)
+        if sample_batch_size is not None:
+            if isinstance(sample_batch_size, bool) or not isinstance(sample_batch_size, int) or sample_batch_size < 1:
+                raise ValueError(f"`batch_size` must be an int >= 1, got {sample_batch_size!r}.")
+            forward["batch_size"] = sample_batch_size
+        if output_type is not None:
+            if output_type not in OUTPUT_TYPES:
+                raise ValueError(f"Unknown output_type {output_type!r}; allowed: {', '.join(map(repr, OUTPUT_TYPES))}.")
+            postprocess["output_type"] = output_type
+        return preprocess, forward, postprocess
+
+    def __init__(self, *args, **kwargs):
+        # `batch_size` means samples per network call here, not the DataLoader batching of Pipeline.
+        if "batch_size" in kwargs:
+            kwargs["sample_batch_size"] = kwargs.pop("batch_size")
+        super().__init__(*args, **kwargs)
+
+    def __call__(self, inputs: Optional[Union[str, List[str]]] = None, **kwargs):
+        if "batch_size" in kwargs:
+            kwargs["sample_batch_size"] = kwargs.pop("batch_size")
+        pre, fwd, post = self._sanitize_parameters(**kwargs)
+        pre = {**self._preprocess_params, **pre}
+        fwd = {**self._forward_params, **fwd}
+        post = {**self._postprocess_params, **post}
+        model_inputs = self.preprocess(inputs, **pre)
+        model_outputs = self.forward(model_inputs, **fwd)
+        return self.postprocess(model_outputs, **post)
+
+    # 1. Conditioning: validate and tokenize.
+    def preprocess(self, inputs=None, num_samples: int = 1, max_length: Optional[int] = None):
+        model = self.model
+        single = isinstance(inputs, str)
+        if model.is_conditional:
+            if inputs is None:
+                raise ValueError(
+                    f"This {model.config.modality} model is conditional: pass conditioning text, e.g. pipe('a source sentence')."
+                )
+            texts = [inputs] if single else inputs
+            if not isinstance(texts, (list, tuple)) or not texts or not all(isinstance(x, str) for x in texts):
+                raise ValueError(f"Conditioning must be a string or a non-empty list of strings, got {inputs!r}.")
+            if self.tokenizer is None:
+                raise ValueError("A conditional model needs its tokenizer: save it with the model or pass `tokenizer=`.")
+            max_length = max_length or getattr(model.config, "max_length", None)
+            enc = self.tokenizer(
+                list(texts), return_tensors="pt", padding=True, truncation=max_length is not None, max_length=max_length
+            )
+            cond = {k: enc[k].repeat_interleave(num_samples, dim=0) for k in ("input_ids", "attention_mask")}
+            return {"cond_inputs": cond, "num_texts": len(texts), "num_samples": num_samples, "single": single}
+        if inputs is not None:
+            raise ValueError(
+                f"This {model.config.modality} model is unconditional and takes no conditioning input, got {inputs!r}; "
+                "use `num_samples=` to choose how many samples."
+            )
+        return {"cond_inputs": None, "num_texts": None, "num_samples": num_samples, "single": False}
+
+    # 2. The denoising loop, in batches.
+    def _forward(
+        self,
+        model_inputs,
+        num_inference_steps: Optional[int] = None,
+        sampler: str = "ddim",
+        eta: float = 0.0,
+        generator: Optional[torch.Generator] = None,
+        seed: Optional[int] = None,
+        progress_bar: bool = True,
+        batch_size: Optional[int] = None,
+    ):
+        model = self.model
+        schedule = model.get_schedule().to(self.device)
+        T = schedule.num_timesteps
+        if num_inference_steps is not None and num_inference_steps > T:
+            raise ValueError(f"`num_inference_steps` must be in [1, {T}] (the trained steps), got {num_inference_steps}.")
+        if num_inference_steps is None and sampler == "ddim":
+            num_inference_steps = min(50, T)
+        if seed is not None:
+            generator = torch.Generator().manual_seed(seed)
+        cond = model_inputs["cond_inputs"]
+        total = cond["input_ids"].shape[0] if cond is not None else model_inputs["num_samples"]
+        batch_size = batch_size or total
+        dtype = next(model.parameters()).dtype
+        # All starting noise is drawn first, so that with DDIM (eta = 0) a sample does not
+        # depend on `batch_size`.
+        noise_device = generator.device if generator is not None else torch.device("cpu")
+        x_T = torch.randn(model.latent_shape(total), generator=generator, device=noise_device, dtype=torch.float32)
+        latents = []
+        for start in range(0, total, batch_size):
+            n = min(batch_size, total - start)
+            cond_tokens = cond_mask = None
+            if cond is not None:
+                chunk = {k: v[start : start + n].to(self.device) for k, v in cond.items()}
+                cond_tokens, cond_mask = model.encode_condition(**chunk)
+
+            def denoise_fn(x_t, t):
+                return model.denoise(x_t, t, cond_tokens=cond_tokens, cond_mask=cond_mask)
+
+            latents.append(
+                sample_loop(
+                    denoise_fn,
+                    model.latent_shape(n),
+                    schedule,
+                    sampler=sampler,
+                    num_inference_steps=num_inference_steps,
+                    eta=eta,
+                    prediction_type=model.config.prediction_type,
+                    generator=generator,
+                    device=self.device,
+                    dtype=dtype,
+                    progress=progress_bar,
+                    x_T=x_T[start : start + n],
+                )
+            )
+        latents = torch.cat(latents)
+        data = model.decode_latents(latents)
+        if model.config.modality == "text":
+            data = model.decode_to_text(latents, self.tokenizer) if self.tokenizer is not None else data
+        return {**model_inputs, "latents": latents, "data": data}
+
+    # 3. Data out, in the modality's own form.
+    def postprocess(self, model_outputs, output_type: str = "data"):
+        modality = self.model.config.modality
+        latents, data = model_outputs["latents"], model_outputs["data"]
+        if output_type == "latent":
+            items = [{"latent": x} for x in latents]
+        elif output_type == "np":
+            if isinstance(data, torch.Tensor):
+                arr = data.float()
+                if modality == "image":
+                    arr = arr.permute(0, 2, 3, 1)  # (B, H, W, C)
+                elif modality == "video":
+                    arr = arr.permute(0, 1, 3, 4, 2)  # (B, F, H, W, C)
+                items = [{"np": x} for x in arr.numpy()]
+            else:  # text decoded to strings: the token ids are its numpy form
+                ids = self.model.decode_latents(latents)
+                items = [{"np": x} for x in ids.numpy()]
+        else:
+            items = [self._to_data(modality, x) for x in (data if not isinstance(data, torch.Tensor) else data.float())]
+        k = model_outputs["num_texts"]
+        if k is None:
+            return items
+        n = model_outputs["num_samples"]
+        grouped = [items[i * n : (i + 1) * n] for i in range(k)]
+        return grouped[0] if model_outputs["single"] else grouped
+
+    def _to_data(self, modality: str, x):
+        cfg = self.model.config
+        if modality == "text":
+            if isinstance(x, str):
+                return {"generated_text": x}
+            raise ValueError("Decoding text needs the model's tokenizer; pass `tokenizer=` to the pipeline.")
+        if modality == "image":
+            from PIL import Image
+
+            arr = (x.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)  # (H, W, C)
+            return {"image": Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr)}
+        if modality == "audio":
+            return {"audio": x.numpy().astype(np.float32), "sampling_rate": int(getattr(cfg, "sampling_rate", 16000))}
+        if modality == "video":
+            return {"frames": (x.clamp(0, 1).permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)}  # (F, H, W, C)
+        if modality == "tabular":
+            names = getattr(cfg, "feature_names", None) or [f"feature_{i}" for i in range(x.shape[-1])]
+            return {"row": {name: float(v) for name, v in zip(names, x.tolist())}}
+        raise ValueError(f"The pipeline cannot turn {modality!r} latents into data; use output_type='latent'.")
+
+
+def register_pipeline():
+    """Register `"qgfd-diffusion"` with transformers' pipeline registry (done on `import qgfd_hf`)."""
+    from transformers import AutoModel
+    from transformers.pipelines import PIPELINE_REGISTRY
+
+    if PIPELINE_TASK not in PIPELINE_REGISTRY.get_supported_tasks():
+        PIPELINE_REGISTRY.register_pipeline(PIPELINE_TASK, pipeline_class=QGFDDiffusionPipeline, pt_model=AutoModel, type="multimodal")
