@@ -155,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sampler", default="ddim", choices=("ddim", "ddpm"))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output", default=None, help="images: the PNG grid to write (default: samples.png beside the model)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     p.add_argument("--no-progress", action="store_true")
 
     p = sub.add_parser(
@@ -344,19 +345,11 @@ def _train(args, job, output_dir: str, defaults: dict, metadata: dict):
 
 def generate(model_or_path, inputs=None, *, num_samples: Optional[int] = None, num_inference_steps: int = 50,
              sampler: str = "ddim", seed: int = 0, batch_size: int = 256, progress: bool = True):
-    """Samples through `pipeline("qgfd-diffusion")`: image arrays `[N, C, H, W]` in [0, 1] for an
-    unconditional image model, or one string per input text for a conditional text model.
-
-    This is the one place the CLI samples. Until `pipeline_qgfd_diffusion.py` is in the package it
-    falls back, with a warning, to the same loop run directly (`_generate_without_pipeline`).
-    """
-    try:
-        from .pipeline_qgfd_diffusion import register_pipeline
-    except ImportError:
-        return _generate_without_pipeline(model_or_path, inputs, num_samples, num_inference_steps, sampler, seed, batch_size, progress)
+    """Samples through `pipeline("qgfd-diffusion")` (registered by `import qgfd_hf`): image arrays
+    `[N, C, H, W]` in [0, 1] for an unconditional image model, or one string per input text
+    for a conditional text model."""
     from transformers import pipeline
 
-    register_pipeline()  # idempotent; `import qgfd_hf` registers it too
     pipe = pipeline("qgfd-diffusion", model=model_or_path)
     kwargs = dict(num_inference_steps=num_inference_steps, sampler=sampler, seed=seed, batch_size=batch_size, progress_bar=progress)
     if inputs is None:
@@ -364,32 +357,6 @@ def generate(model_or_path, inputs=None, *, num_samples: Optional[int] = None, n
         return np.stack([o["np"] for o in out]).transpose(0, 3, 1, 2)  # the pipeline's [H, W, C] -> [N, C, H, W]
     out = pipe(list(inputs), **kwargs)  # one list of samples per input text
     return [group[0]["generated_text"] for group in out]
-
-
-def _generate_without_pipeline(path, inputs, num_samples, num_inference_steps, sampler, seed, batch_size, progress):
-    """The pipeline's loop, written against the model contract (a stop-gap until the pipeline lands)."""
-    from transformers import AutoModel, AutoTokenizer
-    from transformers.utils import logging
-
-    logging.get_logger(__name__).warning("qgfd_hf.pipeline_qgfd_diffusion is missing; sampling with the model's own sampler.")
-    model = AutoModel.from_pretrained(path).eval()
-    generator = torch.Generator().manual_seed(seed)
-    outs = []
-    with torch.no_grad():
-        if inputs is None:
-            for start in range(0, num_samples, batch_size):
-                n = min(batch_size, num_samples - start)
-                latents = model.diffusion_sample(n, sampler=sampler, num_inference_steps=num_inference_steps, generator=generator, progress=progress)
-                outs.append(model.decode_latents(latents).float().cpu().numpy())
-            return np.concatenate(outs)
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        inputs = list(inputs)
-        for start in range(0, len(inputs), batch_size):
-            enc = tokenizer(inputs[start : start + batch_size], padding=True, return_tensors="pt")
-            cond, mask = model.encode_condition(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])
-            latents = model.diffusion_sample(cond.shape[0], cond, mask, sampler=sampler, num_inference_steps=num_inference_steps, generator=generator, progress=progress)
-            outs.extend(model.decode_to_text(latents, tokenizer))
-        return outs
 
 
 def save_image_grid(images: np.ndarray, path: str, nrow: Optional[int] = None, cell: int = 32, pad: int = 2) -> str:
@@ -442,6 +409,7 @@ def cmd_train(args) -> int:
 def cmd_sample(args) -> int:
     from transformers import AutoConfig
 
+    _set_threads(args.threads)
     try:
         config = AutoConfig.from_pretrained(args.model)
     except Exception as e:
