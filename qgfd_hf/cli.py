@@ -155,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sampler", default="ddim", choices=("ddim", "ddpm"))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output", default=None, help="images: the PNG grid to write (default: samples.png beside the model)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads for torch (default 1: robust when cores are shared)")
     p.add_argument("--no-progress", action="store_true")
 
     p = sub.add_parser(
