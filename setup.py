@@ -29,7 +29,15 @@ setup(
         "datasets>=3.0",
         "numpy",
         "tqdm",
+        # `qgfd-hf demo` at runtime: scikit-learn ships the 8x8 digits and fits the metrics'
+        # classifier; matplotlib draws the training loss PNG; tokenizers builds the text
+        # demo's tokenizer offline; pillow writes the sample grid and reads image folders.
+        "scikit-learn>=1.3",
+        "matplotlib>=3.7",
+        "pillow>=10",
+        "tokenizers>=0.20",
     ],
+    entry_points={"console_scripts": ["qgfd-hf=qgfd_hf.cli:main"]},
     extras_require={
         "test": ["pytest>=8", "scikit-learn>=1.3", "matplotlib>=3.7", "pillow>=10", "sentencepiece"],
     },

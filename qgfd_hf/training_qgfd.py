@@ -1,0 +1,721 @@
+# coding=utf-8
+"""Training QGFD diffusion models on `accelerate`.
+
+One trainer for every modality: it only needs a model with
+`compute_loss(batch, generator=None) -> dict(loss=...)` and a dataset whose rows a collator
+turns into that `batch`. What it does each optimizer step, in order:
+
+1. `set_qgfd_step(model, global_step)`: the QGFD alpha warm-up is driven by optimizer steps.
+2. For each of `gradient_accumulation_steps` micro-batches (inside `accelerator.accumulate`):
+   draw the step's noise from a generator seeded by (seed, micro-step, process), compute the
+   loss, backward.
+3. Clip the gradient norm, step AdamW and the warmup + cosine learning rate, zero the grads.
+4. Update the EMA of the trainable weights (the denoiser, and any decoder trained beside it).
+5. Every `checkpoint_every` steps: `accelerator.save_state` into a temporary folder that is
+   then renamed into place, so a kill never leaves a half-written checkpoint; keep the last N.
+
+At the end the EMA weights are copied into the model and saved with `save_pretrained`
+(also written to a temporary folder, then renamed), beside `metrics.json` and `loss.png`.
+
+Layout of `output_dir`::
+
+    output_dir/
+      checkpoints/checkpoint-00000200/   accelerate state: weights, optimizer, LR scheduler,
+                                         RNG states, EMA, trainer state (step, loss history)
+      model/                             save_pretrained of the EMA weights (Hub-ready)
+      loss.png                           loss curve (and learning rate)
+      metrics.json                       summary and the loss history
+
+Resuming (`train(resume=True)`) loads the newest complete checkpoint and continues at the same
+optimizer step, with the same data order (`skip_first_batches` into the same shuffled epoch) and
+the same noise, so a killed and resumed run ends with the same weights as an uninterrupted one.
+
+Batch sizes: `batch_size` is the *global* batch of one micro-step; with N processes each
+process gets `batch_size / N` rows (accelerate's `split_batches=True`). So a run on 1 process and
+on N processes with the same `batch_size` see the same examples per step, and the learning-rate
+schedule advances once per optimizer step on any number of processes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging as py_logging
+import math
+import os
+import re
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Dict, List, Optional
+
+import torch
+import torch.nn as nn
+from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs, GradientAccumulationPlugin, set_seed
+from tqdm.auto import tqdm
+from transformers import get_scheduler
+from transformers.utils import logging
+
+from .attention_qgfd import set_qgfd_step
+
+logger = logging.get_logger(__name__)
+
+
+class _TiedWeightsNote(py_logging.Filter):
+    """Drops accelerate's per-checkpoint "Removed shared tensor ..." warning: tied weights (T5's
+    shared embedding) are written once and tied again on load; resuming a text model gives the
+    same weights (tests/test_cli.py checks it)."""
+
+    def filter(self, record):
+        return "Removed shared tensor" not in str(record.getMessage())
+
+
+py_logging.getLogger("accelerate.utils.other").addFilter(_TiedWeightsNote())
+
+LR_SCHEDULES = ("cosine", "linear", "constant")
+MIXED_PRECISIONS = ("no", "fp16", "bf16")
+CHECKPOINT_PREFIX = "checkpoint-"
+_TMP_PREFIX = ".tmp-"
+
+
+# ----------------------------------------------------------------------------------------
+# Arguments
+# ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class QGFDTrainingArguments:
+    """Every training hyperparameter, validated in one place.
+
+    Args:
+        output_dir (`str`): where checkpoints, the model, `loss.png` and `metrics.json` go.
+        max_steps (`int`, defaults to 1000): optimizer steps to train for.
+        batch_size (`int`, defaults to 64): the global batch of one micro-step (split across
+            processes; must be divisible by the number of processes).
+        gradient_accumulation_steps (`int`, defaults to 1): micro-steps per optimizer step.
+        learning_rate (`float`, defaults to 1e-3): peak AdamW learning rate.
+        weight_decay (`float`, defaults to 0.0): AdamW weight decay, on matrices only (not on
+            biases, norms or 1-d parameters).
+        adam_beta1, adam_beta2 (`float`, defaults to 0.9, 0.999): AdamW betas.
+        lr_schedule (`str`, defaults to `"cosine"`): `"cosine"`, `"linear"` or `"constant"`, after
+            a linear warm-up of `warmup_steps`.
+        warmup_steps (`int`, defaults to 0): learning-rate warm-up, in optimizer steps.
+        max_grad_norm (`float`, defaults to 1.0): gradient clipping; 0 turns it off.
+        mixed_precision (`str`, defaults to `"no"`): `"no"`, `"fp16"` or `"bf16"` (accelerate's).
+        ema_decay (`float`, defaults to 0.999): decay of the EMA of the trainable weights, in
+            [0, 1); 0 turns EMA off (the saved model then has the raw weights). The decay used
+            at step s is `min(ema_decay, (1 + s) / (10 + s))`, so early averages are not
+            dominated by the random initialisation.
+        checkpoint_every (`int`, defaults to 500): optimizer steps between checkpoints; 0 = none.
+        keep_last (`int`, defaults to 2): how many checkpoints to keep (>= 1).
+        log_every (`int`, defaults to 10): optimizer steps between loss records (the PNG's points).
+        seed (`int`, defaults to 0): seeds Python, NumPy, torch, the data order and the noise.
+        num_workers (`int`, defaults to 0): DataLoader workers.
+        progress (`bool`, defaults to `True`): a tqdm progress bar on the main process.
+        stop_after (`int`, *optional*): pause after this many optimizer steps: write a checkpoint
+            and return, without the final model (`train(resume=True)` continues). The learning
+            rate schedule still runs to `max_steps`, so a paused and resumed run equals an
+            uninterrupted one.
+    """
+
+    output_dir: str
+    max_steps: int = 1000
+    batch_size: int = 64
+    gradient_accumulation_steps: int = 1
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    lr_schedule: str = "cosine"
+    warmup_steps: int = 0
+    max_grad_norm: float = 1.0
+    mixed_precision: str = "no"
+    ema_decay: float = 0.999
+    checkpoint_every: int = 500
+    keep_last: int = 2
+    log_every: int = 10
+    seed: int = 0
+    num_workers: int = 0
+    progress: bool = True
+    stop_after: Optional[int] = None
+
+    def __post_init__(self):
+        if not isinstance(self.output_dir, (str, os.PathLike)) or not str(self.output_dir):
+            raise ValueError(f"`output_dir` must be a path, got {self.output_dir!r}.")
+        self.output_dir = str(self.output_dir)
+        for name, low in (
+            ("max_steps", 1),
+            ("batch_size", 1),
+            ("gradient_accumulation_steps", 1),
+            ("warmup_steps", 0),
+            ("checkpoint_every", 0),
+            ("keep_last", 1),
+            ("log_every", 1),
+            ("seed", 0),
+            ("num_workers", 0),
+        ):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"`{name}` must be an int >= {low}, got {value!r}.")
+        for name in ("learning_rate",):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not value > 0:
+                raise ValueError(f"`{name}` must be > 0, got {value!r}.")
+        for name in ("weight_decay", "max_grad_norm"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or value < 0:
+                raise ValueError(f"`{name}` must be >= 0, got {value!r}.")
+        for name in ("adam_beta1", "adam_beta2", "ema_decay"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not 0 <= value < 1:
+                raise ValueError(f"`{name}` must lie in [0, 1), got {value!r}.")
+        if self.stop_after is not None and (isinstance(self.stop_after, bool) or not isinstance(self.stop_after, int) or self.stop_after < 1):
+            raise ValueError(f"`stop_after` must be None or an int >= 1, got {self.stop_after!r}.")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"Unknown lr_schedule {self.lr_schedule!r}; allowed: {', '.join(LR_SCHEDULES)}.")
+        if self.mixed_precision not in MIXED_PRECISIONS:
+            raise ValueError(f"Unknown mixed_precision {self.mixed_precision!r}; allowed: {', '.join(MIXED_PRECISIONS)}.")
+
+    @property
+    def checkpoint_dir(self) -> str:
+        return os.path.join(self.output_dir, "checkpoints")
+
+    @property
+    def model_dir(self) -> str:
+        return os.path.join(self.output_dir, "model")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# ----------------------------------------------------------------------------------------
+# EMA of the trainable weights
+# ----------------------------------------------------------------------------------------
+
+
+class EMAModel:
+    """Exponential moving average of a model's trainable parameters (float32 shadow copies).
+
+    Frozen parameters (a pretrained encoder that produces x0) never change, so only the
+    trainable ones, the denoiser and any decoder trained beside it, are averaged. The EMA
+    weights are the ones used for sampling and saving.
+
+    `state_dict` / `load_state_dict` make it checkpointable with
+    `accelerator.register_for_checkpointing`.
+    """
+
+    def __init__(self, model: nn.Module, decay: float = 0.999):
+        self.decay = float(decay)
+        self.names = [n for n, p in model.named_parameters() if p.requires_grad]
+        params = dict(model.named_parameters())
+        self.shadow = {n: params[n].detach().clone().float() for n in self.names}
+        self.num_updates = 0
+        self._backup: Optional[Dict[str, torch.Tensor]] = None
+
+    def current_decay(self) -> float:
+        s = self.num_updates
+        return min(self.decay, (1 + s) / (10 + s))
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        d = self.current_decay()
+        params = dict(model.named_parameters())
+        for n in self.names:
+            p = params[n].detach().float()
+            self.shadow[n].mul_(d).add_(p, alpha=1 - d)
+        self.num_updates += 1
+
+    @torch.no_grad()
+    def copy_to(self, model: nn.Module) -> None:
+        """Write the EMA weights into `model`, keeping the live weights to `restore` later."""
+        params = dict(model.named_parameters())
+        self._backup = {n: params[n].detach().clone() for n in self.names}
+        for n in self.names:
+            params[n].copy_(self.shadow[n].to(params[n].dtype))
+
+    @torch.no_grad()
+    def restore(self, model: nn.Module) -> None:
+        if self._backup is None:
+            raise RuntimeError("`restore` called without a preceding `copy_to`.")
+        params = dict(model.named_parameters())
+        for n in self.names:
+            params[n].copy_(self._backup[n])
+        self._backup = None
+
+    def to(self, device) -> "EMAModel":
+        self.shadow = {n: v.to(device) for n, v in self.shadow.items()}
+        return self
+
+    def state_dict(self) -> dict:
+        return {"decay": self.decay, "num_updates": self.num_updates, "shadow": {n: v.cpu() for n, v in self.shadow.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        missing = set(self.names) - set(state["shadow"])
+        if missing:
+            raise ValueError(f"The EMA state lacks parameters {sorted(missing)[:5]}...; was it saved from another model?")
+        device = next(iter(self.shadow.values())).device if self.shadow else "cpu"
+        self.decay = state["decay"]
+        self.num_updates = state["num_updates"]
+        self.shadow = {n: state["shadow"][n].to(device).float() for n in self.names}
+
+
+# ----------------------------------------------------------------------------------------
+# Trainer state (checkpointed beside the weights)
+# ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainerState:
+    """The bookkeeping a resumed run needs: the optimizer step and the loss history."""
+
+    global_step: int = 0
+    log_history: List[dict] = field(default_factory=list)
+    train_seconds: float = 0.0
+
+    def state_dict(self) -> dict:
+        return asdict(self)
+
+    def load_state_dict(self, state: dict) -> None:
+        self.global_step = int(state["global_step"])
+        self.log_history = list(state["log_history"])
+        self.train_seconds = float(state.get("train_seconds", 0.0))
+
+
+class _LossModule(nn.Module):
+    """Routes `forward` to `model.compute_loss`, so that DistributedDataParallel sees the forward
+    pass it needs (its gradient hooks are armed in `forward`, not in other methods)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: dict, generator: Optional[torch.Generator] = None):
+        return self.model.compute_loss(batch, generator=generator)
+
+
+# ----------------------------------------------------------------------------------------
+# Checkpoints: atomic writes, newest complete one
+# ----------------------------------------------------------------------------------------
+
+
+def checkpoint_name(step: int) -> str:
+    return f"{CHECKPOINT_PREFIX}{step:08d}"
+
+
+def list_checkpoints(checkpoint_dir: str) -> List[str]:
+    """Complete checkpoints, oldest first (temporary folders of an interrupted save are skipped)."""
+    if not os.path.isdir(checkpoint_dir):
+        return []
+    found = []
+    for name in os.listdir(checkpoint_dir):
+        m = re.fullmatch(rf"{CHECKPOINT_PREFIX}(\d+)", name)
+        if m and os.path.isdir(os.path.join(checkpoint_dir, name)):
+            found.append((int(m.group(1)), os.path.join(checkpoint_dir, name)))
+    return [path for _, path in sorted(found)]
+
+
+def last_checkpoint(checkpoint_dir: str) -> Optional[str]:
+    ckpts = list_checkpoints(checkpoint_dir)
+    return ckpts[-1] if ckpts else None
+
+
+def _replace_dir(tmp: str, final: str) -> None:
+    """Move the finished folder `tmp` to `final`. A rename is atomic; an existing `final` is
+    moved aside first and removed only after the new one is in place."""
+    old = None
+    if os.path.exists(final):
+        old = os.path.join(os.path.dirname(final), _TMP_PREFIX + "old-" + os.path.basename(final))
+        if os.path.exists(old):
+            shutil.rmtree(old)
+        os.replace(final, old)
+    os.replace(tmp, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------------------
+# Loss curve
+# ----------------------------------------------------------------------------------------
+
+
+def save_loss_plot(log_history: List[dict], path: str, title: str = "QGFD diffusion training") -> str:
+    """Write the loss curve (log scale) and learning rate to a PNG with matplotlib's Agg backend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [r["step"] for r in log_history]
+    fig, (ax, ax_lr) = plt.subplots(2, 1, figsize=(7, 5.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    ax.plot(steps, [r["loss"] for r in log_history], "-", label="loss")
+    if any(r.get("recon_loss") for r in log_history):  # a learned decoder: show the two parts too
+        for key, style in (("diffusion_loss", "--"), ("recon_loss", ":")):
+            ax.plot(steps, [r.get(key, math.nan) for r in log_history], style, label=key)
+    ax.set_yscale("log")
+    ax.set_ylabel("loss (mean over the logging window)")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    ax_lr.plot(steps, [r.get("lr", math.nan) for r in log_history], color="gray")
+    ax_lr.set_ylabel("learning rate")
+    ax_lr.set_xlabel("optimizer step")
+    ax_lr.grid(True, alpha=0.3)
+    fig.tight_layout()
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+# ----------------------------------------------------------------------------------------
+# Model card
+# ----------------------------------------------------------------------------------------
+
+
+def write_model_card(model: nn.Module, folder: str, training_info: dict) -> Optional[str]:
+    """Write the library's README.md model card, with what training recorded, into `folder`.
+    Models without a QGFD config (no `modality`) get none."""
+    from .modelcard_qgfd import save_model_card
+
+    if getattr(getattr(model, "config", None), "modality", None) is None:
+        return None
+    try:
+        return str(save_model_card(model, folder, training_info=training_info))
+    except ValueError as e:  # e.g. a modality the card template does not know: the weights still count
+        logger.warning(f"No model card written: {e}")
+        return None
+
+
+# ----------------------------------------------------------------------------------------
+# The trainer
+# ----------------------------------------------------------------------------------------
+
+
+def _noise_seed(seed: int, micro_step: int, process_index: int, num_processes: int) -> int:
+    # A distinct, reproducible stream for every (micro-step, process): resuming needs no RNG
+    # state for the diffusion noise and timesteps.
+    return (seed * 1_000_003 + micro_step * num_processes + process_index) % (2**63 - 1)
+
+
+def _to_float(v) -> Optional[float]:
+    if v is None:
+        return None
+    return float(v.detach().float().mean()) if isinstance(v, torch.Tensor) else float(v)
+
+
+class QGFDTrainer:
+    """Train a QGFD diffusion model with `accelerate`.
+
+    Args:
+        model: a model with `compute_loss(batch, generator=None) -> dict(loss=...)` and
+            `save_pretrained` (every QGFD diffusion model has both).
+        args (`QGFDTrainingArguments`): the hyperparameters.
+        train_dataset: a map-style dataset (e.g. a `datasets.Dataset`); `len` >= `batch_size`.
+        data_collator: turns a list of rows into the `batch` dict `compute_loss` takes.
+        processing_class: a tokenizer or processor saved beside the model (optional).
+        metadata (`dict`, optional): anything to record in `metrics.json` (dataset name, ...).
+
+    Example:
+        >>> args = QGFDTrainingArguments("out", max_steps=200, batch_size=32)  # doctest: +SKIP
+        >>> trainer = QGFDTrainer(model, args, train_dataset, data_collator=collate)  # doctest: +SKIP
+        >>> metrics = trainer.train()        # or trainer.train(resume=True)  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        args: QGFDTrainingArguments,
+        train_dataset,
+        data_collator: Optional[Callable[[list], dict]] = None,
+        processing_class=None,
+        metadata: Optional[dict] = None,
+    ):
+        if not hasattr(model, "compute_loss"):
+            raise ValueError(f"The model ({type(model).__name__}) has no `compute_loss(batch, generator=None)`; QGFDTrainer needs one.")
+        if not isinstance(args, QGFDTrainingArguments):
+            raise ValueError(f"`args` must be QGFDTrainingArguments, got {type(args).__name__}.")
+        if not any(p.requires_grad for p in model.parameters()):
+            raise ValueError("The model has no trainable parameters.")
+        n = len(train_dataset)
+        if n < args.batch_size:
+            raise ValueError(
+                f"The training set has {n} rows, fewer than one batch (batch_size={args.batch_size}); "
+                "lower --batch-size or add data."
+            )
+        self.model = model
+        self.args = args
+        self.train_dataset = train_dataset
+        self.data_collator = data_collator
+        self.processing_class = processing_class
+        self.metadata = dict(metadata or {})
+        self.state = TrainerState()
+        self.accelerator: Optional[Accelerator] = None
+        self.ema: Optional[EMAModel] = None
+
+    # -- setup -----------------------------------------------------------------------------
+
+    def _make_accelerator(self) -> Accelerator:
+        a = self.args
+        return Accelerator(
+            mixed_precision=a.mixed_precision,
+            gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=a.gradient_accumulation_steps, sync_with_dataloader=False),
+            # split_batches: `batch_size` is global, and the LR scheduler steps once per optimizer step.
+            dataloader_config=DataLoaderConfiguration(split_batches=True, use_seedable_sampler=True, data_seed=a.seed),
+            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+        )
+
+    def _make_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        a = self.args
+        decay, no_decay = [], []
+        for p in model.parameters():
+            if p.requires_grad:
+                (decay if p.dim() >= 2 else no_decay).append(p)
+        groups = [{"params": decay, "weight_decay": a.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        return torch.optim.AdamW([g for g in groups if g["params"]], lr=a.learning_rate, betas=(a.adam_beta1, a.adam_beta2))
+
+    def _make_dataloader(self) -> torch.utils.data.DataLoader:
+        a = self.args
+        return torch.utils.data.DataLoader(
+            self.train_dataset,
+            batch_size=a.batch_size,
+            shuffle=True,
+            drop_last=True,  # equal batches: every step weighs the same, and splits evenly across processes
+            collate_fn=self.data_collator,
+            num_workers=a.num_workers,
+            # Its own generator: starting an iterator (e.g. after `skip_first_batches` on resume)
+            # then draws nothing from the global torch RNG, which dropout uses.
+            generator=torch.Generator().manual_seed(a.seed),
+        )
+
+    # -- the loop --------------------------------------------------------------------------
+
+    def train(self, resume: bool = False) -> dict:
+        """Train to `args.max_steps` optimizer steps; with `resume=True`, continue from the newest
+        complete checkpoint in `output_dir/checkpoints` (an error if there is none). Returns the
+        metrics also written to `metrics.json`."""
+        a = self.args
+        accelerator = self.accelerator = self._make_accelerator()
+        if a.batch_size % accelerator.num_processes:
+            raise ValueError(
+                f"batch_size={a.batch_size} is the global batch and must be divisible by the number of processes "
+                f"({accelerator.num_processes})."
+            )
+        resume_from = None
+        if resume:
+            resume_from = last_checkpoint(a.checkpoint_dir)
+            if resume_from is None:
+                raise ValueError(f"--resume: no complete checkpoint in {a.checkpoint_dir}.")
+        set_seed(a.seed)
+
+        base = self.model
+        base.train()
+        loss_module = _LossModule(base)
+        optimizer = self._make_optimizer(base)
+        scheduler = get_scheduler(
+            {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}[a.lr_schedule],
+            optimizer,
+            num_warmup_steps=a.warmup_steps,
+            num_training_steps=a.max_steps,
+        )
+        dataloader = self._make_dataloader()
+        loss_module, optimizer, dataloader, scheduler = accelerator.prepare(loss_module, optimizer, dataloader, scheduler)
+        model = accelerator.unwrap_model(loss_module).model
+        self.ema = EMAModel(model, a.ema_decay).to(accelerator.device) if a.ema_decay > 0 else None
+        self.state = TrainerState()
+        accelerator.register_for_checkpointing(self.state)
+        if self.ema is not None:
+            accelerator.register_for_checkpointing(self.ema)
+
+        if accelerator.is_main_process:
+            os.makedirs(a.checkpoint_dir, exist_ok=True)
+            for name in os.listdir(a.checkpoint_dir):  # leftovers of a save that was killed
+                if name.startswith(_TMP_PREFIX):
+                    shutil.rmtree(os.path.join(a.checkpoint_dir, name), ignore_errors=True)
+        accelerator.wait_for_everyone()
+        if resume_from is not None:
+            accelerator.load_state(resume_from)
+            logger.info(f"Resumed from {resume_from} at step {self.state.global_step}.")
+        if self.state.global_step >= a.max_steps:
+            logger.warning(f"Already at step {self.state.global_step} >= max_steps={a.max_steps}; nothing to train.")
+
+        steps_per_epoch = len(dataloader)  # micro-batches per epoch (drop_last)
+        k = a.gradient_accumulation_steps
+        micro_step = self.state.global_step * k
+        epoch, skip = divmod(micro_step, steps_per_epoch)
+        generator = torch.Generator(device=accelerator.device)
+        window: Dict[str, List[float]] = {}
+        step_losses: Dict[str, List[float]] = {}
+        bar = tqdm(
+            total=a.max_steps,
+            initial=self.state.global_step,
+            desc="training",
+            unit="step",
+            disable=not (a.progress and accelerator.is_local_main_process),
+            dynamic_ncols=True,
+        )
+        t_start = time.time() - self.state.train_seconds
+        while self.state.global_step < a.max_steps:
+            dataloader.set_epoch(epoch)
+            batches = accelerator.skip_first_batches(dataloader, skip) if skip else dataloader
+            skip = 0
+            for batch in batches:
+                # 1. QGFD alpha warm-up follows the optimizer step.
+                set_qgfd_step(model, self.state.global_step)
+                with accelerator.accumulate(loss_module):
+                    # 2. The loss with this micro-step's own noise stream; backward.
+                    generator.manual_seed(_noise_seed(a.seed, micro_step, accelerator.process_index, accelerator.num_processes))
+                    out = loss_module(batch, generator=generator)
+                    loss = out["loss"]
+                    if not torch.isfinite(loss):
+                        raise FloatingPointError(f"Non-finite loss {float(loss)} at step {self.state.global_step}.")
+                    accelerator.backward(loss)
+                    # 3. Clip, step the optimizer and the learning rate.
+                    if accelerator.sync_gradients and a.max_grad_norm > 0:
+                        accelerator.clip_grad_norm_(loss_module.parameters(), a.max_grad_norm)
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+                micro_step += 1
+                for key in ("loss", "diffusion_loss", "recon_loss"):
+                    if out.get(key) is not None:
+                        step_losses.setdefault(key, []).append(out[key].detach().float().reshape(()))
+                if not accelerator.sync_gradients:
+                    continue
+                # 4. One optimizer step done: EMA, bookkeeping, logs, checkpoint.
+                if self.ema is not None:
+                    self.ema.update(model)
+                self.state.global_step += 1
+                for key, vals in step_losses.items():
+                    v = accelerator.reduce(torch.stack(vals).mean(), reduction="mean")  # mean over processes
+                    window.setdefault(key, []).append(float(v))
+                step_losses = {}
+                bar.update(1)
+                if self.state.global_step % a.log_every == 0 or self.state.global_step == a.max_steps:
+                    record = {"step": self.state.global_step, "lr": scheduler.get_last_lr()[0]}
+                    record.update({key: sum(v) / len(v) for key, v in window.items()})
+                    self.state.log_history.append(record)
+                    bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}")
+                    window = {}
+                if a.checkpoint_every and self.state.global_step % a.checkpoint_every == 0:
+                    self.state.train_seconds = time.time() - t_start
+                    self.save_checkpoint()
+                if self.state.global_step >= a.max_steps or self.state.global_step == a.stop_after:
+                    break
+            if self.state.global_step == a.stop_after and a.stop_after < a.max_steps:
+                break
+            epoch += 1
+        bar.close()
+        self.state.train_seconds = time.time() - t_start
+        if self.state.global_step == a.stop_after and a.stop_after < a.max_steps:
+            return self._pause()
+        return self._finish()
+
+    def _pause(self) -> dict:
+        """`stop_after` reached: make sure the newest checkpoint is this step's, and return."""
+        a = self.args
+        if last_checkpoint(a.checkpoint_dir) != os.path.join(a.checkpoint_dir, checkpoint_name(self.state.global_step)):
+            self.save_checkpoint()
+        logger.info(f"Paused at step {self.state.global_step} of {a.max_steps}; continue with resume=True.")
+        return {"global_step": self.state.global_step, "paused": True, "checkpoint": last_checkpoint(a.checkpoint_dir), "log_history": self.state.log_history}
+
+    # -- saving ----------------------------------------------------------------------------
+
+    def save_checkpoint(self) -> str:
+        """`accelerator.save_state` into `.tmp-checkpoint-N`, then rename to `checkpoint-N`; keep the last N."""
+        accelerator, a = self.accelerator, self.args
+        name = checkpoint_name(self.state.global_step)
+        tmp = os.path.join(a.checkpoint_dir, _TMP_PREFIX + name)
+        final = os.path.join(a.checkpoint_dir, name)
+        if accelerator.is_main_process and os.path.exists(tmp):
+            shutil.rmtree(tmp)
+        accelerator.wait_for_everyone()
+        accelerator.save_state(tmp)  # every process writes its RNG state; the main one the rest
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            _replace_dir(tmp, final)
+            for old in list_checkpoints(a.checkpoint_dir)[: -a.keep_last]:
+                shutil.rmtree(old, ignore_errors=True)
+            if self.state.log_history:
+                save_loss_plot(self.state.log_history, os.path.join(a.output_dir, "loss.png"))
+        accelerator.wait_for_everyone()
+        logger.info(f"Saved checkpoint {final}")
+        return final
+
+    def _finish(self) -> dict:
+        accelerator, a = self.accelerator, self.args
+        model = accelerator.unwrap_model(accelerator._models[0]).model
+        metrics = {
+            "global_step": self.state.global_step,
+            "final_loss": self.state.log_history[-1]["loss"] if self.state.log_history else None,
+            "train_runtime_s": round(self.state.train_seconds, 2),
+            "num_processes": accelerator.num_processes,
+            "examples_seen": self.state.global_step * a.batch_size * a.gradient_accumulation_steps,
+            "ema": self.ema is not None,
+            "args": a.to_dict(),
+            **self.metadata,
+            "log_history": self.state.log_history,
+        }
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            self.save_model(model, a.model_dir)
+            if self.state.log_history:
+                metrics["loss_png"] = save_loss_plot(self.state.log_history, os.path.join(a.output_dir, "loss.png"))
+            metrics["model_dir"] = a.model_dir
+            path = os.path.join(a.output_dir, "metrics.json")
+            with open(path + ".tmp", "w") as f:
+                json.dump(metrics, f, indent=2)
+            os.replace(path + ".tmp", path)
+        accelerator.wait_for_everyone()
+        return metrics
+
+    def save_model(self, model: nn.Module, model_dir: str) -> str:
+        """`save_pretrained` with the EMA weights (and the processor), atomically; the live weights
+        are put back afterwards, so training state is untouched."""
+        tmp = os.path.join(os.path.dirname(os.path.abspath(model_dir)), _TMP_PREFIX + os.path.basename(model_dir))
+        if os.path.exists(tmp):
+            shutil.rmtree(tmp)
+        if self.ema is not None:
+            self.ema.copy_to(model)
+        try:
+            model.save_pretrained(tmp)
+        finally:
+            if self.ema is not None:
+                self.ema.restore(model)
+        if self.processing_class is not None:
+            self.processing_class.save_pretrained(tmp)
+        write_model_card(model, tmp, self.training_info())
+        _replace_dir(tmp, model_dir)
+        return model_dir
+
+    def training_info(self, metrics: Optional[dict] = None) -> dict:
+        """What the model card records about this training run (`render_model_card`'s training_info)."""
+        a = self.args
+        info = {
+            "steps": self.state.global_step,
+            "batch size (global, per micro-step)": a.batch_size,
+            "gradient accumulation steps": a.gradient_accumulation_steps,
+            "learning rate": f"{a.learning_rate:g} ({a.lr_schedule}, {a.warmup_steps} warm-up steps)",
+            "EMA decay": a.ema_decay if a.ema_decay > 0 else "off",
+            "mixed precision": a.mixed_precision,
+            "processes": self.accelerator.num_processes if self.accelerator is not None else 1,
+            "seed": a.seed,
+        }
+        if self.metadata.get("dataset"):
+            info["datasets"] = self.metadata["dataset"]
+        recorded = {}
+        if self.state.log_history:
+            recorded["final training loss"] = round(self.state.log_history[-1]["loss"], 5)
+        recorded.update(metrics or {})
+        if recorded:
+            info["metrics"] = recorded
+        return info
+
+    def ema_model_state(self) -> Dict[str, torch.Tensor]:
+        """The weights the saved model has: the EMA of the trainable ones and the frozen rest."""
+        model = self.accelerator.unwrap_model(self.accelerator._models[0]).model
+        state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        if self.ema is not None:
+            for n in self.ema.names:
+                state[n] = self.ema.shadow[n].clone()
+        return state
