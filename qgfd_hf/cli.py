@@ -102,6 +102,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--qgfd-mix", default=None, help="seed or recurrent")
     g.add_argument("--qgfd-warmup-steps", type=int, default=None, help="alpha warms up over this many optimizer steps")
     g.add_argument("--backbone", default=None, help="pretrained encoder (Hub id or folder): t5-small for text, a ViT for --latent-space vit")
+    g.add_argument("--denoiser", default=None, choices=("qgfd", "pretrained"),
+                   help="qgfd: a fresh QGFD Transformer (default); pretrained: the --backbone's own Transformer stack "
+                        "(T5 encoder, ViT), QGFD-patched and trained, with adaLN-Zero timestep conditioning")
     g.add_argument("--latent-space", default=None, help="images: pixels (patches, no encoder) or vit")
     g.add_argument("--image-size", type=int, default=None)
     g.add_argument("--num-channels", type=int, default=None)
@@ -254,12 +257,17 @@ class _ImageJob:
         from .data_qgfd import ImageCollator, check_image_fits_model
         from . import create_qgfd_diffusion_model
 
-        latent_space = args.latent_space or ("vit" if args.backbone else "pixels")
+        # With --denoiser pretrained the backbone is the denoiser: pixel latents unless --latent-space vit.
+        latent_space = args.latent_space or ("vit" if args.backbone and args.denoiser != "pretrained" else "pixels")
+        if args.denoiser == "pretrained" and args.backbone is None:
+            raise ValueError("--denoiser pretrained needs --backbone: a ViT (Hub id or folder) whose layers become the denoiser.")
         patch = args.patch_size or self.defaults.get("patch_size", 2 if self.image_size <= 16 else 4)
         kwargs = dict(image_size=self.image_size, num_channels=self.num_channels, patch_size=patch, latent_space=latent_space)
         if latent_space == "vit":
             kwargs = dict(latent_space="vit")  # sizes come from the ViT
         kwargs.update(_diffusion_values(args, self.defaults))
+        if args.denoiser is not None:
+            kwargs["denoiser"] = args.denoiser
         model, processor, _ = create_qgfd_diffusion_model("image", args.backbone, None, **kwargs)
         check_image_fits_model(self.train, model.config.num_channels, model.config.image_size, f"The dataset {self.name!r}")
         collator = ImageCollator(model.config.num_channels, model.config.image_size, model.config.image_mean, model.config.image_std)
@@ -316,6 +324,8 @@ class _TextJob:
         seq_len = args.seq_len or (d.get("max_len", 6) + 1 if self.name == "reversal" else 64)
         check_text_fits(self.train, tokenizer, seq_len, f"The dataset {self.name!r}")
         kwargs = dict(_diffusion_values(args, d), seq_len=seq_len, conditional=True, **d.get("model_kwargs", {}))
+        if args.denoiser is not None:
+            kwargs["denoiser"] = args.denoiser
         model, tok, _ = create_qgfd_diffusion_model("text", backbone, None, tokenizer=tokenizer, **kwargs)
         tokenizer = tok or tokenizer
         return model, tokenizer, Seq2SeqCollator(tokenizer, seq_len)

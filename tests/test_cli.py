@@ -204,3 +204,28 @@ def test_train_under_accelerate_launch_two_processes(tmp_path, capsys):
     mean = lambda m: sum(r["loss"] for r in m["log_history"]) / len(m["log_history"])
     assert mean(two) == pytest.approx(mean(one), rel=0.15)
     assert (tmp_path / "two" / "model" / "model.safetensors").exists()
+
+
+def test_pretrained_denoiser_flag(tmp_path, capsys):
+    from transformers import AutoConfig, ViTConfig
+
+    # Text: the demo's T5 stack becomes the denoiser.
+    out = tmp_path / "text"
+    code, _, err = _run(["demo", "--modality", "text", "--denoiser", "pretrained", "--output-dir", str(out), "--max-steps", "2",
+                         "--num-inference-steps", "2"] + TINY, capsys)
+    assert code == 0, err
+    assert AutoConfig.from_pretrained(str(out / "model")).denoiser == "pretrained"
+    # Images: the ViT given as --backbone is the denoiser over pixel patches.
+    vit = tmp_path / "vit"
+    from transformers import ViTModel
+
+    ViTModel(ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64, image_size=8,
+                       patch_size=2, num_channels=1)).save_pretrained(vit)
+    out = tmp_path / "image"
+    code, _, err = _run(["demo", "--denoiser", "pretrained", "--backbone", str(vit), "--output-dir", str(out), "--max-steps", "2",
+                         "--num-samples", "10", "--num-inference-steps", "2"] + TINY, capsys)
+    assert code == 0, err
+    config = AutoConfig.from_pretrained(str(out / "model"))
+    assert config.denoiser == "pretrained" and config.latent_space == "pixels"
+    _assert_refused(["train", "--modality", "image", "--dataset", "digits", "--denoiser", "pretrained"], capsys, tmp_path,
+                    "--denoiser pretrained needs --backbone")
