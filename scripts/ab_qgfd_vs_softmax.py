@@ -7,6 +7,11 @@ the README's main job), in its own process, with only the attention settings cha
     softmax        --qgfd-alpha 0                                   (plain attention, exactly)
     qgfd-seed      the demo's QGFD: graph=attention, mix=seed, steps=1, alpha=0.5
     qgfd-keys-rec  --qgfd-graph keys --qgfd-mix recurrent --qgfd-steps 2 (alpha=0.5)
+    pretrained     --denoiser pretrained: a transformers stack as the denoiser (issue 7), with the
+                   demo's QGFD settings and adaLN-Zero. Text: the demo's T5 (random: there is no
+                   download here); images: --vit-backbone, or else a ViT sized like the demo's
+                   denoiser (64 wide, 3 layers, 4 heads, random init) that this script saves. With
+                   random weights this arm measures the architecture, not pretraining.
 
 Examples:
 
@@ -33,6 +38,7 @@ ARMS = {
     "softmax": ["--qgfd-alpha", "0"],
     "qgfd-seed": [],
     "qgfd-keys-rec": ["--qgfd-graph", "keys", "--qgfd-mix", "recurrent", "--qgfd-steps", "2"],
+    "pretrained": ["--denoiser", "pretrained"],
 }
 TASKS = ("image", "text")
 
@@ -43,6 +49,8 @@ def run_one(task: str, arm: str, seed: int, args) -> dict:
     if not os.path.exists(metrics_path):
         cmd = [sys.executable, "-m", "qgfd_hf", "demo", "--modality", task, "--seed", str(seed), "--output-dir", out_dir,
                "--no-progress", "--checkpoint-every", "0", *ARMS[arm]]
+        if arm == "pretrained" and task == "image":
+            cmd += ["--backbone", args.vit_backbone or random_vit(args.work_dir)]
         if args.max_steps is not None:
             cmd += ["--max-steps", str(args.max_steps)]
         if args.num_samples is not None and task == "image":
@@ -57,9 +65,33 @@ def run_one(task: str, arm: str, seed: int, args) -> dict:
         return json.load(f)
 
 
+def random_vit(work_dir: str) -> str:
+    """A ViT sized like the demo's denoiser (random weights), for the image `pretrained` arm offline."""
+    from transformers import ViTConfig, ViTModel
+
+    path = os.path.join(work_dir, "vit-random-64x3")
+    if not os.path.exists(os.path.join(path, "config.json")):
+        import torch
+
+        torch.manual_seed(0)
+        config = ViTConfig(hidden_size=64, num_hidden_layers=3, num_attention_heads=4, intermediate_size=128,
+                           image_size=8, patch_size=2, num_channels=1)
+        ViTModel(config, add_pooling_layer=False).save_pretrained(path)
+    return path
+
+
+def trainable_params_m(model_dir: str) -> float:
+    """Millions of parameters that training updates (frozen encoders excluded)."""
+    import qgfd_hf  # noqa: F401  (registers the Auto classes)
+    from transformers import AutoModel
+
+    model = AutoModel.from_pretrained(model_dir)
+    return sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6
+
+
 def summarise(task: str, m: dict) -> dict:
     demo = m["demo"]["metrics"]
-    row = {"final loss": m.get("final_loss")}
+    row = {"final loss": m.get("final_loss"), "trainable params (M)": trainable_params_m(m["model_dir"])}
     if task == "image":
         row["FD (lower=better)"] = demo["samples"]["fd"]
         row["confidence"] = demo["samples"]["confidence"]
@@ -97,6 +129,7 @@ def main(argv=None) -> int:
     p.add_argument("--max-steps", type=int, default=None, help="optimizer steps per run (default: the demo's)")
     p.add_argument("--num-samples", type=int, default=None, help="image: samples scored per run (default: the demo's)")
     p.add_argument("--work-dir", default="ab-runs")
+    p.add_argument("--vit-backbone", default=None, help="image `pretrained` arm: a ViT (Hub id or folder); default: a random ViT")
     p.add_argument("--out", default=None, help="write the markdown tables here")
     args = p.parse_args(argv)
 
