@@ -132,6 +132,17 @@ def _check_temperature(tau):
         raise ValueError(f"`key_temperature` must be a finite float > 0, got {tau!r}.")
 
 
+def _check_call(steps, alpha, graph, mix, key_temperature, dropout_p):
+    """The per-call settings shared by the fast path and the reference."""
+    _check_steps(steps)
+    _check_alpha(alpha)
+    _check_choice("graph", graph, GRAPHS)
+    _check_choice("mix", mix, MIXES)
+    _check_temperature(key_temperature)
+    if not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"`dropout_p` must be in [0, 1), got {dropout_p!r}.")
+
+
 def _check_inputs(query, key, value, attn_mask, graph, has_past, diffuse=True):
     for name, t in (("query", query), ("key", key), ("value", value)):
         if not isinstance(t, torch.Tensor):
@@ -299,13 +310,7 @@ def qgfd_attention(
     Returns:
         `torch.Tensor` `[B, H, Lq, Dv]`, or `(output, propagated)` with `return_propagated`.
     """
-    _check_steps(steps)
-    _check_alpha(alpha)
-    _check_choice("graph", graph, GRAPHS)
-    _check_choice("mix", mix, MIXES)
-    _check_temperature(key_temperature)
-    if not 0.0 <= dropout_p < 1.0:
-        raise ValueError(f"`dropout_p` must be in [0, 1), got {dropout_p!r}.")
+    _check_call(steps, alpha, graph, mix, key_temperature, dropout_p)
     has_past = past_propagated is not None
     _check_inputs(query, key, value, attn_mask, graph, has_past, diffuse=steps > 0)
     B, H, Lq, D = query.shape
@@ -426,13 +431,7 @@ def qgfd_attention_reference(
     Same arguments as `qgfd_attention` (no cache). Returns `[B, H, Lq, Dv]`, or
     `(output, p)` with `p` `[B, H, Lq, Lk]` when `return_weights=True`.
     """
-    _check_steps(steps)
-    _check_alpha(alpha)
-    _check_choice("graph", graph, GRAPHS)
-    _check_choice("mix", mix, MIXES)
-    _check_temperature(key_temperature)
-    if not 0.0 <= dropout_p < 1.0:
-        raise ValueError(f"`dropout_p` must be in [0, 1), got {dropout_p!r}.")
+    _check_call(steps, alpha, graph, mix, key_temperature, dropout_p)
     _check_inputs(query, key, value, attn_mask, graph, has_past=False, diffuse=steps > 0)
     B, H, Lq, D = query.shape
     Lk = key.shape[2]
