@@ -108,6 +108,8 @@ def mean_std(values):
         return "n/a"
     m = sum(values) / len(values)
     s = math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+    if s <= 1e-9 * abs(m):  # the same value in every run (float noise only)
+        s = 0.0
     return f"{m:.4g} +- {s:.2g}"
 
 
