@@ -103,3 +103,15 @@ def hub(tmp_path, monkeypatch):
         problems.append(f"hub_server got requests it does not implement: {server.unhandled}")
     if problems:
         pytest.fail("; ".join(problems), pytrace=False)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch intra-op thread for a module of tiny-tensor tests: on a shared 2-core machine
+    two threads that wait on each other can be ~10x slower than one."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -129,13 +129,7 @@ def build(kind, **overrides):
 SIX = ["text", "image", "audio", "video", "tabular", "shared"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny tensors: one intra-op thread is ~10x faster than two on a shared 2-core machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def condition(model, batch):

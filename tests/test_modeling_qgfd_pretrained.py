@@ -46,12 +46,7 @@ PRETRAINED = dict(denoiser="pretrained")
 QGFD = dict(qgfd_steps=1, qgfd_alpha=0.5)  # the denoiser's QGFD settings (the config's defaults)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

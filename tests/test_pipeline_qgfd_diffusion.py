@@ -27,12 +27,7 @@ from test_modeling_qgfd import TINY, make_tokenizer, t5_config, w2v2_config
 T = 20  # training timesteps of the tiny models
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def image_model():
