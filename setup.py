@@ -18,7 +18,7 @@ setup(
     # (qgfd_hf.modelcard_qgfd looks there first, then in a source checkout's model_cards/).
     packages=find_packages(include=["qgfd_hf", "qgfd_hf.*"]) + ["qgfd_hf.model_cards"],
     package_dir={"qgfd_hf.model_cards": "model_cards"},
-    package_data={"qgfd_hf": ["templates/*.md"], "qgfd_hf.model_cards": ["*.md"]},
+    package_data={"qgfd_hf.model_cards": ["*.md"]},
     include_package_data=True,
     install_requires=[
         "torch>=2.4",
@@ -39,7 +39,7 @@ setup(
     ],
     entry_points={"console_scripts": ["qgfd-hf=qgfd_hf.cli:main"]},
     extras_require={
-        "test": ["pytest>=8", "scikit-learn>=1.3", "matplotlib>=3.7", "pillow>=10", "sentencepiece"],
+        "test": ["pytest>=8"],
     },
     classifiers=[
         "Programming Language :: Python :: 3",
