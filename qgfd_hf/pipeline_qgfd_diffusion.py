@@ -7,7 +7,8 @@ and the sampler (`scheduling_qgfd`) moves the latents; nothing loops inside the 
 Every QGFD diffusion model exposes the same contract, which is all this pipeline uses:
 `config.modality`, `is_conditional`, `latent_shape(batch_size)`,
 `encode_condition(**tokenized) -> (cond_tokens, cond_mask)`,
-`denoise(x_t, t, cond_tokens, cond_mask)`, `decode_latents(latents)`, `get_schedule()`.
+`make_denoise_fn(cond_tokens, cond_mask, schedule)` (a `denoise_fn(x_t, t)` for the sampler),
+`decode_latents(latents)`, `get_schedule()`.
 """
 
 from __future__ import annotations
@@ -201,12 +202,10 @@ class QGFDDiffusionPipeline(Pipeline):
                 chunk = {k: v[start : start + n].to(self.device) for k, v in cond.items()}
                 cond_tokens, cond_mask = model.encode_condition(**chunk)
 
-            def denoise_fn(x_t, t):
-                return model.denoise(x_t, t, cond_tokens=cond_tokens, cond_mask=cond_mask)
-
             latents.append(
                 sample_loop(
-                    denoise_fn,
+                    # the model's own denoise_fn: text models add Diffusion-LM's clamping when configured
+                    model.make_denoise_fn(cond_tokens, cond_mask, schedule),
                     model.latent_shape(n),
                     schedule,
                     sampler=sampler,

@@ -224,3 +224,16 @@ def test_loads_where_qgfd_hf_is_not_installed(tmp_path):
     assert lines[-3] == "transformers_modules TextQGFDDiffusionModel"
     assert lines[-2] == "QGFDDiffusionPipeline True"
     assert lines[-1] == "(8, 8)"
+
+
+def test_text_pipeline_applies_the_models_clamping():
+    tok = make_tokenizer()
+    model = text_model()
+    plain = make_pipe(model, tokenizer=tok)("hello world", seed=0, num_inference_steps=4, progress_bar=False, output_type="latent")
+    model.config.clamp_to_embeddings = True
+    clamped = make_pipe(model, tokenizer=tok)("hello world", seed=0, num_inference_steps=4, progress_bar=False, output_type="latent")
+    assert not torch.allclose(plain[0]["latent"], clamped[0]["latent"])
+    # With clamping the last step's x0 is a sequence of token embeddings: the latents round exactly.
+    E = model.adapter.latent_embeddings()
+    dist = torch.cdist(clamped[0]["latent"], E).min(-1).values
+    assert dist.max() < 1e-4
