@@ -37,7 +37,16 @@ DENOISERS = ("qgfd", "pretrained")
 # denoiser="pretrained": the backbone families whose Transformer stack can be the denoiser, per
 # modality (`model_type` of `backbone_config`). The tabular model has no pretrained backbone, and the
 # shared model no single one (see `QGFDConfig._validate_denoiser`).
-PRETRAINED_STACKS = {"text": ("t5", "mt5"), "image": ("vit",), "video": ("vit",), "audio": ("wav2vec2",)}
+PRETRAINED_STACKS = {
+    "text": ("t5", "mt5"),
+    "image": ("vit",),
+    "video": ("vit",),
+    "audio": ("wav2vec2",),
+    # One denoiser for every modality: T5's encoder stack, whose relative position bias fits any
+    # modality's latent length (the shared config's own `backbone_config`; the factory takes the
+    # text backbone's).
+    "shared": ("t5", "mt5"),
+}
 IMAGE_LATENT_SPACES = ("vit", "pixels")
 
 # The QGFD attention settings of the denoiser: config name -> `QGFDSettings` field.
@@ -262,8 +271,9 @@ class QGFDConfig(PretrainedConfig):
             `d_ff`, `dropout`, `position_embedding` and `max_position_embeddings` do not apply
             to it; `d_model` stays the width of the conditioning tokens (`encode_condition`)
             and of the learned decoders. Images in `latent_space="pixels"` may then take a ViT
-            `backbone_config`, used by the denoiser only. Not available for tables (no
-            pretrained backbone) or the shared model (several backbones, one denoiser); needs
+            `backbone_config`, used by the denoiser only. The shared model takes a T5 stack as
+            its `backbone_config` (the factory uses the text backbone's): T5's relative positions
+            fit every modality's latent length. Not available for tables (no pretrained backbone); needs
             `time_conditioning="adaln"`.
         conditional (`bool`, defaults to `False`): whether the model takes conditioning (only text).
         latent_scale (`float`, defaults to 1.0): latents are the encoder's output times this
@@ -411,11 +421,7 @@ class QGFDConfig(PretrainedConfig):
             return
         usable = ", ".join(f"{m}: {'/'.join(types)}" for m, types in PRETRAINED_STACKS.items())
         if self.modality not in PRETRAINED_STACKS:
-            why = (
-                "the tabular model has no pretrained backbone"
-                if self.modality == "tabular"
-                else "the shared model has one denoiser for several modalities and no single backbone to take it from"
-            )
+            why = "the tabular model has no pretrained backbone"
             raise ValueError(
                 f"denoiser='pretrained' uses a pretrained backbone's Transformer stack as the denoiser, but {why}. "
                 f"Use denoiser='qgfd', or a single-modality model with a backbone ({usable})."

@@ -418,7 +418,8 @@ class SharedQGFDDiffusionModel(QGFDPreTrainedModel):
         self.backbone = build_denoiser(config)
         for m in config.modalities:
             setattr(self, f"{m}_adapter", ADAPTERS[m](config.modality_config(m), shared_cfg=config))
-        self.modality_embedding = nn.Embedding(len(config.modalities), config.d_model)
+        # Added to the timestep embedding, so it has the denoiser's width (a pretrained stack's own).
+        self.modality_embedding = nn.Embedding(len(config.modalities), getattr(self.backbone, "width", config.d_model))
         self.active_modality = config.modalities[0]
         self.post_init()
         for m, name in pretrained.items():
@@ -765,12 +766,23 @@ def create_qgfd_diffusion_model(
         if backbone_name is not None and not isinstance(backbone_name, Mapping):
             raise ValueError("For modality='shared', `backbone_name` must be a dict modality -> backbone (Hub id, folder or config).")
         backbones = dict(backbone_name or {})
+        backbone_kw = {k: kwargs[k] for k in ("backbone_config",) if k in kwargs}  # given by the caller
+        if kwargs.get("denoiser") == "pretrained" and "backbone_config" not in kwargs:
+            # The shared pretrained denoiser is the text backbone's T5 encoder stack.
+            if "text" not in backbones:
+                raise ValueError(
+                    "denoiser='pretrained' for the shared model takes the text backbone's T5 stack: give a 'text' "
+                    "backbone in `backbone_name`, or `backbone_config=` a T5Config."
+                )
+            kwargs["backbone_config"] = _resolve_backbone(backbones["text"], "text")[0]
         config, pretrained = _shared_config_from_backbones(diffusion_cfg, backbones, **kwargs)
         model = SharedQGFDDiffusionModel(config)
         processors = {}
         for m in config.modalities:
             if m in pretrained:
                 _load_adapter_weights(getattr(model, f"{m}_adapter"), pretrained[m])
+                if m == "text" and config.denoiser == "pretrained" and "backbone_config" not in backbone_kw:
+                    model.backbone.load_pretrained_stack(model.text_adapter.encoder)  # read once, copied
             given = (tokenizer if m == "text" else None) or (processor.get(m) if isinstance(processor, Mapping) else None)
             processors[m] = given or _default_processor(m, config.modality_config(m), pretrained.get(m))
         return model, processors, model.get_schedule()

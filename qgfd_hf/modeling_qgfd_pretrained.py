@@ -8,6 +8,7 @@
 | text         | T5's encoder stack (`T5Stack`, mT5 alike)        | T5's relative position bias            | appended to the sequence |
 | image, video | ViT's layers and final LayerNorm (`ViTModel`)    | ViT's learned ones (+ a frame embedding for video) | appended |
 | audio        | Wav2Vec2's Transformer encoder (`Wav2Vec2Model`) | Wav2Vec2's convolutional ones          | appended |
+| shared       | T5's encoder stack (the text backbone's)         | T5's relative position bias (any modality's latent length) | appended |
 
 None of these stacks has cross-attention (T5's decoder does, but its self-attention is causal and
 its position bias was trained for causal use only), so conditioning tokens always join the

@@ -396,8 +396,12 @@ def test_backbones_without_a_usable_stack_are_refused():
     with pytest.raises(ValueError, match=r"'t5' or 'mt5'.*got backbone model_type='bert'"):
         QGFDTextConfig(backbone_config=bert, **TINY, denoiser="pretrained")
     text = QGFDTextConfig(backbone_config=t5_config(), seq_len=8, **TINY)
-    with pytest.raises(ValueError, match=r"shared model has one denoiser for several modalities.*denoiser='qgfd'"):
+    # The shared model's pretrained denoiser is a T5 stack (relative positions fit every modality).
+    with pytest.raises(ValueError, match=r"modality 'shared' needs a backbone_config of type 't5' or 'mt5'.*got no backbone_config"):
         QGFDSharedConfig(modalities=["text"], text_config=text, latent_dim=32, **TINY, denoiser="pretrained")
+    with pytest.raises(ValueError, match=r"modality 'shared' needs a backbone_config of type 't5'.*'vit'"):
+        QGFDSharedConfig(modalities=["text"], text_config=text, latent_dim=32, **TINY, denoiser="pretrained",
+                         backbone_config=vit_config())
     # adaLN-Zero is how the timestep gets in.
     with pytest.raises(ValueError, match="time_conditioning must be 'adaln'"):
         QGFDImageConfig(backbone_config=vit_config(), **TINY, denoiser="pretrained", time_conditioning="add")
@@ -424,3 +428,41 @@ def test_bad_inputs_to_the_denoiser():
         model.backbone.load_pretrained_stack(3)
     with pytest.raises(ValueError, match="lacks weights of the denoiser's stack"):
         model.backbone.load_pretrained_stack(torch.nn.Linear(2, 2))
+
+
+def test_shared_model_with_the_text_backbones_t5_stack_as_denoiser(tmp_path):
+    """denoiser="pretrained" for the shared model: the text backbone's T5 encoder stack denoises
+    text and image latents alike (T5's relative positions fit any latent length)."""
+    t5_dir = tmp_path / "t5"
+    torch.manual_seed(0)
+    T5ForConditionalGeneration(t5_config()).save_pretrained(t5_dir)
+    make_tokenizer().save_pretrained(t5_dir)
+    cfg = DiffusionConfig(**TINY, latent_dim=32)
+    model, processors, _ = create_qgfd_diffusion_model(
+        "shared", {"text": str(t5_dir), "image": None}, cfg, denoiser="pretrained",
+        modality_kwargs={"image": dict(latent_space="pixels", image_size=8, patch_size=2, num_channels=1)})
+    assert isinstance(model.backbone, PretrainedDenoiser) and model.backbone.stack.config.model_type == "t5"
+    # The stack holds the checkpoint's encoder weights, copied from the text adapter's encoder.
+    saved = T5ForConditionalGeneration.from_pretrained(t5_dir)
+    torch.testing.assert_close(model.backbone.stack.block[0].layer[0].SelfAttention.q.weight,
+                               saved.encoder.block[0].layer[0].SelfAttention.q.weight)
+    with torch.no_grad():
+        src = make_tokenizer()(["hello world", "red blue green"], return_tensors="pt", padding=True)
+        cond = {"text": model.encode_condition(**src, modality="text"), "image": (None, None)}
+        for modality in ("text", "image"):
+            x = torch.randn(model.latent_shape(2, modality=modality))
+            out = model.denoise(x, torch.tensor([1, 500]), *cond[modality], modality=modality)
+            assert out.shape == x.shape and torch.isfinite(out).all()
+    # A training step reaches the stack; save / AutoModel round trip gives the same outputs.
+    batch = {"pixel_values": torch.rand(2, 1, 8, 8) * 2 - 1}
+    model.set_modality("image")
+    perturb(model)
+    model.compute_loss(batch, generator=torch.Generator().manual_seed(0))["loss"].backward()
+    assert model.backbone.stack.block[0].layer[0].SelfAttention.q.weight.grad is not None
+    model.eval().save_pretrained(tmp_path / "saved")
+    again = AutoModel.from_pretrained(tmp_path / "saved")
+    assert isinstance(again.backbone, PretrainedDenoiser)
+    x = torch.randn(model.latent_shape(2, modality="image"))
+    with torch.no_grad():
+        torch.testing.assert_close(again.denoise(x, torch.tensor([3, 7]), modality="image"),
+                                   model.denoise(x, torch.tensor([3, 7]), modality="image"))
