@@ -5,7 +5,7 @@ The denoising loop is written out in `_forward`: the network predicts once per t
 and the sampler (`scheduling_qgfd`) moves the latents; nothing loops inside the model.
 
 Every QGFD diffusion model exposes the same contract, which is all this pipeline uses:
-`config.modality`, `is_conditional`, `latent_shape(batch_size)`,
+`config.modality` (the shared model: `active_modality`), `is_conditional`, `latent_shape(batch_size)`,
 `encode_condition(**tokenized) -> (cond_tokens, cond_mask)`,
 `make_denoise_fn(cond_tokens, cond_mask, schedule)` (a `denoise_fn(x_t, t)` for the sampler),
 `decode_latents(latents)`, `get_schedule()`.
@@ -221,13 +221,13 @@ class QGFDDiffusionPipeline(Pipeline):
             )
         latents = torch.cat(latents)
         data = model.decode_latents(latents)
-        if model.config.modality == "text":
+        if _modality(model) == "text":
             data = model.decode_to_text(latents, self.tokenizer) if self.tokenizer is not None else data
         return {**model_inputs, "latents": latents, "data": data}
 
     # 3. Data out, in the modality's own form.
     def postprocess(self, model_outputs, output_type: str = "data"):
-        modality = self.model.config.modality
+        modality = _modality(self.model)
         latents, data = model_outputs["latents"], model_outputs["data"]
         if output_type == "latent":
             items = [{"latent": x} for x in latents]
@@ -253,6 +253,8 @@ class QGFDDiffusionPipeline(Pipeline):
 
     def _to_data(self, modality: str, x):
         cfg = self.model.config
+        if hasattr(cfg, "modality_config"):  # the shared model: the active modality's own config
+            cfg = cfg.modality_config(modality)
         if modality == "text":
             if isinstance(x, str):
                 return {"generated_text": x}
@@ -270,6 +272,11 @@ class QGFDDiffusionPipeline(Pipeline):
             names = getattr(cfg, "feature_names", None) or [f"feature_{i}" for i in range(x.shape[-1])]
             return {"row": {name: float(v) for name, v in zip(names, x.tolist())}}
         raise ValueError(f"The pipeline cannot turn {modality!r} latents into data; use output_type='latent'.")
+
+
+def _modality(model) -> str:
+    """The data the model samples: its modality, or the shared model's active one."""
+    return getattr(model, "active_modality", None) or model.config.modality
 
 
 def register_pipeline():

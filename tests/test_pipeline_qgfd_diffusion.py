@@ -237,3 +237,19 @@ def test_text_pipeline_applies_the_models_clamping():
     E = model.adapter.latent_embeddings()
     dist = torch.cdist(clamped[0]["latent"], E).min(-1).values
     assert dist.max() < 1e-4
+
+
+def test_shared_model_samples_its_active_modality():
+    from qgfd_hf import QGFDSharedConfig, SharedQGFDDiffusionModel
+
+    torch.manual_seed(0)
+    text = QGFDTextConfig(backbone_config=t5_config(), seq_len=6, num_timesteps=T, **TINY)
+    image = QGFDImageConfig(latent_space="pixels", image_size=8, patch_size=2, num_channels=1, num_timesteps=T, **TINY)
+    model = SharedQGFDDiffusionModel(QGFDSharedConfig(modalities=["text", "image"], text_config=text, image_config=image,
+                                                      latent_dim=32, num_timesteps=T, **TINY)).eval()
+    pipe = make_pipe(model.set_modality("image"), tokenizer=make_tokenizer())
+    out = pipe(num_samples=2, seed=0, num_inference_steps=3, progress_bar=False)
+    assert isinstance(out[0]["image"], Image.Image) and out[0]["image"].size == (8, 8)
+    model.set_modality("text")
+    texts = pipe("hello world", num_samples=2, seed=0, num_inference_steps=3, progress_bar=False)
+    assert len(texts) == 2 and all(isinstance(t["generated_text"], str) for t in texts)
