@@ -1,13 +1,14 @@
 # coding=utf-8
 """`pipeline("qgfd-diffusion")`: sample real data from a QGFD diffusion model.
 
-The denoising loop is written out in `_forward`: the network predicts once per timestep
-and the sampler (`scheduling_qgfd`) moves the latents; nothing loops inside the model.
+`_forward` batches the samples and draws all starting noise; the denoising loop is
+`scheduling_qgfd.sample_loop` (reached through the model's `diffusion_sample`): the network
+predicts once per timestep and the sampler moves the latents.
 
 Every QGFD diffusion model exposes the same contract, which is all this pipeline uses:
 `config.modality` (the shared model: `active_modality`), `is_conditional`, `latent_shape(batch_size)`,
 `encode_condition(**tokenized) -> (cond_tokens, cond_mask)`,
-`make_denoise_fn(cond_tokens, cond_mask, schedule)` (a `denoise_fn(x_t, t)` for the sampler),
+`diffusion_sample(n, cond_tokens, cond_mask, schedule=..., x_T=..., ...)` (the sampling loop),
 `decode_latents(latents)`, `get_schedule()`.
 """
 
@@ -20,7 +21,7 @@ import torch
 from transformers import Pipeline
 from transformers.utils import logging
 
-from .scheduling_qgfd import SAMPLERS, sample_loop
+from .scheduling_qgfd import SAMPLERS
 
 logger = logging.get_logger(__name__)
 
@@ -189,7 +190,6 @@ class QGFDDiffusionPipeline(Pipeline):
         cond = model_inputs["cond_inputs"]
         total = cond["input_ids"].shape[0] if cond is not None else model_inputs["num_samples"]
         batch_size = batch_size or total
-        dtype = next(model.parameters()).dtype
         # All starting noise is drawn first, so that with DDIM (eta = 0) a sample does not
         # depend on `batch_size`.
         noise_device = generator.device if generator is not None else torch.device("cpu")
@@ -203,18 +203,17 @@ class QGFDDiffusionPipeline(Pipeline):
                 cond_tokens, cond_mask = model.encode_condition(**chunk)
 
             latents.append(
-                sample_loop(
-                    # the model's own denoise_fn: text models add Diffusion-LM's clamping when configured
-                    model.make_denoise_fn(cond_tokens, cond_mask, schedule),
-                    model.latent_shape(n),
-                    schedule,
+                # The model's own sampling entry point (text models add Diffusion-LM's clamping
+                # there when configured); the loop itself is scheduling_qgfd.sample_loop.
+                model.diffusion_sample(
+                    n,
+                    cond_tokens,
+                    cond_mask,
+                    schedule=schedule,
                     sampler=sampler,
                     num_inference_steps=num_inference_steps,
                     eta=eta,
-                    prediction_type=model.config.prediction_type,
                     generator=generator,
-                    device=self.device,
-                    dtype=dtype,
                     progress=progress_bar,
                     x_T=x_T[start : start + n],
                 )
