@@ -40,7 +40,7 @@ from qgfd_hf import (
     create_qgfd_diffusion_model,
 )
 from qgfd_hf.modeling_qgfd_pretrained import PretrainedDenoiser
-from test_modeling_qgfd import TINY, make_tokenizer, perturb, t5_config, text_batch, vit_config, w2v2_config
+from test_modeling_qgfd import TINY, make_tokenizer, overfit_losses, perturb, t5_config, text_batch, vit_config, w2v2_config
 
 PRETRAINED = dict(denoiser="pretrained")
 QGFD = dict(qgfd_steps=1, qgfd_alpha=0.5)  # the denoiser's QGFD settings (the config's defaults)
@@ -297,22 +297,7 @@ def test_save_and_auto_load_round_trip(kind, extra, tmp_path):
 def test_one_batch_overfits(kind):
     torch.manual_seed(0)
     model, batch = build(kind)
-
-    def eval_loss():
-        model.eval()
-        with torch.no_grad():
-            return float(sum(model.compute_loss(batch, generator=torch.Generator().manual_seed(s))["loss"] for s in range(4)) / 4)
-
-    before = eval_loss()
-    model.train()
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-3, weight_decay=0.0)
-    g = torch.Generator().manual_seed(1)
-    for _ in range(200):
-        loss = model.compute_loss(batch, generator=g)["loss"]
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    after = eval_loss()
+    before, after = overfit_losses(model, batch)
     assert after < 0.5 * before, (kind, before, after)
 
 
