@@ -368,21 +368,6 @@ def _qgfd_block_kwargs(cfg) -> Dict[str, Any]:
     return kwargs
 
 
-def build_denoiser(config) -> nn.Module:
-    """The denoiser a config asks for (`config.denoiser`): "qgfd" is `QGFDDiffusionBackbone`,
-    "pretrained" is `modeling_qgfd_pretrained.PretrainedDenoiser` (the backbone's own stack)."""
-    denoiser = getattr(config, "denoiser", "qgfd")
-    if denoiser == "pretrained":
-        # Imported here: that module builds on this one. A literal relative import, so that
-        # `trust_remote_code` copies the file with this one.
-        from .modeling_qgfd_pretrained import PretrainedDenoiser
-
-        return PretrainedDenoiser(config)
-    if denoiser != "qgfd":
-        raise ValueError(f"Unknown denoiser {denoiser!r}; allowed: 'qgfd', 'pretrained'.")
-    return QGFDDiffusionBackbone(config)
-
-
 class QGFDDiffusionBackbone(nn.Module):
     """eps_theta(x_t, t, cond): the QGFD diffusion Transformer.
 
@@ -869,22 +854,8 @@ class QGFDPreTrainedModel(PreTrainedModel):
         return self.config.latent_scale
 
 
-def __getattr__(name):
-    # The seed kept everything in one module: `from qgfd_hf.modeling_qgfd import
-    # TextQGFDDiffusionModel` still works, re-exported lazily (the modality models import this
-    # module, so a top-level import would be circular).
-    import importlib
-
-    for module_name in (".modeling_qgfd_modalities", ".modeling_qgfd_adapters"):
-        module = importlib.import_module(module_name, __package__)
-        if name in getattr(module, "__all__", ()):
-            return getattr(module, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 __all__ = [
     "CrossAttention",
-    "build_denoiser",
     "DecoderBlock",
     "EncoderBlock",
     "PositionwiseFFN",

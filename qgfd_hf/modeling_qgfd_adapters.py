@@ -27,10 +27,11 @@ from typing import Mapping, Optional, Tuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from transformers import AutoModel, PretrainedConfig
+from transformers import AutoConfig, AutoModel, PretrainedConfig
 from transformers.utils import logging
 
 from .configuration_qgfd import (  # the modality configs are used by the docstring examples
+    MODALITY_CONFIGS,
     QGFDAudioConfig,
     QGFDConfig,
     QGFDImageConfig,
@@ -85,6 +86,68 @@ def maybe_patch_encoder(encoder: nn.Module, settings: Optional[dict]) -> None:
     if not settings:
         return
     patch_model(encoder, **settings)
+
+
+# ----------------------------------------------------------------------------------------
+# Modality configs from a backbone (a Hub id, a folder or a transformers config)
+# ----------------------------------------------------------------------------------------
+
+
+def _resolve_backbone(backbone, modality):
+    """(backbone_config or None, Hub id / folder or None) from a name, a config or None."""
+    if backbone is None:
+        return None, None
+    if isinstance(backbone, str):
+        return AutoConfig.from_pretrained(backbone), backbone
+    if isinstance(backbone, PretrainedConfig):
+        if isinstance(backbone, QGFDConfig):
+            raise ValueError(f"The {modality} backbone must be the encoder's config (T5, ViT, ...), not a {type(backbone).__name__}.")
+        return backbone, None
+    raise ValueError(f"`backbone_name` for {modality} must be a Hub id, a folder, a transformers config or None, got {type(backbone).__name__}.")
+
+
+def modality_config_from_backbone(modality: str, backbone, base_cfg=None, **kwargs):
+    """A modality config for an adapter or model: returns (config, pretrained name or None).
+
+    `base_cfg` (a DiffusionConfig or QGFDConfig) supplies the sizes of the learned decoders;
+    `latent_dim` is the encoder's width.
+    """
+    backbone_config, name = _resolve_backbone(backbone, modality)
+    values = {}
+    if base_cfg is not None:
+        values = {k: getattr(base_cfg, k) for k in ("d_model", "num_heads", "num_layers", "d_ff", "dropout")}
+    values.update(kwargs)
+    values.setdefault("latent_dim", None)
+    if modality in ("image", "video"):
+        values.setdefault("latent_space", "vit" if backbone_config is not None else "pixels")
+        if name is not None and values["latent_space"] == "vit":
+            _normalisation_from_processor(values, _load_processor(modality, name))
+    if modality in ("image", "video", "text", "audio") or backbone_config is not None:
+        values["backbone_config"] = backbone_config
+    return MODALITY_CONFIGS[modality](backbone_name=name, **values), name
+
+
+def _normalisation_from_processor(values: dict, processor) -> None:
+    """Normalise pixels as the pretrained image processor does (unless the caller said otherwise)."""
+    for key in ("image_mean", "image_std"):
+        value = getattr(processor, key, None) if processor is not None else None
+        if key not in values and value is not None:
+            values[key] = [float(v) for v in value] if isinstance(value, (list, tuple)) else value
+
+
+def _load_processor(modality: str, name: str):
+    """The tokenizer / image processor / feature extractor saved with the backbone at `name`
+    (None, with a warning, when an image or audio backbone has none; text needs one)."""
+    from transformers import AutoFeatureExtractor, AutoImageProcessor, AutoTokenizer
+
+    loader = {"text": AutoTokenizer, "image": AutoImageProcessor, "video": AutoImageProcessor, "audio": AutoFeatureExtractor}[modality]
+    try:
+        return loader.from_pretrained(name)
+    except (OSError, ValueError) as err:
+        if modality == "text":
+            raise ValueError(f"No tokenizer could be loaded from {name!r} ({err}); pass `tokenizer=`.") from err
+        logger.warning(f"No processor at {name!r} ({err}); building one from the model's config.")
+        return None
 
 
 # ----------------------------------------------------------------------------------------
@@ -188,16 +251,14 @@ def _check_mask(name: str, mask, shape) -> torch.Tensor:
 def _resolve_adapter_config(modality: str, config, shared_cfg):
     """An adapter's modality config; the seed's form `XAdapter(hf_name, shared_cfg)` builds it
     from a Hub id or folder (returned as `pretrained` to load) or a backbone config."""
-    from .modeling_qgfd_modalities import MODALITY_CONFIG_CLASSES, modality_config_from_backbone
-
     # Duck-typed (`model_type`), not isinstance: with trust_remote_code the config class comes
     # from another copy of configuration_qgfd.py than this file's.
-    expected = MODALITY_CONFIG_CLASSES[modality].model_type
+    expected = MODALITY_CONFIGS[modality].model_type
     model_type = getattr(config, "model_type", None)
     if model_type == expected:
         return config, None
     if isinstance(model_type, str) and model_type.startswith("qgfd"):
-        raise ValueError(f"A {modality} adapter needs a {MODALITY_CONFIG_CLASSES[modality].__name__}, got {type(config).__name__}.")
+        raise ValueError(f"A {modality} adapter needs a {MODALITY_CONFIGS[modality].__name__}, got {type(config).__name__}.")
     if isinstance(config, (str, PretrainedConfig)) or (config is None and modality in ("image", "video", "tabular")):
         if shared_cfg is None:
             raise ValueError(f"`{modality}` adapter built from a backbone needs `shared_cfg`.")

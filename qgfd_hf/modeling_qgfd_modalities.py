@@ -31,6 +31,7 @@ from .configuration_qgfd import (
     ALL_MODALITIES,
     DIFFUSION_FIELDS,
     MODALITIES,
+    MODALITY_CONFIGS,
     DiffusionConfig,
     QGFDAudioConfig,
     QGFDConfig,
@@ -41,19 +42,33 @@ from .configuration_qgfd import (
     QGFDVideoConfig,
     _check_choice,
 )
-from .modeling_qgfd import QGFDDiffusionOutput, QGFDPreTrainedModel, build_denoiser
-from .modeling_qgfd_adapters import ADAPTERS, AudioAdapter, ImageAdapter, TabularAdapter, TextAdapter, VideoAdapter
+from .modeling_qgfd import QGFDDiffusionBackbone, QGFDDiffusionOutput, QGFDPreTrainedModel
+from .modeling_qgfd_adapters import (
+    ADAPTERS,
+    AudioAdapter,
+    ImageAdapter,
+    TabularAdapter,
+    TextAdapter,
+    VideoAdapter,
+    _load_processor,
+    _normalisation_from_processor,
+    _resolve_backbone,
+    modality_config_from_backbone,
+)
+from .modeling_qgfd_pretrained import PretrainedDenoiser
 from .scheduling_qgfd import DDPMBetaSchedule, predict_x0_and_eps, sample_loop
 
 logger = logging.get_logger(__name__)
 
-MODALITY_CONFIG_CLASSES = {
-    "text": QGFDTextConfig,
-    "image": QGFDImageConfig,
-    "audio": QGFDAudioConfig,
-    "video": QGFDVideoConfig,
-    "tabular": QGFDTabularConfig,
-}
+def build_denoiser(config) -> nn.Module:
+    """The denoiser a config asks for (`config.denoiser`): "qgfd" is `QGFDDiffusionBackbone`,
+    "pretrained" is `modeling_qgfd_pretrained.PretrainedDenoiser` (the backbone's own stack)."""
+    denoiser = getattr(config, "denoiser", "qgfd")
+    if denoiser == "pretrained":
+        return PretrainedDenoiser(config)
+    if denoiser != "qgfd":
+        raise ValueError(f"Unknown denoiser {denoiser!r}; allowed: 'qgfd', 'pretrained'.")
+    return QGFDDiffusionBackbone(config)
 
 
 # ----------------------------------------------------------------------------------------
@@ -613,48 +628,6 @@ def _diffusion_values(diffusion_cfg) -> dict:
     raise ValueError(f"`diffusion_cfg` must be a DiffusionConfig, a dict or None, got {type(diffusion_cfg).__name__}.")
 
 
-def _resolve_backbone(backbone, modality):
-    """(backbone_config or None, Hub id / folder or None) from a name, a config or None."""
-    if backbone is None:
-        return None, None
-    if isinstance(backbone, str):
-        return AutoConfig.from_pretrained(backbone), backbone
-    if isinstance(backbone, PretrainedConfig):
-        if isinstance(backbone, QGFDConfig):
-            raise ValueError(f"The {modality} backbone must be the encoder's config (T5, ViT, ...), not a {type(backbone).__name__}.")
-        return backbone, None
-    raise ValueError(f"`backbone_name` for {modality} must be a Hub id, a folder, a transformers config or None, got {type(backbone).__name__}.")
-
-
-def modality_config_from_backbone(modality: str, backbone, base_cfg=None, **kwargs):
-    """A modality config for an adapter or model: returns (config, pretrained name or None).
-
-    `base_cfg` (a DiffusionConfig or QGFDConfig) supplies the sizes of the learned decoders;
-    `latent_dim` is the encoder's width.
-    """
-    backbone_config, name = _resolve_backbone(backbone, modality)
-    values = {}
-    if base_cfg is not None:
-        values = {k: getattr(base_cfg, k) for k in ("d_model", "num_heads", "num_layers", "d_ff", "dropout")}
-    values.update(kwargs)
-    values.setdefault("latent_dim", None)
-    if modality in ("image", "video"):
-        values.setdefault("latent_space", "vit" if backbone_config is not None else "pixels")
-        if name is not None and values["latent_space"] == "vit":
-            _normalisation_from_processor(values, _load_processor(modality, name))
-    if modality in ("image", "video", "text", "audio") or backbone_config is not None:
-        values["backbone_config"] = backbone_config
-    return MODALITY_CONFIG_CLASSES[modality](backbone_name=name, **values), name
-
-
-def _normalisation_from_processor(values: dict, processor) -> None:
-    """Normalise pixels as the pretrained image processor does (unless the caller said otherwise)."""
-    for key in ("image_mean", "image_std"):
-        value = getattr(processor, key, None) if processor is not None else None
-        if key not in values and value is not None:
-            values[key] = [float(v) for v in value] if isinstance(value, (list, tuple)) else value
-
-
 def _load_adapter_weights(adapter, name: str) -> None:
     adapter.load_pretrained_encoder(name)
     if isinstance(adapter, TextAdapter):
@@ -679,21 +652,6 @@ def _shared_config_from_backbones(diffusion_cfg, backbones: Mapping, modality_kw
         raise ValueError(f"`modality_kwargs` for modalities not in {modalities}: {sorted(modality_kwargs)}.")
     values.update(kwargs)
     return QGFDSharedConfig(modalities=modalities, **sub, **values), pretrained
-
-
-def _load_processor(modality: str, name: str):
-    """The tokenizer / image processor / feature extractor saved with the backbone at `name`
-    (None, with a warning, when an image or audio backbone has none; text needs one)."""
-    from transformers import AutoFeatureExtractor, AutoImageProcessor, AutoTokenizer
-
-    loader = {"text": AutoTokenizer, "image": AutoImageProcessor, "video": AutoImageProcessor, "audio": AutoFeatureExtractor}[modality]
-    try:
-        return loader.from_pretrained(name)
-    except (OSError, ValueError) as err:
-        if modality == "text":
-            raise ValueError(f"No tokenizer could be loaded from {name!r} ({err}); pass `tokenizer=`.") from err
-        logger.warning(f"No processor at {name!r} ({err}); building one from the model's config.")
-        return None
 
 
 def _processor_from_config(modality: str, config):
@@ -804,7 +762,7 @@ def create_qgfd_diffusion_model(
         _normalisation_from_processor(values, loaded)
     if modality in ("text", "image", "video", "audio") or backbone_config is not None:
         values["backbone_config"] = backbone_config
-    config = MODALITY_CONFIG_CLASSES[modality](backbone_name=name, **values)
+    config = MODALITY_CONFIGS[modality](backbone_name=name, **values)
     model = MODEL_CLASSES[modality](config)
     if name is not None:
         if model.adapter.encoder is not None:

@@ -185,8 +185,13 @@ def test_seed_quickstart(t5_dir, capsys):
 
 
 def test_seed_import_paths():
-    # The seed kept everything in one module.
-    from qgfd_hf.modeling_qgfd import DDPMBetaSchedule, TextQGFDDiffusionModel as T, q_sample
+    # The seed kept everything in one module (QGFD_Diffusion_Transformer); its names all come
+    # from the package itself. modeling_qgfd no longer re-exports the modality models: that
+    # lazy re-export was an import circle (modeling_qgfd <- modeling_qgfd_modalities).
+    from qgfd_hf import DDPMBetaSchedule, TextQGFDDiffusionModel as T, q_sample
+    import qgfd_hf.modeling_qgfd as base
+
+    assert not hasattr(base, "TextQGFDDiffusionModel")
 
     assert T is TextQGFDDiffusionModel and callable(q_sample)
     s = DDPMBetaSchedule(1000, beta_start=1e-4, beta_end=2e-2)
