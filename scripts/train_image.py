@@ -27,7 +27,8 @@ import os
 from accelerate.utils import set_seed
 
 from qgfd_hf import create_qgfd_diffusion_model
-from qgfd_hf.cli import generate, save_image_grid
+from qgfd_hf.modality_image import save_image_grid
+from qgfd_hf.modality_qgfd import pipeline_samples
 from qgfd_hf.data_qgfd import (
     ImageCollator,
     check_dataset_for_modality,
@@ -105,7 +106,7 @@ def main():
         return
 
     # 4. A grid of 64 samples through pipeline("qgfd-diffusion").
-    images = generate(training_args.model_dir, num_samples=64, num_inference_steps=100, sampler="ddpm")
+    images = pipeline_samples(training_args.model_dir, num_samples=64, num_inference_steps=100, sampler="ddpm").transpose(0, 3, 1, 2)  # [N, C, H, W]
     grid = save_image_grid(images, os.path.join(args.output_dir, "samples.png"), nrow=8, cell=max(32, size))
     print(f"final loss {metrics['final_loss']:.4f}; model in {training_args.model_dir}; samples in {grid}")
 

@@ -31,7 +31,7 @@ from accelerate.utils import set_seed
 from transformers import AutoTokenizer, T5Config
 
 from qgfd_hf import create_qgfd_diffusion_model
-from qgfd_hf.cli import save_image_grid
+from qgfd_hf.modality_image import save_image_grid
 from qgfd_hf.data_qgfd import (
     REVERSAL_VOCAB,
     ImageCollator,

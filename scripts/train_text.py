@@ -27,7 +27,7 @@ from accelerate.utils import set_seed
 from transformers import AutoTokenizer, T5Config
 
 from qgfd_hf import create_qgfd_diffusion_model
-from qgfd_hf.cli import generate
+from qgfd_hf.modality_qgfd import pipeline_samples
 from qgfd_hf.data_qgfd import (
     REVERSAL_VOCAB,
     Seq2SeqCollator,
@@ -116,7 +116,7 @@ def main():
 
     # 5. Sample a few held-out sources through pipeline("qgfd-diffusion").
     sources = list(heldout["source"][:5])
-    for src, out, ref in zip(sources, generate(training_args.model_dir, sources), heldout["target"][:5]):
+    for src, out, ref in zip(sources, [g[0]["generated_text"] for g in pipeline_samples(training_args.model_dir, sources)], heldout["target"][:5]):
         print(f"{src!r}\n  -> {out!r}\n  reference {ref!r}")
     print(f"final loss {metrics['final_loss']:.4f}; model in {training_args.model_dir}")
 

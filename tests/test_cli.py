@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from qgfd_hf.cli import main, save_image_grid
+from qgfd_hf.cli import main
+from qgfd_hf.modality_image import save_image_grid
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--preset", "tiny", "--batch-size", "8", "--no-progress", "--checkpoint-every", "2", "--warmup-steps", "0"]
@@ -73,12 +74,12 @@ def test_missing_column(tmp_path, capsys):
 
 
 def test_modality_the_data_does_not_fit(tmp_path, capsys):
-    _assert_refused(["train", "--modality", "image", "--dataset", "mrpc"], capsys, tmp_path, "is text; it does not fit --modality image")
-    _assert_refused(["train", "--modality", "text", "--dataset", "digits"], capsys, tmp_path, "is images; it does not fit --modality text")
+    _assert_refused(["train", "--modality", "image", "--dataset", "mrpc"], capsys, tmp_path, "is text data; it does not fit --modality image")
+    _assert_refused(["train", "--modality", "text", "--dataset", "digits"], capsys, tmp_path, "is image data; it does not fit --modality text")
     d = tmp_path / "imgs"
     d.mkdir()
     Image.new("RGB", (8, 8)).save(d / "a.png")
-    _assert_refused(["train", "--modality", "text", "--data-dir", str(d)], capsys, tmp_path, "--data-dir is an image folder")
+    _assert_refused(["train", "--modality", "text", "--data-dir", str(d)], capsys, tmp_path, "--data-dir is a folder of files; text takes")
     _assert_refused(["train", "--modality", "image", "--dataset", "digits", "--image-size", "32"], capsys, tmp_path, "8x8 greyscale")
 
 

@@ -1,0 +1,225 @@
+# coding=utf-8
+"""A modality's training side, described once: `ModalityTask` and its registry.
+
+The model side of a modality (its config, adapter and model class) lives in
+`configuration_qgfd` / `modeling_qgfd_*`, the files a saved folder carries for
+`trust_remote_code`. Everything else a modality needs to be trained and judged is one
+`ModalityTask` subclass in one file `modality_<name>.py` of this package:
+
+| what                   | the task's                                   |
+|------------------------|----------------------------------------------|
+| CLI flags of its own   | `add_arguments(group)`                         |
+| data (checked)         | `load_data(args, settings) -> TaskData`        |
+| defaults               | `defaults` (one table, for `train` and `demo`) |
+| model + collator       | `build_model(args, data, settings)`            |
+| samples                | `generate(model_dir, data, settings, args)`    |
+| scores vs baselines    | `evaluate(samples, data, settings)`            |
+| what a person looks at | `write_samples(samples, data, output_dir)`     |
+| the printed report     | `report_lines(result)`, `card_metrics(result)` |
+
+The `qgfd-hf` CLI, the demos and the scripts read tasks from `get_task(name)`; adding a
+modality adds a file `modality_<name>.py` whose task class is decorated with
+`@register_task`, and nothing else. `task_names()` lists the modalities without importing
+them (the CLI's `--help` stays fast); `get_task` imports the one asked for.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import pkgutil
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+_TASKS: Dict[str, "ModalityTask"] = {}
+_PREFIX = "modality_"
+
+
+def register_task(cls):
+    """Class decorator: register a `ModalityTask` subclass under `cls.name`."""
+    if not cls.name or not isinstance(cls.name, str):
+        raise ValueError(f"{cls.__name__}.name must be a non-empty string, got {cls.name!r}.")
+    _TASKS[cls.name] = cls()
+    return cls
+
+
+def task_names() -> List[str]:
+    """The modalities that have a task file, in a fixed order (image, text first), without importing them."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    names = [m.name[len(_PREFIX):] for m in pkgutil.iter_modules([here]) if m.name.startswith(_PREFIX) and m.name != "modality_qgfd"]
+    first = [n for n in ("image", "text") if n in names]
+    return first + sorted(n for n in names if n not in first)
+
+
+def get_task(name: str) -> "ModalityTask":
+    """The registered task of modality `name` (importing its `modality_<name>.py`)."""
+    if name not in _TASKS:
+        if name not in task_names():
+            raise ValueError(f"Unknown modality {name!r}; allowed: {', '.join(task_names())}.")
+        importlib.import_module(f".{_PREFIX}{name}", __package__)
+        if name not in _TASKS:
+            raise ValueError(f"qgfd_hf/{_PREFIX}{name}.py registers no task named {name!r} (@register_task).")
+    return _TASKS[name]
+
+
+@dataclass
+class TaskData:
+    """A modality's data, loaded and checked before any model is built.
+
+    Args:
+        train: the training rows (a `datasets.Dataset`).
+        name: the data's short name (a built-in dataset, or `kind:path` for the user's files).
+        test: held-out rows the demo scores against (None for the user's own data).
+        card_name: how the model card names the data (default: `name`).
+        info: whatever the task derived from the data and needs later (sizes, column specs, ...).
+    """
+
+    train: Any
+    name: str
+    test: Any = None
+    card_name: Optional[str] = None
+    info: Dict[str, Any] = field(default_factory=dict)
+
+
+class ModalityTask:
+    """Base class of a modality's training side; see the module docstring for the contract.
+
+    Class attributes:
+        name: the modality (`--modality NAME`).
+        summary: one line for `--help`.
+        datasets: built-in `--dataset` names; the first one is the demo's.
+        data_help: what `--data-dir` / `--data-files` take for this modality.
+        defaults: the one table of settings (model sizes, diffusion, training, sampling) used by
+            `train` and `demo` alike; flags override them.
+    """
+
+    name: str = ""
+    summary: str = ""
+    datasets: Tuple[str, ...] = ()
+    data_help: str = ""
+    defaults: Dict[str, Any] = {}
+
+    # -- data and model ---------------------------------------------------------------------
+
+    def add_arguments(self, group) -> None:
+        """Add this modality's own flags to an argparse group (names must not clash across tasks)."""
+
+    def settings(self, args, for_demo: bool = False) -> Dict[str, Any]:
+        """The defaults for this run (a copy); tasks may adapt them to the data source."""
+        return dict(self.defaults)
+
+    def load_data(self, args, settings: Dict[str, Any]) -> TaskData:
+        raise NotImplementedError
+
+    def build_model(self, args, data: TaskData, settings: Dict[str, Any]):
+        """(model, processor or None, collator) for `data`, with every statistic the model needs
+        (normalisation, latent scale) fitted from `data.train`."""
+        raise NotImplementedError
+
+    # -- samples and scores -----------------------------------------------------------------
+
+    def generate(self, model_dir: str, data: TaskData, settings: Dict[str, Any], args):
+        """Samples from the saved model (through `pipeline("qgfd-diffusion")`)."""
+        raise NotImplementedError
+
+    def evaluate(self, samples, data: TaskData, settings: Dict[str, Any]) -> Dict[str, Any]:
+        """`{"metrics": ..., "targets": {name: bool}}`, the metrics beside their baselines."""
+        raise NotImplementedError
+
+    def write_samples(self, samples, data: Optional[TaskData], output_dir: str, prefix: str = "samples") -> Dict[str, str]:
+        """Write what a person looks at (PNG, wav, csv, ...); returns {what: path}."""
+        raise NotImplementedError
+
+    def report_lines(self, result: Dict[str, Any]) -> List[str]:
+        """The demo's table, as lines."""
+        return []
+
+    def card_metrics(self, result: Dict[str, Any]) -> Dict[str, Any]:
+        """The demo's metrics as the model card records them."""
+        return {}
+
+    # -- the `sample` command ---------------------------------------------------------------
+
+    def sample_hint(self, model_dir: str) -> str:
+        """The `qgfd-hf sample` command line the demo and `train` print at the end."""
+        return f"qgfd-hf sample {model_dir} --num-samples 16"
+
+    def sample_command(self, model: str, args) -> List[str]:
+        """`qgfd-hf sample`: sample the saved model, write the samples, return the lines to print."""
+        samples = self.sample_saved(model, args)
+        out_dir, prefix = sample_output(model, args)
+        paths = self.write_samples(samples, None, out_dir, prefix=prefix)
+        return [f"{len(samples)} samples:"] + [f"  {what:15s} {os.path.abspath(p)}" for what, p in paths.items()]
+
+    def sample_saved(self, model: str, args):
+        """Unconditional samples of the saved model for `qgfd-hf sample` (the pipeline's arrays)."""
+        return pipeline_samples(
+            model, num_samples=args.num_samples, num_inference_steps=args.num_inference_steps, sampler=args.sampler,
+            seed=args.seed, progress=not args.no_progress,
+        )
+
+
+# ----------------------------------------------------------------------------------------
+# Shared helpers of the tasks
+# ----------------------------------------------------------------------------------------
+
+
+def pipeline_samples(model_or_path, inputs=None, *, num_samples: Optional[int] = None, num_inference_steps: Optional[int] = 50,
+                     sampler: str = "ddim", seed: int = 0, batch_size: int = 256, progress: bool = True,
+                     output_type: str = "np", **pipe_kwargs):
+    """Samples through `pipeline("qgfd-diffusion")` (registered by `import qgfd_hf`).
+
+    Unconditional models: the pipeline's `output_type` items (default the `"np"` arrays,
+    stacked into one array). Conditional models (`inputs` given): one list of outputs per input.
+    """
+    import numpy as np
+    from transformers import pipeline
+
+    pipe = pipeline("qgfd-diffusion", model=model_or_path)
+    kwargs = dict(num_inference_steps=num_inference_steps, sampler=sampler, seed=seed, batch_size=batch_size,
+                  progress_bar=progress, **pipe_kwargs)
+    if inputs is None:
+        out = pipe(num_samples=num_samples, output_type=output_type, **kwargs)
+        return np.stack([o["np"] for o in out]) if output_type == "np" else out
+    return pipe(list(inputs), **kwargs)
+
+
+def diffusion_values(args, settings: dict) -> dict:
+    """The denoiser's settings (`DiffusionConfig` fields): the task's defaults, then --preset,
+    then the individual flags."""
+    from .configuration_qgfd import DIFFUSION_FIELDS, QGFD_PRESETS
+
+    names = [n for n in DIFFUSION_FIELDS if n != "latent_dim"]
+    values = {k: v for k, v in settings.items() if k in names}
+    preset = getattr(args, "preset", None)
+    if preset is not None:
+        if preset not in QGFD_PRESETS:
+            raise ValueError(f"Unknown --preset {preset!r}; allowed: {', '.join(QGFD_PRESETS)}.")
+        values.update(QGFD_PRESETS[preset])
+    values.update({n: getattr(args, n) for n in names if getattr(args, n, None) is not None})
+    return values
+
+
+def sample_output(model: str, args) -> Tuple[str, str]:
+    """(folder, file prefix) for `qgfd-hf sample`: `--output PATH` (its extension dropped), else
+    `sample-seed<S>` beside the model folder; an existing prefix gets `-1`, `-2`, ... so that no
+    earlier samples (the demo's among them) are overwritten."""
+    if getattr(args, "output", None):
+        out_dir, name = os.path.split(os.path.abspath(args.output))
+        return out_dir, os.path.splitext(name)[0]
+    out_dir = os.path.dirname(os.path.abspath(model.rstrip("/\\"))) if os.path.isdir(model) else os.getcwd()
+    base = prefix = f"sample-seed{args.seed}"
+    taken = lambda p: os.path.isdir(out_dir) and any(f == p or f.startswith(p + ".") or f.startswith(p + "_") for f in os.listdir(out_dir))
+    i = 0
+    while taken(prefix):
+        i += 1
+        prefix = f"{base}-{i}"
+    return out_dir, prefix
+
+
+def check_choice(name: str, value, allowed: Sequence) -> None:
+    if value not in allowed:
+        raise ValueError(f"Unknown {name} {value!r}; allowed: {', '.join(map(str, allowed))}.")
+
+
+__all__ = ["ModalityTask", "TaskData", "diffusion_values", "get_task", "pipeline_samples", "register_task", "task_names"]
