@@ -95,7 +95,11 @@ def _add_training_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--keep-last", type=int, default=None, help="checkpoints to keep")
     g.add_argument("--log-every", type=int, default=None)
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --output-dir")
+    g.add_argument("--resume", action="store_true", help="continue the run in --output-dir from its newest intact checkpoint")
+    g.add_argument("--resume-from-checkpoint", default=None, metavar="PATH", help="continue from this checkpoint folder")
+    g.add_argument("--overwrite-output-dir", action="store_true",
+                   help="replace the earlier run in --output-dir (without it, a new run into a run's folder is refused)")
+    g.add_argument("--num-workers", type=int, default=None, help="DataLoader worker processes (default 0)")
     g.add_argument("--stop-after", type=int, default=None, help="pause after this many steps (checkpoint, no final model); --resume continues")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
     g.add_argument("--threads", type=int, default=None, help="CPU threads for torch (demo default: 1, robust on busy machines)")
@@ -151,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 _TRAINING_FIELDS = (
-    "stop_after", "max_steps", "batch_size", "gradient_accumulation_steps", "learning_rate", "weight_decay", "lr_schedule",
+    "stop_after", "num_workers", "resume_from_checkpoint", "max_steps", "batch_size", "gradient_accumulation_steps", "learning_rate", "weight_decay", "lr_schedule",
     "warmup_steps", "max_grad_norm", "mixed_precision", "ema_decay", "checkpoint_every", "keep_last", "log_every",
 )
 
@@ -173,7 +177,15 @@ def _training_arguments(args, output_dir: str, settings: Optional[dict] = None):
 
     values = {k: v for k, v in (settings or {}).items() if k in _TRAINING_FIELDS}
     values.update({n: getattr(args, n) for n in _TRAINING_FIELDS if getattr(args, n, None) is not None})
-    return QGFDTrainingArguments(output_dir=output_dir, seed=args.seed, progress=not args.no_progress, **values)
+    return QGFDTrainingArguments(output_dir=output_dir, seed=args.seed, progress=not args.no_progress,
+                                 overwrite_output_dir=args.overwrite_output_dir, **values)
+
+
+def _check_output_dir(args, output_dir: str) -> None:
+    """Before the data is loaded: the folder can be written and holds no other run."""
+    from .training_qgfd import check_output_dir
+
+    check_output_dir(output_dir, resume=args.resume, overwrite=args.overwrite_output_dir, resume_from_checkpoint=args.resume_from_checkpoint)
 
 
 def _describe_model(model) -> str:
@@ -188,7 +200,7 @@ def _describe_model(model) -> str:
     )
 
 
-def _train(args, task, data, output_dir: str, settings: dict, metadata: dict):
+def _train(args, task, data, targs, settings: dict, metadata: dict):
     from accelerate.utils import set_seed
 
     from .training_qgfd import QGFDTrainer
@@ -196,7 +208,6 @@ def _train(args, task, data, output_dir: str, settings: dict, metadata: dict):
     set_seed(args.seed)  # the model's initial weights
     model, processor, collator = task.build_model(args, data, settings)
     _say(_describe_model(model))
-    targs = _training_arguments(args, output_dir, settings)
     trainer = QGFDTrainer(model, targs, data.train, data_collator=collator, processing_class=processor, metadata=metadata)
     metrics = trainer.train(resume=args.resume)
     return trainer, metrics, processor
@@ -212,11 +223,13 @@ def cmd_train(args) -> int:
         raise ValueError("--output-dir is required for train.")
     _set_threads(args.threads)
     _check_modality_flags(args)
+    _check_output_dir(args, args.output_dir)
     task = get_task(args.modality)
     settings = task.settings(args)
+    targs = _training_arguments(args, args.output_dir, settings)  # bad values refused before the data is read
     data = task.load_data(args, settings)
     _say(f"Training a {args.modality} model on {data.name} ({len(data.train)} examples) -> {args.output_dir}")
-    trainer, metrics, _ = _train(args, task, data, args.output_dir, settings, {"dataset": data.card_name or data.name, "modality": args.modality})
+    trainer, metrics, _ = _train(args, task, data, targs, settings, {"dataset": data.card_name or data.name, "modality": args.modality})
     if not trainer.accelerator.is_main_process:  # under `accelerate launch`, one process reports
         return 0
     if metrics.get("paused"):
@@ -272,7 +285,9 @@ def cmd_demo(args) -> int:
             settings[name] = getattr(args, name)
     args.dataset = task.datasets[0]
     args.data_dir = args.data_files = None
-    output_dir = args.output_dir or f"qgfd-demo-{args.modality}"
+    output_dir = args.output_dir or _fresh_demo_dir(args)
+    _check_output_dir(args, output_dir)
+    targs = _training_arguments(args, output_dir, settings)
     t0 = time.time()
     data = task.load_data(args, settings)
     steps = settings.get("max_steps") if args.max_steps is None else args.max_steps
@@ -280,7 +295,7 @@ def cmd_demo(args) -> int:
         f"QGFD demo ({args.modality}): training on {data.name} ({len(data.train)} examples) for {steps} "
         f"steps on {torch.get_num_threads()} CPU thread(s) (--threads to change); output in {os.path.abspath(output_dir)}"
     )
-    trainer, train_metrics, processor = _train(args, task, data, output_dir, settings, {"dataset": data.card_name or data.name, "modality": args.modality, "demo": True})
+    trainer, train_metrics, processor = _train(args, task, data, targs, settings, {"dataset": data.card_name or data.name, "modality": args.modality, "demo": True})
     if not trainer.accelerator.is_main_process:  # under `accelerate launch`, one process samples and scores
         return 0
     model_dir = os.path.join(output_dir, "model")
@@ -305,6 +320,18 @@ def cmd_demo(args) -> int:
     os.replace(metrics_path + ".tmp", metrics_path)
     _print_demo(task, result, output_dir, train_metrics)
     return 0
+
+
+def _fresh_demo_dir(args) -> str:
+    """`qgfd-demo-<modality>`, or with `-2`, `-3`, ... when an earlier demo is there (it is kept);
+    with --resume or --overwrite-output-dir, the plain name."""
+    base = f"qgfd-demo-{args.modality}"
+    if args.resume or args.overwrite_output_dir or args.resume_from_checkpoint or not os.path.exists(base):
+        return base
+    i = 2
+    while os.path.exists(f"{base}-{i}"):
+        i += 1
+    return f"{base}-{i}"
 
 
 def _json_default(value):
@@ -366,8 +393,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     datasets.disable_progress_bars()
     try:
         return COMMANDS[args.command](args)
-    except ValueError as e:
-        # Bad input (data, flags): one clear line, no traceback; the exit status is 2 like argparse's.
+    except (ValueError, OSError) as e:
+        # Bad input (data, flags) or a fault of the machine (a full disk): one clear line, no
+        # traceback; the exit status is 2 like argparse's. QGFD_HF_TRACEBACK=1 shows the traceback.
         if os.environ.get("QGFD_HF_TRACEBACK"):
             raise
         print(f"qgfd-hf {args.command}: error: {e}", file=sys.stderr, flush=True)

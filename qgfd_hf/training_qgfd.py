@@ -72,6 +72,11 @@ class _TiedWeightsNote(py_logging.Filter):
 
 py_logging.getLogger("accelerate.utils.other").addFilter(_TiedWeightsNote())
 
+class CheckpointWriteError(OSError):
+    """A checkpoint or the final model could not be written (a full disk, a lost mount); the
+    earlier checkpoints are intact, and the message says which one `--resume` continues from."""
+
+
 LR_SCHEDULES = ("cosine", "linear", "constant")
 MIXED_PRECISIONS = ("no", "fp16", "bf16")
 CHECKPOINT_PREFIX = "checkpoint-"
@@ -116,6 +121,12 @@ class QGFDTrainingArguments:
             and return, without the final model (`train(resume=True)` continues). The learning
             rate schedule still runs to `max_steps`, so a paused and resumed run equals an
             uninterrupted one.
+        overwrite_output_dir (`bool`, defaults to `False`): a new run into a folder that holds an
+            earlier run is refused unless this is set; then the earlier run's checkpoints,
+            `model/`, `metrics.json`, `loss.png` and `run.json` are removed first (as Trainer's
+            `overwrite_output_dir`).
+        resume_from_checkpoint (`str`, *optional*): resume from this checkpoint folder instead of
+            the newest one in `output_dir/checkpoints` (`train(resume=True)` is implied).
     """
 
     output_dir: str
@@ -138,6 +149,8 @@ class QGFDTrainingArguments:
     num_workers: int = 0
     progress: bool = True
     stop_after: Optional[int] = None
+    overwrite_output_dir: bool = False
+    resume_from_checkpoint: Optional[str] = None
 
     def __post_init__(self):
         if not isinstance(self.output_dir, (str, os.PathLike)) or not str(self.output_dir):
@@ -157,18 +170,26 @@ class QGFDTrainingArguments:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"`{name}` must be an int >= {low}, got {value!r}.")
+        if self.seed >= 2**32:
+            raise ValueError(f"`seed` must be an int in [0, 2**32) (NumPy's range), got {self.seed!r}.")
+        # `not (finite and in range)`: NaN fails every comparison, so it is refused, not let through.
         for name in ("learning_rate",):
             value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not value > 0:
-                raise ValueError(f"`{name}` must be > 0, got {value!r}.")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
+                raise ValueError(f"`{name}` must be a finite number > 0, got {value!r}.")
         for name in ("weight_decay", "max_grad_norm"):
             value = getattr(self, name)
-            if not isinstance(value, (int, float)) or value < 0:
-                raise ValueError(f"`{name}` must be >= 0, got {value!r}.")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"`{name}` must be a finite number >= 0 (0 = off), got {value!r}.")
         for name in ("adam_beta1", "adam_beta2", "ema_decay"):
             value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not 0 <= value < 1:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
                 raise ValueError(f"`{name}` must lie in [0, 1), got {value!r}.")
+        for name in ("overwrite_output_dir", "progress"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"`{name}` must be True or False, got {getattr(self, name)!r}.")
+        if self.resume_from_checkpoint is not None:
+            self.resume_from_checkpoint = str(self.resume_from_checkpoint)
         if self.stop_after is not None and (isinstance(self.stop_after, bool) or not isinstance(self.stop_after, int) or self.stop_after < 1):
             raise ValueError(f"`stop_after` must be None or an int >= 1, got {self.stop_after!r}.")
         if self.lr_schedule not in LR_SCHEDULES:
@@ -331,6 +352,113 @@ def _replace_dir(tmp: str, final: str) -> None:
     os.replace(tmp, final)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def recover_interrupted_replace(parent: str) -> None:
+    """Finish what a kill inside `_replace_dir` left behind in `parent`: a folder moved aside
+    (`.tmp-old-X`) whose replacement never arrived is moved back to `X`; one whose replacement
+    is in place is removed."""
+    if not os.path.isdir(parent):
+        return
+    prefix = _TMP_PREFIX + "old-"
+    for name in os.listdir(parent):
+        if not name.startswith(prefix):
+            continue
+        old, final = os.path.join(parent, name), os.path.join(parent, name[len(prefix):])
+        if os.path.exists(final):
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(old, final)
+            logger.warning(f"Restored {final} (a save was interrupted between its two renames).")
+
+
+# ----------------------------------------------------------------------------------------
+# A run's folder belongs to one run
+# ----------------------------------------------------------------------------------------
+
+RUN_FILE = "run.json"
+RUN_OUTPUTS = ("checkpoints", "model", "metrics.json", "loss.png", RUN_FILE)
+# Training settings a resumed run must share with the run it continues: each one changes the
+# optimisation (the learning-rate schedule, the batches, the noise streams, the averaged weights).
+# (`max_steps` may change, to extend a run: the schedule then runs to the new end, with a warning.)
+RESUME_LOCKED_ARGS = (
+    "batch_size", "gradient_accumulation_steps", "learning_rate", "weight_decay", "adam_beta1", "adam_beta2",
+    "lr_schedule", "warmup_steps", "max_grad_norm", "mixed_precision", "ema_decay", "seed",
+)
+# Config entries that say nothing about the model itself.
+_VOLATILE_CONFIG_KEYS = {"transformers_version", "_name_or_path", "architectures", "auto_map", "custom_pipelines", "dtype", "torch_dtype"}
+
+
+def check_output_dir(output_dir: str, resume: bool = False, overwrite: bool = False, resume_from_checkpoint: Optional[str] = None) -> None:
+    """Before any data is loaded or model built: `output_dir` can be written, and a new run does
+    not land on an earlier one. Raises `ValueError` saying what to do."""
+    if not isinstance(output_dir, (str, os.PathLike)) or not str(output_dir):
+        raise ValueError(f"--output-dir must be a folder path, got {output_dir!r}.")
+    path = os.path.abspath(str(output_dir))
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"--output-dir {str(output_dir)!r} is a file, not a folder; choose a folder.")
+    probe = path
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        raise ValueError(f"--output-dir {str(output_dir)!r} cannot be created: {probe!r} is a file.")
+    try:  # a real write: os.access says yes to root on a read-only mount
+        import tempfile
+
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as e:
+        raise ValueError(f"--output-dir {str(output_dir)!r} cannot be written ({probe!r}: {e.strerror or e}); choose another folder.") from e
+    if resume and overwrite:
+        raise ValueError("--resume and --overwrite-output-dir contradict each other: choose one.")
+    if resume_from_checkpoint is not None:
+        if not os.path.isdir(resume_from_checkpoint):
+            raise ValueError(f"--resume-from-checkpoint {resume_from_checkpoint!r} is not a checkpoint folder.")
+        return
+    if resume:
+        if not list_checkpoints(os.path.join(path, "checkpoints")):
+            raise ValueError(f"--resume: no complete checkpoint in {os.path.join(path, 'checkpoints')}; start without --resume.")
+        return
+    earlier = [n for n in RUN_OUTPUTS if os.path.exists(os.path.join(path, n))]
+    if earlier and not overwrite:
+        raise ValueError(
+            f"--output-dir {str(output_dir)!r} holds an earlier run ({', '.join(earlier)}); pass --resume to continue it, "
+            "--overwrite-output-dir to replace it, or choose another --output-dir."
+        )
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _model_signature(model: nn.Module) -> dict:
+    config = getattr(model, "config", None)
+    if config is None or not hasattr(config, "to_dict"):
+        return {"parameters": {n: list(p.shape) for n, p in model.named_parameters()}}
+    return {k: v for k, v in _flatten(config.to_dict()).items() if k.split(".")[-1] not in _VOLATILE_CONFIG_KEYS}
+
+
+def run_record(args: "QGFDTrainingArguments", model: nn.Module) -> dict:
+    """What `run.json` keeps of a run: the settings a resume must share, and the model's config."""
+    return {"args": {k: getattr(args, k) for k in RESUME_LOCKED_ARGS}, "model": _model_signature(model), "max_steps": args.max_steps}
+
+
+def compare_runs(saved: dict, current: dict) -> List[str]:
+    """The settings that differ between a saved `run_record` and the current one, as 'name: old -> new'."""
+    diffs = []
+    for section in ("args", "model"):
+        a, b = saved.get(section, {}), current.get(section, {})
+        for key in sorted(set(a) | set(b)):
+            old, new = a.get(key, "<absent>"), b.get(key, "<absent>")
+            if json.loads(json.dumps(old)) != json.loads(json.dumps(new)):  # tuples vs lists, as JSON has them
+                diffs.append(f"{'model ' if section == 'model' else ''}{key}: {old!r} -> {new!r}")
+    return diffs
 
 
 # ----------------------------------------------------------------------------------------
@@ -501,11 +629,12 @@ class QGFDTrainer:
                 f"batch_size={a.batch_size} is the global batch and must be divisible by the number of processes "
                 f"({accelerator.num_processes})."
             )
-        resume_from = None
+        resume = resume or a.resume_from_checkpoint is not None
+        recover_interrupted_replace(a.checkpoint_dir)  # before the checks: a kill may have moved one aside
+        check_output_dir(a.output_dir, resume=resume, overwrite=a.overwrite_output_dir, resume_from_checkpoint=a.resume_from_checkpoint)
+        record = run_record(a, self.model)
         if resume:
-            resume_from = last_checkpoint(a.checkpoint_dir)
-            if resume_from is None:
-                raise ValueError(f"--resume: no complete checkpoint in {a.checkpoint_dir}.")
+            self._check_same_run(record)
         set_seed(a.seed)
 
         base = self.model
@@ -528,14 +657,15 @@ class QGFDTrainer:
             accelerator.register_for_checkpointing(self.ema)
 
         if accelerator.is_main_process:
+            recover_interrupted_replace(a.output_dir)
+            self._claim_output_dir(record, new_run=not resume)
             os.makedirs(a.checkpoint_dir, exist_ok=True)
             for name in os.listdir(a.checkpoint_dir):  # leftovers of a save that was killed
                 if name.startswith(_TMP_PREFIX):
                     shutil.rmtree(os.path.join(a.checkpoint_dir, name), ignore_errors=True)
         accelerator.wait_for_everyone()
-        if resume_from is not None:
-            accelerator.load_state(resume_from)
-            logger.info(f"Resumed from {resume_from} at step {self.state.global_step}.")
+        if resume:
+            self._load_newest_intact_checkpoint()
         if self.state.global_step >= a.max_steps:
             logger.warning(f"Already at step {self.state.global_step} >= max_steps={a.max_steps}; nothing to train.")
 
@@ -611,6 +741,73 @@ class QGFDTrainer:
             return self._pause()
         return self._finish()
 
+    def _claim_output_dir(self, record: dict, new_run: bool) -> None:
+        """A new run: remove an earlier run's outputs when `overwrite_output_dir` is set (the
+        checks refused otherwise), then write `run.json`; a resumed one records its `max_steps`."""
+        a = self.args
+        path = os.path.join(a.output_dir, RUN_FILE)
+        if not new_run:
+            if os.path.isfile(path):
+                with open(path) as f:
+                    saved = json.load(f)
+                if saved.get("max_steps") != a.max_steps:
+                    saved["max_steps"] = a.max_steps
+                    with open(path + ".tmp", "w") as f:
+                        json.dump(saved, f, indent=2)
+                    os.replace(path + ".tmp", path)
+            return
+        if a.overwrite_output_dir:
+            for name in RUN_OUTPUTS:
+                path = os.path.join(a.output_dir, name)
+                if os.path.isdir(path):
+                    shutil.rmtree(path)
+                elif os.path.exists(path):
+                    os.remove(path)
+        os.makedirs(a.output_dir, exist_ok=True)
+        with open(path + ".tmp", "w") as f:
+            json.dump({**record, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "metadata": self.metadata}, f, indent=2)
+        os.replace(path + ".tmp", path)
+
+    def _check_same_run(self, record: dict) -> None:
+        """Resuming: the settings that change the model or the optimisation must be the run's own."""
+        path = os.path.join(self.args.output_dir, RUN_FILE)
+        if not os.path.isfile(path):
+            logger.warning(f"{path} is missing (a run from qgfd_hf 0.1.0?): the resumed settings cannot be checked against the run's.")
+            return
+        with open(path) as f:
+            saved = json.load(f)
+        diffs = compare_runs(saved, record)
+        if saved.get("max_steps") not in (None, record["max_steps"]):
+            logger.warning(
+                f"max_steps changed from {saved['max_steps']} to {record['max_steps']}: the learning-rate schedule now runs to "
+                f"step {record['max_steps']}, so this run differs from one trained to {record['max_steps']} from the start."
+            )
+        if diffs:
+            raise ValueError(
+                f"--resume with settings that differ from the run in {self.args.output_dir}: " + "; ".join(diffs)
+                + ". Resume with the run's own settings, or start a new run (another --output-dir, or --overwrite-output-dir)."
+            )
+
+    def _load_newest_intact_checkpoint(self) -> str:
+        """Load `resume_from_checkpoint`, or the newest checkpoint that loads; a broken newer one
+        (a truncated file, a full disk) is reported and skipped for the one before it."""
+        a = self.args
+        candidates = [a.resume_from_checkpoint] if a.resume_from_checkpoint else list(reversed(list_checkpoints(a.checkpoint_dir)))
+        failures = []
+        for path in candidates:
+            try:
+                self.accelerator.load_state(path)
+            except Exception as e:  # safetensors, torch.load and shape errors: each names only its own file
+                failures.append(f"{path} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
+                if a.resume_from_checkpoint is None:
+                    logger.warning(f"Checkpoint {path} cannot be loaded ({type(e).__name__}: {e}); trying the one before it.")
+                continue
+            if failures:
+                logger.warning(f"Resumed from {path}, the newest intact checkpoint; skipped: {'; '.join(failures)}.")
+            logger.info(f"Resumed from {path} at step {self.state.global_step}.")
+            return path
+        raise ValueError(f"No checkpoint could be loaded to resume: {'; '.join(failures)}. Start a new run (--overwrite-output-dir).")
+
     def _pause(self) -> dict:
         """`stop_after` reached: make sure the newest checkpoint is this step's, and return."""
         a = self.args
@@ -630,7 +827,11 @@ class QGFDTrainer:
         if accelerator.is_main_process and os.path.exists(tmp):
             shutil.rmtree(tmp)
         accelerator.wait_for_everyone()
-        accelerator.save_state(tmp)  # every process writes its RNG state; the main one the rest
+        try:
+            accelerator.save_state(tmp)  # every process writes its RNG state; the main one the rest
+        except (OSError, RuntimeError) as e:  # a full disk: OSError, or torch's "unexpected pos" RuntimeError
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise self._write_error(f"checkpoint {name}", a.checkpoint_dir, e) from e
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             _replace_dir(tmp, final)
@@ -679,14 +880,30 @@ class QGFDTrainer:
             self.ema.copy_to(model)
         try:
             model.save_pretrained(tmp)
+            if self.processing_class is not None:
+                self.processing_class.save_pretrained(tmp)
+            write_model_card(model, tmp, self.training_info())
+        except (OSError, RuntimeError) as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise self._write_error("the final model", os.path.dirname(os.path.abspath(model_dir)), e) from e
         finally:
             if self.ema is not None:
                 self.ema.restore(model)
-        if self.processing_class is not None:
-            self.processing_class.save_pretrained(tmp)
-        write_model_card(model, tmp, self.training_info())
         _replace_dir(tmp, model_dir)
         return model_dir
+
+    def _write_error(self, what: str, folder: str, err: Exception) -> CheckpointWriteError:
+        last = last_checkpoint(self.args.checkpoint_dir)
+        free = ""
+        try:
+            free = f" ({shutil.disk_usage(folder).free / 2**20:.0f} MiB free there)"
+        except OSError:
+            pass
+        intact = f"the newest intact checkpoint is {last}: " if last else "no checkpoint was written yet: "
+        return CheckpointWriteError(
+            f"Could not write {what} into {folder}{free}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}. "
+            f"Is the disk full? {intact}free some space and rerun with --resume" + ("" if last else " (or without it)") + "."
+        )
 
     def training_info(self, metrics: Optional[dict] = None) -> dict:
         """What the model card records about this training run (`render_model_card`'s training_info)."""
