@@ -214,6 +214,36 @@ class DiffusionConfig:
 DIFFUSION_FIELDS = tuple(f.name for f in fields(DiffusionConfig))
 
 
+# Keys transformers itself writes into (and reads from) every config.json, or passes on load.
+_TRANSFORMERS_CONFIG_KEYS = frozenset(
+    {"_name_or_path", "name_or_path", "architectures", "auto_map", "custom_pipelines", "model_type", "transformers_version",
+     "_commit_hash", "attn_implementation", "_attn_implementation", "_attn_implementation_autoset", "experts_implementation",
+     "output_attentions", "output_hidden_states", "return_dict", "dtype", "torch_dtype", "chunk_size_feed_forward",
+     "is_encoder_decoder", "id2label", "label2id", "num_labels", "problem_type", "tie_word_embeddings", "use_cache",
+     "bos_token_id", "eos_token_id", "decoder_start_token_id", "sep_token_id", "tokenizer_class", "prefix",
+     "task_specific_params", "finetuning_task", "pruned_heads", "tf_legacy_loss", "use_bfloat16", "qgfd"}
+)
+
+
+def _check_known_kwargs(cls, kwargs) -> None:
+    """A config field that no class in `cls`'s hierarchy takes is a typo, not a new field:
+    `num_layer=1` would otherwise build the default 4 layers and store `num_layer` beside them."""
+    import difflib
+    import inspect
+
+    unknown = [k for k in kwargs if k not in _TRANSFORMERS_CONFIG_KEYS]
+    if not unknown:
+        return
+    known = set()
+    for klass in cls.__mro__:
+        if "__init__" in vars(klass):
+            known.update(p for p in inspect.signature(vars(klass)["__init__"]).parameters if p not in ("self", "kwargs"))
+    unknown = [k for k in unknown if k not in known]
+    if unknown:
+        hints = [f"{k!r} (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(k, known, n=1)) else repr(k) for k in unknown]
+        raise ValueError(f"{cls.__name__} has no field(s) {', '.join(hints)}; see its docstring for the fields it takes.")
+
+
 def _to_config(value, name):
     """None, a config, or a dict with `model_type` (as saved in config.json) -> a config or None."""
     if value is None or isinstance(value, PretrainedConfig):
@@ -380,6 +410,7 @@ class QGFDConfig(PretrainedConfig):
             # installed, "qgfd-diffusion" is registered already; keeping the entry would make
             # transformers ask for `trust_remote_code` (see QGFDPreTrainedModel.save_pretrained).
             kwargs.pop("custom_pipelines", None)
+        _check_known_kwargs(type(self), kwargs)
         super().__init__(**kwargs)
         self._validate_common()
         self._validate_modality()
