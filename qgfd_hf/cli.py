@@ -94,7 +94,7 @@ def _add_training_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--checkpoint-every", type=int, default=None, help="optimizer steps between checkpoints (0 = none)")
     g.add_argument("--keep-last", type=int, default=None, help="checkpoints to keep")
     g.add_argument("--log-every", type=int, default=None)
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--seed", type=int, default=0, help="seeds the weights, the data order and the noise (0 <= seed < 2**32)")
     g.add_argument("--resume", action="store_true", help="continue the run in --output-dir from its newest intact checkpoint")
     g.add_argument("--resume-from-checkpoint", default=None, metavar="PATH", help="continue from this checkpoint folder")
     g.add_argument("--overwrite-output-dir", action="store_true",
@@ -245,8 +245,22 @@ def cmd_sample(args) -> int:
     from transformers import AutoConfig
 
     _set_threads(args.threads)
+    config_file = os.path.join(args.model, "config.json")
+    if os.path.isdir(args.model):
+        if not os.path.isfile(config_file):
+            raise ValueError(f"{args.model!r} holds no config.json: it is not a saved model folder (the demo's is <output-dir>/model).")
+        try:
+            with open(config_file) as f:
+                model_type = json.load(f).get("model_type")
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{config_file!r} cannot be read as JSON ({e}).") from e
+        if model_type is None:
+            raise ValueError(f"{config_file!r} has no `model_type`, so the model class is unknown; it is not a QGFD model folder.")
+    elif os.sep in args.model or args.model.startswith(".") or os.path.splitext(args.model)[1]:
+        raise ValueError(f"No model folder {args.model!r} (give the folder that holds config.json, e.g. <output-dir>/model).")
     try:
-        config = AutoConfig.from_pretrained(args.model)
+        # trust_remote_code=False: the installed qgfd_hf has the classes; never an interactive prompt.
+        config = AutoConfig.from_pretrained(args.model, trust_remote_code=False)
     except Exception as e:
         raise ValueError(f"Could not load a model config from {args.model!r} ({type(e).__name__}: {e}).") from e
     modality = getattr(config, "modality", None)

@@ -284,10 +284,27 @@ def load_mrpc(data_files=None, split: str = "train", positives_only: bool = True
     if len(ds) == 0:
         raise ValueError(f"{what} hold no rows.")
     check_columns(ds, MRPC_COLUMNS, what)
+    # Empty cells: a csv's empty field arrives as None, which str() would turn into the word "None".
+    for col in MRPC_COLUMNS:
+        values = ds[col]
+        empty = [i for i, v in enumerate(values) if v is None or (isinstance(v, str) and not v.strip())]
+        if empty:
+            rows = ", ".join(str(i + 1) for i in empty[:5]) + (f" and {len(empty) - 5} more" if len(empty) > 5 else "")
+            raise ValueError(f"{what}: column {col!r} is empty in data row(s) {rows}; fill or remove those rows.")
+    labels = ds["label"]
+    bad = sorted({repr(v) for v in labels if isinstance(v, bool) or not isinstance(v, (int, float, str)) or str(v).strip() not in ("0", "1", "0.0", "1.0")})
+    if bad:
+        raise ValueError(f"{what}: column 'label' must hold 0 or 1 (1 = a paraphrase), got {', '.join(bad[:5])}.")
     if positives_only:
-        ds = ds.filter(lambda r: int(r["label"]) == 1)
+        total = len(ds)
+        ds = ds.filter(lambda r: int(float(r["label"])) == 1)
         if len(ds) == 0:
             raise ValueError(f"{what}: no row has label == 1 (a paraphrase).")
+        if len(ds) < total:
+            logger.warning(
+                f"{what}: kept the {len(ds)} of {total} rows with label == 1 (paraphrase pairs, the ones to learn to "
+                f"generate); {total - len(ds)} rows with label 0 were left out."
+            )
     ds = ds.map(lambda r: {"source": str(r["sentence1"]), "target": str(r["sentence2"])}, remove_columns=ds.column_names)
     return ds
 

@@ -103,8 +103,8 @@ class QGFDDiffusionPipeline(Pipeline):
         if generator is not None and seed is not None:
             raise ValueError("Pass either `generator` or `seed`, not both.")
         if seed is not None:
-            if isinstance(seed, bool) or not isinstance(seed, int):
-                raise ValueError(f"`seed` must be an int, got {seed!r}.")
+            if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+                raise ValueError(f"`seed` must be an int in [0, 2**63), got {seed!r}.")
             forward["seed"] = seed
         if generator is not None:
             if not isinstance(generator, torch.Generator):
@@ -127,6 +127,13 @@ class QGFDDiffusionPipeline(Pipeline):
         if "batch_size" in kwargs:
             kwargs["sample_batch_size"] = kwargs.pop("batch_size")
         super().__init__(*args, **kwargs)
+        if not all(hasattr(self.model, name) for name in ("diffusion_sample", "decode_latents", "is_conditional")):
+            model_type = getattr(getattr(self.model, "config", None), "model_type", None)
+            raise ValueError(
+                f"pipeline('qgfd-diffusion') samples QGFD diffusion models (model_type qgfd_text, qgfd_image, ...); "
+                f"got a {type(self.model).__name__} (model_type {model_type!r}). To put QGFD attention into that model, "
+                "use qgfd_hf.patch_model(model) or from_pretrained(..., attn_implementation='qgfd')."
+            )
 
     def __call__(self, inputs: Optional[Union[str, List[str]]] = None, **kwargs):
         if "batch_size" in kwargs:
@@ -157,6 +164,13 @@ class QGFDDiffusionPipeline(Pipeline):
             enc = self.tokenizer(
                 list(texts), return_tensors="pt", padding=True, truncation=max_length is not None, max_length=max_length
             )
+            unk = getattr(self.tokenizer, "unk_token_id", None)
+            if unk is not None and bool((enc["input_ids"] == unk).any()):
+                hit = [t for t, ids in zip(texts, enc["input_ids"]) if bool((ids == unk).any())]
+                logger.warning(
+                    f"{len(hit)} conditioning text(s) hold words outside the tokenizer's vocabulary, read as "
+                    f"{self.tokenizer.unk_token!r}: {', '.join(map(repr, hit[:3]))}" + (" ..." if len(hit) > 3 else "")
+                )
             cond = {k: enc[k].repeat_interleave(num_samples, dim=0) for k in ("input_ids", "attention_mask")}
             return {"cond_inputs": cond, "num_texts": len(texts), "num_samples": num_samples, "single": single}
         if inputs is not None:
