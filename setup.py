@@ -39,7 +39,9 @@ setup(
     ],
     entry_points={"console_scripts": ["qgfd-hf=qgfd_hf.cli:main"]},
     extras_require={
-        "test": ["pytest>=8"],
+        # `--report-to tensorboard` (accelerate's tracker); the tests exercise it.
+        "tensorboard": ["tensorboard>=2.10"],
+        "test": ["pytest>=8", "tensorboard>=2.10"],
     },
     classifiers=[
         "Programming Language :: Python :: 3",

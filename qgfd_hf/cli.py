@@ -49,10 +49,10 @@ def _say(msg: str = "") -> None:
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--preset", default=None, help="denoiser size: tiny, small, base or large (QGFD_PRESETS); the flags below override it")
-    g.add_argument("--d-model", type=int, default=None)
-    g.add_argument("--num-heads", type=int, default=None)
-    g.add_argument("--num-layers", type=int, default=None)
-    g.add_argument("--d-ff", type=int, default=None)
+    g.add_argument("--d-model", type=int, default=None, help="denoiser width")
+    g.add_argument("--num-heads", type=int, default=None, help="attention heads")
+    g.add_argument("--num-layers", type=int, default=None, help="denoiser blocks")
+    g.add_argument("--d-ff", type=int, default=None, help="feed-forward width")
     g.add_argument("--num-timesteps", type=int, default=None, help="diffusion steps T (default 1000)")
     g.add_argument("--beta-schedule", default=None, help="linear, cosine or sqrt")
     g.add_argument("--prediction-type", default=None, help="epsilon, sample or v")
@@ -83,23 +83,28 @@ def _add_training_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--output-dir", default=None, help="checkpoints, model/, loss.png and metrics.json go here")
     g.add_argument("--max-steps", type=int, default=None, help="optimizer steps")
     g.add_argument("--batch-size", type=int, default=None, help="global batch of one micro-step (split across processes)")
-    g.add_argument("--gradient-accumulation-steps", type=int, default=None)
-    g.add_argument("--learning-rate", "--lr", type=float, default=None)
-    g.add_argument("--weight-decay", type=float, default=None)
+    g.add_argument("--gradient-accumulation-steps", type=int, default=None, help="micro-steps per optimizer step")
+    g.add_argument("--learning-rate", "--lr", type=float, default=None, help="peak AdamW learning rate")
+    g.add_argument("--weight-decay", type=float, default=None, help="AdamW weight decay (matrices only)")
     g.add_argument("--lr-schedule", default=None, help="cosine, linear or constant (after the warm-up)")
-    g.add_argument("--warmup-steps", type=int, default=None)
-    g.add_argument("--max-grad-norm", type=float, default=None)
+    g.add_argument("--warmup-steps", type=int, default=None, help="linear learning-rate warm-up, in optimizer steps")
+    g.add_argument("--max-grad-norm", type=float, default=None, help="gradient clipping (0 = off)")
     g.add_argument("--mixed-precision", default=None, help="no, fp16 or bf16")
     g.add_argument("--ema-decay", type=float, default=None, help="EMA of the weights used for sampling and saving (0 = off)")
     g.add_argument("--checkpoint-every", type=int, default=None, help="optimizer steps between checkpoints (0 = none)")
     g.add_argument("--keep-last", type=int, default=None, help="checkpoints to keep")
-    g.add_argument("--log-every", type=int, default=None)
+    g.add_argument("--log-every", type=int, default=None, help="optimizer steps between loss records")
     g.add_argument("--seed", type=int, default=0, help="seeds the weights, the data order and the noise (0 <= seed < 2**32)")
     g.add_argument("--resume", action="store_true", help="continue the run in --output-dir from its newest intact checkpoint")
     g.add_argument("--resume-from-checkpoint", default=None, metavar="PATH", help="continue from this checkpoint folder")
     g.add_argument("--overwrite-output-dir", action="store_true",
                    help="replace the earlier run in --output-dir (without it, a new run into a run's folder is refused)")
     g.add_argument("--num-workers", type=int, default=None, help="DataLoader worker processes (default 0)")
+    g.add_argument("--sample-every", type=int, default=None, metavar="N",
+                   help="write validation samples (PNG, wav, rows, ... by modality) into <output-dir>/samples every N steps (default 0: none)")
+    g.add_argument("--report-to", default=None, help="experiment trackers: none (default), tensorboard (logs in <output-dir>/logs), wandb, ...")
+    g.add_argument("--push-to-hub", action="store_true", help="upload the final model folder to the Hub (the repo is created before training)")
+    g.add_argument("--hub-model-id", default=None, metavar="USER/NAME", help="the Hub repo for --push-to-hub (default: the output folder's name)")
     g.add_argument("--stop-after", type=int, default=None, help="pause after this many steps (checkpoint, no final model); --resume continues")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
     g.add_argument("--threads", type=int, default=None, help="CPU threads for torch (demo default: 1, robust on busy machines)")
@@ -109,15 +114,71 @@ def _datasets_help() -> str:
     return "; ".join(f"{n}: {', '.join(get_task(n).datasets)}" for n in task_names() if get_task(n).datasets)
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Every flag's default in its help: the value, or "the modality's" where each modality sets
+    its own (listed at the end of `train --help` and `demo --help`)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or action.default is argparse.SUPPRESS or isinstance(action, (argparse._StoreTrueAction, argparse._HelpAction, argparse._VersionAction)):
+            return text
+        if action.default is None:
+            if not action.option_strings:
+                return text
+            trainer_default = _trainer_defaults().get(action.dest)
+            set_by_tasks = any(action.dest in get_task(n).defaults for n in task_names())
+            if set_by_tasks:
+                return text + " (default: the modality's" + (f"; else {trainer_default}" if trainer_default is not None else "") + ")"
+            if trainer_default is not None:
+                return text + f" (default: {trainer_default})"
+            if action.dest in _MODEL_FLAG_DESTS:
+                return text + " (default: the model config's)"
+            return text
+        return text + " (default: %(default)s)"
+
+
+_MODEL_FLAG_DESTS = ("preset", "d_model", "num_heads", "num_layers", "d_ff", "num_timesteps", "beta_schedule", "prediction_type",
+                     "qgfd_steps", "qgfd_alpha", "qgfd_graph", "qgfd_mix", "qgfd_warmup_steps", "backbone", "denoiser")
+
+
+def _trainer_defaults() -> dict:
+    import dataclasses
+
+    from .training_qgfd import QGFDTrainingArguments
+
+    return {f.name: f.default for f in dataclasses.fields(QGFDTrainingArguments)
+            if f.default is not dataclasses.MISSING and f.default is not None and f.name in _TRAINING_FIELDS}
+
+
+_SHOWN_DEFAULTS = ("d_model", "num_layers", "num_heads", "d_ff", "prediction_type", "beta_schedule", "qgfd_steps", "qgfd_alpha",
+                   "max_steps", "batch_size", "learning_rate", "ema_decay", "sampler", "num_inference_steps", "num_samples")
+
+
+def _modality_defaults_epilog() -> str:
+    lines = ["the modalities' defaults (used by train and demo alike; each flag overrides them):"]
+    for name in task_names():
+        task = get_task(name)
+        shown = " ".join(f"{k}={task.defaults[k]}" for k in _SHOWN_DEFAULTS if k in task.defaults)
+        lines.append(f"  {name:9s} {task.summary}")
+        lines.append(f"  {'':9s} datasets: {', '.join(task.datasets) or '-'}; {shown}")
+    return "\n".join(lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = argparse.ArgumentParser(
         prog="qgfd-hf",
         description="Train and sample QGFD diffusion models (Transformers with QGFD attention as denoisers).",
+        formatter_class=_HelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"qgfd-hf {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     modalities = task_names()
+    epilog = _modality_defaults_epilog()
 
-    p = sub.add_parser("train", help="train a model on a dataset", description="Train a QGFD diffusion model with accelerate.")
+    p = sub.add_parser("train", help="train a model on a dataset", description="Train a QGFD diffusion model with accelerate.",
+                       formatter_class=_HelpFormatter, epilog=epilog)
     p.add_argument("--modality", required=True, choices=modalities)
     p.add_argument("--dataset", default=None, help=f"a built-in dataset ({_datasets_help()}; the first of each is its demo's)")
     p.add_argument("--data-dir", default=None, help="a local folder of files: " + "; ".join(get_task(n).data_help for n in modalities if "folder" in get_task(n).data_help))
@@ -126,7 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(_owners=_add_modality_args(p))
     _add_training_args(p)
 
-    p = sub.add_parser("sample", help="sample from a trained model", description="Sample through pipeline('qgfd-diffusion').")
+    p = sub.add_parser("sample", help="sample from a trained model", description="Sample through pipeline('qgfd-diffusion').",
+                       formatter_class=_HelpFormatter)
     p.add_argument("model", help="a saved model folder (or Hub id)")
     p.add_argument("--num-samples", type=int, default=16, help="unconditional models: how many samples")
     p.add_argument("--condition", nargs="+", default=None, help="conditional text models: the source text(s)")
@@ -144,6 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="train a small model, sample, and score it (<= 5 min on CPU)",
         description="The main job: train on data that ships with the dependencies, sample through "
         "pipeline('qgfd-diffusion'), and report metrics beside their baselines.",
+        formatter_class=_HelpFormatter, epilog=epilog,
     )
     p.add_argument("--modality", default="image", choices=modalities)
     p.add_argument("--num-samples", type=int, default=None, help="samples to generate and score")
@@ -155,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 _TRAINING_FIELDS = (
-    "stop_after", "num_workers", "resume_from_checkpoint", "max_steps", "batch_size", "gradient_accumulation_steps", "learning_rate", "weight_decay", "lr_schedule",
+    "stop_after", "num_workers", "resume_from_checkpoint", "sample_every", "report_to", "hub_model_id", "max_steps", "batch_size", "gradient_accumulation_steps", "learning_rate", "weight_decay", "lr_schedule",
     "warmup_steps", "max_grad_norm", "mixed_precision", "ema_decay", "checkpoint_every", "keep_last", "log_every",
 )
 
@@ -178,7 +241,7 @@ def _training_arguments(args, output_dir: str, settings: Optional[dict] = None):
     values = {k: v for k, v in (settings or {}).items() if k in _TRAINING_FIELDS}
     values.update({n: getattr(args, n) for n in _TRAINING_FIELDS if getattr(args, n, None) is not None})
     return QGFDTrainingArguments(output_dir=output_dir, seed=args.seed, progress=not args.no_progress,
-                                 overwrite_output_dir=args.overwrite_output_dir, **values)
+                                 overwrite_output_dir=args.overwrite_output_dir, push_to_hub=args.push_to_hub, **values)
 
 
 def _check_output_dir(args, output_dir: str) -> None:
@@ -208,7 +271,13 @@ def _train(args, task, data, targs, settings: dict, metadata: dict):
     set_seed(args.seed)  # the model's initial weights
     model, processor, collator = task.build_model(args, data, settings)
     _say(_describe_model(model))
-    trainer = QGFDTrainer(model, targs, data.train, data_collator=collator, processing_class=processor, metadata=metadata)
+
+    def sample_fn(m, step, folder):
+        paths = task.write_validation_samples(m, processor, data, settings, folder, step)
+        _say(f"  step {step}: samples in " + ", ".join(os.path.abspath(p) for p in paths.values()))
+
+    trainer = QGFDTrainer(model, targs, data.train, data_collator=collator, processing_class=processor, metadata=metadata,
+                          sample_fn=sample_fn)
     metrics = trainer.train(resume=args.resume)
     return trainer, metrics, processor
 

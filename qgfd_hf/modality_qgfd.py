@@ -151,6 +151,16 @@ class ModalityTask:
         paths = self.write_samples(samples, None, out_dir, prefix=prefix)
         return [f"{len(samples)} samples:"] + [f"  {what:15s} {os.path.abspath(p)}" for what, p in paths.items()]
 
+    def write_validation_samples(self, model, processor, data: TaskData, settings: Dict[str, Any], folder: str, step: int) -> Dict[str, str]:
+        """`train --sample-every N`: a few samples of the model being trained (DDIM, 25 steps,
+        seed 0, so that every step's samples start from the same noise), written as `step-N.*`."""
+        import argparse
+
+        ns = argparse.Namespace(num_samples=settings.get("validation_samples", 16), num_inference_steps=25, sampler="ddim",
+                                seed=0, no_progress=True, condition=None)
+        samples = self.sample_saved(model, ns)
+        return self.write_samples(samples, None, folder, prefix=f"step-{step:08d}")
+
     def sample_saved(self, model: str, args):
         """Unconditional samples of the saved model for `qgfd-hf sample` (the pipeline's arrays)."""
         return pipeline_samples(
@@ -166,16 +176,18 @@ class ModalityTask:
 
 def pipeline_samples(model_or_path, inputs=None, *, num_samples: Optional[int] = None, num_inference_steps: Optional[int] = 50,
                      sampler: str = "ddim", seed: int = 0, batch_size: int = 256, progress: bool = True,
-                     output_type: str = "np", **pipe_kwargs):
+                     output_type: str = "np", tokenizer=None, **pipe_kwargs):
     """Samples through `pipeline("qgfd-diffusion")` (registered by `import qgfd_hf`).
 
-    Unconditional models: the pipeline's `output_type` items (default the `"np"` arrays,
-    stacked into one array). Conditional models (`inputs` given): one list of outputs per input.
+    `model_or_path`: a saved folder, a Hub id, or a model object (then pass its `tokenizer` if
+    it is conditional). Unconditional models: the pipeline's `output_type` items (default the
+    `"np"` arrays, stacked into one array). Conditional models (`inputs` given): one list of
+    outputs per input.
     """
     import numpy as np
     from transformers import pipeline
 
-    pipe = pipeline("qgfd-diffusion", model=model_or_path)
+    pipe = pipeline("qgfd-diffusion", model=model_or_path, **({"tokenizer": tokenizer} if tokenizer is not None else {}))
     kwargs = dict(num_inference_steps=num_inference_steps, sampler=sampler, seed=seed, batch_size=batch_size,
                   progress_bar=progress, **pipe_kwargs)
     if inputs is None:

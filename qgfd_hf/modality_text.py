@@ -141,6 +141,13 @@ class TextTask(ModalityTask):
         m = result["metrics"]
         return {f"exact match, {m['num_heldout']} held-out pairs": round(m["exact_match"], 3)}
 
+    def write_validation_samples(self, model, processor, data, settings, folder, step):
+        rows = data.test if data.test is not None else data.train
+        sources = list(rows["source"][:8])
+        outs = pipeline_samples(model, sources, num_inference_steps=25, sampler="ddim", seed=0, progress=False, tokenizer=processor)
+        samples = [{"source": s, "sample": g[0]["generated_text"], "reference": r} for s, g, r in zip(sources, outs, rows["target"][:8])]
+        return self.write_samples(samples, None, folder, prefix=f"step-{step:08d}")
+
     def sample_hint(self, model_dir: str) -> str:
         return f'qgfd-hf sample {model_dir} --condition "red cat sun"'
 

@@ -365,3 +365,25 @@ def push_to_hub_with_card(
             revision=revision,
             create_pr=create_pr,
         )
+
+
+def push_folder_to_hub(
+    obj: Any,
+    folder: str | os.PathLike,
+    repo_id: str,
+    *,
+    training_info: Mapping[str, Any] | None = None,
+    commit_message: str | None = None,
+    private: bool | None = None,
+    token: bool | str | None = None,
+):
+    """Upload a folder that `save_pretrained` wrote (the trainer's `model/`) as it is, in one
+    commit, with its card re-rendered for `repo_id` (so the card's usage code names the repo).
+    `obj` is the model the folder was saved from (for its card)."""
+    from huggingface_hub import HfApi
+
+    api = HfApi(library_name="qgfd_hf")
+    repo_id = api.create_repo(repo_id, private=private, token=token, exist_ok=True).repo_id
+    save_model_card(obj, folder, training_info=training_info, repo_id=repo_id)
+    return api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message=commit_message or f"Upload {type(obj).__name__}",
+                             token=token)

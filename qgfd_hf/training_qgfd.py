@@ -72,6 +72,28 @@ class _TiedWeightsNote(py_logging.Filter):
 
 py_logging.getLogger("accelerate.utils.other").addFilter(_TiedWeightsNote())
 
+def _check_report_to(report_to) -> str:
+    """`"none"` or a comma-separated list of accelerate's trackers that are installed."""
+    from accelerate.utils import LoggerType
+    from accelerate.tracking import get_available_trackers
+
+    if not isinstance(report_to, str) or not report_to.strip():
+        raise ValueError(f"`report_to` must be 'none' or a comma-separated list of trackers, got {report_to!r}.")
+    names = [n.strip() for n in report_to.split(",") if n.strip()]
+    if names == ["none"]:
+        return "none"
+    allowed = sorted(t.value for t in LoggerType)
+    for n in names:
+        if n not in allowed:
+            raise ValueError(f"Unknown tracker {n!r} in `report_to`; allowed: none, {', '.join(allowed)}.")
+    available = {str(t.value if hasattr(t, "value") else t) for t in get_available_trackers()}
+    missing = [n for n in names if n != "all" and n not in available]
+    if missing:
+        hint = {"tensorboard": "pip install tensorboard"}.get(missing[0], f"pip install {missing[0]}")
+        raise ValueError(f"The tracker(s) {missing} in `report_to` are not installed ({hint}).")
+    return ",".join(names)
+
+
 class CheckpointWriteError(OSError):
     """A checkpoint or the final model could not be written (a full disk, a lost mount); the
     earlier checkpoints are intact, and the message says which one `--resume` continues from."""
@@ -127,6 +149,16 @@ class QGFDTrainingArguments:
             `overwrite_output_dir`).
         resume_from_checkpoint (`str`, *optional*): resume from this checkpoint folder instead of
             the newest one in `output_dir/checkpoints` (`train(resume=True)` is implied).
+        report_to (`str`, defaults to `"none"`): experiment trackers, through accelerate's
+            `log_with`: `"tensorboard"` (logs in `output_dir/logs`), `"wandb"`, ..., comma-separated,
+            or `"none"`. The loss, its parts and the learning rate are logged every `log_every` steps.
+        sample_every (`int`, defaults to 0): optimizer steps between validation samples (written by
+            the trainer's `sample_fn` into `output_dir/samples/`, from the EMA weights); 0 = none.
+        push_to_hub (`bool`, defaults to `False`): upload the final `model/` folder (weights, code,
+            processor, model card) to the Hub repo `hub_model_id`; the repo is created before
+            training starts, so a bad id or missing login fails before any step is spent.
+        hub_model_id (`str`, *optional*): the repo (`user/name`); default: the name of `output_dir`.
+        hub_private (`bool`, *optional*): create the repo private.
     """
 
     output_dir: str
@@ -151,6 +183,11 @@ class QGFDTrainingArguments:
     stop_after: Optional[int] = None
     overwrite_output_dir: bool = False
     resume_from_checkpoint: Optional[str] = None
+    report_to: str = "none"
+    sample_every: int = 0
+    push_to_hub: bool = False
+    hub_model_id: Optional[str] = None
+    hub_private: Optional[bool] = None
 
     def __post_init__(self):
         if not isinstance(self.output_dir, (str, os.PathLike)) or not str(self.output_dir):
@@ -166,6 +203,7 @@ class QGFDTrainingArguments:
             ("log_every", 1),
             ("seed", 0),
             ("num_workers", 0),
+            ("sample_every", 0),
         ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -185,7 +223,12 @@ class QGFDTrainingArguments:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
                 raise ValueError(f"`{name}` must lie in [0, 1), got {value!r}.")
-        for name in ("overwrite_output_dir", "progress"):
+        self.report_to = _check_report_to(self.report_to)
+        if self.hub_model_id is not None and (not isinstance(self.hub_model_id, str) or not self.hub_model_id.strip()):
+            raise ValueError(f"`hub_model_id` must be a repo id such as 'user/name', got {self.hub_model_id!r}.")
+        if self.hub_model_id is not None and not self.push_to_hub:
+            raise ValueError("`hub_model_id` is given but `push_to_hub` is False; set push_to_hub=True (--push-to-hub) to upload.")
+        for name in ("overwrite_output_dir", "progress", "push_to_hub"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"`{name}` must be True or False, got {getattr(self, name)!r}.")
         if self.resume_from_checkpoint is not None:
@@ -196,6 +239,11 @@ class QGFDTrainingArguments:
             raise ValueError(f"Unknown lr_schedule {self.lr_schedule!r}; allowed: {', '.join(LR_SCHEDULES)}.")
         if self.mixed_precision not in MIXED_PRECISIONS:
             raise ValueError(f"Unknown mixed_precision {self.mixed_precision!r}; allowed: {', '.join(MIXED_PRECISIONS)}.")
+
+    @property
+    def repo_id(self) -> str:
+        """The Hub repo `push_to_hub` uploads to."""
+        return self.hub_model_id or os.path.basename(os.path.abspath(self.output_dir))
 
     @property
     def checkpoint_dir(self) -> str:
@@ -520,6 +568,15 @@ def write_model_card(model: nn.Module, folder: str, training_info: dict) -> Opti
 # ----------------------------------------------------------------------------------------
 
 
+def _stderr_is_a_terminal() -> bool:
+    import sys
+
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
 def _noise_seed(seed: int, micro_step: int, process_index: int, num_processes: int) -> int:
     # A distinct, reproducible stream for every (micro-step, process): resuming needs no RNG
     # state for the diffusion noise and timesteps.
@@ -558,6 +615,7 @@ class QGFDTrainer:
         data_collator: Optional[Callable[[list], dict]] = None,
         processing_class=None,
         metadata: Optional[dict] = None,
+        sample_fn: Optional[Callable[[nn.Module, int, str], object]] = None,
     ):
         if not hasattr(model, "compute_loss"):
             raise ValueError(f"The model ({type(model).__name__}) has no `compute_loss(batch, generator=None)`; QGFDTrainer needs one.")
@@ -577,6 +635,9 @@ class QGFDTrainer:
         self.data_collator = data_collator
         self.processing_class = processing_class
         self.metadata = dict(metadata or {})
+        if args.sample_every and sample_fn is None:
+            raise ValueError("`sample_every` is set but the trainer has no `sample_fn(model, step, folder)` to write samples with.")
+        self.sample_fn = sample_fn
         self.state = TrainerState()
         self.accelerator: Optional[Accelerator] = None
         self.ema: Optional[EMAModel] = None
@@ -591,6 +652,8 @@ class QGFDTrainer:
             # split_batches: `batch_size` is global, and the LR scheduler steps once per optimizer step.
             dataloader_config=DataLoaderConfiguration(split_batches=True, use_seedable_sampler=True, data_seed=a.seed),
             kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+            log_with=None if a.report_to == "none" else a.report_to.split(","),
+            project_dir=os.path.join(a.output_dir, "logs"),
         )
 
     def _make_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
@@ -629,6 +692,9 @@ class QGFDTrainer:
                 f"batch_size={a.batch_size} is the global batch and must be divisible by the number of processes "
                 f"({accelerator.num_processes})."
             )
+        if not accelerator.is_main_process:
+            # One voice: the other ranks would repeat every library warning once each.
+            logging.set_verbosity_error()
         resume = resume or a.resume_from_checkpoint is not None
         recover_interrupted_replace(a.checkpoint_dir)  # before the checks: a kill may have moved one aside
         check_output_dir(a.output_dir, resume=resume, overwrite=a.overwrite_output_dir, resume_from_checkpoint=a.resume_from_checkpoint)
@@ -664,8 +730,12 @@ class QGFDTrainer:
                 if name.startswith(_TMP_PREFIX):
                     shutil.rmtree(os.path.join(a.checkpoint_dir, name), ignore_errors=True)
         accelerator.wait_for_everyone()
+        if a.push_to_hub and accelerator.is_main_process:
+            self._create_hub_repo()  # a bad id or a missing login fails now, not after training
         if resume:
             self._load_newest_intact_checkpoint()
+        if a.report_to != "none":
+            accelerator.init_trackers("qgfd", config={k: v for k, v in a.to_dict().items() if isinstance(v, (int, float, str, bool))})
         if self.state.global_step >= a.max_steps:
             logger.warning(f"Already at step {self.state.global_step} >= max_steps={a.max_steps}; nothing to train.")
 
@@ -683,6 +753,8 @@ class QGFDTrainer:
             unit="step",
             disable=not (a.progress and accelerator.is_local_main_process),
             dynamic_ncols=True,
+            # Written to a file (a log, CI), a bar redraws as a new line: a few lines a minute, not thousands.
+            mininterval=0.1 if _stderr_is_a_terminal() else 30.0,
         )
         t_start = time.time() - self.state.train_seconds
         while self.state.global_step < a.max_steps:
@@ -726,16 +798,22 @@ class QGFDTrainer:
                     record.update({key: sum(v) / len(v) for key, v in window.items()})
                     self.state.log_history.append(record)
                     bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}")
+                    if a.report_to != "none":
+                        accelerator.log({f"train/{k}": v for k, v in record.items() if k != "step"}, step=record["step"])
                     window = {}
                 if a.checkpoint_every and self.state.global_step % a.checkpoint_every == 0:
                     self.state.train_seconds = time.time() - t_start
                     self.save_checkpoint()
+                if a.sample_every and self.state.global_step % a.sample_every == 0:
+                    self.write_validation_samples(model)
                 if self.state.global_step >= a.max_steps or self.state.global_step == a.stop_after:
                     break
             if self.state.global_step == a.stop_after and a.stop_after < a.max_steps:
                 break
             epoch += 1
         bar.close()
+        if a.report_to != "none":
+            accelerator.end_training()
         self.state.train_seconds = time.time() - t_start
         if self.state.global_step == a.stop_after and a.stop_after < a.max_steps:
             return self._pause()
@@ -808,6 +886,44 @@ class QGFDTrainer:
             return path
         raise ValueError(f"No checkpoint could be loaded to resume: {'; '.join(failures)}. Start a new run (--overwrite-output-dir).")
 
+    def write_validation_samples(self, model: nn.Module) -> None:
+        """`sample_fn(model, step, folder)` with the EMA weights (the ones that get saved), in eval mode."""
+        accelerator = self.accelerator
+        if accelerator.is_main_process:
+            folder = os.path.join(self.args.output_dir, "samples")
+            os.makedirs(folder, exist_ok=True)
+            if self.ema is not None:
+                self.ema.copy_to(model)
+            model.eval()
+            try:
+                self.sample_fn(model, self.state.global_step, folder)
+            finally:
+                model.train()
+                if self.ema is not None:
+                    self.ema.restore(model)
+        accelerator.wait_for_everyone()
+
+    def _create_hub_repo(self) -> str:
+        from huggingface_hub import HfApi
+
+        try:
+            return HfApi(library_name="qgfd_hf").create_repo(self.args.repo_id, private=self.args.hub_private, exist_ok=True).repo_id
+        except Exception as e:  # bad id, no login, no network
+            raise ValueError(
+                f"--push-to-hub: could not create the Hub repo {self.args.repo_id!r} ({type(e).__name__}: {e}). "
+                "Log in with `hf auth login` (or set HF_TOKEN), or fix --hub-model-id."
+            ) from e
+
+    def _push_model(self) -> str:
+        from .modelcard_qgfd import push_folder_to_hub
+
+        a = self.args
+        model = self.accelerator.unwrap_model(self.accelerator._models[0]).model
+        commit = push_folder_to_hub(model, a.model_dir, a.repo_id, training_info=self.training_info(),
+                                    commit_message=f"Training step {self.state.global_step}")
+        logger.info(f"Pushed {a.model_dir} to the Hub: {a.repo_id}")
+        return getattr(commit, "commit_url", a.repo_id)
+
     def _pause(self) -> dict:
         """`stop_after` reached: make sure the newest checkpoint is this step's, and return."""
         a = self.args
@@ -863,6 +979,8 @@ class QGFDTrainer:
             if self.state.log_history:
                 metrics["loss_png"] = save_loss_plot(self.state.log_history, os.path.join(a.output_dir, "loss.png"))
             metrics["model_dir"] = a.model_dir
+            if a.push_to_hub:
+                metrics["hub_commit"] = self._push_model()
             path = os.path.join(a.output_dir, "metrics.json")
             with open(path + ".tmp", "w") as f:
                 json.dump(metrics, f, indent=2)

@@ -201,3 +201,75 @@ def test_bad_training_values_are_refused_where_they_enter():
 def test_cli_refuses_a_nan_flag_before_training(tmp_path, capsys):
     code, _, err = _cli(_digits_run(tmp_path / "run", "--max-grad-norm", "nan"), capsys)
     assert code == 2 and "max_grad_norm" in err and not (tmp_path / "run" / "checkpoints").exists()
+
+
+# -- what users of Trainer and diffusers' training scripts expect -----------------------------------
+
+
+def test_version_flag(capsys):
+    from qgfd_hf import __version__
+
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.strip() == f"qgfd-hf {__version__}"
+
+
+def test_help_shows_defaults(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "gradient clipping (0 = off) (default: 1.0)" in out
+    assert "optimizer steps (default: the modality's; else 1000)" in out
+    assert "the modalities' defaults" in out and "max_steps=3000" in out
+
+
+def test_validation_samples_every_n_steps(tmp_path, capsys):
+    out = tmp_path / "run"
+    code, stdout, err = _cli(_digits_run(out, "--max-steps", "4", "--sample-every", "2"), capsys)
+    assert code == 0, err
+    assert sorted(os.listdir(out / "samples")) == ["step-00000002.png", "step-00000004.png"]
+    assert "step 2: samples in" in stdout
+
+
+def test_validation_samples_of_a_text_model(tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["train", "--modality", "text", "--output-dir", str(out), "--max-steps", "2", "--sample-every", "2"] + TINY
+    code, _, err = _cli(argv, capsys)
+    assert code == 0, err
+    rows = [json.loads(line) for line in (out / "samples" / "step-00000002.jsonl").read_text().splitlines()]
+    assert len(rows) == 8 and set(rows[0]) == {"source", "sample", "reference"}
+
+
+def test_report_to_tensorboard_writes_event_files(tmp_path, capsys):
+    pytest.importorskip("tensorboard")
+    out = tmp_path / "run"
+    code, _, err = _cli(_digits_run(out, "--report-to", "tensorboard", "--log-every", "1"), capsys)
+    assert code == 0, err
+    events = [f for _, _, files in os.walk(out / "logs") for f in files if f.startswith("events.out.tfevents")]
+    assert events
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_dir = next(root for root, _, files in os.walk(out / "logs") if any(f.startswith("events.out") for f in files))
+    acc = EventAccumulator(run_dir)
+    acc.Reload()
+    assert "train/loss" in acc.Tags()["scalars"] and [e.step for e in acc.Scalars("train/loss")] == [1, 2]
+
+
+def test_report_to_and_hub_flags_are_checked():
+    with pytest.raises(ValueError, match="Unknown tracker 'tensorbord'"):
+        QGFDTrainingArguments("o", report_to="tensorbord")
+    with pytest.raises(ValueError, match="push_to_hub"):
+        QGFDTrainingArguments("o", hub_model_id="user/x")
+
+
+def test_push_to_hub_uploads_the_final_model(hub, tmp_path, capsys):
+    from transformers import AutoModel
+
+    out = tmp_path / "digits-run"
+    code, _, err = _cli(_digits_run(out, "--push-to-hub", "--hub-model-id", "user/qgfd-digits-run"), capsys)
+    assert code == 0, err
+    files = set(hub.list_files("user/qgfd-digits-run"))
+    assert {"config.json", "model.safetensors", "README.md"} <= files
+    assert b"user/qgfd-digits-run" in hub.read_file("user/qgfd-digits-run", "README.md")
+    again = AutoModel.from_pretrained("user/qgfd-digits-run")
+    assert again.config.modality == "image"
