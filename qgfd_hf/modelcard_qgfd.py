@@ -88,13 +88,14 @@ DENOISER_SETTINGS = (
 )
 
 # What the pipeline call returns, per modality (the outputs issue 5 specifies).
+# What the pipeline returns, exactly as pipeline_qgfd_diffusion's postprocess builds it.
 _OUTPUTS = {
-    "text": ("texts", "a list of strings", 4),
-    "image": ("images", "a list of PIL images", 4),
-    "audio": ("audio", "waveforms with their sampling rate", 2),
-    "video": ("videos", "arrays of frames", 2),
-    "tabular": ("rows", "rows as dicts, column -> value", 8),
-    "shared": ("samples", "samples of the model's modality", 4),
+    "text": ("texts", '[{"generated_text": str}, ...], one dict per sample', 4),
+    "image": ("images", '[{"image": PIL.Image.Image}, ...]', 4),
+    "audio": ("audio", '[{"audio": float32 array [num_samples], "sampling_rate": int}, ...]', 2),
+    "video": ("videos", '[{"frames": uint8 array [F, H, W, C]}, ...]', 2),
+    "tabular": ("rows", '[{"row": {column: value}}, ...]', 8),
+    "shared": ("samples", "the outputs of the model's active modality", 4),
 }
 _NO_REPO = "<folder or Hub id of this model>"
 

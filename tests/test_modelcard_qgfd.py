@@ -215,3 +215,19 @@ def test_push_to_hub_with_card_keeps_the_card_that_transformers_push_would_repla
 
     loaded = StandInModel.from_pretrained("user/qgfd-image")
     torch.testing.assert_close(loaded.proj.weight, model.proj.weight)
+
+
+def test_the_cards_usage_comment_states_what_the_pipeline_returns():
+    """The usage line's comment names the keys the pipeline really returns (issue 12: the text card
+    said strings; the pipeline returns {"generated_text": ...})."""
+    from test_pipeline_qgfd_diffusion import image_model, make_pipe, text_model
+    from test_modeling_qgfd import make_tokenizer
+
+    text, image = text_model(), image_model()
+    out_text = make_pipe(text, tokenizer=make_tokenizer())("a b", num_inference_steps=2, progress_bar=False, seed=0)
+    out_image = make_pipe(image)(num_samples=1, num_inference_steps=2, progress_bar=False, seed=0)
+    for model, out in ((text, out_text), (image, out_image)):
+        card = render_model_card(model)
+        usage = next(line for line in card.splitlines() if " = pipe(" in line)
+        for key in out[0]:
+            assert f'"{key}"' in usage, (key, usage)
