@@ -400,9 +400,9 @@ class DPMSolverMultistepSampler(_Sampler):
     name = "dpmsolver++"
 
     def __init__(self, schedule, num_inference_steps=None, prediction_type="epsilon", clip_sample=None, solver_order: int = 2, **timestep_kwargs):
-        super().__init__(schedule, num_inference_steps, prediction_type, clip_sample, **timestep_kwargs)
         if solver_order not in (1, 2) or isinstance(solver_order, bool):
             raise ValueError(f"`solver_order` must be 1 or 2, got {solver_order!r}.")
+        super().__init__(schedule, num_inference_steps, prediction_type, clip_sample, **timestep_kwargs)
         self.solver_order = solver_order
         self._last = None  # (t, lambda_t, x0_hat) of the previous step
 
