@@ -39,7 +39,10 @@ setup(
     ],
     entry_points={"console_scripts": ["qgfd-hf=qgfd_hf.cli:main"]},
     extras_require={
-        "test": ["pytest>=8"],
+        # diffusers' schedulers as samplers (`sample_loop(sampler=<SchedulerMixin>)`); optional.
+        "diffusers": ["diffusers>=0.30"],
+        # CI runs the scheduler tests against diffusers as well (they skip without it).
+        "test": ["pytest>=8", "diffusers>=0.30"],
     },
     classifiers=[
         "Programming Language :: Python :: 3",

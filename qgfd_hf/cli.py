@@ -155,7 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-samples", type=int, default=16, help="unconditional models: how many samples")
     p.add_argument("--condition", nargs="+", default=None, help="conditional text models: the source text(s)")
     p.add_argument("--num-inference-steps", type=int, default=50)
-    p.add_argument("--sampler", default="ddim", choices=("ddim", "ddpm"))
+    p.add_argument("--sampler", default="ddim", choices=("ddim", "ddpm", "dpmsolver++"))
+    p.add_argument("--timestep-spacing", default=None, choices=("linspace", "leading", "trailing"), help="as diffusers (default linspace)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output", default=None, help="images: the PNG grid to write (default: samples.png beside the model)")
     p.add_argument("--threads", type=int, default=1, help="CPU threads for torch (default 1: robust when cores are shared)")
@@ -354,14 +355,16 @@ def _train(args, job, output_dir: str, defaults: dict, metadata: dict):
 
 
 def generate(model_or_path, inputs=None, *, num_samples: Optional[int] = None, num_inference_steps: int = 50,
-             sampler: str = "ddim", seed: int = 0, batch_size: int = 256, progress: bool = True):
+             sampler: str = "ddim", seed: int = 0, batch_size: int = 256, progress: bool = True,
+             timestep_spacing: Optional[str] = None):
     """Samples through `pipeline("qgfd-diffusion")` (registered by `import qgfd_hf`): image arrays
     `[N, C, H, W]` in [0, 1] for an unconditional image model, or one string per input text
     for a conditional text model."""
     from transformers import pipeline
 
     pipe = pipeline("qgfd-diffusion", model=model_or_path)
-    kwargs = dict(num_inference_steps=num_inference_steps, sampler=sampler, seed=seed, batch_size=batch_size, progress_bar=progress)
+    kwargs = dict(num_inference_steps=num_inference_steps, sampler=sampler, seed=seed, batch_size=batch_size, progress_bar=progress,
+                  timestep_spacing=timestep_spacing)
     if inputs is None:
         out = pipe(num_samples=num_samples, output_type="np", **kwargs)
         return np.stack([o["np"] for o in out]).transpose(0, 3, 1, 2)  # the pipeline's [H, W, C] -> [N, C, H, W]
@@ -428,13 +431,15 @@ def cmd_sample(args) -> int:
     if getattr(config, "modality", None) == "text" and getattr(config, "conditional", False):
         if not args.condition:
             raise ValueError("This text model is conditional: give --condition with the source text(s).")
-        outs = generate(args.model, args.condition, num_inference_steps=args.num_inference_steps, sampler=args.sampler, seed=args.seed, progress=not args.no_progress)
+        outs = generate(args.model, args.condition, num_inference_steps=args.num_inference_steps, sampler=args.sampler, seed=args.seed, progress=not args.no_progress,
+                        timestep_spacing=args.timestep_spacing)
         for src, out in zip(args.condition, outs):
             _say(f"{src!r} -> {out!r}")
         return 0
     if args.condition:
         raise ValueError(f"This {getattr(config, 'modality', '?')} model is unconditional; drop --condition (use --num-samples).")
-    images = generate(args.model, num_samples=args.num_samples, num_inference_steps=args.num_inference_steps, sampler=args.sampler, seed=args.seed, progress=not args.no_progress)
+    images = generate(args.model, num_samples=args.num_samples, num_inference_steps=args.num_inference_steps, sampler=args.sampler, seed=args.seed, progress=not args.no_progress,
+                      timestep_spacing=args.timestep_spacing)
     out = args.output or os.path.join(os.path.dirname(os.path.abspath(args.model)), "samples.png")
     save_image_grid(images, out)
     _say(f"{len(images)} samples in {time.time() - t0:.1f}s -> {out}")

@@ -308,11 +308,11 @@ def test_ddpm_converges_on_gaussian_data(ptype):
     s = DDPMBetaSchedule(1000, beta_schedule="cosine")
     err = {}
     for n in (10, 1000):
-        x = sample_loop(gaussian_oracle(s, ptype), (100_000,), s, sampler="ddpm", num_inference_steps=n, prediction_type=ptype,
+        x = sample_loop(gaussian_oracle(s, ptype), (20_000,), s, sampler="ddpm", num_inference_steps=n, prediction_type=ptype,
                         dtype=torch.float64, generator=torch.Generator().manual_seed(0), progress=False)
-        assert x.mean().item() == pytest.approx(MU, abs=5e-3)  # Monte Carlo: 3 standard errors
+        assert x.mean().item() == pytest.approx(MU, abs=7e-3)  # Monte Carlo: 3 standard errors
         err[n] = abs(x.std().item() - STD)
-    assert err[1000] < 5e-3 < err[10]
+    assert err[1000] < 6e-3 and err[10] > 0.05  # the std error of the std is 1.5e-3
 
 
 # ----------------------------------------------------------------------------------------
