@@ -426,7 +426,7 @@ class DPMSolverMultistepSampler(_Sampler):
             return x0
         alpha_t, sigma_t, lambda_t = self._alpha_sigma_lambda(t_next)
         h = lambda_t - lambda_s
-        # 3. First order [DPM++ Sec. 4.1] (= DDIM, eta = 0):
+        # 3. First order [DPM++ Algorithm 2, its first step] (= DDIM, eta = 0):
         #    x_next = (sigma_next / sigma_s) x_s - alpha_next (e^{-h} - 1) x0_hat.
         coef_x = sigma_t / sigma_s
         coef_d = -alpha_t * math.expm1(-h)
