@@ -41,7 +41,10 @@ setup(
     extras_require={
         # `--report-to tensorboard` (accelerate's tracker); the tests exercise it.
         "tensorboard": ["tensorboard>=2.10"],
-        "test": ["pytest>=8", "tensorboard>=2.10"],
+        # diffusers' schedulers as samplers (`sample_loop(sampler=<SchedulerMixin>)`); optional.
+        "diffusers": ["diffusers>=0.30"],
+        # CI runs the scheduler tests against diffusers and the tracker test against tensorboard.
+        "test": ["pytest>=8", "tensorboard>=2.10", "diffusers>=0.30"],
     },
     classifiers=[
         "Programming Language :: Python :: 3",

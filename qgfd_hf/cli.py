@@ -193,7 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-samples", type=int, default=16, help="unconditional models: how many samples")
     p.add_argument("--condition", nargs="+", default=None, help="conditional text models: the source text(s)")
     p.add_argument("--num-inference-steps", type=int, default=50)
-    p.add_argument("--sampler", default="ddim", choices=("ddim", "ddpm"))
+    p.add_argument("--sampler", default="ddim", choices=("ddim", "ddpm", "dpmsolver++"))
+    p.add_argument("--timestep-spacing", default=None, choices=("linspace", "leading", "trailing"), help="as diffusers (default linspace)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output", default=None,
                    help="where the samples go, as a path without or with extension (default: sample-seed<SEED> beside the "

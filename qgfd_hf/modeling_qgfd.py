@@ -802,21 +802,25 @@ class QGFDPreTrainedModel(PreTrainedModel):
         cond_mask: Optional[torch.Tensor] = None,
         *,
         schedule: Optional[DDPMBetaSchedule] = None,
-        sampler: str = "ddim",
+        sampler="ddim",
         num_inference_steps: Optional[int] = None,
         eta: float = 0.0,
         generator: Optional[torch.Generator] = None,
         progress: bool = False,
         clip_sample: Optional[float] = None,
         x_T: Optional[torch.Tensor] = None,
+        timestep_spacing: Optional[str] = None,
+        steps_offset: Optional[int] = None,
     ) -> torch.Tensor:
-        """Sample latents [B, L, latent_dim] with DDIM or DDPM; `decode_latents` turns them into data.
+        """Sample latents [B, L, latent_dim] with DDPM, DDIM, DPM-Solver++ or a diffusers scheduler;
+        `decode_latents` turns them into data.
 
         Args:
             num_samples (`int`, *optional*): B (default: the conditioning's batch size, else 1).
             cond_tokens, cond_mask: from `encode_condition` (conditional models only).
-            sampler, num_inference_steps, eta, generator, progress, clip_sample, x_T: as
-                `scheduling_qgfd.sample_loop`.
+            sampler (`"ddim"`, `"ddpm"`, `"dpmsolver++"` or a diffusers `SchedulerMixin` instance),
+                num_inference_steps, eta, generator, progress, clip_sample, x_T, timestep_spacing,
+                steps_offset: as `scheduling_qgfd.sample_loop`.
         """
         if num_samples is None:
             num_samples = cond_tokens.shape[0] if cond_tokens is not None else 1
@@ -837,6 +841,8 @@ class QGFDPreTrainedModel(PreTrainedModel):
             progress=progress,
             clip_sample=clip_sample,
             x_T=x_T,
+            timestep_spacing=timestep_spacing,
+            steps_offset=steps_offset,
         )
 
     @torch.no_grad()

@@ -21,7 +21,7 @@ import torch
 from transformers import Pipeline
 from transformers.utils import logging
 
-from .scheduling_qgfd import SAMPLERS
+from .scheduling_qgfd import TIMESTEP_SPACINGS, check_sampler
 
 logger = logging.get_logger(__name__)
 
@@ -37,9 +37,16 @@ class QGFDDiffusionPipeline(Pipeline):
             only (one sample set per text); unconditional models take none.
         num_samples (`int`, defaults to 1): samples per conditioning text, or in all for
             an unconditional model.
-        num_inference_steps (`int`, *optional*): denoising steps, 1..`num_timesteps` (all by default
-            for `"ddpm"`, 50 (or fewer if trained with fewer) for `"ddim"`).
-        sampler (`str`, defaults to `"ddim"`): `"ddim"` or `"ddpm"`.
+        num_inference_steps (`int`, *optional*): denoising steps (network evaluations),
+            1..`num_timesteps`; by default all for `"ddpm"`, 50 for `"ddim"` and a diffusers
+            scheduler, 20 for `"dpmsolver++"` (fewer if trained with fewer).
+        sampler (defaults to `"ddim"`): `"ddim"`, `"ddpm"`, `"dpmsolver++"` (DPM-Solver++(2M), as
+            diffusers' `DPMSolverMultistepScheduler`), or a diffusers `SchedulerMixin` instance on
+            the model's schedule (`qgfd_hf.diffusers_scheduler(cls, model.get_schedule(),
+            model.config.prediction_type)`; needs `pip install qgfd_hf[diffusers]`).
+        timestep_spacing (`str`, defaults to `"linspace"`): `"linspace"`, `"leading"` or `"trailing"`,
+            as diffusers (`scheduling_qgfd.inference_timesteps`); steps_offset (`int`, defaults to 0):
+            shifts `"leading"`. A diffusers scheduler takes both from its own config instead.
         eta (`float`, defaults to 0.0): DDIM's eta (0 = deterministic given the starting noise).
         generator (`torch.Generator`, *optional*) or seed (`int`, *optional*): for reproducible samples.
         batch_size (`int`, *optional*): how many samples go through the network at once.
@@ -72,6 +79,8 @@ class QGFDDiffusionPipeline(Pipeline):
         num_samples=None,
         num_inference_steps=None,
         sampler=None,
+        timestep_spacing=None,
+        steps_offset=None,
         eta=None,
         generator=None,
         seed=None,
@@ -95,9 +104,15 @@ class QGFDDiffusionPipeline(Pipeline):
                 raise ValueError(f"`num_inference_steps` must be an int >= 1, got {num_inference_steps!r}.")
             forward["num_inference_steps"] = num_inference_steps
         if sampler is not None:
-            if sampler not in SAMPLERS:
-                raise ValueError(f"Unknown sampler {sampler!r}; allowed: {', '.join(map(repr, SAMPLERS))}.")
-            forward["sampler"] = sampler
+            forward["sampler"] = check_sampler(sampler)  # a name, or a diffusers scheduler
+        if timestep_spacing is not None:
+            if timestep_spacing not in TIMESTEP_SPACINGS:
+                raise ValueError(f"Unknown timestep_spacing {timestep_spacing!r}; allowed: {', '.join(map(repr, TIMESTEP_SPACINGS))}.")
+            forward["timestep_spacing"] = timestep_spacing
+        if steps_offset is not None:
+            if isinstance(steps_offset, bool) or not isinstance(steps_offset, int) or steps_offset < 0:
+                raise ValueError(f"`steps_offset` must be an int >= 0, got {steps_offset!r}.")
+            forward["steps_offset"] = steps_offset
         if eta is not None:
             forward["eta"] = eta
         if generator is not None and seed is not None:
@@ -185,7 +200,9 @@ class QGFDDiffusionPipeline(Pipeline):
         self,
         model_inputs,
         num_inference_steps: Optional[int] = None,
-        sampler: str = "ddim",
+        sampler="ddim",
+        timestep_spacing: Optional[str] = None,
+        steps_offset: Optional[int] = None,
         eta: float = 0.0,
         generator: Optional[torch.Generator] = None,
         seed: Optional[int] = None,
@@ -197,8 +214,9 @@ class QGFDDiffusionPipeline(Pipeline):
         T = schedule.num_timesteps
         if num_inference_steps is not None and num_inference_steps > T:
             raise ValueError(f"`num_inference_steps` must be in [1, {T}] (the trained steps), got {num_inference_steps}.")
-        if num_inference_steps is None and sampler == "ddim":
-            num_inference_steps = min(50, T)
+        if num_inference_steps is None and sampler != "ddpm":
+            # DPM-Solver++ places n + 1 grid points on the T timesteps: at most T - 1 steps.
+            num_inference_steps = min(20, T - 1) if sampler == "dpmsolver++" else min(50, T)
         if seed is not None:
             generator = torch.Generator().manual_seed(seed)
         cond = model_inputs["cond_inputs"]
@@ -226,6 +244,8 @@ class QGFDDiffusionPipeline(Pipeline):
                     schedule=schedule,
                     sampler=sampler,
                     num_inference_steps=num_inference_steps,
+                    timestep_spacing=timestep_spacing,
+                    steps_offset=steps_offset,
                     eta=eta,
                     generator=generator,
                     progress=progress_bar,

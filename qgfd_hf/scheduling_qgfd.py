@@ -10,22 +10,34 @@ Equations cited:
 - [DLM] Li et al. 2022, "Diffusion-LM Improves Controllable Text Generation" (sqrt).
 - [DDIM] Song, Meng, Ermon 2021, "Denoising Diffusion Implicit Models".
 - [PD] Salimans, Ho 2022, "Progressive Distillation for Fast Sampling of Diffusion Models" (v).
+- [DPM++] Lu, Zhou, Bao, Chen, Li, Zhu 2022, "DPM-Solver++: Fast Solver for Guided Sampling of
+  Diffusion Probabilistic Models" (data-prediction multistep solver, Algorithm 2).
+- [CNS] Lin, Liu, Li, Yang 2023, "Common Diffusion Noise Schedules and Sample Steps are Flawed"
+  (Table 2: the "linspace", "leading" and "trailing" timestep spacings).
+
+The samplers are `"ddpm"`, `"ddim"` and `"dpmsolver++"` (the `algorithm_type` name of diffusers'
+`DPMSolverMultistepScheduler`), or any diffusers `SchedulerMixin` instance when diffusers is
+installed (`pip install qgfd_hf[diffusers]`; `diffusers_scheduler` builds one on a model's
+schedule). Timestep spacings follow diffusers' `set_timesteps` (see `inference_timesteps`).
 
 Shapes: `B` batch; latents `x` are `[B, ...]` (e.g. `[B, L, D]`); `t` is a LongTensor `[B]`.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
-from typing import Callable, Optional, Sequence, Tuple
+from typing import Callable, Optional, Sequence, Tuple, Union
 
+import numpy as np
 import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
 BETA_SCHEDULES = ("linear", "cosine", "sqrt")
 PREDICTION_TYPES = ("epsilon", "sample", "v")
-SAMPLERS = ("ddpm", "ddim")
+SAMPLERS = ("ddpm", "ddim", "dpmsolver++")
+TIMESTEP_SPACINGS = ("linspace", "leading", "trailing")
 
 
 def _check_choice(name, value, allowed):
@@ -172,13 +184,70 @@ def predict_x0_and_eps(model_output: torch.Tensor, x_t: torch.Tensor, t: torch.T
     return x0, eps
 
 
-def inference_timesteps(num_timesteps: int, num_inference_steps: Optional[int] = None) -> list:
-    """Descending timesteps for sampling: evenly spaced from T - 1 to 0 (all T when None)."""
-    n = num_timesteps if num_inference_steps is None else num_inference_steps
-    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= num_timesteps:
-        raise ValueError(f"`num_inference_steps` must be an int in [1, {num_timesteps}] (the trained steps), got {num_inference_steps!r}.")
-    steps = torch.linspace(num_timesteps - 1, 0, n, dtype=torch.float64).round().long().tolist()
-    return sorted(set(steps), reverse=True)
+def inference_timesteps(
+    num_timesteps: int,
+    num_inference_steps: Optional[int] = None,
+    timestep_spacing: str = "linspace",
+    steps_offset: int = 0,
+    *,
+    sampler: str = "ddim",
+) -> list:
+    """Descending timesteps for sampling, as diffusers' `set_timesteps` places them [CNS Table 2].
+
+    With T = `num_timesteps`, n = `num_inference_steps` (all T when None), in float64 numpy as diffusers:
+
+    - `sampler="ddpm"` or `"ddim"` (`DDPMScheduler` / `DDIMScheduler.set_timesteps`); each
+      sampler's last step lands on a_bar = 1, the clean sample:
+        - "linspace": `round(linspace(0, T - 1, n))`, descending: from T - 1 down to 0.
+        - "leading": `arange(n) * (T // n) + steps_offset`, descending.
+        - "trailing": `round(arange(T, 0, -T / n)) - 1`: from T - 1 down to T / n - 1.
+    - `sampler="dpmsolver++"` (`DPMSolverMultistepScheduler.set_timesteps`): its last step lands
+      on sigma = 0, so the grids of "linspace" and "leading" get n + 1 points and drop their
+      last one (t = 0, now the target rather than an evaluation):
+        - "linspace": `round(linspace(0, T - 1, n + 1))`, descending, without its final 0.
+        - "leading": `arange(n + 1) * (T // (n + 1)) + steps_offset`, descending, without its final one.
+        - "trailing": as for DDIM.
+
+    `steps_offset` shifts "leading" only (diffusers ignores it elsewhere; here it is an error).
+    Two deliberate differences from diffusers, both where diffusers returns unusable timesteps:
+    "linspace" with n = 1 gives `[T - 1]` (numpy's `linspace(0, T - 1, 1)` is `[0]`, one
+    evaluation at t = 0 on pure noise); "trailing" gives exactly n timesteps (numpy's float
+    `arange` sometimes appends an (n + 1)-th, -1, e.g. T = 1000, n = 61).
+
+    Example:
+        >>> inference_timesteps(1000, 5), inference_timesteps(1000, 5, "leading", 1), inference_timesteps(1000, 5, "trailing")
+        ([999, 749, 500, 250, 0], [801, 601, 401, 201, 1], [999, 799, 599, 399, 199])
+        >>> inference_timesteps(1000, 5, sampler="dpmsolver++")
+        [999, 799, 599, 400, 200]
+    """
+    _check_choice("timestep_spacing", timestep_spacing, TIMESTEP_SPACINGS)
+    _check_choice("sampler", sampler, SAMPLERS)
+    T = num_timesteps
+    n = T if num_inference_steps is None else num_inference_steps
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= T:
+        raise ValueError(f"`num_inference_steps` must be an int in [1, {T}] (the trained steps), got {num_inference_steps!r}.")
+    if isinstance(steps_offset, bool) or not isinstance(steps_offset, int) or steps_offset < 0:
+        raise ValueError(f"`steps_offset` must be an int >= 0, got {steps_offset!r}.")
+    if steps_offset and timestep_spacing != "leading":
+        raise ValueError(f"`steps_offset` shifts the 'leading' spacing only, got steps_offset={steps_offset} with {timestep_spacing!r}.")
+    # 1. The grid, exactly as diffusers computes it.
+    m = n + 1 if sampler == "dpmsolver++" and timestep_spacing != "trailing" else n
+    if timestep_spacing == "linspace":
+        steps = np.linspace(0, T - 1, m).round()[::-1] if m > 1 else np.array([T - 1.0])
+    elif timestep_spacing == "leading":
+        steps = (np.arange(0, m) * (T // m)).round()[::-1] + steps_offset
+    else:
+        steps = np.round(np.arange(T, 0, -T / n))[:n] - 1
+    # 2. DPM-Solver++ drops the grid's final point (its last step goes to sigma = 0).
+    if m > n:
+        steps = steps[:-1]
+    timesteps = steps.astype(np.int64).tolist()
+    if any(a <= b for a, b in zip(timesteps, timesteps[1:])) or timesteps[0] >= T:
+        raise ValueError(
+            f"timestep_spacing={timestep_spacing!r} with num_inference_steps={n}, steps_offset={steps_offset} gives "
+            f"timesteps {timesteps[:4]}...{timesteps[-2:]}, not distinct and in [0, {T}); use fewer steps or another spacing."
+        )
+    return timesteps
 
 
 def _noise_like(x: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
@@ -186,21 +255,58 @@ def _noise_like(x: torch.Tensor, generator: Optional[torch.Generator]) -> torch.
     return torch.randn(x.shape, generator=generator, device=gen_device, dtype=torch.float32).to(device=x.device, dtype=x.dtype)
 
 
-class _Sampler:
-    name = None
+def _check_custom_timesteps(timesteps, num_timesteps: int) -> list:
+    if isinstance(timesteps, torch.Tensor):
+        timesteps = timesteps.tolist()
+    ok = isinstance(timesteps, (list, tuple)) and len(timesteps) > 0
+    ok = ok and all(isinstance(t, int) and not isinstance(t, bool) and 0 <= t < num_timesteps for t in timesteps)
+    if not ok or any(a <= b for a, b in zip(timesteps, timesteps[1:])):
+        raise ValueError(f"`timesteps` must be a non-empty list of distinct ints in [0, {num_timesteps}), descending, got {timesteps!r}.")
+    return list(timesteps)
 
-    def __init__(self, schedule: DDPMBetaSchedule, num_inference_steps: Optional[int] = None, prediction_type: str = "epsilon", clip_sample: Optional[float] = None):
+
+class _Sampler:
+    """What the samplers share: the timesteps, and x0/eps from the network's output.
+
+    Args:
+        schedule: the model's `DDPMBetaSchedule`.
+        num_inference_steps (`int`, *optional*): 1..T (all T when None).
+        prediction_type (`str`): `"epsilon"`, `"sample"` or `"v"`: what the network predicts.
+        clip_sample (`float`, *optional*): clamp the predicted x0 to [-clip_sample, clip_sample].
+        timestep_spacing (`str`, defaults to `"linspace"`), steps_offset (`int`, defaults to 0):
+            where the timesteps lie, as `inference_timesteps`.
+        timesteps (`list[int]`, *optional*): explicit descending timesteps instead (as diffusers'
+            `set_timesteps(timesteps=...)`); then give neither `num_inference_steps` nor a spacing.
+    """
+
+    name = None
+    init_noise_sigma = 1.0  # x_T ~ N(0, I), as diffusers' DDPM/DDIM/DPM-Solver schedulers
+
+    def __init__(self, schedule: DDPMBetaSchedule, num_inference_steps: Optional[int] = None, prediction_type: str = "epsilon",
+                 clip_sample: Optional[float] = None, *, timestep_spacing: str = "linspace", steps_offset: int = 0,
+                 timesteps: Optional[Sequence[int]] = None):
         _check_choice("prediction_type", prediction_type, PREDICTION_TYPES)
         if clip_sample is not None and not clip_sample > 0:
             raise ValueError(f"`clip_sample` must be None or > 0, got {clip_sample!r}.")
         self.schedule = schedule
         self.prediction_type = prediction_type
         self.clip_sample = clip_sample
-        self.timesteps = inference_timesteps(schedule.num_timesteps, num_inference_steps)
+        if timesteps is not None:
+            if num_inference_steps is not None or timestep_spacing != "linspace" or steps_offset:
+                raise ValueError("Pass either `timesteps` or `num_inference_steps` / `timestep_spacing` / `steps_offset`, not both.")
+            self.timesteps = _check_custom_timesteps(timesteps, schedule.num_timesteps)
+        else:
+            self.timesteps = inference_timesteps(schedule.num_timesteps, num_inference_steps, timestep_spacing, steps_offset, sampler=self.name)
+        # The step after t; -1 after the last: a_bar = 1 there (DDIM's `set_alpha_to_one`), sigma = 0.
         self._prev = {t: (self.timesteps[i + 1] if i + 1 < len(self.timesteps) else -1) for i, t in enumerate(self.timesteps)}
+
+    def _check_t(self, t: int) -> None:
+        if t not in self._prev:
+            raise ValueError(f"t={t!r} is not one of this sampler's timesteps {self.timesteps}.")
 
     def _alpha_bars(self, t: int) -> Tuple[float, float]:
         """(a_bar_t, a_bar_prev) with a_bar_prev = 1 after the last step."""
+        self._check_t(t)
         ac = self.schedule.alphas_cumprod
         t_prev = self._prev[t]
         return float(ac[t]), (float(ac[t_prev]) if t_prev >= 0 else 1.0)
@@ -213,6 +319,9 @@ class _Sampler:
             a_bar_t = self._alpha_bars(t)[0]
             eps = (x_t - math.sqrt(a_bar_t) * x0) / math.sqrt(1 - a_bar_t)
         return x0, eps
+
+    def scale_model_input(self, x_t: torch.Tensor, t: int) -> torch.Tensor:
+        return x_t  # the network sees x_t itself (diffusers' VP schedulers: the same)
 
     def step(self, model_output: torch.Tensor, t: int, x_t: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         raise NotImplementedError
@@ -241,12 +350,18 @@ class DDPMSampler(_Sampler):
 
 
 class DDIMSampler(_Sampler):
-    """DDIM [DDIM Eq. 12]: eta = 0 deterministic, eta = 1 ancestral-like [DDIM Eq. 16]."""
+    """DDIM [DDIM Eq. 12]: eta = 0 deterministic, eta = 1 ancestral-like [DDIM Eq. 16].
+
+    Each step goes from t to the next of `timesteps` (the sub-sequence of DDIM Sec. 4.2).
+    diffusers' `DDIMScheduler.step` instead goes to `t - T // n` whatever the spacing
+    (huggingface/diffusers#12633): the same for "leading", and for "trailing" when n divides T,
+    but not for "linspace", where its steps and its listed timesteps disagree.
+    """
 
     name = "ddim"
 
-    def __init__(self, schedule, num_inference_steps=None, prediction_type="epsilon", clip_sample=None, eta: float = 0.0):
-        super().__init__(schedule, num_inference_steps, prediction_type, clip_sample)
+    def __init__(self, schedule, num_inference_steps=None, prediction_type="epsilon", clip_sample=None, eta: float = 0.0, **timestep_kwargs):
+        super().__init__(schedule, num_inference_steps, prediction_type, clip_sample, **timestep_kwargs)
         if isinstance(eta, bool) or not isinstance(eta, (int, float)) or eta < 0:
             raise ValueError(f"`eta` must be a float >= 0, got {eta!r}.")
         self.eta = float(eta)
@@ -265,14 +380,215 @@ class DDIMSampler(_Sampler):
         return x_prev
 
 
-def make_sampler(sampler: str, schedule: DDPMBetaSchedule, *, num_inference_steps=None, eta=0.0, prediction_type="epsilon", clip_sample=None) -> _Sampler:
-    """A `DDPMSampler` or `DDIMSampler` by name."""
-    _check_choice("sampler", sampler, SAMPLERS)
+class DPMSolverMultistepSampler(_Sampler):
+    """DPM-Solver++(2M) [DPM++ Algorithm 2], as diffusers' `DPMSolverMultistepScheduler` with
+    `algorithm_type="dpmsolver++"`, `solver_order=2`, `solver_type="midpoint"`,
+    `lower_order_final=True`, `final_sigmas_type="zero"` (its defaults).
+
+    In the half log-SNR `lambda_t = log(alpha_t / sigma_t)` (alpha_t = sqrt(a_bar_t),
+    sigma_t = sqrt(1 - a_bar_t)) the ODE is integrated on the data prediction x0 = x_theta(x_t, t).
+    The first step and the last (to sigma = 0, the clean sample) are first order (= DDIM with
+    eta = 0 on the same timesteps); the others use the previous step's x0 as well. Stateful:
+    call `step` on `timesteps` in order, as `sample_loop` does. Timesteps: `inference_timesteps(...,
+    sampler="dpmsolver++")`, diffusers' for this scheduler.
+
+    Args:
+        solver_order (`int`, defaults to 2): 2 (DPM-Solver++(2M)) or 1 (DPM-Solver++(1) = DDIM).
+        The others: as `_Sampler`.
+    """
+
+    name = "dpmsolver++"
+
+    def __init__(self, schedule, num_inference_steps=None, prediction_type="epsilon", clip_sample=None, solver_order: int = 2, **timestep_kwargs):
+        if solver_order not in (1, 2) or isinstance(solver_order, bool):
+            raise ValueError(f"`solver_order` must be 1 or 2, got {solver_order!r}.")
+        super().__init__(schedule, num_inference_steps, prediction_type, clip_sample, **timestep_kwargs)
+        self.solver_order = solver_order
+        self._last = None  # (t, lambda_t, x0_hat) of the previous step
+
+    def _alpha_sigma_lambda(self, t: int) -> Tuple[float, float, float]:
+        a_bar = float(self.schedule.alphas_cumprod[t])
+        return math.sqrt(a_bar), math.sqrt(1 - a_bar), 0.5 * (math.log(a_bar) - math.log1p(-a_bar))
+
+    def step(self, model_output, t, x_t, generator=None):
+        self._check_t(t)
+        i = self.timesteps.index(t)
+        last = None if i == 0 else self._last  # the first timestep starts a new trajectory
+        if i > 0 and (last is None or last[0] != self.timesteps[i - 1]):
+            raise ValueError(f"DPM-Solver++ is multistep: call `step` on the timesteps {self.timesteps} in order (got t={t}).")
+        # 1. The data prediction x0_hat = x_theta(x_t, t), for any prediction type.
+        x0, _ = self._x0_eps(model_output, t, x_t)
+        alpha_s, sigma_s, lambda_s = self._alpha_sigma_lambda(t)
+        self._last = (t, lambda_s, x0)
+        t_next = self._prev[t]
+        # 2. The last step lands on sigma = 0 (lambda = inf): the first-order update is x0_hat itself.
+        if t_next < 0:
+            return x0
+        alpha_t, sigma_t, lambda_t = self._alpha_sigma_lambda(t_next)
+        h = lambda_t - lambda_s
+        # 3. First order [DPM++ Algorithm 2, its first step] (= DDIM, eta = 0):
+        #    x_next = (sigma_next / sigma_s) x_s - alpha_next (e^{-h} - 1) x0_hat.
+        coef_x = sigma_t / sigma_s
+        coef_d = -alpha_t * math.expm1(-h)
+        if self.solver_order == 1 or last is None:
+            return coef_x * x_t + coef_d * x0
+        # 4. Second order, multistep [DPM++ Algorithm 2]: with r = h_prev / h,
+        #    D = (1 + 1 / (2 r)) x0_hat - 1 / (2 r) x0_hat_prev (diffusers' "midpoint").
+        _, lambda_prev, x0_prev = last
+        r = (lambda_s - lambda_prev) / h
+        d = (1 + 0.5 / r) * x0 - (0.5 / r) * x0_prev
+        return coef_x * x_t + coef_d * d
+
+
+# ----------------------------------------------------------------------------------------
+# diffusers' schedulers (optional: `pip install qgfd_hf[diffusers]`)
+# ----------------------------------------------------------------------------------------
+
+# Our prediction types under diffusers' names.
+DIFFUSERS_PREDICTION_TYPES = {"epsilon": "epsilon", "sample": "sample", "v": "v_prediction"}
+
+
+def _scheduler_mixin():
+    """diffusers' `SchedulerMixin`, or None when diffusers is not installed."""
+    try:
+        from diffusers import SchedulerMixin
+    except ImportError:
+        return None
+    return SchedulerMixin
+
+
+def check_sampler(sampler):
+    """`sampler` if it names one of `SAMPLERS` or is a diffusers `SchedulerMixin` instance; else a ValueError."""
+    if isinstance(sampler, str):
+        _check_choice("sampler", sampler, SAMPLERS)
+        return sampler
+    mixin = _scheduler_mixin()
+    if mixin is not None and isinstance(sampler, mixin):
+        return sampler
+    what = f"the class {sampler.__name__} (pass an instance)" if isinstance(sampler, type) else f"a {type(sampler).__name__}"
+    hint = "" if mixin is not None else " (diffusers is not installed: pip install qgfd_hf[diffusers])"
+    raise ValueError(
+        f"`sampler` must be one of {', '.join(map(repr, SAMPLERS))} or a diffusers SchedulerMixin instance{hint}, got {what}."
+    )
+
+
+def diffusers_scheduler(scheduler_class, schedule: DDPMBetaSchedule, prediction_type: str = "epsilon", **kwargs):
+    """A diffusers scheduler on the model's own schedule: its betas (`trained_betas`), T and prediction type.
+
+    DDPM/DDIM-like schedulers get `clip_sample=False` (diffusers' default clamps x0 to [-1, 1];
+    `sample_loop(clip_sample=...)` is off by default). `kwargs` override any of these.
+
+    Example:
+        >>> from diffusers import DPMSolverMultistepScheduler  # doctest: +SKIP
+        >>> scheduler = diffusers_scheduler(DPMSolverMultistepScheduler, model.get_schedule(), model.config.prediction_type)  # doctest: +SKIP
+        >>> latents = model.diffusion_sample(4, sampler=scheduler, num_inference_steps=20)  # doctest: +SKIP
+    """
+    _check_choice("prediction_type", prediction_type, PREDICTION_TYPES)
+    mixin = _scheduler_mixin()
+    if mixin is None or not (isinstance(scheduler_class, type) and issubclass(scheduler_class, mixin)):
+        check_sampler(scheduler_class)  # raises, naming what is allowed
+    params = inspect.signature(scheduler_class.__init__).parameters
+    config = dict(num_train_timesteps=schedule.num_timesteps, trained_betas=schedule.betas.cpu().numpy(),
+                  prediction_type=DIFFUSERS_PREDICTION_TYPES[prediction_type])
+    if "clip_sample" in params:
+        config["clip_sample"] = False
+    return scheduler_class(**{**config, **kwargs})
+
+
+class DiffusersSampler:
+    """A diffusers scheduler behind the samplers' interface (`timesteps`, `scale_model_input`, `step`).
+
+    The scheduler must be on the model's schedule (same T, the same alphas_cumprod to float32
+    precision) and prediction type; its own config sets the spacing. Its `set_timesteps` is
+    called, as a diffusers pipeline does.
+    """
+
+    def __init__(self, scheduler, schedule: DDPMBetaSchedule, num_inference_steps: Optional[int] = None, prediction_type: str = "epsilon", eta: float = 0.0, device=None):
+        check_sampler(scheduler)
+        _check_choice("prediction_type", prediction_type, PREDICTION_TYPES)
+        cfg, name = scheduler.config, type(scheduler).__name__
+        self.name = name
+        # 1. The scheduler must describe the model's noise process.
+        T = schedule.num_timesteps
+        if getattr(cfg, "num_train_timesteps", None) != T:
+            raise ValueError(f"The {name} has num_train_timesteps={getattr(cfg, 'num_train_timesteps', None)}; the model was trained with {T}.")
+        ptype = getattr(cfg, "prediction_type", None)
+        if ptype != DIFFUSERS_PREDICTION_TYPES[prediction_type]:
+            raise ValueError(
+                f"The {name} has prediction_type={ptype!r}; the model predicts {prediction_type!r} "
+                f"({DIFFUSERS_PREDICTION_TYPES[prediction_type]!r} in diffusers)."
+            )
+        theirs = getattr(scheduler, "alphas_cumprod", None)
+        if theirs is not None:
+            err = float((theirs.double().cpu() - schedule.alphas_cumprod.cpu()).abs().max())
+            if err > 1e-5:
+                raise ValueError(
+                    f"The {name}'s alphas_cumprod differ from the model's schedule by up to {err:.2g}; build it with "
+                    "`diffusers_scheduler(cls, model.get_schedule(), model.config.prediction_type)` (the model's betas)."
+                )
+        # 2. Which of our settings its `step` takes (as diffusers' pipelines inspect it).
+        step_params = inspect.signature(scheduler.step).parameters
+        self._step_kwargs = {}
+        if "eta" in step_params:
+            self._step_kwargs["eta"] = float(eta)
+        elif eta:
+            raise ValueError(f"`eta` is a DDIM setting; the {name} takes none, got eta={eta!r}.")
+        self._takes_generator = "generator" in step_params
+        # 3. Its timesteps (the model is indexed by integer timesteps).
+        n = T if num_inference_steps is None else num_inference_steps
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= T:
+            raise ValueError(f"`num_inference_steps` must be an int in [1, {T}] (the trained steps), got {num_inference_steps!r}.")
+        scheduler.set_timesteps(n, device=device)
+        timesteps = [float(t) for t in scheduler.timesteps]
+        if any(t != round(t) or not 0 <= t < T for t in timesteps):
+            raise ValueError(f"The {name} gives timesteps {timesteps[:4]}...; the model takes integer timesteps in [0, {T}).")
+        self.scheduler = scheduler
+        self.timesteps = [int(t) for t in timesteps]
+        self.init_noise_sigma = float(scheduler.init_noise_sigma)
+
+    def scale_model_input(self, x_t, t):
+        return self.scheduler.scale_model_input(x_t, t)
+
+    def step(self, model_output, t, x_t, generator=None):
+        kwargs = dict(self._step_kwargs)
+        if self._takes_generator:
+            kwargs["generator"] = generator
+        return self.scheduler.step(model_output, t, x_t, return_dict=False, **kwargs)[0]
+
+
+def make_sampler(
+    sampler: Union[str, object],
+    schedule: DDPMBetaSchedule,
+    *,
+    num_inference_steps: Optional[int] = None,
+    eta: float = 0.0,
+    prediction_type: str = "epsilon",
+    clip_sample: Optional[float] = None,
+    timestep_spacing: Optional[str] = None,
+    steps_offset: Optional[int] = None,
+    timesteps: Optional[Sequence[int]] = None,
+    device=None,
+):
+    """A sampler by name (`"ddpm"`, `"ddim"`, `"dpmsolver++"`), or a diffusers scheduler wrapped as one.
+
+    `timestep_spacing` (default "linspace") and `steps_offset` (default 0) are ours; a diffusers
+    scheduler has its own in its config, so giving them with one is an error, as are `clip_sample`
+    and `timesteps`.
+    """
+    check_sampler(sampler)
+    if not isinstance(sampler, str):
+        given = {k: v for k, v in dict(timestep_spacing=timestep_spacing, steps_offset=steps_offset, clip_sample=clip_sample, timesteps=timesteps).items() if v is not None}
+        if given:
+            raise ValueError(f"{sorted(given)} are set in a diffusers scheduler's own config, not here (got {given}).")
+        return DiffusersSampler(sampler, schedule, num_inference_steps, prediction_type, eta=eta, device=device)
+    kwargs = dict(timestep_spacing=timestep_spacing or "linspace", steps_offset=steps_offset or 0, timesteps=timesteps)
+    if sampler == "ddim":
+        return DDIMSampler(schedule, num_inference_steps, prediction_type, clip_sample, eta=eta, **kwargs)
+    if eta not in (0, 0.0, 1, 1.0, None) or (sampler == "dpmsolver++" and eta not in (0, 0.0, None)):
+        raise ValueError(f"`eta` is a DDIM setting; the {sampler} sampler takes none, got eta={eta!r}.")
     if sampler == "ddpm":
-        if eta not in (0, 0.0, 1, 1.0, None):
-            raise ValueError(f"`eta` is a DDIM setting; the DDPM sampler takes none, got eta={eta!r}.")
-        return DDPMSampler(schedule, num_inference_steps, prediction_type, clip_sample)
-    return DDIMSampler(schedule, num_inference_steps, prediction_type, clip_sample, eta=eta)
+        return DDPMSampler(schedule, num_inference_steps, prediction_type, clip_sample, **kwargs)
+    return DPMSolverMultistepSampler(schedule, num_inference_steps, prediction_type, clip_sample, **kwargs)
 
 
 @torch.no_grad()
@@ -281,7 +597,7 @@ def sample_loop(
     shape: Sequence[int],
     schedule: DDPMBetaSchedule,
     *,
-    sampler: str = "ddim",
+    sampler: Union[str, object] = "ddim",
     num_inference_steps: Optional[int] = None,
     eta: float = 0.0,
     prediction_type: str = "epsilon",
@@ -291,18 +607,26 @@ def sample_loop(
     progress: bool = True,
     clip_sample: Optional[float] = None,
     x_T: Optional[torch.Tensor] = None,
+    timestep_spacing: Optional[str] = None,
+    steps_offset: Optional[int] = None,
 ) -> torch.Tensor:
     """Run the reverse process from pure noise and return x_0 `[*shape]`.
 
     Args:
         denoise_fn: `denoise_fn(x_t, t)` with `t` a LongTensor `[B]`, returns the model output.
         shape: the latents' shape, `[B, ...]`.
-        sampler: `"ddim"` or `"ddpm"`; num_inference_steps: 1..T (all T when None); eta: DDIM's eta.
+        sampler: `"ddim"`, `"ddpm"`, `"dpmsolver++"` (DPM-Solver++(2M)), or a diffusers
+            `SchedulerMixin` instance on the model's schedule (see `diffusers_scheduler`).
+        num_inference_steps: 1..T (all T when None) network evaluations; eta: DDIM's eta.
+        timestep_spacing: `"linspace"` (default), `"leading"` or `"trailing"`; steps_offset: shifts
+            "leading" (both as diffusers; see `inference_timesteps`).
         generator: for reproducible samples; progress: show a progress bar.
-        x_T: start from these latents instead of fresh noise.
+        x_T: start from these latents instead of fresh noise (scaled by the scheduler's
+            `init_noise_sigma`, 1 for ours, as diffusers' pipelines do).
     """
-    s = make_sampler(sampler, schedule, num_inference_steps=num_inference_steps, eta=eta, prediction_type=prediction_type, clip_sample=clip_sample)
     device = torch.device(device) if device is not None else schedule.betas.device
+    s = make_sampler(sampler, schedule, num_inference_steps=num_inference_steps, eta=eta, prediction_type=prediction_type,
+                     clip_sample=clip_sample, timestep_spacing=timestep_spacing, steps_offset=steps_offset, device=device)
     if x_T is None:
         gen_device = generator.device if generator is not None else device
         x = torch.randn(tuple(shape), generator=generator, device=gen_device, dtype=torch.float32).to(device=device, dtype=dtype)
@@ -310,9 +634,11 @@ def sample_loop(
         if tuple(x_T.shape) != tuple(shape):
             raise ValueError(f"`x_T` must have shape {list(shape)}, got {list(x_T.shape)}.")
         x = x_T.to(device=device, dtype=dtype)
+    if s.init_noise_sigma != 1.0:
+        x = x * s.init_noise_sigma
     for t in tqdm(s.timesteps, desc=f"{s.name} sampling", disable=not progress, leave=False):
         t_batch = torch.full((x.shape[0],), t, dtype=torch.long, device=device)
-        model_output = denoise_fn(x, t_batch)
+        model_output = denoise_fn(s.scale_model_input(x, t), t_batch)
         if not torch.isfinite(model_output).all():
             raise FloatingPointError(f"The denoiser returned non-finite values at t={t}.")
         x = s.step(model_output, t, x, generator=generator)

@@ -230,3 +230,17 @@ def test_pretrained_denoiser_flag(tmp_path, capsys):
     assert config.denoiser == "pretrained" and config.latent_space == "pixels"
     _assert_refused(["train", "--modality", "image", "--dataset", "digits", "--denoiser", "pretrained"], capsys, tmp_path,
                     "--denoiser pretrained needs --backbone")
+
+
+def test_sample_with_dpmsolver_and_a_timestep_spacing(tmp_path, capsys):
+    from qgfd_hf import ImageQGFDDiffusionModel, QGFDImageConfig
+
+    ImageQGFDDiffusionModel(QGFDImageConfig(latent_space="pixels", image_size=8, patch_size=2, num_channels=1, num_timesteps=20, d_model=32,
+                                            num_heads=4, num_layers=2, d_ff=64)).save_pretrained(tmp_path / "model")
+    grid = tmp_path / "grid.png"
+    code, stdout, err = _run(["sample", str(tmp_path / "model"), "--num-samples", "4", "--num-inference-steps", "5", "--sampler", "dpmsolver++",
+                              "--timestep-spacing", "trailing", "--output", str(grid), "--no-progress"], capsys)
+    assert code == 0, err
+    assert _is_png(grid) and "4 samples" in stdout
+    code, _, err = _run(["sample", str(tmp_path / "model"), "--num-inference-steps", "20", "--sampler", "dpmsolver++", "--no-progress"], capsys)
+    assert code == 2 and "not distinct" in err  # DPM-Solver++'s linspace takes at most T - 1 steps

@@ -79,13 +79,44 @@ def test_batch_size_does_not_change_samples_for_ddim_eta0():
     torch.testing.assert_close(whole, halves)
 
 
-@pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpmsolver++"])
 def test_samplers_and_latent_output(sampler):
     pipe = make_pipe(image_model())
-    out = pipe(num_samples=2, sampler=sampler, num_inference_steps=T, eta=0.0 if sampler == "ddpm" else 0.5, seed=0,
+    out = pipe(num_samples=2, sampler=sampler, num_inference_steps=T - 1, eta=0.5 if sampler == "ddim" else 0.0, seed=0,
                output_type="latent", progress_bar=False)
     assert out[0]["latent"].shape == image_model().latent_shape(1)[1:]
     assert torch.isfinite(out[0]["latent"]).all()
+
+
+@pytest.mark.parametrize("spacing", ["linspace", "leading", "trailing"])
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpmsolver++"])
+def test_pipeline_samples_as_the_sampling_loop(sampler, spacing):
+    # The pipeline's sampler / timestep_spacing / steps_offset reach scheduling_qgfd.sample_loop.
+    model = image_model()
+    offset = 1 if spacing == "leading" else 0
+    out = make_pipe(model)(num_samples=2, sampler=sampler, timestep_spacing=spacing, steps_offset=offset, num_inference_steps=6,
+                           seed=0, output_type="latent", progress_bar=False)
+    # The pipeline draws the starting noise from the seed's generator, then the steps' noise (DDPM).
+    gen = torch.Generator().manual_seed(0)
+    x_T = torch.randn(model.latent_shape(2), generator=gen)
+    expected = qgfd_hf.sample_loop(model.make_denoise_fn(), model.latent_shape(2), model.get_schedule(), sampler=sampler,
+                                   num_inference_steps=6, timestep_spacing=spacing, steps_offset=offset,
+                                   prediction_type=model.config.prediction_type, generator=gen, x_T=x_T, progress=False)
+    torch.testing.assert_close(torch.stack([o["latent"] for o in out]), expected)
+
+
+def test_pipeline_samples_with_a_diffusers_scheduler():
+    diffusers = pytest.importorskip("diffusers")
+    model = image_model()
+    scheduler = qgfd_hf.diffusers_scheduler(diffusers.DPMSolverMultistepScheduler, model.get_schedule(), model.config.prediction_type,
+                                            timestep_spacing="trailing")
+    pipe = make_pipe(model)
+    kw = dict(num_samples=3, num_inference_steps=8, seed=0, output_type="latent", progress_bar=False)
+    theirs = torch.stack([o["latent"] for o in pipe(sampler=scheduler, **kw)])
+    ours = torch.stack([o["latent"] for o in pipe(sampler="dpmsolver++", timestep_spacing="trailing", **kw)])
+    torch.testing.assert_close(theirs, ours, rtol=1e-4, atol=1e-4)  # diffusers' tables are float32
+    with pytest.raises(ValueError, match="set in a diffusers scheduler's own config"):
+        pipe(sampler=scheduler, timestep_spacing="leading", **kw)
 
 
 def test_conditional_text_gives_strings_per_input():
@@ -127,8 +158,18 @@ def test_bad_input():
         pipe(num_inference_steps=T + 1, progress_bar=False)
     with pytest.raises(ValueError, match="output_type"):
         pipe(output_type="pil")
-    with pytest.raises(ValueError, match="sampler"):
+    with pytest.raises(ValueError, match=r"Unknown sampler 'euler'; allowed: 'ddpm', 'ddim', 'dpmsolver\+\+'"):
         pipe(sampler="euler")
+    with pytest.raises(ValueError, match="or a diffusers SchedulerMixin instance.*got a dict"):
+        pipe(sampler={"name": "ddim"})
+    with pytest.raises(ValueError, match=r"Unknown timestep_spacing 'uniform'; allowed: 'linspace', 'leading', 'trailing'"):
+        pipe(timestep_spacing="uniform")
+    with pytest.raises(ValueError, match="steps_offset"):
+        pipe(steps_offset=-1)
+    with pytest.raises(ValueError, match="'leading' spacing only"):
+        pipe(steps_offset=1, timestep_spacing="trailing", progress_bar=False)
+    with pytest.raises(ValueError, match="not distinct"):  # DPM-Solver++ takes at most T - 1 steps with linspace
+        pipe(sampler="dpmsolver++", num_inference_steps=T, progress_bar=False)
     with pytest.raises(ValueError, match="num_samples"):
         pipe(num_samples=0)
     with pytest.raises(ValueError, match="Unknown argument"):
