@@ -165,7 +165,7 @@ class ModalityTask:
         """Unconditional samples of the saved model for `qgfd-hf sample` (the pipeline's arrays)."""
         return pipeline_samples(
             model, num_samples=args.num_samples, num_inference_steps=args.num_inference_steps, sampler=args.sampler,
-            seed=args.seed, progress=not args.no_progress, **sampler_options(args),
+            seed=args.seed, progress=not args.no_progress, timestep_spacing=getattr(args, "timestep_spacing", None),
         )
 
 
@@ -210,11 +210,6 @@ def diffusion_values(args, settings: dict) -> dict:
         values.update(QGFD_PRESETS[preset])
     values.update({n: getattr(args, n) for n in names if getattr(args, n, None) is not None})
     return values
-
-
-def sampler_options(args) -> Dict[str, Any]:
-    """The `qgfd-hf sample` flags that go to the pipeline only when given (`--timestep-spacing`)."""
-    return {k: getattr(args, k) for k in ("timestep_spacing",) if getattr(args, k, None) is not None}
 
 
 def sample_output(model: str, args) -> Tuple[str, str]:
