@@ -18,6 +18,7 @@ of queries and keys, ``Dv`` head width of values, ``T`` = ``steps``.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import asdict, dataclass, fields
 from typing import Optional, Sequence, Tuple, Union
 
@@ -69,6 +70,10 @@ class QGFDSettings:
     def __post_init__(self):
         _check_steps(self.steps)
         _check_alpha(self.alpha)
+        # NumPy scalars become Python numbers: the settings are saved as JSON in configs.
+        self.steps = int(self.steps)
+        if not isinstance(self.alpha, torch.Tensor):
+            self.alpha = float(self.alpha)
         _check_choice("graph", self.graph, GRAPHS)
         _check_choice("mix", self.mix, MIXES)
         _check_temperature(self.key_temperature)
@@ -104,9 +109,15 @@ class QGFDSettings:
 # ----------------------------------------------------------------------------------------
 
 
+# Each step is one more attention pass (T + 1 in all), and the mixing weights of step k fall as
+# alpha^k: past a few dozen steps nothing changes but the time. A far larger T is a typo (10**7 ran
+# for hours), refused here.
+MAX_STEPS = 256
+
+
 def _check_steps(steps):
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-        raise ValueError(f"`steps` must be an int >= 0, got {steps!r}.")
+    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or not 0 <= steps <= MAX_STEPS:
+        raise ValueError(f"`steps` must be an int >= 0, got {steps!r}; at most {MAX_STEPS} (each step is one more attention pass).")
 
 
 def _check_alpha(alpha):
@@ -118,7 +129,8 @@ def _check_alpha(alpha):
         if bool(((alpha < 0) | (alpha > 1) | torch.isnan(alpha)).any()):
             raise ValueError(f"`alpha` must lie in [0, 1], got {alpha.detach().cpu().tolist()}.")
         return
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 <= alpha <= 1.0:
+    # numbers.Real: Python and NumPy scalars alike (np.float32(0.5) is a valid alpha).
+    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not 0.0 <= alpha <= 1.0:
         raise ValueError(f"`alpha` must be a float in [0, 1], got {alpha!r}.")
 
 

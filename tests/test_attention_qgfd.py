@@ -605,3 +605,19 @@ def test_plain_attention_accepts_any_lengths():
     want = F.scaled_dot_product_attention(q, k, v)
     assert torch.equal(qgfd_attention(q, k, v, steps=0), want)
     torch.testing.assert_close(qgfd_attention_reference(q, k, v, steps=0), want, **TOL[q.dtype])
+
+
+def test_numpy_scalars_are_valid_settings_and_absurd_step_counts_are_refused():
+    """Issue 12: alpha=np.float32(0.5) was refused although in range; steps=10**7 ran for hours."""
+    import numpy as np
+
+    q = k = v = torch.randn(1, 2, 5, 4)
+    out = qgfd_attention(q, k, v, steps=np.int64(1), alpha=np.float32(0.5))
+    torch.testing.assert_close(out, qgfd_attention(q, k, v, steps=1, alpha=0.5))
+    s = QGFDSettings(steps=np.int64(2), alpha=np.float32(0.25))
+    assert type(s.steps) is int and type(s.alpha) is float and s.alpha == 0.25
+    for steps in (10**7, 257, -1, 1.0):
+        with pytest.raises(ValueError, match=r"`steps` must be an int >= 0, got .*; at most 256"):
+            qgfd_attention(q, k, v, steps=steps, alpha=0.5)
+    with pytest.raises(ValueError, match=r"`alpha` must be a float in \[0, 1\], got .*1\.5"):
+        qgfd_attention(q, k, v, steps=1, alpha=np.float64(1.5))
