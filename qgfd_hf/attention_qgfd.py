@@ -347,7 +347,9 @@ def qgfd_attention(
             g_mask = g_mask.detach()  # T5's learned position bias enters P too
         has_keys = _row_has_keys(g_mask, is_float_bias=True)
     else:
-        k_n = F.normalize(key, dim=-1)  # (B, H, Lk, D), unit rows
+        # (B, H, Lk, D), unit rows; normalised in float32: F.normalize's eps (1e-12) is 0 in float16,
+        # so an all-zero key (padding) would give 0/0 = NaN.
+        k_n = F.normalize(key.float(), dim=-1).to(key.dtype) if key.dtype in (torch.float16, torch.bfloat16) else F.normalize(key, dim=-1)
         g_scale = 1.0 / key_temperature
         if Lq == Lk or has_past:
             g_q, g_k = k_n[:, :, Lpast:], k_n
@@ -510,10 +512,20 @@ class QGFDAlpha(nn.Module):
         self.num_heads = num_heads
         self.step = 0
         if settings.learnable_alpha:
-            frac = min(max(settings.alpha / settings.alpha_max, 1e-3), 1 - 1e-3)
-            self.logit = nn.Parameter(torch.full((num_heads,), math.log(frac / (1 - frac))))
+            self.logit = nn.Parameter(torch.full((num_heads,), self._initial_logit()))
         else:
             self.register_parameter("logit", None)
+
+    def _initial_logit(self) -> float:
+        frac = min(max(self.settings.alpha / self.settings.alpha_max, 1e-3), 1 - 1e-3)
+        return math.log(frac / (1 - frac))
+
+    def reset_parameters(self) -> None:
+        """A learnable alpha back at `settings.alpha` (transformers calls it for a logit a checkpoint lacks)."""
+        if self.logit is not None:
+            with torch.no_grad():
+                self.logit.fill_(self._initial_logit())
+            self.logit._is_hf_initialized = True
 
     def warmup_factor(self) -> float:
         w = self.settings.warmup_steps

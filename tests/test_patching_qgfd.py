@@ -17,6 +17,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from transformers import (
     AttentionInterface,
+    CLIPConfig,
+    CLIPModel,
     LlamaConfig,
     LlamaForCausalLM,
     PreTrainedConfig,
@@ -444,6 +446,103 @@ def test_vit_roundtrip_and_resave(vit, tmp_path):
         assert torch.equal(run("vit", again), run("vit", m))
 
 
+def tiny_clip():
+    torch.manual_seed(0)
+    tower = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
+    return CLIPModel(CLIPConfig(text_config=dict(tower, vocab_size=100), projection_dim=16,
+                                vision_config=dict(tower, image_size=16, patch_size=8))).eval()
+
+
+def _layer_settings(model):
+    """{settings of the QGFD layers}: one element when every layer runs the same settings."""
+    return {tuple(sorted(m.settings.to_dict().items())) for m in model.modules() if isinstance(m, qgfd_hf.QGFDAlpha)}
+
+
+def _qgfd_layer_count(model):
+    return sum(isinstance(m, qgfd_hf.QGFDAlpha) for m in model.modules())
+
+
+@pytest.mark.parametrize("kind", ["t5", "clip", "llama"])
+def test_save_load_cycles_keep_exactly_the_settings_with_or_without_a_forward(kind, t5, llama, tmp_path):
+    original = {"t5": t5, "llama": llama}.get(kind) or tiny_clip()
+    settings = qgfd_hf.QGFDSettings(steps=3, alpha=0.2, graph="keys", mix="recurrent", key_temperature=0.5)
+    m = patched(original, **settings.to_dict())
+    n_layers = _qgfd_layer_count(m)
+    for cycle in range(3):
+        m.save_pretrained(tmp_path / str(cycle))
+        saved = json.loads((tmp_path / str(cycle) / "config.json").read_text())
+        assert saved["attn_implementation"] == "qgfd" and saved["qgfd"] == settings.to_dict()
+        m = type(original).from_pretrained(tmp_path / str(cycle)).eval()
+        assert qgfd_hf.is_qgfd_patched(m) and qgfd_hf.get_qgfd_settings(m) == settings
+        assert _qgfd_layer_count(m) == n_layers and _layer_settings(m) == {tuple(sorted(settings.to_dict().items()))}
+        if cycle == 1 and kind != "clip":  # a forward in between changes nothing
+            with torch.no_grad():
+                run(kind, m)
+
+
+def test_switching_a_qgfd_model_to_another_implementation_saves_that_one(t5, tmp_path):
+    m = patched(t5, steps=2)
+    m.set_attn_implementation("eager")
+    assert not qgfd_hf.is_qgfd_patched(m) and _qgfd_layer_count(m) == 0
+    m.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["attn_implementation"] == "eager"
+    loaded = T5ForConditionalGeneration.from_pretrained(tmp_path).eval()
+    assert not qgfd_hf.is_qgfd_patched(loaded) and loaded.config._attn_implementation == "eager"
+    with torch.no_grad():
+        torch.testing.assert_close(run("t5", loaded), run("t5", t5), rtol=0, atol=1e-5)  # eager vs sdpa rounding
+
+
+@pytest.mark.parametrize("kind", ["t5", "clip"])
+def test_settings_on_the_top_config_reach_every_nested_layer(kind, t5, tmp_path):
+    """T5's stacks hold copies of the config, CLIP's towers their own sub-configs: the top config's
+    `qgfd` still decides, on set_attn_implementation, on the config route and on from_pretrained_qgfd."""
+    plain = copy.deepcopy(t5) if kind == "t5" else tiny_clip()
+    want = {tuple(sorted(qgfd_hf.QGFDSettings(steps=4, alpha=0.1).to_dict().items()))}
+    switched = copy.deepcopy(plain)
+    switched.config.qgfd = {"steps": 4, "alpha": 0.1}
+    switched.set_attn_implementation("qgfd")
+    assert _layer_settings(switched) == want and _qgfd_layer_count(switched) == _qgfd_layer_count(patched(plain))
+    plain.save_pretrained(tmp_path)
+    config = type(plain.config).from_pretrained(tmp_path)
+    config.qgfd = {"steps": 4, "alpha": 0.1}
+    by_config = type(plain).from_pretrained(tmp_path, config=config, attn_implementation="qgfd")
+    one_call = qgfd_hf.from_pretrained_qgfd(type(plain), tmp_path, qgfd={"steps": 4, "alpha": 0.1})
+    assert _layer_settings(by_config) == _layer_settings(one_call) == want
+    with pytest.raises(ValueError, match="stepz"):
+        qgfd_hf.from_pretrained_qgfd(type(plain), tmp_path, qgfd={"stepz": 4})
+
+
+def test_from_pretrained_qgfd_loads_a_plain_checkpoint_and_keeps_the_given_config(llama, tmp_path):
+    llama.save_pretrained(tmp_path)
+    config = LlamaConfig.from_pretrained(tmp_path)
+    m = qgfd_hf.from_pretrained_qgfd(LlamaForCausalLM, tmp_path, config=config, qgfd={"steps": 2, "alpha": 0.4}).eval()
+    assert "qgfd" not in config.__dict__ and config._attn_implementation != "qgfd"
+    with torch.no_grad():
+        assert torch.equal(run("llama", m), run("llama", patched(llama, steps=2, alpha=0.4)))
+    learnable = qgfd_hf.from_pretrained_qgfd(LlamaForCausalLM, tmp_path, qgfd={"learnable_alpha": True, "alpha": 0.3})
+    alphas = [m.qgfd_alpha() for m in learnable.modules() if hasattr(m, "qgfd_alpha")]
+    assert len(alphas) == 2 and all(torch.allclose(a, torch.full((4,), 0.3)) for a in alphas)  # started, not garbage
+
+
+def test_patch_model_leaves_the_config_it_was_built_from_alone():
+    config = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, vocab_size=100)
+    before = config.to_dict()
+    m = qgfd_hf.patch_model(LlamaForCausalLM(config), steps=2)
+    assert qgfd_hf.is_qgfd_patched(m) and m.config is not config
+    assert m.model.config is m.config and m.model.layers[0].self_attn.config is m.config  # still shared inside
+    assert config.to_dict() == before and "qgfd" not in config.__dict__
+    assert not qgfd_hf.is_qgfd_patched(LlamaForCausalLM(config))
+
+
+def test_a_refused_switch_changes_nothing(vit):
+    m = copy.deepcopy(vit)
+    m.config.qgfd = {"stepz": 1}
+    with pytest.raises(ValueError, match="stepz"):
+        m.set_attn_implementation("qgfd")
+    assert m.config._attn_implementation == vit.config._attn_implementation and not qgfd_hf.is_qgfd_patched(m)
+
+
 # ----------------------------------------------------------------------------------------
 # Learnable alpha, warm-up, training
 # ----------------------------------------------------------------------------------------
@@ -462,9 +561,11 @@ def test_learnable_alpha_adds_one_parameter_per_layer_and_reloads(vit, tmp_path)
     loaded = qgfd_hf.from_pretrained_qgfd(ViTModel, tmp_path).eval()
     with torch.no_grad():
         assert torch.equal(run("vit", loaded), run("vit", m))
+    # Plain from_pretrained builds the alphas with the model, so it loads the learned values too.
     plain_load = ViTModel.from_pretrained(tmp_path).eval()
-    with pytest.raises(ValueError, match="learnable alpha"):
-        run("vit", plain_load)
+    with torch.no_grad():
+        assert torch.equal(plain_load.get_parameter(new[0]), m.get_parameter(new[0]))
+        assert torch.equal(run("vit", plain_load), run("vit", m))
 
 
 def test_warmup_follows_set_qgfd_step(llama):
