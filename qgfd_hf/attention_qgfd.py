@@ -491,6 +491,77 @@ def qgfd_attention_reference(
     return out
 
 
+def qgfd_attention_weights(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    *,
+    steps: int = 1,
+    alpha: AlphaLike = 0.5,
+    graph: str = "attention",
+    mix: str = "seed",
+    attn_mask: Optional[torch.Tensor] = None,
+    is_causal: bool = False,
+    scale: Optional[float] = None,
+    key_temperature: float = 1.0,
+    past_graph: Optional[torch.Tensor] = None,
+):
+    """QGFD's weights `p` [B, H, Lq, Lk] for self-attention whose queries are the last Lq of Lk
+    tokens, and the graph rows P [B, H, Lk, Lk] of all Lk tokens (to keep for the next call).
+
+    Cached decoding cannot recompute the graph rows of earlier tokens (`graph="attention"` needs
+    their queries and masks), so they come as `past_graph` [B, H, Lk - Lq, Lk - Lq] (None when
+    Lq == Lk); the rows of the new tokens are computed here from their own mask, so the result
+    equals `qgfd_attention_reference`'s weights for the whole sequence (rows Lk - Lq .. Lk - 1).
+    Computed in float32 for half inputs; O(T Lq Lk^2) compute, O(Lk^2) memory.
+    """
+    _check_call(steps, alpha, graph, mix, key_temperature, 0.0)
+    B, H, Lq, D = query.shape
+    Lk = key.shape[2]
+    Lpast = Lk - Lq
+    if Lpast < 0 or (Lpast > 0) != (past_graph is not None):
+        raise ValueError(f"`past_graph` must hold the graph rows of the {Lpast} earlier tokens (None when Lq == Lk).")
+    scale = 1.0 / math.sqrt(D) if scale is None else scale
+    compute_dtype = torch.float32 if query.dtype in (torch.float16, torch.bfloat16) else query.dtype
+    q, k = query.to(compute_dtype), key.to(compute_dtype)
+    causal = _causal_pattern(Lq, Lk, query.device) if is_causal else None
+
+    # 1. p0 of the new queries, (B, H, Lq, Lk).
+    scores = scale * q @ k.transpose(-1, -2)
+    if attn_mask is not None:
+        scores = scores.masked_fill(~attn_mask, float("-inf")) if attn_mask.dtype == torch.bool else scores + attn_mask.to(compute_dtype)
+    if causal is not None:
+        scores = scores.masked_fill(~causal, float("-inf"))
+    p0 = _safe_softmax(scores)
+
+    # 2. The graph rows of the new tokens: P[rows] = p0 (graph="attention"), or the key graph with
+    #    the rows' own allowed pattern; a row without allowed keys is a self-loop.
+    if graph == "attention":
+        rows = p0
+    else:
+        k_n = F.normalize(k, dim=-1)
+        g = (k_n[:, :, Lpast:] @ k_n.transpose(-1, -2)) / key_temperature
+        if attn_mask is not None:
+            g = g.masked_fill(~allowed_pattern(attn_mask), float("-inf"))
+        if causal is not None:
+            g = g.masked_fill(~causal, float("-inf"))
+        rows = _safe_softmax(g)
+    eye = torch.eye(Lk, dtype=rows.dtype, device=rows.device)[Lpast:]  # (Lq, Lk): row i is token Lpast + i
+    rows = torch.where(rows.sum(-1, keepdim=True) == 0, eye, rows.expand(B, H, Lq, Lk))
+    if past_graph is not None:
+        past = F.pad(past_graph.to(rows.dtype).expand(B, H, Lpast, Lpast), (0, Lq))  # earlier rows: no later keys
+        P = torch.cat([past, rows], dim=2)
+    else:
+        P = rows
+
+    # 3. p = sum_k c_k p0 P^k.
+    coeffs = mix_coefficients(_alpha_view(alpha, H), steps, mix)
+    term, p = p0, coeffs[0] * p0
+    for c_k in coeffs[1:]:
+        term = term @ P
+        p = p + c_k * term
+    return p.to(query.dtype), P
+
+
 # ----------------------------------------------------------------------------------------
 # Alpha: fixed, learnable per head, warm-up driven from outside the forward pass
 # ----------------------------------------------------------------------------------------

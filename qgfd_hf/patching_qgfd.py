@@ -49,7 +49,7 @@ from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_f
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from transformers.utils import logging
 
-from .attention_qgfd import QGFDAlpha, QGFDSettings, qgfd_attention, qgfd_attention_reference
+from .attention_qgfd import QGFDAlpha, QGFDSettings, qgfd_attention, qgfd_attention_reference, qgfd_attention_weights
 
 logger = logging.get_logger(__name__)
 
@@ -138,10 +138,12 @@ def _num_heads(module: nn.Module, required: bool = True) -> int:
 
 @dataclass
 class _Propagated:
-    """W_1..W_T ([B, H, length, Dh] each) of the `length` tokens a cache layer holds."""
+    """W_1..W_T ([B, H, length, Dh] each) of the `length` tokens a cache layer holds, and the graph
+    rows P [B, H, length, length] of those tokens when the attention weights are being returned."""
 
     values: Tuple[torch.Tensor, ...]
     length: int
+    graph: Optional[torch.Tensor] = None
 
 
 class QGFDDynamicLayer(DynamicLayer):
@@ -153,11 +155,18 @@ class QGFDDynamicLayer(DynamicLayer):
 
     _qgfd_propagated: Optional[_Propagated] = None
 
-    def _qgfd_apply(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
+    def _qgfd_apply(self, fn: Callable[[torch.Tensor], torch.Tensor], crop: Optional[int] = None) -> None:
+        """Apply a batch edit `fn` (on dim 0) or a crop to `crop` tokens to the propagated values and graph rows."""
         p = self._qgfd_propagated
         if p is not None:
-            values = tuple(fn(w) for w in p.values)
-            self._qgfd_propagated = _Propagated(values, values[0].shape[2] if values else p.length)
+            if crop is not None:
+                values = tuple(w[:, :, :crop] for w in p.values)
+                graph = None if p.graph is None else p.graph[:, :, :crop, :crop]
+                self._qgfd_propagated = _Propagated(values, min(crop, p.length), graph)
+            else:
+                values = tuple(fn(w) for w in p.values)
+                graph = None if p.graph is None else fn(p.graph)
+                self._qgfd_propagated = _Propagated(values, p.length, graph)
 
     def reorder_cache(self, beam_idx):
         super().reorder_cache(beam_idx)
@@ -173,8 +182,7 @@ class QGFDDynamicLayer(DynamicLayer):
 
     def crop(self, tokens_to_remove):
         super().crop(tokens_to_remove)
-        length = self.get_seq_length()
-        self._qgfd_apply(lambda w: w[:, :, :length])
+        self._qgfd_apply(None, crop=self.get_seq_length())
 
     def reset(self):
         super().reset()
@@ -750,29 +758,28 @@ def qgfd_attention_forward(
         )
     orphan = ctx is None and role == "self" and _is_causal_layer(module)  # first call, before the pre-hook existed
 
-    # 4. QGFD: the fast kernel, or the materialised reference when the weights are asked for.
+    # 4. QGFD: the fast kernel; the weights, when asked for, materialised from the graph rows (kept
+    #    on the cache layer next to the propagated values, so cached steps return them too).
     want_propagated = store is not None or orphan
-    weights = None
-    if output_attentions and past is None:
-        out, weights = qgfd_attention_reference(query, key, value, return_weights=True, **kernel_kwargs)
-        propagated = None
-        if want_propagated:
-            _, propagated = qgfd_attention(query, key, value, return_propagated=True, **kernel_kwargs)
-    else:
-        if output_attentions:
+    result = qgfd_attention(query, key, value, past_propagated=past, return_propagated=want_propagated, **kernel_kwargs)
+    out, propagated = result if want_propagated else (result, None)
+    weights = graph_rows = None
+    if output_attentions:
+        past_graph = store._qgfd_propagated.graph if past is not None else None
+        if past is not None and past_graph is None:
             logger.warning_once(
-                "QGFD attention weights are not available in cached decoding steps (the reference path needs "
-                "every earlier query); returning None for them."
+                "QGFD attention weights of a cached decoding step need the graph rows of the earlier tokens, which "
+                "are kept only when the first call asked for the weights too; returning None for them."
             )
-        result = qgfd_attention(
-            query, key, value, past_propagated=past, return_propagated=want_propagated, **kernel_kwargs
-        )
-        out, propagated = result if want_propagated else (result, None)
+        else:
+            weight_kwargs = {k: v for k, v in kernel_kwargs.items() if k not in ("detach_graph", "dropout_p")}
+            weights, graph_rows = qgfd_attention_weights(query, key, past_graph=past_graph, **weight_kwargs)
+            weights = weights.to(value.dtype)
 
     if store is not None:
-        store._qgfd_propagated = _Propagated(tuple(propagated), Lk)
+        store._qgfd_propagated = _Propagated(tuple(propagated), Lk, graph_rows)
     elif orphan:
-        module.__dict__["_qgfd_orphan"] = (weakref.ref(value_cached), _Propagated(tuple(propagated), Lk))
+        module.__dict__["_qgfd_orphan"] = (weakref.ref(value_cached), _Propagated(tuple(propagated), Lk, graph_rows))
     return out.transpose(1, 2).contiguous(), weights  # (B, Lq, H, Dh)
 
 

@@ -544,6 +544,138 @@ def test_a_refused_switch_changes_nothing(vit):
 
 
 # ----------------------------------------------------------------------------------------
+# Every route prepares the layers before their first call: every generate mode works first time
+# ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def llama_folder(tmp_path_factory, llama):
+    path = tmp_path_factory.mktemp("llama")
+    llama.save_pretrained(path)
+    return path
+
+
+def _loaded_qgfd(path):
+    return LlamaForCausalLM.from_pretrained(path, attn_implementation="qgfd").eval()
+
+
+@pytest.mark.parametrize(
+    "mode",
+    [dict(num_beams=2), dict(num_beams=2, do_sample=True), dict(do_sample=True), "assisted", "assisted_attentions"],
+)
+def test_first_generate_works_in_every_mode_on_a_model_loaded_with_attn_implementation(mode, llama_folder, llama):
+    m = _loaded_qgfd(llama_folder)
+    ids = gen_ids(batch=1)
+    if isinstance(mode, str):
+        kw = dict(assistant_model=_loaded_qgfd(llama_folder), do_sample=False)
+        if mode == "assisted_attentions":
+            kw.update(output_attentions=True, return_dict_in_generate=True)
+    else:
+        kw = dict(mode)
+    torch.manual_seed(0)
+    out = m.generate(ids, max_new_tokens=5, min_new_tokens=5, **kw)
+    seq = out.sequences if hasattr(out, "sequences") else out
+    assert seq.shape == (1, 12)
+    if isinstance(mode, str):  # assisted greedy == greedy of the same QGFD model
+        assert torch.equal(seq, patched(llama).generate(ids, max_new_tokens=5, min_new_tokens=5, do_sample=False))
+    if mode == "assisted_attentions":
+        assert all(w is not None for step in out.attentions for w in step)
+
+
+def test_first_forward_with_a_cropped_or_reordered_cache(llama_folder):
+    from transformers import DynamicCache
+
+    m = _loaded_qgfd(llama_folder)
+    ids = gen_ids(length=9)
+    with torch.no_grad():
+        full = m(ids).logits
+        cache = DynamicCache(config=m.config)
+        m(ids[:, :7], cache=cache)
+        cache.crop(-2)
+        cropped = m(ids[:, 5:], cache=cache).logits
+        cache = DynamicCache(config=m.config)
+        m(ids[:, :6].flip(0), cache=cache)
+        cache.reorder_cache(torch.tensor([1, 0]))
+        reordered = m(ids[:, 6:], cache=cache).logits
+    torch.testing.assert_close(cropped, full[:, 5:], rtol=0, atol=1e-5)
+    torch.testing.assert_close(reordered, full[:, 6:], rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["gpt_neox", "gpt_bigcode"])
+def test_layer_past_decoders_generate_with_the_cache(arch):
+    from transformers import GPTBigCodeConfig, GPTBigCodeForCausalLM, GPTNeoXConfig, GPTNeoXForCausalLM
+
+    torch.manual_seed(0)
+    if arch == "gpt_neox":
+        m = GPTNeoXForCausalLM(GPTNeoXConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                             num_attention_heads=4, vocab_size=100))
+    else:
+        m = GPTBigCodeForCausalLM(GPTBigCodeConfig(n_embd=32, n_layer=2, n_head=4, vocab_size=100))
+    m = qgfd_hf.patch_model(m.eval(), steps=2, alpha=0.6)
+    out = m.generate(gen_ids(), max_new_tokens=5, do_sample=False, output_logits=True, return_dict_in_generate=True)
+    with torch.no_grad():
+        full = m(out.sequences).logits[:, 6:-1]
+    torch.testing.assert_close(torch.stack(out.logits, 1), full, rtol=0, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------
+# Half precision, output_attentions
+# ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("graph", ["attention", "keys"])
+def test_half_precision_left_padded_batch_is_finite_and_close_to_fp32(dtype, graph, llama):
+    m32 = patched(llama, steps=2, alpha=0.5, graph=graph)
+    m16 = copy.deepcopy(m32).to(dtype)
+    ids, mask = _llama_left_padded()
+    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        a = m32(input_ids=ids, attention_mask=mask, position_ids=position_ids).logits
+        b = m16(input_ids=ids, attention_mask=mask, position_ids=position_ids).logits.float()
+    assert torch.isfinite(b).all()
+    assert (b[1, 3:] - a[1, 3:]).norm() / a[1, 3:].norm() < 5e-2
+
+
+def test_key_graph_of_an_all_zero_key_is_finite_in_fp16():
+    q = torch.randn(1, 2, 4, 8, dtype=torch.float16)
+    k = q.clone()
+    k[:, :, 0] = 0  # a padded key
+    out = qgfd_hf.qgfd_attention(q, k, q, steps=2, alpha=0.5, graph="keys")
+    ref = qgfd_hf.qgfd_attention_reference(q.float(), k.float(), q.float(), steps=2, alpha=0.5, graph="keys")
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out.float(), ref, rtol=1e-2, atol=1e-2)
+
+
+@pytest.mark.parametrize("graph", ["attention", "keys"])
+def test_output_attentions_in_cached_steps_equal_the_full_forward_weights(graph, llama):
+    m = patched(llama, steps=2, alpha=0.6, graph=graph)
+    ids, mask = _llama_left_padded()
+    out = m.generate(ids, attention_mask=mask, max_new_tokens=4, do_sample=False, output_attentions=True,
+                     return_dict_in_generate=True)
+    full_mask = torch.cat([mask, torch.ones(2, 4, dtype=mask.dtype)], 1)[:, :-1]
+    with torch.no_grad():
+        full = m(input_ids=out.sequences[:, :-1], attention_mask=full_mask,
+                 position_ids=(full_mask.cumsum(-1) - 1).clamp(min=0), output_attentions=True).attentions
+    L = ids.shape[1]
+    for t, step in enumerate(out.attentions[1:], start=1):  # the cached steps: one query each
+        for layer, w in enumerate(step):
+            assert w.shape == (2, 4, 1, L + t)
+            torch.testing.assert_close(w, full[layer][:, :, L + t - 1 : L + t, : L + t], rtol=0, atol=1e-5)
+    # the prefill's rows of real tokens
+    torch.testing.assert_close(out.attentions[0][0][0], full[0][0, :, :L, :L], rtol=0, atol=1e-5)
+
+
+def test_config_output_attentions_is_accepted_and_honoured(llama_folder):
+    m = _loaded_qgfd(llama_folder)
+    m.config.output_attentions = True  # transformers refuses this for any implementation but eager
+    with torch.no_grad():
+        out = m(input_ids=gen_ids())
+    assert len(out.attentions) == 2 and all(torch.isfinite(w).all() for w in out.attentions)
+    torch.testing.assert_close(out.attentions[0].sum(-1), torch.ones(2, 4, 7))
+
+
+# ----------------------------------------------------------------------------------------
 # Learnable alpha, warm-up, training
 # ----------------------------------------------------------------------------------------
 
