@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields
-from typing import Optional, Sequence, Tuple, Union
+from typing import Callable, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -287,6 +287,8 @@ def qgfd_attention(
     dropout_p: float = 0.0,
     past_propagated: Optional[Sequence[torch.Tensor]] = None,
     return_propagated: bool = False,
+    extend: Optional[Callable[[int, torch.Tensor], torch.Tensor]] = None,
+    query_positions: Optional[torch.Tensor] = None,
 ):
     """QGFD attention by value propagation: T + 1 fused attention calls, no L x L tensor.
 
@@ -306,17 +308,25 @@ def qgfd_attention(
             propagated values W_1..W_T of earlier tokens, for cached decoding; the queries are
             then the last Lq of the Lk tokens.
         return_propagated (`bool`): also return W_1..W_T for all Lk tokens (to cache them).
+        extend (callable, *optional*): cached decoding with a cache of any layout (static buffers,
+            sliding windows): `extend(k, w_rows)` stores W_k of the Lq query tokens (`[B, H, Lq, Dv]`)
+            and returns W_k over all Lk keys, laid out as the keys are. Replaces `past_propagated`.
+        query_positions (`torch.LongTensor` `[Lq]`, *optional*): with `extend`, where the query
+            tokens sit among the Lk keys (default: the last Lq). Masks must then be explicit
+            (`attn_mask`), as `is_causal` aligns queries bottom-right.
 
     Returns:
         `torch.Tensor` `[B, H, Lq, Dv]`, or `(output, propagated)` with `return_propagated`.
     """
     _check_call(steps, alpha, graph, mix, key_temperature, dropout_p)
-    has_past = past_propagated is not None
+    has_past = past_propagated is not None or extend is not None
+    if past_propagated is not None and extend is not None:
+        raise ValueError("Pass `past_propagated` or `extend`, not both.")
     _check_inputs(query, key, value, attn_mask, graph, has_past, diffuse=steps > 0)
     B, H, Lq, D = query.shape
     Lk = key.shape[2]
     Lpast = Lk - Lq
-    if has_past:
+    if past_propagated is not None:
         past_propagated = tuple(past_propagated)
         if len(past_propagated) != steps:
             raise ValueError(f"`past_propagated` must hold `steps`={steps} tensors, got {len(past_propagated)}.")
@@ -352,7 +362,8 @@ def qgfd_attention(
         k_n = F.normalize(key.float(), dim=-1).to(key.dtype) if key.dtype in (torch.float16, torch.bfloat16) else F.normalize(key, dim=-1)
         g_scale = 1.0 / key_temperature
         if Lq == Lk or has_past:
-            g_q, g_k = k_n[:, :, Lpast:], k_n
+            g_q = k_n[:, :, Lpast:] if query_positions is None else k_n.index_select(2, query_positions)
+            g_k = k_n
             g_mask = None if attn_mask is None else allowed_pattern(attn_mask)
             g_mask, g_causal = _p0_mask(g_mask, is_causal, Lq, Lk, query.device)
         else:  # graph over all keys: padded keys masked as columns, causal over the keys
@@ -376,8 +387,14 @@ def qgfd_attention(
     for k in range(1, steps + 1):
         w_rows = sdpa(g_q, g_k, w_all, g_mask, g_causal, g_scale)  # (B, H, rows, Dv)
         if has_keys is not None:
-            w_rows = torch.where(has_keys, w_rows, w_all[:, :, Lk - rows :])
-        w_all = torch.cat([past_propagated[k - 1], w_rows], dim=2) if has_past else w_rows
+            own = w_all[:, :, Lk - rows :] if query_positions is None else w_all.index_select(2, query_positions)
+            w_rows = torch.where(has_keys, w_rows, own)
+        if extend is not None:
+            w_all = extend(k, w_rows)
+        elif past_propagated is not None:
+            w_all = torch.cat([past_propagated[k - 1], w_rows], dim=2)
+        else:
+            w_all = w_rows
         propagated.append(w_all)
         c_k = coeffs[k]
         if not _is_zero(c_k):

@@ -44,7 +44,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 import torch
 import torch.nn as nn
 from transformers import AttentionInterface, PreTrainedConfig, PreTrainedModel
-from transformers.cache_utils import DynamicLayer
+from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer, StaticLayer, StaticSlidingWindowLayer
 from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from transformers.utils import logging
@@ -190,11 +190,93 @@ class QGFDDynamicLayer(DynamicLayer):
 
 
 def _qgfd_layer(layer) -> Optional[QGFDDynamicLayer]:
-    """`layer` as a `QGFDDynamicLayer`; None for layers whose keys are not simply the whole sequence
-    so far (sliding-window, static, quantized: QGFD's cache does not support them)."""
+    """`layer` as a `QGFDDynamicLayer`; None for any other kind of layer."""
     if type(layer) is DynamicLayer:
         layer.__class__ = QGFDDynamicLayer
     return layer if isinstance(layer, QGFDDynamicLayer) else None
+
+
+class _QGFDShadowLayerMixin:
+    """A sliding-window or static cache layer that also keeps QGFD's propagated values W_1..W_T, each
+    in a "shadow" layer of its own kind (same window, same buffer size). A shadow receives the W of
+    the new tokens exactly as the layer receives their keys and values, so it returns W laid out as
+    the layer returns keys (rolled window, static buffer, ...), and it gets every edit the layer
+    gets (beam reorder, crop, reset, ...). QGFD turns a layer into a subclass of its own class with
+    these methods (by `__class__` assignment, nothing copied) the first time it propagates on it.
+
+    The methods are copied into single-inheritance subclasses (`_SHADOW_CLASSES`): a mixin base
+    would change the object layout, and Python refuses the `__class__` assignment then."""
+
+    _qgfd_base: type
+    _qgfd_shadows: Optional[list] = None
+
+    def _qgfd_each(self, name, *args):
+        for shadow in self._qgfd_shadows or ():
+            getattr(shadow, name)(*args)
+
+    def reorder_cache(self, beam_idx):
+        self._qgfd_base.reorder_cache(self, beam_idx)
+        self._qgfd_each("reorder_cache", beam_idx)
+
+    def batch_repeat_interleave(self, repeats):
+        self._qgfd_base.batch_repeat_interleave(self, repeats)
+        self._qgfd_each("batch_repeat_interleave", repeats)
+
+    def batch_select_indices(self, indices):
+        self._qgfd_base.batch_select_indices(self, indices)
+        self._qgfd_each("batch_select_indices", indices)
+
+    def crop(self, tokens_to_remove):
+        self._qgfd_base.crop(self, tokens_to_remove)
+        self._qgfd_each("crop", tokens_to_remove)
+
+    def reset(self):
+        self._qgfd_base.reset(self)
+        self._qgfd_each("reset")
+
+    def activate_past_recording(self):
+        self._qgfd_base.activate_past_recording(self)
+        self._qgfd_each("activate_past_recording")
+
+    def _qgfd_new_shadow(self):
+        base = self._qgfd_base
+        if base is DynamicSlidingWindowLayer:
+            shadow = DynamicSlidingWindowLayer(sliding_window=self.sliding_window)
+            shadow.record_past = self.record_past
+        elif base is StaticSlidingWindowLayer:  # its max_cache_len is already min(window, max length)
+            shadow = StaticSlidingWindowLayer(max_cache_len=self.max_cache_len, sliding_window=self.max_cache_len)
+        else:
+            shadow = StaticLayer(max_cache_len=self.max_cache_len)
+        return shadow
+
+    def _qgfd_seq_length(self) -> int:
+        return int(self.get_seq_length())
+
+    def _qgfd_query_positions(self, Lq: int, Lk: int, device) -> Optional[torch.Tensor]:
+        """Where this call's Lq tokens sit among the Lk keys the layer returned (None: the last Lq)."""
+        if self._qgfd_base is StaticLayer:
+            return self.cumulative_length.to(device) - Lq + torch.arange(Lq, device=device)
+        if self._qgfd_base is StaticSlidingWindowLayer and self.cumulative_length_int <= self.max_cache_len:
+            return torch.arange(self.cumulative_length_int - Lq, self.cumulative_length_int, device=device)
+        return None
+
+
+_SHADOW_CLASSES: Dict[type, type] = {}
+for _base in (DynamicSlidingWindowLayer, StaticLayer, StaticSlidingWindowLayer):
+    _methods = {k: v for k, v in _QGFDShadowLayerMixin.__dict__.items() if not k.startswith("__")}
+    _SHADOW_CLASSES[_base] = type(f"QGFD{_base.__name__}", (_base,), dict(_methods, _qgfd_base=_base))
+_SHADOWED = tuple(_SHADOW_CLASSES.values())
+
+
+def _qgfd_shadow_layer(layer):
+    """`layer` as its QGFD shadow-keeping class; None for a kind QGFD does not know (quantized, ...)."""
+    if isinstance(layer, _SHADOWED):
+        return layer
+    cls = _SHADOW_CLASSES.get(type(layer))
+    if cls is None:
+        return None
+    layer.__class__ = cls
+    return layer
 
 
 def _self_attention_cache_layer(module: nn.Module, cache) -> Optional[object]:
@@ -706,6 +788,8 @@ def qgfd_attention_forward(
     if _is_zero(alpha):
         if layer is not None and isinstance(layer, QGFDDynamicLayer):
             layer._qgfd_propagated = None  # nothing was propagated for these tokens
+        elif layer is not None and isinstance(layer, _SHADOWED):
+            layer._qgfd_shadows = None
         if not output_attentions:
             return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
 
@@ -725,6 +809,11 @@ def qgfd_attention_forward(
     # As in transformers' sdpa: a mask, when there is one, carries the whole pattern.
     is_causal = bool(is_causal) and attention_mask is None and Lq > 1
     mask = _scores_mask(attention_mask, kwargs.get("position_bias"), key)
+    if is_causal and mask is None and Lq != Lk:
+        # transformers leaves out the mask of a static cache's prefill (queries 0..Lq-1 of an Lk buffer) and
+        # means torch's is_causal, aligned top-left; the kernel aligns is_causal bottom-right, so spell it out.
+        mask = torch.ones(Lq, Lk, dtype=torch.bool, device=query.device).tril()
+        is_causal = False
 
     if _is_zero(alpha):  # plain attention with its weights (output_attentions=True)
         # graph="keys" only lets the checks accept Lq != Lk (cross-attention); steps=0 uses no graph.
@@ -742,37 +831,52 @@ def qgfd_attention_forward(
     )
     past = None
     store = None
-    if layer is not None and getattr(layer, "values", None) is value_cached:
-        store = _qgfd_layer(layer)
-        p = getattr(store, "_qgfd_propagated", None)
-        if Lk > Lq and p is not None and p.length == Lk - Lq and p.values[0].shape[0] == B:
-            past = p.values
-    if Lk > Lq and past is None:
-        # Self-attention whose queries are the last Lq of Lk tokens: a cache supplied the earlier ones.
+    if layer is not None and type(layer) in (DynamicLayer, QGFDDynamicLayer):
+        if getattr(layer, "values", None) is value_cached:
+            store = _qgfd_layer(layer)
+            p = getattr(store, "_qgfd_propagated", None)
+            if Lk > Lq and p is not None and p.length == Lk - Lq and p.values[0].shape[0] == B:
+                past = p.values
+    elif layer is not None and _qgfd_shadow_layer(layer) is not None:
+        shadowed = _qgfd_shadow_layer(layer)
+        if shadowed._qgfd_shadows is None and shadowed._qgfd_seq_length() == Lq:  # this call's tokens are its first
+            shadowed._qgfd_shadows = [shadowed._qgfd_new_shadow() for _ in range(settings.steps)]
+        if shadowed._qgfd_shadows is not None:
+            kernel_kwargs["extend"] = _shadow_extend(shadowed._qgfd_shadows, module, Lk)
+            kernel_kwargs["query_positions"] = shadowed._qgfd_query_positions(Lq, Lk, query.device)
+            past = ()  # the earlier tokens' values are in the shadows
+    if (Lk > Lq or "extend" in kernel_kwargs) and past is None:
+        # Self-attention whose queries are some Lq of Lk keys: a cache supplied the others.
         raise ValueError(
             f"QGFD cached decoding in {type(module).__name__} (layer {getattr(module, 'layer_idx', '?')}) needs "
             f"the propagated values of the {Lk - Lq} cached tokens, and the cache "
             f"({type(layer).__name__ if layer is not None else 'not seen'}) does not hold them. QGFD keeps them on "
-            "DynamicCache layers filled by a QGFD model; static, sliding-window and quantized caches are not "
-            "supported (pass use_cache=False, or cache_implementation='dynamic')."
+            "the dynamic, sliding-window and static cache layers a QGFD model filled from their first token; "
+            "quantized and offloaded caches are not supported (pass use_cache=False, or cache_implementation='dynamic')."
         )
     orphan = ctx is None and role == "self" and _is_causal_layer(module)  # first call, before the pre-hook existed
 
     # 4. QGFD: the fast kernel; the weights, when asked for, materialised from the graph rows (kept
     #    on the cache layer next to the propagated values, so cached steps return them too).
     want_propagated = store is not None or orphan
+    past = past or None  # () for shadowed layers: their values come through `extend`
     result = qgfd_attention(query, key, value, past_propagated=past, return_propagated=want_propagated, **kernel_kwargs)
     out, propagated = result if want_propagated else (result, None)
     weights = graph_rows = None
     if output_attentions:
-        past_graph = store._qgfd_propagated.graph if past is not None else None
-        if past is not None and past_graph is None:
+        past_graph = store._qgfd_propagated.graph if (past is not None and store is not None) else None
+        if "extend" in kernel_kwargs and Lk > Lq:
+            logger.warning_once(
+                "QGFD attention weights of cached decoding steps are kept for dynamic caches only (this call uses "
+                f"{type(layer).__name__}); returning None for them."
+            )
+        elif past is not None and past_graph is None:
             logger.warning_once(
                 "QGFD attention weights of a cached decoding step need the graph rows of the earlier tokens, which "
                 "are kept only when the first call asked for the weights too; returning None for them."
             )
         else:
-            weight_kwargs = {k: v for k, v in kernel_kwargs.items() if k not in ("detach_graph", "dropout_p")}
+            weight_kwargs = {k: v for k, v in kernel_kwargs.items() if k not in ("detach_graph", "dropout_p", "extend", "query_positions")}
             weights, graph_rows = qgfd_attention_weights(query, key, past_graph=past_graph, **weight_kwargs)
             weights = weights.to(value.dtype)
 
@@ -781,6 +885,21 @@ def qgfd_attention_forward(
     elif orphan:
         module.__dict__["_qgfd_orphan"] = (weakref.ref(value_cached), _Propagated(tuple(propagated), Lk, graph_rows))
     return out.transpose(1, 2).contiguous(), weights  # (B, Lq, H, Dh)
+
+
+def _shadow_extend(shadows: list, module: nn.Module, Lk: int) -> Callable:
+    """The kernel's `extend` for a shadowed cache layer: W_k of the new tokens into shadow k."""
+
+    def extend(k: int, w_rows: torch.Tensor) -> torch.Tensor:
+        _, w_all = shadows[k - 1].update(w_rows[..., :1].contiguous(), w_rows)  # 1-wide keys: only values matter
+        if w_all.shape[2] != Lk:
+            raise ValueError(
+                f"QGFD's propagated values in {type(module).__name__} (layer {getattr(module, 'layer_idx', '?')}) hold "
+                f"{w_all.shape[2]} tokens where the cache returned {Lk} keys: the cache was changed in a way QGFD did not see."
+            )
+        return w_all
+
+    return extend
 
 
 def _is_causal_layer(module: nn.Module) -> bool:

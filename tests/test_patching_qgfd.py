@@ -351,10 +351,63 @@ def test_cache_layer_keeps_propagated_values_in_step_with_its_edits():
     assert layer._qgfd_propagated is None
 
 
-def test_static_cache_is_refused_clearly(llama):
-    m = patched(llama)
-    with pytest.raises(ValueError, match="static, sliding-window and quantized caches"):
-        m.generate(gen_ids(), max_new_tokens=3, do_sample=False, cache_implementation="static")
+def tiny_sliding(arch):
+    """A decoder whose layers use sliding-window attention (window 4, shorter than the sequences)."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig, MistralConfig, MistralForCausalLM
+
+    torch.manual_seed(0)
+    kw = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+              vocab_size=100, sliding_window=4)
+    if arch == "mistral":
+        return MistralForCausalLM(MistralConfig(**kw)).eval()
+    return Gemma3ForCausalLM(Gemma3TextConfig(head_dim=8, layer_types=["sliding_attention", "full_attention"], **kw)).eval()
+
+
+@pytest.mark.parametrize("cache_implementation", ["dynamic", "static"])
+@pytest.mark.parametrize("arch", ["llama", "mistral", "gemma3"])
+@pytest.mark.parametrize("graph", ["attention", "keys"])
+def test_sliding_window_and_static_caches_generate_exactly_the_full_forward(arch, cache_implementation, graph, llama):
+    base = llama if arch == "llama" else tiny_sliding(arch)
+    m = patched(base, steps=2, alpha=0.6, graph=graph)
+    ids = gen_ids()
+    out = m.generate(ids, max_new_tokens=6, do_sample=False, output_logits=True, return_dict_in_generate=True,
+                     cache_implementation=cache_implementation)
+    with torch.no_grad():
+        full = m(input_ids=out.sequences).logits[:, ids.shape[1] - 1 : -1]
+    torch.testing.assert_close(torch.stack(out.logits, 1), full, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["mistral", "gemma3"])
+def test_sliding_window_layers_are_causal(arch):
+    # (QGFD reaches further back than the window: each power of P adds a window, P^k V carries it.)
+    m = patched(tiny_sliding(arch), steps=3, alpha=0.7)
+    ids = gen_ids(length=10)
+    changed = ids.clone()
+    changed[:, 6:] = (changed[:, 6:] + 7) % 97 + 3
+    with torch.no_grad():
+        a, b = m(input_ids=ids).logits, m(input_ids=changed).logits
+    assert torch.equal(a[:, :6], b[:, :6]) and not torch.allclose(a[:, 6:], b[:, 6:])
+
+
+def test_static_cache_beam_search_and_reuse(llama):
+    m = patched(llama, steps=2, alpha=0.6)
+    kw = dict(max_new_tokens=5, num_beams=2, do_sample=False)
+    assert torch.equal(m.generate(gen_ids(), cache_implementation="static", **kw), m.generate(gen_ids(), **kw))
+
+
+def test_soft_capping_is_refused_at_patch_time_on_every_route():
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    config = Gemma2Config(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                          num_key_value_heads=2, head_dim=8, vocab_size=100)
+    with pytest.raises(ValueError, match="Gemma2.*soft-capping.*attn_logit_softcapping"):
+        qgfd_hf.patch_model(Gemma2ForCausalLM(config))
+    m = Gemma2ForCausalLM(config)
+    with pytest.raises(ValueError, match="soft-capping"):
+        m.set_attn_implementation("qgfd")
+    assert not qgfd_hf.is_qgfd_patched(m) and m.config._attn_implementation != "qgfd"
+    config.attn_logit_softcapping = None  # the documented way out
+    assert qgfd_hf.is_qgfd_patched(qgfd_hf.patch_model(Gemma2ForCausalLM(config)))
 
 
 def test_t5_padding_equals_unpadded(t5):
