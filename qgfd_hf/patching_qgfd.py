@@ -708,6 +708,15 @@ def install_transformers_hooks() -> None:
         setattr(owner, name, functools.wraps(saved[name])(fn))
     prop = saved["output_attentions"]
     PreTrainedConfig.output_attentions = property(prop.fget, _set_output_attentions, doc=prop.__doc__)
+    # Config classes made @strict before this ran hold the validator itself in `__class_validators__`
+    # (classes made later look it up on PreTrainedConfig and find the wrapper).
+    validator, todo = PreTrainedConfig.validate_output_attentions, [PreTrainedConfig]
+    while todo:
+        cls = todo.pop()
+        todo.extend(cls.__subclasses__())
+        validators = cls.__dict__.get("__class_validators__")
+        if validators and any(v is saved["validate_output_attentions"] for v in validators):
+            cls.__class_validators__ = [validator if v is saved["validate_output_attentions"] else v for v in validators]
 
 
 # ----------------------------------------------------------------------------------------

@@ -719,13 +719,19 @@ def test_output_attentions_in_cached_steps_equal_the_full_forward_weights(graph,
     torch.testing.assert_close(out.attentions[0][0][0], full[0][0, :, :L, :L], rtol=0, atol=1e-5)
 
 
-def test_config_output_attentions_is_accepted_and_honoured(llama_folder):
+def test_config_output_attentions_is_accepted_and_honoured(llama_folder, tmp_path):
     m = _loaded_qgfd(llama_folder)
     m.config.output_attentions = True  # transformers refuses this for any implementation but eager
     with torch.no_grad():
         out = m(input_ids=gen_ids())
     assert len(out.attentions) == 2 and all(torch.isfinite(w).all() for w in out.attentions)
     torch.testing.assert_close(out.attentions[0].sum(-1), torch.ones(2, 4, 7))
+    # A config that already carries it (saved that way) returns them too.
+    m.save_pretrained(tmp_path)
+    again = LlamaForCausalLM.from_pretrained(tmp_path).eval()
+    assert again.config.output_attentions and qgfd_hf.is_qgfd_patched(again)
+    with torch.no_grad():
+        assert torch.equal(again(input_ids=gen_ids()).attentions[1], out.attentions[1])
 
 
 # ----------------------------------------------------------------------------------------
