@@ -4,8 +4,8 @@
 transformers 5 routes attention through `AttentionInterface`: an attention layer calls
 `ALL_ATTENTION_FUNCTIONS.get_interface(config._attn_implementation, ...)`. Importing `qgfd_hf`
 registers `"qgfd"` there (with `sdpa_mask` as its mask function, so padding and causal masks
-arrive as bool masks), and `patch_model` switches a model to it. Nothing in the model's weights
-or module tree is replaced, so parameter names and `state_dict` keys stay the same.
+arrive as bool masks). Nothing in the model's weights or module tree is replaced, so parameter
+names and `state_dict` keys stay the same (a learnable alpha adds one parameter per layer).
 
 What each attention layer gets:
 
@@ -14,18 +14,26 @@ What each attention layer gets:
 - cross-attention (T5's `EncDecAttention`, Bart-style decoder attention over the encoder):
   plain attention, exactly as transformers' `sdpa` computes it.
 
-How things travel:
+Where the state lives: where transformers keeps it. A layer runs QGFD exactly when its config's
+`_attn_implementation` is `"qgfd"`; its settings are `config.qgfd` (a dict of `QGFDSettings`).
+Importing `qgfd_hf` wraps the few transformers methods that choose or save an implementation
+(`install_transformers_hooks`), so that
 
-- settings: `config.qgfd` (a dict of `QGFDSettings`), written on the model's config and on every
-  sub-model config that has patched layers; `config.attn_implementation = "qgfd"` is written too, so
-  `save_pretrained` -> `from_pretrained` brings the model back with QGFD (once `qgfd_hf` is imported).
-  A model switched with `set_attn_implementation("qgfd")` or `from_pretrained(...,
-  attn_implementation="qgfd")` reads `config.qgfd`, or the defaults, on its first forward.
-- cached decoding: the propagated values W_1..W_T of earlier tokens are kept on the cache layer
-  (`DynamicCache`, or the self-attention half of T5's `EncoderDecoderCache`) next to its keys and
-  values, so they live and die with the cache of one `generate()` call and follow its beam
-  reorders, crops and batch edits. A forward pre-hook on each attention layer tells the attention
-  function which cache the current call uses.
+- every route that switches a model to "qgfd" (`patch_model`, `Model(config)` or
+  `from_pretrained(..., attn_implementation="qgfd")`, `set_attn_implementation("qgfd")`) prepares
+  its layers at once (alpha submodule, pre-hook), with the settings of the outermost config that
+  has them (nested configs included), or raises a `ValueError` naming the architecture, the layer
+  class and what is supported (attention that bypasses the interface, soft-capping, no attention);
+- a switch to another implementation takes QGFD off the layers;
+- `save_pretrained` writes the current `attn_implementation` of a config that runs QGFD or carries
+  QGFD settings, so any number of save -> load cycles give back exactly what was saved.
+
+Cached decoding: the propagated values W_1..W_T of earlier tokens are kept on the cache layer
+next to its keys and values (`DynamicCache` layers, the self-attention half of T5's
+`EncoderDecoderCache`; sliding-window and static layers keep them in shadow layers of their own
+kind), so they live and die with the cache of one `generate()` call and follow its beam reorders,
+crops and batch edits. A forward pre-hook on each attention layer tells the attention function
+which cache the current call uses.
 
 Shapes: `B` batch, `H` heads, `Lq` query length, `Lk` key length, `Dh` head width.
 """
@@ -57,9 +65,12 @@ ATTN_IMPLEMENTATION = "qgfd"
 
 SUPPORTED = (
     "QGFD can be put into transformers models whose attention layers call "
-    "`ALL_ATTENTION_FUNCTIONS.get_interface(...)` (transformers' AttentionInterface): T5 / mT5 "
-    "(encoder and decoder self-attention; cross-attention stays plain), ViT, Wav2Vec2, Llama-style "
-    "decoders (Llama, Mistral, Qwen2, ...), BERT-style encoders, Bart-style encoder-decoders."
+    "`ALL_ATTENTION_FUNCTIONS.get_interface(...)` (transformers' AttentionInterface) and do not use logit "
+    "soft-capping: T5 / mT5 / UMT5 (encoder and decoder self-attention; cross-attention stays plain), ViT, "
+    "DeiT, DINOv2, CLIP, SigLIP, Wav2Vec2, HuBERT, Llama-style decoders (Llama, Mistral, Qwen2/3, Gemma, "
+    "Gemma3, Phi3, ...), GPT-2, GPT-NeoX, GPTBigCode, OPT, BERT-style encoders, Bart-style encoder-decoders. "
+    "Not supported (their attention bypasses the interface): BLOOM, Falcon, GPT-Neo, XGLM, DeBERTa-v2, MPNet, "
+    "WavLM, LongT5."
 )
 
 # Call keywords under which attention layers receive their cache, and the encoder states of cross-attention.
