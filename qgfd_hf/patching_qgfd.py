@@ -45,6 +45,7 @@ import functools
 import inspect
 import re
 import sys
+import types
 import weakref
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Tuple
@@ -67,10 +68,10 @@ SUPPORTED = (
     "QGFD can be put into transformers models whose attention layers call "
     "`ALL_ATTENTION_FUNCTIONS.get_interface(...)` (transformers' AttentionInterface) and do not use logit "
     "soft-capping: T5 / mT5 / UMT5 (encoder and decoder self-attention; cross-attention stays plain), ViT, "
-    "DeiT, DINOv2, CLIP, SigLIP, Wav2Vec2, HuBERT, Llama-style decoders (Llama, Mistral, Qwen2/3, Gemma, "
+    "DeiT, DINOv2, CLIP, SigLIP, Wav2Vec2, HuBERT, WavLM (module-level), Llama-style decoders (Llama, Mistral, Qwen2/3, Gemma, "
     "Gemma3, Phi3, ...), GPT-2, GPT-NeoX, GPTBigCode, OPT, BERT-style encoders, Bart-style encoder-decoders. "
     "Not supported (their attention bypasses the interface): BLOOM, Falcon, GPT-Neo, XGLM, DeBERTa-v2, MPNet, "
-    "WavLM, LongT5."
+    "LongT5."
 )
 
 # Call keywords under which attention layers receive their cache, and the encoder states of cross-attention.
@@ -369,21 +370,34 @@ def _attach(module: nn.Module, settings: QGFDSettings, role: str) -> None:
         module.qgfd_alpha = alpha
     if not _has_hook(module):
         module.register_forward_pre_hook(_qgfd_pre_hook, with_kwargs=True)
+    takeover = _module_level(module)
+    if takeover is not None:  # module-level QGFD: the layer's own attention method, replaced on this instance
+        name, fn = takeover
+        module.__dict__[name] = types.MethodType(fn, module)
 
 
 def _detach(module: nn.Module) -> None:
+    takeover = _module_level(module)
+    if takeover is not None:
+        module.__dict__.pop(takeover[0], None)
     alpha = module._modules.pop("qgfd_alpha", None)
     if alpha is not None and alpha.logit is not None:
         logger.warning(
             f"{type(module).__name__} leaves QGFD: its learnable alpha `qgfd_alpha.logit` is removed with it."
         )
-    for name in ("_qgfd_role", "_qgfd_ctx", "_qgfd_orphan"):
+    for name in ("_qgfd_role", "_qgfd_ctx", "_qgfd_orphan", "_qgfd_config"):
         module.__dict__.pop(name, None)
     _remove_hook(module)
 
 
 def _is_attached(module: nn.Module) -> bool:
     return "_qgfd_role" in module.__dict__
+
+
+def _layer_config(module: nn.Module):
+    """The config that decides a layer's attention: its own, or (module-level QGFD, for layers
+    without one) the config of the model around it."""
+    return module.__dict__.get("_qgfd_config") or module.config
 
 
 def _lazy_attach(module: nn.Module) -> None:
@@ -440,7 +454,7 @@ _BYPASSES: Dict[type, bool] = {}
 
 def _bypasses_interface(module: nn.Module) -> bool:
     """True for an attention layer that computes attention itself (BLOOM, Falcon, GPT-Neo, DeBERTa-v2,
-    WavLM, XGLM, MPNet, LongT5's local attention): a class named `*Attention*` (not a pooling head,
+    XGLM, MPNet, LongT5's local attention; WavLM's too, but QGFD takes that one over at module level): a class named `*Attention*` (not a pooling head,
     not a torch module) with parameters, which neither calls the attention interface nor contains a
     layer that does (that rules out wrappers such as BERT's `BertAttention`)."""
     cls = type(module)
@@ -453,7 +467,7 @@ def _bypasses_interface(module: nn.Module) -> bool:
             and not issubclass(cls, PreTrainedModel)
             and not any(_class_uses_interface(type(m)) for m in module.modules())
         )
-    return _BYPASSES[cls] and next(module.parameters(), None) is not None
+    return _BYPASSES[cls] and next(module.parameters(), None) is not None and _module_level(module) is None
 
 
 def _class_uses_interface(cls: type) -> bool:
@@ -482,7 +496,7 @@ def _refuse_bypassing(model: nn.Module, entries: List[_Entry]) -> None:
 
 
 def _softcap(module: nn.Module) -> Optional[float]:
-    for obj in (module, module.config):
+    for obj in (module, _layer_config(module)):
         for name in ("attn_logit_softcapping", "softcap"):
             value = getattr(obj, name, None)
             if isinstance(value, (int, float)) and not isinstance(value, bool) and value:
@@ -514,7 +528,11 @@ def _sync(model: PreTrainedModel, requested: bool = False) -> None:
             f"transformers did not switch {_architecture(model)} to attn_implementation='qgfd' "
             f"(it is {model.config._attn_implementation!r}). {SUPPORTED}"
         )
-    on = [e for e in layers if e.module.config._attn_implementation == ATTN_IMPLEMENTATION]
+    for e in entries:
+        if _module_level(e.module) is not None:
+            e.module.__dict__["_qgfd_config"] = e.owner
+            layers.append(e)
+    on = [e for e in layers if _layer_config(e.module)._attn_implementation == ATTN_IMPLEMENTATION]
     if on_configs:
         bypass = [e for e in entries if id(e.owner) in on_configs and _bypasses_interface(e.module)]
         if bypass:
@@ -540,7 +558,7 @@ def _sync(model: PreTrainedModel, requested: bool = False) -> None:
             )
         cache: Dict[int, QGFDSettings] = {}
         for e in on:
-            source = e.source if e.source is not None else e.module.config.__dict__.get("qgfd")
+            source = e.source if e.source is not None else _layer_config(e.module).__dict__.get("qgfd")
             if id(source) not in cache:
                 if source is not None and not isinstance(source, dict):
                     raise ValueError(f"`config.qgfd` must be a dict of QGFD settings, got {type(source).__name__}.")
@@ -549,8 +567,8 @@ def _sync(model: PreTrainedModel, requested: bool = False) -> None:
         for e in on:
             settings = e.module.__dict__.pop("_qgfd_settings")
             _attach(e.module, settings, roles[id(e.module)])
-            if e.module.config.__dict__.get("qgfd") != settings.to_dict():
-                e.module.config.qgfd = settings.to_dict()  # where save_pretrained and get_qgfd_settings find it
+            if _layer_config(e.module).__dict__.get("qgfd") != settings.to_dict():
+                _layer_config(e.module).qgfd = settings.to_dict()  # where save_pretrained and get_qgfd_settings find it
         # Configs that say "qgfd" but hold no layer of their own (ForCausalLM around Model, CLIP's top
         # config): the settings of the first QGFD layer below them.
         first = on[0].module._modules.get("qgfd_alpha")
@@ -558,7 +576,7 @@ def _sync(model: PreTrainedModel, requested: bool = False) -> None:
             if "qgfd" not in config.__dict__ and first is not None:
                 config.qgfd = first.settings.to_dict()
     for e in entries:
-        if _is_attached(e.module) and e.module.config._attn_implementation != ATTN_IMPLEMENTATION:
+        if _is_attached(e.module) and _layer_config(e.module)._attn_implementation != ATTN_IMPLEMENTATION:
             _detach(e.module)
 
 
@@ -590,7 +608,7 @@ def _restore(model: nn.Module, snapshot) -> None:
         else:
             config.qgfd = qgfd
     for m in model.modules():
-        if _is_attached(m) and m.config._attn_implementation != ATTN_IMPLEMENTATION:
+        if _is_attached(m) and _layer_config(m)._attn_implementation != ATTN_IMPLEMENTATION:
             _detach(m)
 
 
@@ -602,6 +620,63 @@ def _own_configs(model: nn.Module) -> None:
         for key, value in list(m.__dict__.items()):
             if isinstance(value, PreTrainedConfig):
                 m.__dict__[key] = copy.deepcopy(value, memo)
+
+
+# ----------------------------------------------------------------------------------------
+# Module-level QGFD: attention layers that compute attention themselves
+# ----------------------------------------------------------------------------------------
+
+
+def _weights_wanted() -> bool:
+    """Whether the running forward records attention weights (`output_attentions=True`)."""
+    try:
+        from transformers.utils.output_capturing import _active_collector
+
+        collected = _active_collector.get()
+    except (ImportError, LookupError):
+        return False
+    return bool(collected) and "attentions" in collected
+
+
+def _wavlm_self_attention(self, hidden_states, attention_mask, gated_position_bias):
+    """QGFD in place of `WavLMAttention.torch_multi_head_self_attention` (torch's fused multi-head
+    attention, scale 1/sqrt(Dh), WavLM's gated relative position bias as an additive mask, padding
+    as a key padding mask). alpha = 0 calls the original: exactly the unpatched model.
+
+    Returns `(output [B, L, D], weights [B, H, L, L] or None)` as the original does."""
+    alpha_module = self._modules["qgfd_alpha"]
+    settings = alpha_module.settings
+    alpha = alpha_module() if settings.steps > 0 else 0.0
+    if _is_zero(alpha):
+        return type(self).torch_multi_head_self_attention(self, hidden_states, attention_mask, gated_position_bias)
+    B, L, _ = hidden_states.shape
+    H, Dh = self.num_heads, self.head_dim
+    q, k, v = (p(hidden_states).view(B, L, H, Dh).transpose(1, 2) for p in (self.q_proj, self.k_proj, self.v_proj))
+    mask = gated_position_bias.view(B, H, L, L).to(q.dtype)  # (B, H, L, L), additive
+    if attention_mask is not None:
+        mask = mask.masked_fill(attention_mask.ne(1)[:, None, None, :], float("-inf"))  # padded keys
+    kwargs = dict(
+        steps=settings.steps, alpha=alpha, graph=settings.graph, mix=settings.mix, attn_mask=mask,
+        scale=Dh**-0.5, key_temperature=settings.key_temperature,
+    )
+    out = qgfd_attention(
+        q, k, v, detach_graph=settings.detach_graph, dropout_p=self.dropout if self.training else 0.0, **kwargs
+    )
+    out = self.out_proj(out.transpose(1, 2).reshape(B, L, H * Dh))  # (B, L, D)
+    weights = qgfd_attention_weights(q, k, **kwargs)[0] if _weights_wanted() else None
+    return out, weights
+
+
+# class (by module and name) -> (the method QGFD replaces on each instance, its QGFD version)
+_MODULE_LEVEL: Dict[str, Tuple[str, Callable]] = {
+    "transformers.models.wavlm.modeling_wavlm.WavLMAttention": ("torch_multi_head_self_attention", _wavlm_self_attention),
+}
+_MODULE_LEVEL_MODULES = {name.rsplit(".", 1)[0] for name in _MODULE_LEVEL}
+
+
+def _module_level(module: nn.Module) -> Optional[Tuple[str, Callable]]:
+    cls = type(module)
+    return _MODULE_LEVEL.get(f"{cls.__module__}.{cls.__qualname__}")
 
 
 # ----------------------------------------------------------------------------------------
@@ -631,6 +706,15 @@ def _set_attn_implementation(self, attn_implementation, *args, **kwargs):
     snapshot = _snapshot(self)
     try:
         result = _ORIGINALS["set_attn_implementation"](self, attn_implementation, *args, **kwargs)
+        if (
+            isinstance(attn_implementation, str)
+            and type(self).__module__ in _MODULE_LEVEL_MODULES
+            and not type(self)._can_set_attn_implementation()
+        ):
+            # transformers cannot switch these models (it only warns); QGFD's module-level layers can.
+            implementation = self.get_correct_attn_implementation(attn_implementation)
+            for config in _config_tree(self):
+                config._attn_implementation_internal = implementation
         _sync(self, requested=attn_implementation == ATTN_IMPLEMENTATION)
     except Exception:
         _restore(self, snapshot)
@@ -643,7 +727,11 @@ def _get_correct_attn_implementation(self, requested_attention, *args, **kwargs)
     passes here, before the layers are built), refusing "qgfd" for a model class whose attention
     does not go through the interface at all (BLOOM, Falcon, GPT-Neo, ...: some of them would fail
     building their layers with a bare `KeyError: 'qgfd'`)."""
-    if requested_attention == ATTN_IMPLEMENTATION and not type(self)._can_set_attn_implementation():
+    if (
+        requested_attention == ATTN_IMPLEMENTATION
+        and not type(self)._can_set_attn_implementation()
+        and type(self).__module__ not in _MODULE_LEVEL_MODULES
+    ):
         module = sys.modules.get(type(self).__module__)
         try:
             classes = sorted(set(re.findall(r"^class (\w*Attention\w*)\(nn\.Module\):", inspect.getsource(module), re.M)))
@@ -962,7 +1050,7 @@ def _attached_layers(model: nn.Module) -> List[nn.Module]:
     """The attention layers of `model` on which QGFD is running now."""
     return [
         m for m in model.modules()
-        if _is_attached(m) and getattr(m.config, "_attn_implementation", None) == ATTN_IMPLEMENTATION
+        if _is_attached(m) and getattr(_layer_config(m), "_attn_implementation", None) == ATTN_IMPLEMENTATION
     ]
 
 

@@ -247,6 +247,38 @@ def test_t5_keeps_relative_position_bias_and_scale_one(t5):
     torch.testing.assert_close(out.encoder_attentions[0], ref_w, rtol=1e-5, atol=1e-6)
 
 
+def test_wavlm_module_level_qgfd_is_the_reference_on_the_layer_inputs():
+    """WavLM computes attention itself (torch's fused multi-head attention with a gated relative
+    position bias); QGFD takes over that method on each layer instance."""
+    from transformers import WavLMConfig, WavLMModel
+
+    torch.manual_seed(0)
+    config = WavLMConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                         conv_dim=(16, 16), conv_stride=(5, 4), conv_kernel=(10, 8), num_conv_pos_embeddings=16,
+                         num_conv_pos_embedding_groups=2, num_buckets=8, max_bucket_distance=16, hidden_dropout=0.0,
+                         attention_dropout=0.0, feat_proj_dropout=0.0, layerdrop=0.0, mask_time_prob=0.0)
+    m = qgfd_hf.patch_model(WavLMModel(config).eval(), steps=2, alpha=0.5, mix="recurrent")
+    attn = m.encoder.layers[1].attention
+    seen = {}
+    original = type(attn).torch_multi_head_self_attention
+    qgfd_method = attn.torch_multi_head_self_attention
+    attn.torch_multi_head_self_attention = lambda h, mask, bias: seen.update(h=h, bias=bias) or qgfd_method(h, mask, bias)
+    x = torch.randn(1, 1600, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        m(x)
+        out, _ = qgfd_method(seen["h"], None, seen["bias"])
+        plain, _ = original(attn, seen["h"], None, seen["bias"])
+        h, (B, L, _) = seen["h"], seen["h"].shape
+        q, k, v = (p(h).view(B, L, 4, 8).transpose(1, 2) for p in (attn.q_proj, attn.k_proj, attn.v_proj))
+        ref = qgfd_hf.qgfd_attention_reference(q, k, v, steps=2, alpha=0.5, mix="recurrent", scale=8**-0.5,
+                                               attn_mask=seen["bias"].view(B, 4, L, L))
+        ref = attn.out_proj(ref.transpose(1, 2).reshape(B, L, 32))
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(out, plain, atol=1e-4)
+    qgfd_hf.unpatch_model(m)
+    assert "torch_multi_head_self_attention" not in m.encoder.layers[0].attention.__dict__
+
+
 # ----------------------------------------------------------------------------------------
 # Decoders: causality, generate() with the cache, padding
 # ----------------------------------------------------------------------------------------

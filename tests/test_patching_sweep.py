@@ -10,8 +10,9 @@ in-process (hidden 32, 2 layers, 4 heads, short inputs; nothing downloaded) and 
 - padding: a padded row equals the same row alone (1e-5);
 - save -> load -> save -> load: exactly the settings, and the same outputs.
 
-Each architecture whose attention bypasses transformers' attention interface (or that has no
-attention) is refused on every route (`patch_model`, `set_attn_implementation`,
+WavLM, whose attention bypasses the interface, gets QGFD at module level and the same checks.
+Each other architecture whose attention bypasses transformers' attention interface (or that has no
+attention, or soft-caps its logits) is refused on every route (`patch_model`, `set_attn_implementation`,
 `from_pretrained(..., attn_implementation="qgfd")`) with an error naming the architecture,
 the layer class and what is supported.
 """
@@ -84,6 +85,9 @@ SUPPORTED = {
     "wav2vec2": ("Wav2Vec2Model", "Wav2Vec2Config", dict(AUDIO, feat_extract_norm="layer", do_stable_layer_norm=True),
                  "audio"),
     "hubert": ("HubertModel", "HubertConfig", dict(AUDIO, feat_extract_norm="layer", do_stable_layer_norm=True), "audio"),
+    # module-level QGFD (WavLM's attention bypasses the interface)
+    "wavlm": ("WavLMModel", "WavLMConfig", dict(AUDIO, feat_extract_norm="layer", do_stable_layer_norm=True,
+                                                num_buckets=8, max_bucket_distance=16), "audio"),
 }
 
 # name: (model class, config class, config kwargs, the layer class the refusal names)
@@ -97,7 +101,6 @@ REFUSED = {
                                                    vocab_size=100), "XGLMAttention"),
     "deberta_v2": ("DebertaV2Model", "DebertaV2Config", ENC, "DisentangledSelfAttention"),
     "mpnet": ("MPNetModel", "MPNetConfig", ENC, "MPNetSelfAttention"),
-    "wavlm": ("WavLMModel", "WavLMConfig", dict(AUDIO, num_buckets=8, max_bucket_distance=16), "WavLMAttention"),
     "longt5": ("LongT5ForConditionalGeneration", "LongT5Config", T5, "LongT5LocalAttention"),
     "gemma2_softcap": ("Gemma2ForCausalLM", "Gemma2Config", dict(GQA, head_dim=8), "soft-capping"),
     "mamba": ("MambaForCausalLM", "MambaConfig", dict(hidden_size=32, num_hidden_layers=2, vocab_size=100),
@@ -184,6 +187,14 @@ def test_sweep_supported(name, tmp_path):
         assert torch.equal(m.generate(ids, **beam), m.generate(ids, use_cache=False, **beam))
 
     # 3. Padding: a padded row equals the row alone.
+    if kind == "audio":
+        mask = torch.ones(2, 1600, dtype=torch.long)
+        padded = AUDIO_IN.clone()
+        padded[1, 1200:], mask[1, 1200:] = 0.0, 0
+        with torch.no_grad():
+            batch = m(input_values=padded, attention_mask=mask).last_hidden_state
+            alone = m(input_values=AUDIO_IN[1:, :1200]).last_hidden_state
+        torch.testing.assert_close(batch[1, : alone.shape[1]], alone[0], rtol=0, atol=1e-5)
     if kind in ("causal", "encoder", "encdec"):
         mask = torch.ones_like(IDS)
         padded = IDS.clone()
