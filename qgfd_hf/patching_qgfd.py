@@ -68,10 +68,9 @@ SUPPORTED = (
     "QGFD can be put into transformers models whose attention layers call "
     "`ALL_ATTENTION_FUNCTIONS.get_interface(...)` (transformers' AttentionInterface) and do not use logit "
     "soft-capping: T5 / mT5 / UMT5 (encoder and decoder self-attention; cross-attention stays plain), ViT, "
-    "DeiT, DINOv2, CLIP, SigLIP, Wav2Vec2, HuBERT, WavLM (module-level), Llama-style decoders (Llama, Mistral, Qwen2/3, Gemma, "
+    "DeiT, DINOv2, CLIP, SigLIP, Wav2Vec2, HuBERT, WavLM and GPT-Neo (module-level), Llama-style decoders (Llama, Mistral, Qwen2/3, Gemma, "
     "Gemma3, Phi3, ...), GPT-2, GPT-NeoX, GPTBigCode, OPT, BERT-style encoders, Bart-style encoder-decoders. "
-    "Not supported (their attention bypasses the interface): BLOOM, Falcon, GPT-Neo, XGLM, DeBERTa-v2, MPNet, "
-    "LongT5."
+    "Not supported (their attention bypasses the interface): BLOOM, Falcon, XGLM, DeBERTa-v2, MPNet, LongT5."
 )
 
 # Call keywords under which attention layers receive their cache, and the encoder states of cross-attention.
@@ -309,6 +308,7 @@ class _CallContext:
 
     cache: Optional[weakref.ReferenceType]
     is_cross: bool
+    output_attentions: bool = False  # passed to the layer itself (GPT-Neo), not through the output recorder
 
 
 def _qgfd_pre_hook(module: nn.Module, args, kwargs):
@@ -319,7 +319,9 @@ def _qgfd_pre_hook(module: nn.Module, args, kwargs):
             cache = kwargs[name]
             break
     is_cross = any(kwargs.get(name) is not None for name in _CROSS_KWARGS)
-    module.__dict__["_qgfd_ctx"] = _CallContext(weakref.ref(cache) if cache is not None else None, is_cross)
+    module.__dict__["_qgfd_ctx"] = _CallContext(
+        weakref.ref(cache) if cache is not None else None, is_cross, bool(kwargs.get("output_attentions"))
+    )
     # A layer that ran its first QGFD call before this hook existed left its propagated values
     # aside: give them to the cache layer they belong to (the one whose values it saw).
     orphan = module.__dict__.pop("_qgfd_orphan", None)
@@ -374,12 +376,17 @@ def _attach(module: nn.Module, settings: QGFDSettings, role: str) -> None:
     if takeover is not None:  # module-level QGFD: the layer's own attention method, replaced on this instance
         name, fn = takeover
         module.__dict__[name] = types.MethodType(fn, module)
+        if not hasattr(module, "layer_idx") and isinstance(getattr(module, "layer_id", None), int):
+            module.__dict__["layer_idx"] = module.layer_id  # GPT-Neo: where the cache layer is found
+            module.__dict__["_qgfd_layer_idx"] = True
 
 
 def _detach(module: nn.Module) -> None:
     takeover = _module_level(module)
     if takeover is not None:
         module.__dict__.pop(takeover[0], None)
+        if module.__dict__.pop("_qgfd_layer_idx", False):
+            module.__dict__.pop("layer_idx", None)
     alpha = module._modules.pop("qgfd_alpha", None)
     if alpha is not None and alpha.logit is not None:
         logger.warning(
@@ -453,8 +460,8 @@ _BYPASSES: Dict[type, bool] = {}
 
 
 def _bypasses_interface(module: nn.Module) -> bool:
-    """True for an attention layer that computes attention itself (BLOOM, Falcon, GPT-Neo, DeBERTa-v2,
-    XGLM, MPNet, LongT5's local attention; WavLM's too, but QGFD takes that one over at module level): a class named `*Attention*` (not a pooling head,
+    """True for an attention layer that computes attention itself (BLOOM, Falcon, DeBERTa-v2, XGLM,
+    MPNet, LongT5's local attention; GPT-Neo's and WavLM's too, but QGFD takes those over at module level): a class named `*Attention*` (not a pooling head,
     not a torch module) with parameters, which neither calls the attention interface nor contains a
     layer that does (that rules out wrappers such as BERT's `BertAttention`)."""
     cls = type(module)
@@ -465,7 +472,7 @@ def _bypasses_interface(module: nn.Module) -> bool:
             and "pool" not in name
             and not cls.__module__.startswith("torch.")
             and not issubclass(cls, PreTrainedModel)
-            and not any(_class_uses_interface(type(m)) for m in module.modules())
+            and not any(_class_uses_interface(type(m)) or _module_level(m) is not None for m in module.modules())
         )
     return _BYPASSES[cls] and next(module.parameters(), None) is not None and _module_level(module) is None
 
@@ -667,11 +674,54 @@ def _wavlm_self_attention(self, hidden_states, attention_mask, gated_position_bi
     return out, weights
 
 
+def _gpt_neo_attn(self, query, key, value, attention_mask=None):
+    """QGFD in place of `GPTNeoSelfAttention._attn`: unscaled scores in float32 (GPT-Neo's own
+    choice), the layer's causal (global) or windowed causal (local) pattern `self.bias`, and the
+    model's mask, through `qgfd_attention_forward` (so the cache, beam search, output_attentions
+    work as for any other decoder). alpha = 0 calls the original: exactly the unpatched model.
+
+    query, key, value: `[B, H, Lq or Lk, Dh]` (after the cache update). Returns `(output [B, H, Lq, Dh], weights)`."""
+    alpha_module = self._modules["qgfd_alpha"]
+    ctx = self.__dict__.get("_qgfd_ctx")
+    weights_wanted = _weights_wanted() or bool(ctx is not None and ctx.output_attentions)
+    if _is_zero(alpha_module() if alpha_module.settings.steps > 0 else 0.0) and not weights_wanted:
+        additive = attention_mask
+        if attention_mask is not None and attention_mask.dtype == torch.bool:  # "qgfd"'s mask function gives bools
+            additive = torch.zeros(attention_mask.shape, dtype=torch.float32, device=attention_mask.device).masked_fill(
+                ~attention_mask, torch.finfo(torch.float32).min
+            )
+        return type(self)._attn(self, query, key, value, additive)
+    Lq, Lk = query.shape[-2], key.shape[-2]
+    pattern = self.bias[:, :, Lk - Lq : Lk, :Lk]  # (1, 1, Lq, Lk) bool: causal, or windowed causal
+    if attention_mask is None:
+        mask = pattern
+    elif attention_mask.dtype == torch.bool:
+        mask = attention_mask & pattern
+    else:
+        mask = attention_mask.masked_fill(~pattern, float("-inf"))
+    out, weights = qgfd_attention_forward(
+        self, query.float(), key.float(), value, mask, scaling=1.0,
+        dropout=self.attn_dropout.p if self.training else 0.0, output_attentions=weights_wanted,
+    )
+    out = out.transpose(1, 2).to(value.dtype)  # (B, H, Lq, Dh)
+    return out, None if weights is None else weights.to(value.dtype)
+
+
+def _prepare_gpt_neo(module_file) -> None:
+    """GPT-Neo picks its attention class by `config._attn_implementation`: "qgfd" builds the eager one."""
+    classes = getattr(module_file, "GPT_NEO_ATTENTION_CLASSES", None)
+    if classes is not None and ATTN_IMPLEMENTATION not in classes:
+        classes[ATTN_IMPLEMENTATION] = module_file.GPTNeoSelfAttention
+
+
 # class (by module and name) -> (the method QGFD replaces on each instance, its QGFD version)
 _MODULE_LEVEL: Dict[str, Tuple[str, Callable]] = {
     "transformers.models.wavlm.modeling_wavlm.WavLMAttention": ("torch_multi_head_self_attention", _wavlm_self_attention),
+    "transformers.models.gpt_neo.modeling_gpt_neo.GPTNeoSelfAttention": ("_attn", _gpt_neo_attn),
 }
 _MODULE_LEVEL_MODULES = {name.rsplit(".", 1)[0] for name in _MODULE_LEVEL}
+# modeling file -> what it needs before a "qgfd" model is built from it
+_MODULE_LEVEL_PREPARE: Dict[str, Callable] = {"transformers.models.gpt_neo.modeling_gpt_neo": _prepare_gpt_neo}
 
 
 def _module_level(module: nn.Module) -> Optional[Tuple[str, Callable]]:
@@ -742,6 +792,8 @@ def _get_correct_attn_implementation(self, requested_attention, *args, **kwargs)
             "compute attention themselves instead of calling transformers' AttentionInterface, so "
             f"attn_implementation='qgfd' would leave them plain. {SUPPORTED}"
         )
+    if requested_attention == ATTN_IMPLEMENTATION and type(self).__module__ in _MODULE_LEVEL_PREPARE:
+        _MODULE_LEVEL_PREPARE[type(self).__module__](sys.modules[type(self).__module__])
     return _ORIGINALS["get_correct_attn_implementation"](self, requested_attention, *args, **kwargs)
 
 

@@ -10,7 +10,7 @@ in-process (hidden 32, 2 layers, 4 heads, short inputs; nothing downloaded) and 
 - padding: a padded row equals the same row alone (1e-5);
 - save -> load -> save -> load: exactly the settings, and the same outputs.
 
-WavLM, whose attention bypasses the interface, gets QGFD at module level and the same checks.
+GPT-Neo and WavLM, whose attention bypasses the interface, get QGFD at module level and the same checks.
 Each other architecture whose attention bypasses transformers' attention interface (or that has no
 attention, or soft-caps its logits) is refused on every route (`patch_model`, `set_attn_implementation`,
 `from_pretrained(..., attn_implementation="qgfd")`) with an error naming the architecture,
@@ -85,7 +85,10 @@ SUPPORTED = {
     "wav2vec2": ("Wav2Vec2Model", "Wav2Vec2Config", dict(AUDIO, feat_extract_norm="layer", do_stable_layer_norm=True),
                  "audio"),
     "hubert": ("HubertModel", "HubertConfig", dict(AUDIO, feat_extract_norm="layer", do_stable_layer_norm=True), "audio"),
-    # module-level QGFD (WavLM's attention bypasses the interface)
+    # module-level QGFD (GPT-Neo's and WavLM's attention bypasses the interface); GPT-Neo's local layers window 4
+    "gpt_neo": ("GPTNeoForCausalLM", "GPTNeoConfig", dict(hidden_size=32, num_layers=2, num_heads=4, vocab_size=100,
+                                                          max_position_embeddings=64, window_size=4,
+                                                          attention_types=[[["global", "local"], 1]]), "causal"),
     "wavlm": ("WavLMModel", "WavLMConfig", dict(AUDIO, feat_extract_norm="layer", do_stable_layer_norm=True,
                                                 num_buckets=8, max_bucket_distance=16), "audio"),
 }
@@ -95,8 +98,6 @@ REFUSED = {
     "bloom": ("BloomForCausalLM", "BloomConfig", dict(hidden_size=32, n_layer=2, n_head=4, vocab_size=100), "BloomAttention"),
     "falcon": ("FalconForCausalLM", "FalconConfig", dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                                                          vocab_size=100), "FalconAttention"),
-    "gpt_neo": ("GPTNeoForCausalLM", "GPTNeoConfig", dict(hidden_size=32, num_layers=2, num_heads=4, vocab_size=100,
-                                                          attention_types=[[["global", "local"], 1]]), "GPTNeoSelfAttention"),
     "xglm": ("XGLMForCausalLM", "XGLMConfig", dict(d_model=32, num_layers=2, attention_heads=4, ffn_dim=64,
                                                    vocab_size=100), "XGLMAttention"),
     "deberta_v2": ("DebertaV2Model", "DebertaV2Config", ENC, "DisentangledSelfAttention"),
