@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import numbers
 from dataclasses import asdict, dataclass, fields
-from typing import Optional, Sequence, Tuple, Union
+from typing import Callable, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -299,6 +299,8 @@ def qgfd_attention(
     dropout_p: float = 0.0,
     past_propagated: Optional[Sequence[torch.Tensor]] = None,
     return_propagated: bool = False,
+    extend: Optional[Callable[[int, torch.Tensor], torch.Tensor]] = None,
+    query_positions: Optional[torch.Tensor] = None,
 ):
     """QGFD attention by value propagation: T + 1 fused attention calls, no L x L tensor.
 
@@ -318,17 +320,25 @@ def qgfd_attention(
             propagated values W_1..W_T of earlier tokens, for cached decoding; the queries are
             then the last Lq of the Lk tokens.
         return_propagated (`bool`): also return W_1..W_T for all Lk tokens (to cache them).
+        extend (callable, *optional*): cached decoding with a cache of any layout (static buffers,
+            sliding windows): `extend(k, w_rows)` stores W_k of the Lq query tokens (`[B, H, Lq, Dv]`)
+            and returns W_k over all Lk keys, laid out as the keys are. Replaces `past_propagated`.
+        query_positions (`torch.LongTensor` `[Lq]`, *optional*): with `extend`, where the query
+            tokens sit among the Lk keys (default: the last Lq). Masks must then be explicit
+            (`attn_mask`), as `is_causal` aligns queries bottom-right.
 
     Returns:
         `torch.Tensor` `[B, H, Lq, Dv]`, or `(output, propagated)` with `return_propagated`.
     """
     _check_call(steps, alpha, graph, mix, key_temperature, dropout_p)
-    has_past = past_propagated is not None
+    has_past = past_propagated is not None or extend is not None
+    if past_propagated is not None and extend is not None:
+        raise ValueError("Pass `past_propagated` or `extend`, not both.")
     _check_inputs(query, key, value, attn_mask, graph, has_past, diffuse=steps > 0)
     B, H, Lq, D = query.shape
     Lk = key.shape[2]
     Lpast = Lk - Lq
-    if has_past:
+    if past_propagated is not None:
         past_propagated = tuple(past_propagated)
         if len(past_propagated) != steps:
             raise ValueError(f"`past_propagated` must hold `steps`={steps} tensors, got {len(past_propagated)}.")
@@ -359,10 +369,13 @@ def qgfd_attention(
             g_mask = g_mask.detach()  # T5's learned position bias enters P too
         has_keys = _row_has_keys(g_mask, is_float_bias=True)
     else:
-        k_n = F.normalize(key, dim=-1)  # (B, H, Lk, D), unit rows
+        # (B, H, Lk, D), unit rows; normalised in float32: F.normalize's eps (1e-12) is 0 in float16,
+        # so an all-zero key (padding) would give 0/0 = NaN.
+        k_n = F.normalize(key.float(), dim=-1).to(key.dtype) if key.dtype in (torch.float16, torch.bfloat16) else F.normalize(key, dim=-1)
         g_scale = 1.0 / key_temperature
         if Lq == Lk or has_past:
-            g_q, g_k = k_n[:, :, Lpast:], k_n
+            g_q = k_n[:, :, Lpast:] if query_positions is None else k_n.index_select(2, query_positions)
+            g_k = k_n
             g_mask = None if attn_mask is None else allowed_pattern(attn_mask)
             g_mask, g_causal = _p0_mask(g_mask, is_causal, Lq, Lk, query.device)
         else:  # graph over all keys: padded keys masked as columns, causal over the keys
@@ -386,8 +399,14 @@ def qgfd_attention(
     for k in range(1, steps + 1):
         w_rows = sdpa(g_q, g_k, w_all, g_mask, g_causal, g_scale)  # (B, H, rows, Dv)
         if has_keys is not None:
-            w_rows = torch.where(has_keys, w_rows, w_all[:, :, Lk - rows :])
-        w_all = torch.cat([past_propagated[k - 1], w_rows], dim=2) if has_past else w_rows
+            own = w_all[:, :, Lk - rows :] if query_positions is None else w_all.index_select(2, query_positions)
+            w_rows = torch.where(has_keys, w_rows, own)
+        if extend is not None:
+            w_all = extend(k, w_rows)
+        elif past_propagated is not None:
+            w_all = torch.cat([past_propagated[k - 1], w_rows], dim=2)
+        else:
+            w_all = w_rows
         propagated.append(w_all)
         c_k = coeffs[k]
         if not _is_zero(c_k):
@@ -501,6 +520,77 @@ def qgfd_attention_reference(
     return out
 
 
+def qgfd_attention_weights(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    *,
+    steps: int = 1,
+    alpha: AlphaLike = 0.5,
+    graph: str = "attention",
+    mix: str = "seed",
+    attn_mask: Optional[torch.Tensor] = None,
+    is_causal: bool = False,
+    scale: Optional[float] = None,
+    key_temperature: float = 1.0,
+    past_graph: Optional[torch.Tensor] = None,
+):
+    """QGFD's weights `p` [B, H, Lq, Lk] for self-attention whose queries are the last Lq of Lk
+    tokens, and the graph rows P [B, H, Lk, Lk] of all Lk tokens (to keep for the next call).
+
+    Cached decoding cannot recompute the graph rows of earlier tokens (`graph="attention"` needs
+    their queries and masks), so they come as `past_graph` [B, H, Lk - Lq, Lk - Lq] (None when
+    Lq == Lk); the rows of the new tokens are computed here from their own mask, so the result
+    equals `qgfd_attention_reference`'s weights for the whole sequence (rows Lk - Lq .. Lk - 1).
+    Computed in float32 for half inputs; O(T Lq Lk^2) compute, O(Lk^2) memory.
+    """
+    _check_call(steps, alpha, graph, mix, key_temperature, 0.0)
+    B, H, Lq, D = query.shape
+    Lk = key.shape[2]
+    Lpast = Lk - Lq
+    if Lpast < 0 or (Lpast > 0) != (past_graph is not None):
+        raise ValueError(f"`past_graph` must hold the graph rows of the {Lpast} earlier tokens (None when Lq == Lk).")
+    scale = 1.0 / math.sqrt(D) if scale is None else scale
+    compute_dtype = torch.float32 if query.dtype in (torch.float16, torch.bfloat16) else query.dtype
+    q, k = query.to(compute_dtype), key.to(compute_dtype)
+    causal = _causal_pattern(Lq, Lk, query.device) if is_causal else None
+
+    # 1. p0 of the new queries, (B, H, Lq, Lk).
+    scores = scale * q @ k.transpose(-1, -2)
+    if attn_mask is not None:
+        scores = scores.masked_fill(~attn_mask, float("-inf")) if attn_mask.dtype == torch.bool else scores + attn_mask.to(compute_dtype)
+    if causal is not None:
+        scores = scores.masked_fill(~causal, float("-inf"))
+    p0 = _safe_softmax(scores)
+
+    # 2. The graph rows of the new tokens: P[rows] = p0 (graph="attention"), or the key graph with
+    #    the rows' own allowed pattern; a row without allowed keys is a self-loop.
+    if graph == "attention":
+        rows = p0
+    else:
+        k_n = F.normalize(k, dim=-1)
+        g = (k_n[:, :, Lpast:] @ k_n.transpose(-1, -2)) / key_temperature
+        if attn_mask is not None:
+            g = g.masked_fill(~allowed_pattern(attn_mask), float("-inf"))
+        if causal is not None:
+            g = g.masked_fill(~causal, float("-inf"))
+        rows = _safe_softmax(g)
+    eye = torch.eye(Lk, dtype=rows.dtype, device=rows.device)[Lpast:]  # (Lq, Lk): row i is token Lpast + i
+    rows = torch.where(rows.sum(-1, keepdim=True) == 0, eye, rows.expand(B, H, Lq, Lk))
+    if past_graph is not None:
+        past = F.pad(past_graph.to(rows.dtype).expand(B, H, Lpast, Lpast), (0, Lq))  # earlier rows: no later keys
+        P = torch.cat([past, rows], dim=2)
+    else:
+        P = rows
+
+    # 3. p = sum_k c_k p0 P^k.
+    coeffs = mix_coefficients(_alpha_view(alpha, H), steps, mix)
+    term, p = p0, coeffs[0] * p0
+    for c_k in coeffs[1:]:
+        term = term @ P
+        p = p + c_k * term
+    return p.to(query.dtype), P
+
+
 # ----------------------------------------------------------------------------------------
 # Alpha: fixed, learnable per head, warm-up driven from outside the forward pass
 # ----------------------------------------------------------------------------------------
@@ -522,10 +612,20 @@ class QGFDAlpha(nn.Module):
         self.num_heads = num_heads
         self.step = 0
         if settings.learnable_alpha:
-            frac = min(max(settings.alpha / settings.alpha_max, 1e-3), 1 - 1e-3)
-            self.logit = nn.Parameter(torch.full((num_heads,), math.log(frac / (1 - frac))))
+            self.logit = nn.Parameter(torch.full((num_heads,), self._initial_logit()))
         else:
             self.register_parameter("logit", None)
+
+    def _initial_logit(self) -> float:
+        frac = min(max(self.settings.alpha / self.settings.alpha_max, 1e-3), 1 - 1e-3)
+        return math.log(frac / (1 - frac))
+
+    def reset_parameters(self) -> None:
+        """A learnable alpha back at `settings.alpha` (transformers calls it for a logit a checkpoint lacks)."""
+        if self.logit is not None:
+            with torch.no_grad():
+                self.logit.fill_(self._initial_logit())
+            self.logit._is_hf_initialized = True
 
     def warmup_factor(self) -> float:
         w = self.settings.warmup_steps

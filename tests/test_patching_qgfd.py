@@ -17,6 +17,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from transformers import (
     AttentionInterface,
+    CLIPConfig,
+    CLIPModel,
     LlamaConfig,
     LlamaForCausalLM,
     PreTrainedConfig,
@@ -245,6 +247,38 @@ def test_t5_keeps_relative_position_bias_and_scale_one(t5):
     torch.testing.assert_close(out.encoder_attentions[0], ref_w, rtol=1e-5, atol=1e-6)
 
 
+def test_wavlm_module_level_qgfd_is_the_reference_on_the_layer_inputs():
+    """WavLM computes attention itself (torch's fused multi-head attention with a gated relative
+    position bias); QGFD takes over that method on each layer instance."""
+    from transformers import WavLMConfig, WavLMModel
+
+    torch.manual_seed(0)
+    config = WavLMConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                         conv_dim=(16, 16), conv_stride=(5, 4), conv_kernel=(10, 8), num_conv_pos_embeddings=16,
+                         num_conv_pos_embedding_groups=2, num_buckets=8, max_bucket_distance=16, hidden_dropout=0.0,
+                         attention_dropout=0.0, feat_proj_dropout=0.0, layerdrop=0.0, mask_time_prob=0.0)
+    m = qgfd_hf.patch_model(WavLMModel(config).eval(), steps=2, alpha=0.5, mix="recurrent")
+    attn = m.encoder.layers[1].attention
+    seen = {}
+    original = type(attn).torch_multi_head_self_attention
+    qgfd_method = attn.torch_multi_head_self_attention
+    attn.torch_multi_head_self_attention = lambda h, mask, bias: seen.update(h=h, bias=bias) or qgfd_method(h, mask, bias)
+    x = torch.randn(1, 1600, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        m(x)
+        out, _ = qgfd_method(seen["h"], None, seen["bias"])
+        plain, _ = original(attn, seen["h"], None, seen["bias"])
+        h, (B, L, _) = seen["h"], seen["h"].shape
+        q, k, v = (p(h).view(B, L, 4, 8).transpose(1, 2) for p in (attn.q_proj, attn.k_proj, attn.v_proj))
+        ref = qgfd_hf.qgfd_attention_reference(q, k, v, steps=2, alpha=0.5, mix="recurrent", scale=8**-0.5,
+                                               attn_mask=seen["bias"].view(B, 4, L, L))
+        ref = attn.out_proj(ref.transpose(1, 2).reshape(B, L, 32))
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(out, plain, atol=1e-4)
+    qgfd_hf.unpatch_model(m)
+    assert "torch_multi_head_self_attention" not in m.encoder.layers[0].attention.__dict__
+
+
 # ----------------------------------------------------------------------------------------
 # Decoders: causality, generate() with the cache, padding
 # ----------------------------------------------------------------------------------------
@@ -349,10 +383,63 @@ def test_cache_layer_keeps_propagated_values_in_step_with_its_edits():
     assert layer._qgfd_propagated is None
 
 
-def test_static_cache_is_refused_clearly(llama):
-    m = patched(llama)
-    with pytest.raises(ValueError, match="static, sliding-window and quantized caches"):
-        m.generate(gen_ids(), max_new_tokens=3, do_sample=False, cache_implementation="static")
+def tiny_sliding(arch):
+    """A decoder whose layers use sliding-window attention (window 4, shorter than the sequences)."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig, MistralConfig, MistralForCausalLM
+
+    torch.manual_seed(0)
+    kw = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+              vocab_size=100, sliding_window=4)
+    if arch == "mistral":
+        return MistralForCausalLM(MistralConfig(**kw)).eval()
+    return Gemma3ForCausalLM(Gemma3TextConfig(head_dim=8, layer_types=["sliding_attention", "full_attention"], **kw)).eval()
+
+
+@pytest.mark.parametrize("cache_implementation", ["dynamic", "static"])
+@pytest.mark.parametrize("arch", ["llama", "mistral", "gemma3"])
+@pytest.mark.parametrize("graph", ["attention", "keys"])
+def test_sliding_window_and_static_caches_generate_exactly_the_full_forward(arch, cache_implementation, graph, llama):
+    base = llama if arch == "llama" else tiny_sliding(arch)
+    m = patched(base, steps=2, alpha=0.6, graph=graph)
+    ids = gen_ids()
+    out = m.generate(ids, max_new_tokens=6, do_sample=False, output_logits=True, return_dict_in_generate=True,
+                     cache_implementation=cache_implementation)
+    with torch.no_grad():
+        full = m(input_ids=out.sequences).logits[:, ids.shape[1] - 1 : -1]
+    torch.testing.assert_close(torch.stack(out.logits, 1), full, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["mistral", "gemma3"])
+def test_sliding_window_layers_are_causal(arch):
+    # (QGFD reaches further back than the window: each power of P adds a window, P^k V carries it.)
+    m = patched(tiny_sliding(arch), steps=3, alpha=0.7)
+    ids = gen_ids(length=10)
+    changed = ids.clone()
+    changed[:, 6:] = (changed[:, 6:] + 7) % 97 + 3
+    with torch.no_grad():
+        a, b = m(input_ids=ids).logits, m(input_ids=changed).logits
+    assert torch.equal(a[:, :6], b[:, :6]) and not torch.allclose(a[:, 6:], b[:, 6:])
+
+
+def test_static_cache_beam_search_and_reuse(llama):
+    m = patched(llama, steps=2, alpha=0.6)
+    kw = dict(max_new_tokens=5, num_beams=2, do_sample=False)
+    assert torch.equal(m.generate(gen_ids(), cache_implementation="static", **kw), m.generate(gen_ids(), **kw))
+
+
+def test_soft_capping_is_refused_at_patch_time_on_every_route():
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    config = Gemma2Config(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                          num_key_value_heads=2, head_dim=8, vocab_size=100)
+    with pytest.raises(ValueError, match="Gemma2.*soft-capping.*attn_logit_softcapping"):
+        qgfd_hf.patch_model(Gemma2ForCausalLM(config))
+    m = Gemma2ForCausalLM(config)
+    with pytest.raises(ValueError, match="soft-capping"):
+        m.set_attn_implementation("qgfd")
+    assert not qgfd_hf.is_qgfd_patched(m) and m.config._attn_implementation != "qgfd"
+    config.attn_logit_softcapping = None  # the documented way out
+    assert qgfd_hf.is_qgfd_patched(qgfd_hf.patch_model(Gemma2ForCausalLM(config)))
 
 
 def test_t5_padding_equals_unpadded(t5):
@@ -444,6 +531,241 @@ def test_vit_roundtrip_and_resave(vit, tmp_path):
         assert torch.equal(run("vit", again), run("vit", m))
 
 
+def tiny_clip():
+    torch.manual_seed(0)
+    tower = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
+    return CLIPModel(CLIPConfig(text_config=dict(tower, vocab_size=100), projection_dim=16,
+                                vision_config=dict(tower, image_size=16, patch_size=8))).eval()
+
+
+def _layer_settings(model):
+    """{settings of the QGFD layers}: one element when every layer runs the same settings."""
+    return {tuple(sorted(m.settings.to_dict().items())) for m in model.modules() if isinstance(m, qgfd_hf.QGFDAlpha)}
+
+
+def _qgfd_layer_count(model):
+    return sum(isinstance(m, qgfd_hf.QGFDAlpha) for m in model.modules())
+
+
+@pytest.mark.parametrize("kind", ["t5", "clip", "llama"])
+def test_save_load_cycles_keep_exactly_the_settings_with_or_without_a_forward(kind, t5, llama, tmp_path):
+    original = {"t5": t5, "llama": llama}.get(kind) or tiny_clip()
+    settings = qgfd_hf.QGFDSettings(steps=3, alpha=0.2, graph="keys", mix="recurrent", key_temperature=0.5)
+    m = patched(original, **settings.to_dict())
+    n_layers = _qgfd_layer_count(m)
+    for cycle in range(3):
+        m.save_pretrained(tmp_path / str(cycle))
+        saved = json.loads((tmp_path / str(cycle) / "config.json").read_text())
+        assert saved["attn_implementation"] == "qgfd" and saved["qgfd"] == settings.to_dict()
+        m = type(original).from_pretrained(tmp_path / str(cycle)).eval()
+        assert qgfd_hf.is_qgfd_patched(m) and qgfd_hf.get_qgfd_settings(m) == settings
+        assert _qgfd_layer_count(m) == n_layers and _layer_settings(m) == {tuple(sorted(settings.to_dict().items()))}
+        if cycle == 1 and kind != "clip":  # a forward in between changes nothing
+            with torch.no_grad():
+                run(kind, m)
+
+
+def test_switching_a_qgfd_model_to_another_implementation_saves_that_one(t5, tmp_path):
+    m = patched(t5, steps=2)
+    m.set_attn_implementation("eager")
+    assert not qgfd_hf.is_qgfd_patched(m) and _qgfd_layer_count(m) == 0
+    m.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["attn_implementation"] == "eager"
+    loaded = T5ForConditionalGeneration.from_pretrained(tmp_path).eval()
+    assert not qgfd_hf.is_qgfd_patched(loaded) and loaded.config._attn_implementation == "eager"
+    with torch.no_grad():
+        torch.testing.assert_close(run("t5", loaded), run("t5", t5), rtol=0, atol=1e-5)  # eager vs sdpa rounding
+
+
+@pytest.mark.parametrize("kind", ["t5", "clip"])
+def test_settings_on_the_top_config_reach_every_nested_layer(kind, t5, tmp_path):
+    """T5's stacks hold copies of the config, CLIP's towers their own sub-configs: the top config's
+    `qgfd` still decides, on set_attn_implementation, on the config route and on from_pretrained_qgfd."""
+    plain = copy.deepcopy(t5) if kind == "t5" else tiny_clip()
+    want = {tuple(sorted(qgfd_hf.QGFDSettings(steps=4, alpha=0.1).to_dict().items()))}
+    switched = copy.deepcopy(plain)
+    switched.config.qgfd = {"steps": 4, "alpha": 0.1}
+    switched.set_attn_implementation("qgfd")
+    assert _layer_settings(switched) == want and _qgfd_layer_count(switched) == _qgfd_layer_count(patched(plain))
+    plain.save_pretrained(tmp_path)
+    config = type(plain.config).from_pretrained(tmp_path)
+    config.qgfd = {"steps": 4, "alpha": 0.1}
+    by_config = type(plain).from_pretrained(tmp_path, config=config, attn_implementation="qgfd")
+    one_call = qgfd_hf.from_pretrained_qgfd(type(plain), tmp_path, qgfd={"steps": 4, "alpha": 0.1})
+    assert _layer_settings(by_config) == _layer_settings(one_call) == want
+    with pytest.raises(ValueError, match="stepz"):
+        qgfd_hf.from_pretrained_qgfd(type(plain), tmp_path, qgfd={"stepz": 4})
+
+
+def test_from_pretrained_qgfd_loads_a_plain_checkpoint_and_keeps_the_given_config(llama, tmp_path):
+    llama.save_pretrained(tmp_path)
+    config = LlamaConfig.from_pretrained(tmp_path)
+    m = qgfd_hf.from_pretrained_qgfd(LlamaForCausalLM, tmp_path, config=config, qgfd={"steps": 2, "alpha": 0.4}).eval()
+    assert "qgfd" not in config.__dict__ and config._attn_implementation != "qgfd"
+    with torch.no_grad():
+        assert torch.equal(run("llama", m), run("llama", patched(llama, steps=2, alpha=0.4)))
+    learnable = qgfd_hf.from_pretrained_qgfd(LlamaForCausalLM, tmp_path, qgfd={"learnable_alpha": True, "alpha": 0.3})
+    alphas = [m.qgfd_alpha() for m in learnable.modules() if hasattr(m, "qgfd_alpha")]
+    assert len(alphas) == 2 and all(torch.allclose(a, torch.full((4,), 0.3)) for a in alphas)  # started, not garbage
+
+
+def test_patch_model_leaves_the_config_it_was_built_from_alone():
+    config = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, vocab_size=100)
+    before = config.to_dict()
+    m = qgfd_hf.patch_model(LlamaForCausalLM(config), steps=2)
+    assert qgfd_hf.is_qgfd_patched(m) and m.config is not config
+    assert m.model.config is m.config and m.model.layers[0].self_attn.config is m.config  # still shared inside
+    assert config.to_dict() == before and "qgfd" not in config.__dict__
+    assert not qgfd_hf.is_qgfd_patched(LlamaForCausalLM(config))
+
+
+def test_a_refused_switch_changes_nothing(vit):
+    m = copy.deepcopy(vit)
+    m.config.qgfd = {"stepz": 1}
+    with pytest.raises(ValueError, match="stepz"):
+        m.set_attn_implementation("qgfd")
+    assert m.config._attn_implementation == vit.config._attn_implementation and not qgfd_hf.is_qgfd_patched(m)
+
+
+# ----------------------------------------------------------------------------------------
+# Every route prepares the layers before their first call: every generate mode works first time
+# ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def llama_folder(tmp_path_factory, llama):
+    path = tmp_path_factory.mktemp("llama")
+    llama.save_pretrained(path)
+    return path
+
+
+def _loaded_qgfd(path):
+    return LlamaForCausalLM.from_pretrained(path, attn_implementation="qgfd").eval()
+
+
+@pytest.mark.parametrize(
+    "mode",
+    [dict(num_beams=2), dict(num_beams=2, do_sample=True), dict(do_sample=True), "assisted", "assisted_attentions"],
+)
+def test_first_generate_works_in_every_mode_on_a_model_loaded_with_attn_implementation(mode, llama_folder, llama):
+    m = _loaded_qgfd(llama_folder)
+    ids = gen_ids(batch=1)
+    if isinstance(mode, str):
+        kw = dict(assistant_model=_loaded_qgfd(llama_folder), do_sample=False)
+        if mode == "assisted_attentions":
+            kw.update(output_attentions=True, return_dict_in_generate=True)
+    else:
+        kw = dict(mode)
+    torch.manual_seed(0)
+    out = m.generate(ids, max_new_tokens=5, min_new_tokens=5, **kw)
+    seq = out.sequences if hasattr(out, "sequences") else out
+    assert seq.shape == (1, 12)
+    if isinstance(mode, str):  # assisted greedy == greedy of the same QGFD model
+        assert torch.equal(seq, patched(llama).generate(ids, max_new_tokens=5, min_new_tokens=5, do_sample=False))
+    if mode == "assisted_attentions":
+        assert all(w is not None for step in out.attentions for w in step)
+
+
+def test_first_forward_with_a_cropped_or_reordered_cache(llama_folder):
+    from transformers import DynamicCache
+
+    m = _loaded_qgfd(llama_folder)
+    ids = gen_ids(length=9)
+    with torch.no_grad():
+        full = m(ids).logits
+        cache = DynamicCache(config=m.config)
+        m(ids[:, :7], cache=cache)
+        cache.crop(-2)
+        cropped = m(ids[:, 5:], cache=cache).logits
+        cache = DynamicCache(config=m.config)
+        m(ids[:, :6].flip(0), cache=cache)
+        cache.reorder_cache(torch.tensor([1, 0]))
+        reordered = m(ids[:, 6:], cache=cache).logits
+    torch.testing.assert_close(cropped, full[:, 5:], rtol=0, atol=1e-5)
+    torch.testing.assert_close(reordered, full[:, 6:], rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["gpt_neox", "gpt_bigcode"])
+def test_layer_past_decoders_generate_with_the_cache(arch):
+    from transformers import GPTBigCodeConfig, GPTBigCodeForCausalLM, GPTNeoXConfig, GPTNeoXForCausalLM
+
+    torch.manual_seed(0)
+    if arch == "gpt_neox":
+        m = GPTNeoXForCausalLM(GPTNeoXConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                             num_attention_heads=4, vocab_size=100))
+    else:
+        m = GPTBigCodeForCausalLM(GPTBigCodeConfig(n_embd=32, n_layer=2, n_head=4, vocab_size=100))
+    m = qgfd_hf.patch_model(m.eval(), steps=2, alpha=0.6)
+    out = m.generate(gen_ids(), max_new_tokens=5, do_sample=False, output_logits=True, return_dict_in_generate=True)
+    with torch.no_grad():
+        full = m(out.sequences).logits[:, 6:-1]
+    torch.testing.assert_close(torch.stack(out.logits, 1), full, rtol=0, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------
+# Half precision, output_attentions
+# ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("graph", ["attention", "keys"])
+def test_half_precision_left_padded_batch_is_finite_and_close_to_fp32(dtype, graph, llama):
+    m32 = patched(llama, steps=2, alpha=0.5, graph=graph)
+    m16 = copy.deepcopy(m32).to(dtype)
+    ids, mask = _llama_left_padded()
+    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        a = m32(input_ids=ids, attention_mask=mask, position_ids=position_ids).logits
+        b = m16(input_ids=ids, attention_mask=mask, position_ids=position_ids).logits.float()
+    assert torch.isfinite(b).all()
+    assert (b[1, 3:] - a[1, 3:]).norm() / a[1, 3:].norm() < 5e-2
+
+
+def test_key_graph_of_an_all_zero_key_is_finite_in_fp16():
+    q = torch.randn(1, 2, 4, 8, dtype=torch.float16)
+    k = q.clone()
+    k[:, :, 0] = 0  # a padded key
+    out = qgfd_hf.qgfd_attention(q, k, q, steps=2, alpha=0.5, graph="keys")
+    ref = qgfd_hf.qgfd_attention_reference(q.float(), k.float(), q.float(), steps=2, alpha=0.5, graph="keys")
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out.float(), ref, rtol=1e-2, atol=1e-2)
+
+
+@pytest.mark.parametrize("graph", ["attention", "keys"])
+def test_output_attentions_in_cached_steps_equal_the_full_forward_weights(graph, llama):
+    m = patched(llama, steps=2, alpha=0.6, graph=graph)
+    ids, mask = _llama_left_padded()
+    out = m.generate(ids, attention_mask=mask, max_new_tokens=4, do_sample=False, output_attentions=True,
+                     return_dict_in_generate=True)
+    full_mask = torch.cat([mask, torch.ones(2, 4, dtype=mask.dtype)], 1)[:, :-1]
+    with torch.no_grad():
+        full = m(input_ids=out.sequences[:, :-1], attention_mask=full_mask,
+                 position_ids=(full_mask.cumsum(-1) - 1).clamp(min=0), output_attentions=True).attentions
+    L = ids.shape[1]
+    for t, step in enumerate(out.attentions[1:], start=1):  # the cached steps: one query each
+        for layer, w in enumerate(step):
+            assert w.shape == (2, 4, 1, L + t)
+            torch.testing.assert_close(w, full[layer][:, :, L + t - 1 : L + t, : L + t], rtol=0, atol=1e-5)
+    # the prefill's rows of real tokens
+    torch.testing.assert_close(out.attentions[0][0][0], full[0][0, :, :L, :L], rtol=0, atol=1e-5)
+
+
+def test_config_output_attentions_is_accepted_and_honoured(llama_folder, tmp_path):
+    m = _loaded_qgfd(llama_folder)
+    m.config.output_attentions = True  # transformers refuses this for any implementation but eager
+    with torch.no_grad():
+        out = m(input_ids=gen_ids())
+    assert len(out.attentions) == 2 and all(torch.isfinite(w).all() for w in out.attentions)
+    torch.testing.assert_close(out.attentions[0].sum(-1), torch.ones(2, 4, 7))
+    # A config that already carries it (saved that way) returns them too.
+    m.save_pretrained(tmp_path)
+    again = LlamaForCausalLM.from_pretrained(tmp_path).eval()
+    assert again.config.output_attentions and qgfd_hf.is_qgfd_patched(again)
+    with torch.no_grad():
+        assert torch.equal(again(input_ids=gen_ids()).attentions[1], out.attentions[1])
+
+
 # ----------------------------------------------------------------------------------------
 # Learnable alpha, warm-up, training
 # ----------------------------------------------------------------------------------------
@@ -462,9 +784,11 @@ def test_learnable_alpha_adds_one_parameter_per_layer_and_reloads(vit, tmp_path)
     loaded = qgfd_hf.from_pretrained_qgfd(ViTModel, tmp_path).eval()
     with torch.no_grad():
         assert torch.equal(run("vit", loaded), run("vit", m))
+    # Plain from_pretrained builds the alphas with the model, so it loads the learned values too.
     plain_load = ViTModel.from_pretrained(tmp_path).eval()
-    with pytest.raises(ValueError, match="learnable alpha"):
-        run("vit", plain_load)
+    with torch.no_grad():
+        assert torch.equal(plain_load.get_parameter(new[0]), m.get_parameter(new[0]))
+        assert torch.equal(run("vit", plain_load), run("vit", m))
 
 
 def test_warmup_follows_set_qgfd_step(llama):
