@@ -902,3 +902,26 @@ def test_patching_twice_same_settings_is_a_no_op_other_settings_raise(vit):
 def test_docstring_examples_run():
     result = doctest.testmod(patching_qgfd, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_compiled_static_cache_generation_equals_eager():
+    """Issue 11: static caches make compiled `generate()` work at alpha > 0. Dynamo traces the
+    patched forward (backend="eager": the graph capture without inductor's code generation, so
+    the test stays fast on CPU; inductor gave the same tokens in a manual run)."""
+    import torch._dynamo
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, max_position_embeddings=64)
+    model = LlamaForCausalLM(cfg).eval()
+    qgfd_hf.patch_model(model, steps=1, alpha=0.5)
+    ids = torch.randint(3, 64, (2, 6))
+    eager = model.generate(ids, max_new_tokens=3, do_sample=False, cache_implementation="static")
+    torch._dynamo.reset()
+    model.forward = torch.compile(model.forward, backend="eager")
+    try:
+        compiled = model.generate(ids, max_new_tokens=3, do_sample=False, cache_implementation="static")
+    finally:
+        torch._dynamo.reset()
+    assert torch.equal(compiled, eager)
