@@ -10,7 +10,7 @@ one per modality and maps every modality into one latent width with a fixed proj
 |----------|------------------------------------------------|---------------------------------|--------------|
 | text     | T5 token embeddings x latent_scale (frozen)    | nearest embedding (exact)       | T5 encoder states of a source text -> d_model |
 | image    | ViT patch states (frozen) or pixel patches     | learned (ViT) / unpatchify      | none |
-| audio    | Wav2Vec2 frame states (frozen)                 | learned, transposed conv        | none |
+| audio    | waveform frames, or Wav2Vec2 frame states (frozen) | join frames (exact) / learned, transposed conv | none |
 | video    | per-frame image latents, frames one after another | the image decoder per frame  | none |
 | tabular  | frozen random MLP of standardised features     | learned MLP                     | none |
 
@@ -621,27 +621,57 @@ class VideoAdapter(ImageAdapter):
 # ----------------------------------------------------------------------------------------
 
 
-class AudioAdapter(_ModalityAdapter):
-    """Waveforms <-> Wav2Vec2 frame latents, with a learned decoder to waveform.
-
-    - latents: the Wav2Vec2 encoder's last hidden states x latent_scale [B, L, Dl], frozen;
-    - decoder: `LatentDecoder` to hidden states, then a transposed convolution with the
-      encoder's hop (total conv stride) and receptive field, cropped or zero-padded to
-      `num_samples`; trained by the reconstruction loss.
-
-    Inputs are `input_values` [B, num_samples] as the feature extractor returns them; decoded
-    waveforms are [B, num_samples] in the same units.
+def multi_resolution_stft_loss(pred: torch.Tensor, target: torch.Tensor, fft_sizes=(64, 256, 1024)) -> torch.Tensor:
+    """Multi-resolution STFT loss [Yamamoto et al. 2020, Parallel WaveGAN, Eqs. 4-6] of
+    waveforms [B, S]: per resolution, spectral convergence `||M_t - M_p||_F / ||M_t||_F` plus
+    the L1 distance of the log magnitudes, averaged over the resolutions (Hann window, hop n/4;
+    resolutions longer than the clip are skipped).
 
     Example:
-        >>> from transformers import Wav2Vec2Config
-        >>> w = Wav2Vec2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64,
-        ...                    conv_dim=(16, 16), conv_stride=(5, 4), conv_kernel=(10, 4),
-        ...                    num_conv_pos_embeddings=8, num_conv_pos_embedding_groups=4)
-        >>> adapter = AudioAdapter(QGFDAudioConfig(backbone_config=w, num_samples=400, d_model=32, num_heads=4,
+        >>> x = torch.randn(2, 400)
+        >>> float(multi_resolution_stft_loss(x, x))
+        0.0
+    """
+    losses = []
+    for n_fft in fft_sizes:
+        if n_fft > pred.shape[-1]:
+            continue
+        window = torch.hann_window(n_fft, device=pred.device, dtype=torch.float32)
+        stft = lambda x: torch.stft(x.float(), n_fft, hop_length=n_fft // 4, window=window, return_complex=True).abs()
+        mag_p, mag_t = stft(pred), stft(target)  # (B, n_fft / 2 + 1, frames)
+        sc = torch.linalg.norm(mag_t - mag_p) / torch.linalg.norm(mag_t).clamp_min(1e-7)
+        log_l1 = F.l1_loss(torch.log(mag_p.clamp_min(1e-5)), torch.log(mag_t.clamp_min(1e-5)))
+        losses.append(sc + log_l1)
+    if not losses:
+        raise ValueError(f"Clips of {pred.shape[-1]} samples are shorter than every STFT size {tuple(fft_sizes)}.")
+    return torch.stack(losses).mean()
+
+
+class AudioAdapter(_ModalityAdapter):
+    """Waveforms <-> frame latents.
+
+    - `latent_space="waveform"`: x0 = non-overlapping frames of `frame_size` samples divided by
+      `audio_scale`, `[B, N / frame_size, frame_size]`; decoding multiplies back and joins the
+      frames: exact, nothing to learn (the audio analogue of pixel patches). `audio_scale` (the
+      training clips' RMS) must be fitted first (`fit_audio_scale`): a model that was never
+      fitted refuses to encode or decode.
+    - `latent_space="wav2vec2"`: x0 = the Wav2Vec2 encoder's last hidden states x latent_scale
+      [B, L, Dl], frozen; a `LatentDecoder` to hidden states, then a transposed convolution with
+      the encoder's hop (total conv stride) and receptive field, cropped or zero-padded to
+      `num_samples`, trained by MSE + `spectral_loss_weight` x `multi_resolution_stft_loss`.
+
+    Inputs are `input_values` [B, num_samples], waveforms divided by `audio_scale` before
+    either encoder (Wav2Vec2 without a fitted scale: as the feature extractor returns them);
+    decoded waveforms are [B, num_samples] in the units of `input_values`.
+
+    Example:
+        >>> adapter = AudioAdapter(QGFDAudioConfig(num_samples=400, frame_size=40, d_model=32, num_heads=4,
         ...                                        num_layers=2, d_ff=64))
-        >>> x0 = adapter.data_to_latents({"input_values": torch.randn(2, 400)})
-        >>> x0.shape, adapter.decode_latents(x0).shape
-        (torch.Size([2, 19, 32]), torch.Size([2, 400]))
+        >>> waves = torch.randn(2, 400) * 0.1
+        >>> _ = adapter.fit_audio_scale(waves)
+        >>> x0 = adapter.data_to_latents({"input_values": waves})
+        >>> x0.shape, torch.allclose(adapter.decode_latents(x0), waves, atol=1e-6)
+        (torch.Size([2, 10, 40]), True)
     """
 
     modality = "audio"
@@ -649,13 +679,42 @@ class AudioAdapter(_ModalityAdapter):
     def __init__(self, config, shared_cfg=None):
         config, pretrained = _resolve_adapter_config("audio", config, shared_cfg)
         super().__init__(config, shared_cfg)
-        self._set_encoder(build_encoder("audio", config.backbone_config))
         self.hop, self.receptive_field = config.hop_and_receptive_field()
-        width = config.decoder_width
-        self.decoder = LatentDecoder(config.latent_dim, width, config.num_heads, config.decoder_layers, None, config.dropout)
-        self.to_waveform = nn.ConvTranspose1d(width, 1, kernel_size=self.receptive_field, stride=self.hop)
+        if config.latent_space == "wav2vec2":
+            self._set_encoder(build_encoder("audio", config.backbone_config))
+            width = config.decoder_width
+            self.decoder = LatentDecoder(config.latent_dim, width, config.num_heads, config.decoder_layers, None, config.dropout)
+            self.to_waveform = nn.ConvTranspose1d(width, 1, kernel_size=self.receptive_field, stride=self.hop)
         if pretrained is not None:
             self.load_pretrained_encoder(pretrained)
+
+    @property
+    def waveform_latents(self) -> bool:
+        return self.modality_config.latent_space == "waveform"
+
+    def _audio_scale(self, what: str) -> float:
+        """The waveforms' scale: fitted (`fit_audio_scale`); for Wav2Vec2 latents None reads
+        `input_values` as given (the feature extractor's per-clip normalisation, the seed's way),
+        for waveform latents it refuses (the latents' scale would be arbitrary)."""
+        scale = self.modality_config.audio_scale
+        if scale is not None:
+            return float(scale)
+        if not self.waveform_latents:
+            return 1.0
+        raise ValueError(
+            f"This audio model's `audio_scale` was never fitted, so it cannot {what}: call "
+            "`model.fit_audio_scale(waveforms)` on training clips first (`qgfd-hf train` does it from the data)."
+        )
+
+    @torch.no_grad()
+    def fit_audio_scale(self, input_values: torch.Tensor) -> float:
+        """Set `config.audio_scale` to the RMS of waveforms [N, num_samples]; returns it."""
+        self.check_audio(input_values)
+        rms = float(input_values.double().pow(2).mean().sqrt())
+        if not rms > 1e-8:
+            raise ValueError(f"The waveforms are silent (RMS {rms:.3g}); cannot fit an audio scale.")
+        self.modality_config.audio_scale = rms
+        return rms
 
     def check_audio(self, input_values) -> None:
         S = self.modality_config.num_samples
@@ -666,8 +725,12 @@ class AudioAdapter(_ModalityAdapter):
     def audio_to_latents(self, input_values: torch.Tensor) -> torch.Tensor:
         """x0 [B, L, Dl] of waveforms [B, num_samples]."""
         self.check_audio(input_values)
-        with self._encoder_context():
-            h = self.encoder(input_values).last_hidden_state  # (B, L, D_w2v)
+        x = input_values / self._audio_scale("encode (train on) waveforms")
+        if self.waveform_latents:
+            h = x.reshape(x.shape[0], -1, self.hop)  # (B, N / frame, frame)
+        else:
+            with self._encoder_context():
+                h = self.encoder(x).last_hidden_state  # (B, L, D_w2v)
         return self.to_shared(h * self.modality_config.latent_scale)
 
     def data_to_latents(self, batch) -> torch.Tensor:
@@ -676,14 +739,31 @@ class AudioAdapter(_ModalityAdapter):
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """Waveforms [B, num_samples]."""
-        h = self.decoder(self.from_shared(latents))  # (B, L, width)
+        scale = self._audio_scale("decode (sample) waveforms")
+        return self.decode_scaled(latents) * scale
+
+    def decode_scaled(self, latents: torch.Tensor) -> torch.Tensor:
+        """Waveforms [B, num_samples] divided by `audio_scale` (the units the latents see)."""
+        h = self.from_shared(latents)  # (B, L, Dm)
+        if self.waveform_latents:
+            return h.reshape(h.shape[0], -1) / self.modality_config.latent_scale  # (B, L * frame)
+        h = self.decoder(h)  # (B, L, width)
         wave = self.to_waveform(h.transpose(1, 2)).squeeze(1)  # (B, (L - 1) * hop + field)
         S = self.modality_config.num_samples
         return wave[:, :S] if wave.shape[1] >= S else F.pad(wave, (0, S - wave.shape[1]))
 
-    def recon_loss(self, batch, x0: torch.Tensor) -> torch.Tensor:
-        target = _get(batch, "input_values", "audio")
-        return F.mse_loss(self.decode_latents(x0).float(), target.float())
+    def recon_loss(self, batch, x0: torch.Tensor) -> Optional[torch.Tensor]:
+        """Wav2Vec2 latents: the decoder's MSE + spectral_loss_weight x the multi-resolution STFT
+        loss (None for waveform latents: their decoding is exact)."""
+        if self.waveform_latents:
+            return None
+        target = _get(batch, "input_values", "audio").float() / self._audio_scale("train")
+        pred = self.decode_scaled(x0).float()
+        loss = F.mse_loss(pred, target)
+        weight = self.modality_config.spectral_loss_weight
+        if weight > 0:
+            loss = loss + weight * multi_resolution_stft_loss(pred, target)
+        return loss
 
 
 # ----------------------------------------------------------------------------------------
@@ -784,4 +864,5 @@ __all__ = [
     "VideoAdapter",
     "build_encoder",
     "load_pretrained_encoder",
+    "multi_resolution_stft_loss",
 ]
