@@ -48,7 +48,7 @@ PRETRAINED_STACKS = {
     "shared": ("t5", "mt5"),
 }
 IMAGE_LATENT_SPACES = ("vit", "pixels")
-AUDIO_LATENT_SPACES = ("waveform", "wav2vec2")
+AUDIO_LATENT_SPACES = ("waveform", "mdct", "wav2vec2")
 
 # The QGFD attention settings of the denoiser: config name -> `QGFDSettings` field.
 QGFD_FIELDS = {
@@ -705,20 +705,26 @@ class QGFDAudioConfig(QGFDConfig):
         num_samples (`int`, defaults to 16000): N, samples per clip (fixed; sampling makes clips
             of this length).
         sampling_rate (`int`, defaults to 16000): the waveform's sampling rate.
-        latent_space (`str`, *optional*): `"waveform"` or `"wav2vec2"`; default `"wav2vec2"` when
-            a `backbone_config` is given, else `"waveform"`.
+        latent_space (`str`, *optional*): `"waveform"`, `"mdct"` or `"wav2vec2"`; default
+            `"wav2vec2"` when a `backbone_config` is given, else `"waveform"`.
 
             - `"waveform"`: non-overlapping frames of `frame_size` samples are the tokens,
               `[B, N / frame_size, frame_size]`, divided by `audio_scale`; decoding is the exact
               inverse (as pixel patches are for images). No encoder, nothing to learn.
+            - `"mdct"`: the modified discrete cosine transform of the waveform (sine window,
+              hop `frame_size`, 50% overlap: critically sampled and exactly invertible by
+              overlap-add), one token per frame, `[B, N / frame_size + 1, frame_size]`, each
+              frequency bin divided by its spread in the training clips (fitted with
+              `audio_scale`, saved as the adapter's `bin_scale` buffer). A sound's band is then a
+              few coordinates, and the denoiser's errors are shaped like the data's spectrum.
             - `"wav2vec2"`: the frozen Wav2Vec2's last hidden states x `latent_scale`, decoded to
               the waveform by a learned decoder (`LatentDecoder` + transposed convolution),
               trained by MSE plus `spectral_loss_weight` x a multi-resolution STFT loss. On the
               audio demo's sounds a random (offline) Wav2Vec2 decodes poorly; see
               docs/modality_audio.md.
-        frame_size (`int`, *optional*, defaults to 80): `"waveform"`: samples per token; must divide
-            `num_samples`.
-        audio_scale (`float`, *optional*): `"waveform"`: the training waveforms' RMS, fitted from
+        frame_size (`int`, *optional*, defaults to 80): `"waveform"` / `"mdct"`: samples per token
+            (the hop); must divide `num_samples`.
+        audio_scale (`float`, *optional*): the training waveforms' RMS, fitted from
             the data (`AudioQGFDDiffusionModel.fit_audio_scale`) and saved with the model; latents
             are waveform / audio_scale, so about unit spread. None means never fitted: the model
             refuses to encode (train) and decode (sample) until it is fitted.
@@ -770,25 +776,25 @@ class QGFDAudioConfig(QGFDConfig):
         _check_float("spectral_loss_weight", self.spectral_loss_weight, 0.0, None)
         if self.audio_scale is not None:
             _check_float("audio_scale", self.audio_scale, 0.0, None, low_open=True)
-        if self.latent_space == "waveform":
+        if self.latent_space in ("waveform", "mdct"):
             if self.backbone_config is not None and self.denoiser != "pretrained":
                 raise ValueError(
-                    'latent_space="waveform" uses no encoder; pass backbone_config=None (a Wav2Vec2 backbone_config is '
+                    f'latent_space="{self.latent_space}" uses no encoder; pass backbone_config=None (a Wav2Vec2 backbone_config is '
                     'taken only with denoiser="pretrained", as the denoiser), or latent_space="wav2vec2".'
                 )
             if self.backbone_qgfd is not None:
-                raise ValueError('latent_space="waveform" has no encoder for `backbone_qgfd` to patch; pass backbone_qgfd=None.')
+                raise ValueError(f'latent_space="{self.latent_space}" has no encoder for `backbone_qgfd` to patch; pass backbone_qgfd=None.')
             self.frame_size = 80 if self.frame_size is None else self.frame_size
             _check_int("frame_size", self.frame_size)
             if self.num_samples % self.frame_size:
                 raise ValueError(
                     f"`frame_size`={self.frame_size} must divide `num_samples`={self.num_samples} "
-                    f"(waveform latents are non-overlapping frames)."
+                    f"(the latents are whole frames)."
                 )
-            self._resolve_latent_dim(self.frame_size, "frame_size (samples per waveform token)")
+            self._resolve_latent_dim(self.frame_size, "frame_size (samples per token)")
             return
         if self.frame_size is not None:
-            raise ValueError('`frame_size` is for latent_space="waveform"; with "wav2vec2" the encoder sets the frames. Pass None.')
+            raise ValueError('`frame_size` is for latent_space="waveform" or "mdct"; with "wav2vec2" the encoder sets the frames. Pass None.')
         self._require_backbone(["conv_kernel", "conv_stride", "hidden_size"], "Wav2Vec2")
         hop, field = self.hop_and_receptive_field()
         if self.num_samples < field:
@@ -798,11 +804,15 @@ class QGFDAudioConfig(QGFDConfig):
     def hop_and_receptive_field(self):
         if self.latent_space == "waveform":
             return self.frame_size, self.frame_size
+        if self.latent_space == "mdct":
+            return self.frame_size, 2 * self.frame_size
         return _conv_hop_and_receptive_field(self.backbone_config.conv_kernel, self.backbone_config.conv_stride)
 
     def num_latent_tokens(self) -> int:
         if self.latent_space == "waveform":
             return self.num_samples // self.frame_size
+        if self.latent_space == "mdct":
+            return self.num_samples // self.frame_size + 1  # frames over the clip padded by one hop each side
         length = self.num_samples
         for k, s in zip(self.backbone_config.conv_kernel, self.backbone_config.conv_stride):
             length = (length - k) // s + 1  # Wav2Vec2's conv output length (no padding)

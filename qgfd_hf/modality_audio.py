@@ -143,8 +143,28 @@ def make_sound_dataset(num_per_class: int = 200, sampling_rate: int = 8000, num_
     rng = np.random.default_rng(seed)
     labels = np.tile(np.arange(len(SOUND_CLASSES)), num_per_class)
     clips = np.stack([synth_sound(int(y), rng, sampling_rate, num_samples) for y in labels])
-    features = Features({"input_values": Sequence(Value("float32")), "label": ClassLabel(names=list(SOUND_CLASSES))})
-    return Dataset.from_dict({"input_values": clips, "label": labels}, features=features)
+    return clips_dataset(clips, label=(labels, list(SOUND_CLASSES)))
+
+
+def clips_dataset(clips: np.ndarray, label=None, **columns):
+    """A `Dataset` with `input_values` (float32 `[S]` each, stored as Arrow fixed-size lists
+    straight from the array: `Dataset.from_dict` would convert clip by clip), optionally a
+    `ClassLabel` column `label` given as (ids, names), and plain `columns`."""
+    import pyarrow as pa
+    from datasets import ClassLabel, Dataset, DatasetInfo, Features, Sequence, Value
+
+    clips = np.ascontiguousarray(clips, dtype=np.float32)
+    arrays = {"input_values": pa.FixedSizeListArray.from_arrays(pa.array(clips.reshape(-1)), clips.shape[1])}
+    features = {"input_values": Sequence(Value("float32"), length=clips.shape[1])}
+    for name, values in columns.items():
+        arrays[name] = pa.array(list(values))
+        features[name] = Value("string")
+    if label is not None:
+        ids, names = label
+        arrays["label"] = pa.array(np.asarray(ids, dtype=np.int64))
+        features["label"] = ClassLabel(names=list(names))
+    features = Features(features)
+    return Dataset(pa.table(arrays, schema=features.arrow_schema), info=DatasetInfo(features=features))
 
 
 # ----------------------------------------------------------------------------------------
@@ -204,19 +224,15 @@ def _list_audio_files(data_dir: str) -> List[str]:
 def _clips_dataset(paths: Sequence[str], labels: Optional[Sequence[str]], sampling_rate: int, num_samples: int, where: str):
     """Decode every file (errors name the file), resample, cut/pad: a `Dataset` with `input_values`,
     `path` and (when labelled) a `ClassLabel` column `label` (names sorted)."""
-    from datasets import ClassLabel, Dataset, Features, Sequence as Seq, Value
-
     clips = []
     for path in paths:
         data, rate = read_audio(path)
         clips.append(fit_clip(data, rate, sampling_rate, num_samples, path=f"Audio file {path!r}"))
-    columns = {"input_values": np.stack(clips), "path": list(paths)}
-    features = {"input_values": Seq(Value("float32")), "path": Value("string")}
+    label = None
     if labels is not None:
         names = sorted(set(labels))
-        columns["label"] = [names.index(x) for x in labels]
-        features["label"] = ClassLabel(names=names)
-    ds = Dataset.from_dict(columns, features=Features(features))
+        label = ([names.index(x) for x in labels], names)
+    ds = clips_dataset(np.stack(clips), label=label, path=list(paths))
     logger.info(f"{where}: {len(ds)} clips decoded at {sampling_rate} Hz, {num_samples} samples each.")
     return ds
 
@@ -607,9 +623,11 @@ class AudioTask(ModalityTask):
     def add_arguments(self, group) -> None:
         group.add_argument("--sampling-rate", type=int, default=None, help="audio: the model's rate in Hz (files are resampled; default 8000)")
         group.add_argument("--clip-seconds", type=float, default=None, help="audio: clip length (files are cut or zero-padded; default 0.5)")
-        group.add_argument("--audio-latent", default=None, choices=("waveform", "wav2vec2"),
-                           help="audio: waveform frames (exact decoding, default) or Wav2Vec2 states (learned decoder)")
+        group.add_argument("--audio-latent", default=None, choices=("waveform", "mdct", "wav2vec2"),
+                           help="audio: waveform frames or their MDCT (both decode exactly), or Wav2Vec2 states (learned decoder)")
         group.add_argument("--frame-size", type=int, default=None, help="audio: samples per waveform token (default 80); must divide the clip")
+        group.add_argument("--spectral-loss-weight", type=float, default=None,
+                           help="audio, --audio-latent wav2vec2: weight of the decoder's multi-resolution STFT loss (default 1; 0 = MSE only)")
         group.add_argument("--clips-per-class", type=int, default=None, help="audio: generated training clips per sound class (default 200)")
         group.add_argument("--audio-path-column", default=None, help=f"audio csv: the column of file paths (default: {' / '.join(PATH_COLUMNS)})")
         group.add_argument("--audio-label-column", default=None, help="audio csv: the column of labels (default 'label', if present)")
@@ -621,6 +639,10 @@ class AudioTask(ModalityTask):
                 s[flag] = getattr(args, flag)
         if getattr(args, "audio_latent", None) is not None:
             s["latent_space"] = args.audio_latent
+        if getattr(args, "spectral_loss_weight", None) is not None:
+            if s["latent_space"] != "wav2vec2":
+                raise ValueError("--spectral-loss-weight trains the Wav2Vec2 latents' decoder: it needs --audio-latent wav2vec2.")
+            s["spectral_loss_weight"] = args.spectral_loss_weight
         if getattr(args, "clips_per_class", None) is not None:
             if args.clips_per_class < 1:
                 raise ValueError(f"--clips-per-class must be >= 1, got {args.clips_per_class}.")
@@ -634,7 +656,7 @@ class AudioTask(ModalityTask):
         if not seconds > 0 or not math.isfinite(seconds):
             raise ValueError(f"--clip-seconds must be > 0, got {seconds!r}.")
         n = int(round(seconds * rate))
-        if s["latent_space"] == "waveform":
+        if s["latent_space"] in ("waveform", "mdct"):
             frame = s["frame_size"]
             if frame < 1 or n % frame:
                 raise ValueError(
@@ -685,13 +707,13 @@ class AudioTask(ModalityTask):
         rate, num_samples = data.info["sampling_rate"], data.info["num_samples"]
         kwargs = dict(diffusion_values(args, s), num_samples=num_samples, sampling_rate=rate, latent_space=s["latent_space"])
         backbone = args.backbone
-        if s["latent_space"] == "waveform":
+        if s["latent_space"] in ("waveform", "mdct"):
             if backbone is not None and args.denoiser != "pretrained":
                 raise ValueError("--backbone (a Wav2Vec2) makes the latents only with --audio-latent wav2vec2 (or is the denoiser with --denoiser pretrained).")
             kwargs["frame_size"] = s["frame_size"]
         else:
             if args.frame_size is not None:
-                raise ValueError("--frame-size is for --audio-latent waveform; Wav2Vec2's convolutions set its frames.")
+                raise ValueError("--frame-size is for --audio-latent waveform or mdct; Wav2Vec2's convolutions set its frames.")
             backbone = backbone if backbone is not None else _random_wav2vec2_config(s)
             kwargs["spectral_loss_weight"] = s["spectral_loss_weight"]
         if args.denoiser is not None:

@@ -589,6 +589,9 @@ class QGFDPreTrainedModel(PreTrainedModel):
             # Tabular normalisation statistics: identity until fitted to data.
             init.zeros_(module.feature_mean)
             init.ones_(module.feature_std)
+        elif rule == "bin_scale":
+            # Audio MDCT latents' per-bin scale: 1 until fitted to data (`fit_audio_scale`).
+            init.ones_(module.bin_scale)
 
     # -- the contract ---------------------------------------------------------------------
 

@@ -647,6 +647,17 @@ def multi_resolution_stft_loss(pred: torch.Tensor, target: torch.Tensor, fft_siz
     return torch.stack(losses).mean()
 
 
+def mdct_basis(frame_size: int) -> torch.Tensor:
+    """The MDCT's basis `[M, 2M]` with the sine window folded in (Princen-Bradley), scaled so
+    that overlap-adding `coefficients @ basis` frames inverts it exactly (TDAC):
+    `C[k, n] = sqrt(2 / M) w[n] cos(pi / M (n + 1/2 + M/2)(k + 1/2))`, `w[n] = sin(pi (n + 1/2) / 2M)`."""
+    M = frame_size
+    n = torch.arange(2 * M, dtype=torch.float64)
+    k = torch.arange(M, dtype=torch.float64)
+    window = torch.sin(math.pi * (n + 0.5) / (2 * M))
+    return math.sqrt(2 / M) * window[None] * torch.cos(math.pi / M * (n[None] + 0.5 + M / 2) * (k[:, None] + 0.5))
+
+
 class AudioAdapter(_ModalityAdapter):
     """Waveforms <-> frame latents.
 
@@ -655,6 +666,10 @@ class AudioAdapter(_ModalityAdapter):
       frames: exact, nothing to learn (the audio analogue of pixel patches). `audio_scale` (the
       training clips' RMS) must be fitted first (`fit_audio_scale`): a model that was never
       fitted refuses to encode or decode.
+    - `latent_space="mdct"`: x0 = MDCT coefficients of waveform / audio_scale (hop `frame_size`,
+      one token per frame, `[B, N / frame_size + 1, frame_size]`), each bin divided by
+      `bin_scale` (its std in the training clips, fitted by `fit_audio_scale`); decoding
+      (inverse MDCT, overlap-add) is exact.
     - `latent_space="wav2vec2"`: x0 = the Wav2Vec2 encoder's last hidden states x latent_scale
       [B, L, Dl], frozen; a `LatentDecoder` to hidden states, then a transposed convolution with
       the encoder's hop (total conv stride) and receptive field, cropped or zero-padded to
@@ -680,6 +695,10 @@ class AudioAdapter(_ModalityAdapter):
         config, pretrained = _resolve_adapter_config("audio", config, shared_cfg)
         super().__init__(config, shared_cfg)
         self.hop, self.receptive_field = config.hop_and_receptive_field()
+        if config.latent_space == "mdct":
+            self.register_buffer("mdct_basis", mdct_basis(config.frame_size).float(), persistent=False)  # (M, 2M)
+            self.register_buffer("bin_scale", torch.ones(config.frame_size))  # fitted, saved with the weights
+            self._qgfd_init = "bin_scale"  # see QGFDPreTrainedModel._init_weights: 1 until fitted
         if config.latent_space == "wav2vec2":
             self._set_encoder(build_encoder("audio", config.backbone_config))
             width = config.decoder_width
@@ -690,7 +709,21 @@ class AudioAdapter(_ModalityAdapter):
 
     @property
     def waveform_latents(self) -> bool:
-        return self.modality_config.latent_space == "waveform"
+        """Whether the latents are an exact transform of the waveform ("waveform", "mdct")."""
+        return self.modality_config.latent_space in ("waveform", "mdct")
+
+    def mdct(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, S] -> MDCT coefficients [B, S / M + 1, M] (the clip padded by M zeros each side)."""
+        M = self.hop
+        frames = F.pad(x, (M, M)).unfold(1, 2 * M, M)  # (B, S/M + 1, 2M)
+        return frames @ self.mdct_basis.to(x.dtype).t()  # (B, J, M)
+
+    def imdct(self, coefficients: torch.Tensor) -> torch.Tensor:
+        """MDCT coefficients [B, J, M] -> [B, (J - 1) M] by overlap-add (inverse of `mdct`)."""
+        M, (B, J, _) = self.hop, coefficients.shape
+        frames = coefficients @ self.mdct_basis.to(coefficients.dtype)  # (B, J, 2M)
+        wave = F.fold(frames.transpose(1, 2), output_size=(1, (J + 1) * M), kernel_size=(1, 2 * M), stride=(1, M))  # (B, 1, 1, (J+1) M)
+        return wave.reshape(B, -1)[:, M : J * M]  # drop the padding: (B, (J - 1) M)
 
     def _audio_scale(self, what: str) -> float:
         """The waveforms' scale: fitted (`fit_audio_scale`); for Wav2Vec2 latents None reads
@@ -713,6 +746,11 @@ class AudioAdapter(_ModalityAdapter):
         rms = float(input_values.double().pow(2).mean().sqrt())
         if not rms > 1e-8:
             raise ValueError(f"The waveforms are silent (RMS {rms:.3g}); cannot fit an audio scale.")
+        if self.modality_config.latent_space == "mdct":
+            coef = self.mdct(input_values.double() / rms)  # (N, J, M)
+            std = coef.reshape(-1, coef.shape[-1]).std(0)
+            # bins the clips never use would divide by ~0: floor them at 1e-3 of the loudest bin
+            self.bin_scale.copy_(std.clamp_min(1e-3 * float(std.max())).to(self.bin_scale.dtype))
         self.modality_config.audio_scale = rms
         return rms
 
@@ -726,8 +764,10 @@ class AudioAdapter(_ModalityAdapter):
         """x0 [B, L, Dl] of waveforms [B, num_samples]."""
         self.check_audio(input_values)
         x = input_values / self._audio_scale("encode (train on) waveforms")
-        if self.waveform_latents:
+        if self.modality_config.latent_space == "waveform":
             h = x.reshape(x.shape[0], -1, self.hop)  # (B, N / frame, frame)
+        elif self.modality_config.latent_space == "mdct":
+            h = self.mdct(x) / self.bin_scale.to(x.dtype)  # (B, N / frame + 1, frame)
         else:
             with self._encoder_context():
                 h = self.encoder(x).last_hidden_state  # (B, L, D_w2v)
@@ -745,12 +785,16 @@ class AudioAdapter(_ModalityAdapter):
     def decode_scaled(self, latents: torch.Tensor) -> torch.Tensor:
         """Waveforms [B, num_samples] divided by `audio_scale` (the units the latents see)."""
         h = self.from_shared(latents)  # (B, L, Dm)
-        if self.waveform_latents:
-            return h.reshape(h.shape[0], -1) / self.modality_config.latent_scale  # (B, L * frame)
-        h = self.decoder(h)  # (B, L, width)
-        wave = self.to_waveform(h.transpose(1, 2)).squeeze(1)  # (B, (L - 1) * hop + field)
-        S = self.modality_config.num_samples
-        return wave[:, :S] if wave.shape[1] >= S else F.pad(wave, (0, S - wave.shape[1]))
+        space = self.modality_config.latent_space
+        if space == "wav2vec2":
+            h = self.decoder(h)  # (B, L, width)
+            wave = self.to_waveform(h.transpose(1, 2)).squeeze(1)  # (B, (L - 1) * hop + field)
+            S = self.modality_config.num_samples
+            return wave[:, :S] if wave.shape[1] >= S else F.pad(wave, (0, S - wave.shape[1]))
+        h = h / self.modality_config.latent_scale
+        if space == "waveform":
+            return h.reshape(h.shape[0], -1)  # (B, L * frame)
+        return self.imdct(h * self.bin_scale.to(h.dtype))  # mdct: (B, (L - 1) * frame)
 
     def recon_loss(self, batch, x0: torch.Tensor) -> Optional[torch.Tensor]:
         """Wav2Vec2 latents: the decoder's MSE + spectral_loss_weight x the multi-resolution STFT
@@ -864,5 +908,6 @@ __all__ = [
     "VideoAdapter",
     "build_encoder",
     "load_pretrained_encoder",
+    "mdct_basis",
     "multi_resolution_stft_loss",
 ]

@@ -161,6 +161,26 @@ def test_waveform_latents_decode_exactly_and_refuse_until_fitted():
         QGFDAudioConfig(num_samples=810, frame_size=80)
 
 
+def test_mdct_latents_are_exact_and_whitened_per_bin(tmp_path):
+    model = AudioQGFDDiffusionModel(QGFDAudioConfig(num_samples=CLIP, sampling_rate=RATE, frame_size=80, latent_space="mdct",
+                                                    d_model=32, num_heads=4, num_layers=1, d_ff=64))
+    waves = torch.from_numpy(np.stack([_tone(440), _tone(900), _tone(2000)]))
+    with pytest.raises(ValueError, match="never fitted"):
+        model.audio_to_latents(waves)
+    model.fit_audio_scale(waves)
+    x0 = model.audio_to_latents(waves)
+    assert x0.shape == (3, 11, 80) and model.config.num_latent_tokens() == 11
+    torch.testing.assert_close(model.decode_latents(x0), waves, atol=1e-5, rtol=0)
+    # each bin is divided by its spread: the tones' bins and the silent ones alike come out at unit std
+    per_bin = x0.reshape(-1, 80).std(0)
+    used = model.adapter.bin_scale > 1e-3 * model.adapter.bin_scale.max() * 1.01
+    assert used.sum() >= 3 and torch.allclose(per_bin[used], torch.ones_like(per_bin[used]), atol=1e-3)
+    model.save_pretrained(tmp_path / "m")
+    again = AutoModel.from_pretrained(tmp_path / "m")
+    torch.testing.assert_close(again.adapter.bin_scale, model.adapter.bin_scale)
+    torch.testing.assert_close(again.decode_latents(x0), waves, atol=1e-5, rtol=0)
+
+
 def test_wav2vec2_decoder_is_trained_with_a_spectral_loss():
     from transformers import Wav2Vec2Config
 
