@@ -714,7 +714,7 @@ class QGFDAudioConfig(QGFDConfig):
             - `"mdct"`: the modified discrete cosine transform of the waveform (sine window,
               hop `frame_size`, 50% overlap: critically sampled and exactly invertible by
               overlap-add), one token per frame, `[B, N / frame_size + 1, frame_size]`, each
-              frequency bin divided by its spread in the training clips (fitted with
+              frequency bin divided by the square root of its spread in the training clips (fitted with
               `audio_scale`, saved as the adapter's `bin_scale` buffer). A sound's band is then a
               few coordinates, and the denoiser's errors are shaped like the data's spectrum.
             - `"wav2vec2"`: the frozen Wav2Vec2's last hidden states x `latent_scale`, decoded to

@@ -668,7 +668,8 @@ class AudioAdapter(_ModalityAdapter):
       fitted refuses to encode or decode.
     - `latent_space="mdct"`: x0 = MDCT coefficients of waveform / audio_scale (hop `frame_size`,
       one token per frame, `[B, N / frame_size + 1, frame_size]`), each bin divided by
-      `bin_scale` (its std in the training clips, fitted by `fit_audio_scale`); decoding
+      `bin_scale` (the square root of its std in the training clips, fitted by
+      `fit_audio_scale`); decoding
       (inverse MDCT, overlap-add) is exact.
     - `latent_space="wav2vec2"`: x0 = the Wav2Vec2 encoder's last hidden states x latent_scale
       [B, L, Dl], frozen; a `LatentDecoder` to hidden states, then a transposed convolution with
@@ -749,8 +750,9 @@ class AudioAdapter(_ModalityAdapter):
         if self.modality_config.latent_space == "mdct":
             coef = self.mdct(input_values.double() / rms)  # (N, J, M)
             std = coef.reshape(-1, coef.shape[-1]).std(0)
-            # bins the clips never use would divide by ~0: floor them at 1e-3 of the loudest bin
-            self.bin_scale.copy_(std.clamp_min(1e-3 * float(std.max())).to(self.bin_scale.dtype))
+            # Half-way whitening, sqrt(std): dividing by the std itself turns the loud moments of
+            # rarely used bins into 40-sigma outliers (sparse sounds); floored for unused bins.
+            self.bin_scale.copy_(std.clamp_min(1e-3 * float(std.max())).sqrt().to(self.bin_scale.dtype))
         self.modality_config.audio_scale = rms
         return rms
 
