@@ -48,7 +48,7 @@ PRETRAINED_STACKS = {
     "shared": ("t5", "mt5"),
 }
 IMAGE_LATENT_SPACES = ("vit", "pixels")
-AUDIO_LATENT_SPACES = ("waveform", "mdct", "wav2vec2")
+AUDIO_LATENT_SPACES = ("waveform", "mdct", "spectrogram", "wav2vec2")
 
 # The QGFD attention settings of the denoiser: config name -> `QGFDSettings` field.
 QGFD_FIELDS = {
@@ -705,7 +705,7 @@ class QGFDAudioConfig(QGFDConfig):
         num_samples (`int`, defaults to 16000): N, samples per clip (fixed; sampling makes clips
             of this length).
         sampling_rate (`int`, defaults to 16000): the waveform's sampling rate.
-        latent_space (`str`, *optional*): `"waveform"`, `"mdct"` or `"wav2vec2"`; default
+        latent_space (`str`, *optional*): `"waveform"`, `"mdct"`, `"spectrogram"` or `"wav2vec2"`; default
             `"wav2vec2"` when a `backbone_config` is given, else `"waveform"`.
 
             - `"waveform"`: non-overlapping frames of `frame_size` samples are the tokens,
@@ -717,6 +717,10 @@ class QGFDAudioConfig(QGFDConfig):
               frequency bin divided by the square root of its spread in the training clips (fitted with
               `audio_scale`, saved as the adapter's `bin_scale` buffer). A sound's band is then a
               few coordinates, and the denoiser's errors are shaped like the data's spectrum.
+            - `"spectrogram"`: the log-magnitude STFT (Hann window of `2 * frame_size`, hop
+              `frame_size`), one token per frame, `[B, N / frame_size + 1, frame_size + 1]`,
+              each bin standardised by its training mean and std; decoded by Griffin-Lim (the
+              phase is re-estimated: magnitudes decode well, samples not sample-exactly).
             - `"wav2vec2"`: the frozen Wav2Vec2's last hidden states x `latent_scale`, decoded to
               the waveform by a learned decoder (`LatentDecoder` + transposed convolution),
               trained by MSE plus `spectral_loss_weight` x a multi-resolution STFT loss. On the
@@ -776,7 +780,7 @@ class QGFDAudioConfig(QGFDConfig):
         _check_float("spectral_loss_weight", self.spectral_loss_weight, 0.0, None)
         if self.audio_scale is not None:
             _check_float("audio_scale", self.audio_scale, 0.0, None, low_open=True)
-        if self.latent_space in ("waveform", "mdct"):
+        if self.latent_space in ("waveform", "mdct", "spectrogram"):
             if self.backbone_config is not None and self.denoiser != "pretrained":
                 raise ValueError(
                     f'latent_space="{self.latent_space}" uses no encoder; pass backbone_config=None (a Wav2Vec2 backbone_config is '
@@ -791,10 +795,11 @@ class QGFDAudioConfig(QGFDConfig):
                     f"`frame_size`={self.frame_size} must divide `num_samples`={self.num_samples} "
                     f"(the latents are whole frames)."
                 )
-            self._resolve_latent_dim(self.frame_size, "frame_size (samples per token)")
+            width = self.frame_size + 1 if self.latent_space == "spectrogram" else self.frame_size
+            self._resolve_latent_dim(width, "frame_size (+ 1 for spectrogram latents: the STFT's bins)")
             return
         if self.frame_size is not None:
-            raise ValueError('`frame_size` is for latent_space="waveform" or "mdct"; with "wav2vec2" the encoder sets the frames. Pass None.')
+            raise ValueError('`frame_size` is for latent_space="waveform", "mdct" or "spectrogram"; with "wav2vec2" the encoder sets the frames. Pass None.')
         self._require_backbone(["conv_kernel", "conv_stride", "hidden_size"], "Wav2Vec2")
         hop, field = self.hop_and_receptive_field()
         if self.num_samples < field:
@@ -804,14 +809,14 @@ class QGFDAudioConfig(QGFDConfig):
     def hop_and_receptive_field(self):
         if self.latent_space == "waveform":
             return self.frame_size, self.frame_size
-        if self.latent_space == "mdct":
+        if self.latent_space in ("mdct", "spectrogram"):
             return self.frame_size, 2 * self.frame_size
         return _conv_hop_and_receptive_field(self.backbone_config.conv_kernel, self.backbone_config.conv_stride)
 
     def num_latent_tokens(self) -> int:
         if self.latent_space == "waveform":
             return self.num_samples // self.frame_size
-        if self.latent_space == "mdct":
+        if self.latent_space in ("mdct", "spectrogram"):
             return self.num_samples // self.frame_size + 1  # frames over the clip padded by one hop each side
         length = self.num_samples
         for k, s in zip(self.backbone_config.conv_kernel, self.backbone_config.conv_stride):

@@ -623,8 +623,9 @@ class AudioTask(ModalityTask):
     def add_arguments(self, group) -> None:
         group.add_argument("--sampling-rate", type=int, default=None, help="audio: the model's rate in Hz (files are resampled; default 8000)")
         group.add_argument("--clip-seconds", type=float, default=None, help="audio: clip length (files are cut or zero-padded; default 0.5)")
-        group.add_argument("--audio-latent", default=None, choices=("waveform", "mdct", "wav2vec2"),
-                           help="audio: waveform frames or their MDCT (both decode exactly), or Wav2Vec2 states (learned decoder)")
+        group.add_argument("--audio-latent", default=None, choices=("waveform", "mdct", "spectrogram", "wav2vec2"),
+                           help="audio: waveform frames or their MDCT (both decode exactly), the log-magnitude STFT (Griffin-Lim), "
+                                "or Wav2Vec2 states (learned decoder)")
         group.add_argument("--frame-size", type=int, default=None, help="audio: samples per waveform token (default 80); must divide the clip")
         group.add_argument("--spectral-loss-weight", type=float, default=None,
                            help="audio, --audio-latent wav2vec2: weight of the decoder's multi-resolution STFT loss (default 1; 0 = MSE only)")
@@ -656,7 +657,7 @@ class AudioTask(ModalityTask):
         if not seconds > 0 or not math.isfinite(seconds):
             raise ValueError(f"--clip-seconds must be > 0, got {seconds!r}.")
         n = int(round(seconds * rate))
-        if s["latent_space"] in ("waveform", "mdct"):
+        if s["latent_space"] != "wav2vec2":
             frame = s["frame_size"]
             if frame < 1 or n % frame:
                 raise ValueError(
@@ -707,13 +708,13 @@ class AudioTask(ModalityTask):
         rate, num_samples = data.info["sampling_rate"], data.info["num_samples"]
         kwargs = dict(diffusion_values(args, s), num_samples=num_samples, sampling_rate=rate, latent_space=s["latent_space"])
         backbone = args.backbone
-        if s["latent_space"] in ("waveform", "mdct"):
+        if s["latent_space"] != "wav2vec2":
             if backbone is not None and args.denoiser != "pretrained":
                 raise ValueError("--backbone (a Wav2Vec2) makes the latents only with --audio-latent wav2vec2 (or is the denoiser with --denoiser pretrained).")
             kwargs["frame_size"] = s["frame_size"]
         else:
             if args.frame_size is not None:
-                raise ValueError("--frame-size is for --audio-latent waveform or mdct; Wav2Vec2's convolutions set its frames.")
+                raise ValueError("--frame-size is for --audio-latent waveform, mdct or spectrogram; Wav2Vec2's convolutions set its frames.")
             backbone = backbone if backbone is not None else _random_wav2vec2_config(s)
             kwargs["spectral_loss_weight"] = s["spectral_loss_weight"]
         if args.denoiser is not None:

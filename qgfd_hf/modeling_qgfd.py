@@ -590,8 +590,10 @@ class QGFDPreTrainedModel(PreTrainedModel):
             init.zeros_(module.feature_mean)
             init.ones_(module.feature_std)
         elif rule == "bin_scale":
-            # Audio MDCT latents' per-bin scale: 1 until fitted to data (`fit_audio_scale`).
+            # Audio MDCT / spectrogram latents' per-bin statistics: identity until fitted (`fit_audio_scale`).
             init.ones_(module.bin_scale)
+            if getattr(module, "bin_mean", None) is not None:
+                init.zeros_(module.bin_mean)
 
     # -- the contract ---------------------------------------------------------------------
 

@@ -658,6 +658,22 @@ def mdct_basis(frame_size: int) -> torch.Tensor:
     return math.sqrt(2 / M) * window[None] * torch.cos(math.pi / M * (n[None] + 0.5 + M / 2) * (k[:, None] + 0.5))
 
 
+def griffin_lim(magnitude: torch.Tensor, n_fft: int, hop: int, length: int, num_iters: int = 32, momentum: float = 0.99) -> torch.Tensor:
+    """A waveform [B, S] whose STFT magnitude approaches `magnitude` [B, n_fft / 2 + 1, J]: fast
+    Griffin-Lim [Perraudin et al. 2013, Algorithm 2] from zero phase (deterministic), Hann window."""
+    window = torch.hann_window(n_fft, device=magnitude.device, dtype=magnitude.dtype)
+    stft = lambda x: torch.stft(x, n_fft, hop_length=hop, window=window, center=True, return_complex=True)
+    istft = lambda X: torch.istft(X, n_fft, hop_length=hop, window=window, center=True, length=length)
+    angles = torch.ones_like(magnitude, dtype=torch.complex64 if magnitude.dtype == torch.float32 else torch.complex128)
+    previous = torch.zeros_like(angles)
+    for _ in range(num_iters):
+        rebuilt = stft(istft(magnitude * angles))  # (B, K, J)
+        accelerated = rebuilt - momentum / (1 + momentum) * previous
+        angles = accelerated / accelerated.abs().clamp_min(1e-8)
+        previous = rebuilt
+    return istft(magnitude * angles)
+
+
 class AudioAdapter(_ModalityAdapter):
     """Waveforms <-> frame latents.
 
@@ -671,6 +687,11 @@ class AudioAdapter(_ModalityAdapter):
       `bin_scale` (the square root of its std in the training clips, fitted by
       `fit_audio_scale`); decoding
       (inverse MDCT, overlap-add) is exact.
+    - `latent_space="spectrogram"`: x0 = log-magnitude STFT of waveform / audio_scale (Hann
+      window of 2 frames, hop `frame_size`, one token per frame, `[B, N / frame_size + 1,
+      frame_size + 1]`), each bin standardised by `bin_mean` / `bin_scale` (fitted); decoding
+      re-estimates the phase by Griffin-Lim: the magnitudes come back, the waveform only up to
+      phase (no sample-exact reconstruction).
     - `latent_space="wav2vec2"`: x0 = the Wav2Vec2 encoder's last hidden states x latent_scale
       [B, L, Dl], frozen; a `LatentDecoder` to hidden states, then a transposed convolution with
       the encoder's hop (total conv stride) and receptive field, cropped or zero-padded to
@@ -700,6 +721,10 @@ class AudioAdapter(_ModalityAdapter):
             self.register_buffer("mdct_basis", mdct_basis(config.frame_size).float(), persistent=False)  # (M, 2M)
             self.register_buffer("bin_scale", torch.ones(config.frame_size))  # fitted, saved with the weights
             self._qgfd_init = "bin_scale"  # see QGFDPreTrainedModel._init_weights: 1 until fitted
+        if config.latent_space == "spectrogram":
+            self.register_buffer("bin_mean", torch.zeros(config.frame_size + 1))  # fitted, saved with the weights
+            self.register_buffer("bin_scale", torch.ones(config.frame_size + 1))
+            self._qgfd_init = "bin_scale"
         if config.latent_space == "wav2vec2":
             self._set_encoder(build_encoder("audio", config.backbone_config))
             width = config.decoder_width
@@ -710,8 +735,8 @@ class AudioAdapter(_ModalityAdapter):
 
     @property
     def waveform_latents(self) -> bool:
-        """Whether the latents are an exact transform of the waveform ("waveform", "mdct")."""
-        return self.modality_config.latent_space in ("waveform", "mdct")
+        """Whether the latents are a fixed transform of the waveform (no encoder, nothing learned)."""
+        return self.modality_config.latent_space in ("waveform", "mdct", "spectrogram")
 
     def mdct(self, x: torch.Tensor) -> torch.Tensor:
         """[B, S] -> MDCT coefficients [B, S / M + 1, M] (the clip padded by M zeros each side)."""
@@ -725,6 +750,20 @@ class AudioAdapter(_ModalityAdapter):
         frames = coefficients @ self.mdct_basis.to(coefficients.dtype)  # (B, J, 2M)
         wave = F.fold(frames.transpose(1, 2), output_size=(1, (J + 1) * M), kernel_size=(1, 2 * M), stride=(1, M))  # (B, 1, 1, (J+1) M)
         return wave.reshape(B, -1)[:, M : J * M]  # drop the padding: (B, (J - 1) M)
+
+    _LOG_FLOOR = 1e-3  # log(|X| + floor), |X| of waveform / audio_scale
+
+    def log_spectrogram(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, S] -> log-magnitude STFT frames [B, S / M + 1, M + 1] (Hann window 2M, hop M)."""
+        M = self.hop
+        window = torch.hann_window(2 * M, device=x.device, dtype=x.dtype)
+        spec = torch.stft(x, 2 * M, hop_length=M, window=window, center=True, return_complex=True)  # (B, M + 1, J)
+        return torch.log(spec.abs() + self._LOG_FLOOR).transpose(1, 2)  # (B, J, M + 1)
+
+    def invert_log_spectrogram(self, log_mag: torch.Tensor) -> torch.Tensor:
+        """Log-magnitude frames [B, J, M + 1] -> waveform [B, num_samples] (Griffin-Lim)."""
+        mag = (log_mag.exp() - self._LOG_FLOOR).clamp_min(0).transpose(1, 2)  # (B, M + 1, J)
+        return griffin_lim(mag.float(), 2 * self.hop, self.hop, self.modality_config.num_samples).to(log_mag.dtype)
 
     def _audio_scale(self, what: str) -> float:
         """The waveforms' scale: fitted (`fit_audio_scale`); for Wav2Vec2 latents None reads
@@ -753,6 +792,10 @@ class AudioAdapter(_ModalityAdapter):
             # Half-way whitening, sqrt(std): dividing by the std itself turns the loud moments of
             # rarely used bins into 40-sigma outliers (sparse sounds); floored for unused bins.
             self.bin_scale.copy_(std.clamp_min(1e-3 * float(std.max())).sqrt().to(self.bin_scale.dtype))
+        if self.modality_config.latent_space == "spectrogram":
+            logs = self.log_spectrogram(input_values.double() / rms).reshape(-1, self.hop + 1)  # (N * J, M + 1)
+            self.bin_mean.copy_(logs.mean(0).to(self.bin_mean.dtype))
+            self.bin_scale.copy_(logs.std(0).clamp_min(1e-3).to(self.bin_scale.dtype))
         self.modality_config.audio_scale = rms
         return rms
 
@@ -770,6 +813,8 @@ class AudioAdapter(_ModalityAdapter):
             h = x.reshape(x.shape[0], -1, self.hop)  # (B, N / frame, frame)
         elif self.modality_config.latent_space == "mdct":
             h = self.mdct(x) / self.bin_scale.to(x.dtype)  # (B, N / frame + 1, frame)
+        elif self.modality_config.latent_space == "spectrogram":
+            h = (self.log_spectrogram(x) - self.bin_mean.to(x.dtype)) / self.bin_scale.to(x.dtype)  # (B, N / frame + 1, frame + 1)
         else:
             with self._encoder_context():
                 h = self.encoder(x).last_hidden_state  # (B, L, D_w2v)
@@ -796,6 +841,8 @@ class AudioAdapter(_ModalityAdapter):
         h = h / self.modality_config.latent_scale
         if space == "waveform":
             return h.reshape(h.shape[0], -1)  # (B, L * frame)
+        if space == "spectrogram":
+            return self.invert_log_spectrogram(h * self.bin_scale.to(h.dtype) + self.bin_mean.to(h.dtype))  # (B, S)
         return self.imdct(h * self.bin_scale.to(h.dtype))  # mdct: (B, (L - 1) * frame)
 
     def recon_loss(self, batch, x0: torch.Tensor) -> Optional[torch.Tensor]:
@@ -910,6 +957,7 @@ __all__ = [
     "VideoAdapter",
     "build_encoder",
     "load_pretrained_encoder",
+    "griffin_lim",
     "mdct_basis",
     "multi_resolution_stft_loss",
 ]
