@@ -718,7 +718,6 @@ class AudioAdapter(_ModalityAdapter):
         super().__init__(config, shared_cfg)
         self.hop, self.receptive_field = config.hop_and_receptive_field()
         if config.latent_space == "mdct":
-            self.register_buffer("mdct_basis", mdct_basis(config.frame_size).float(), persistent=False)  # (M, 2M)
             self.register_buffer("bin_scale", torch.ones(config.frame_size))  # fitted, saved with the weights
             self._qgfd_init = "bin_scale"  # see QGFDPreTrainedModel._init_weights: 1 until fitted
         if config.latent_space == "spectrogram":
@@ -738,16 +737,26 @@ class AudioAdapter(_ModalityAdapter):
         """Whether the latents are a fixed transform of the waveform (no encoder, nothing learned)."""
         return self.modality_config.latent_space in ("waveform", "mdct", "spectrogram")
 
+    def _basis(self, like: torch.Tensor) -> torch.Tensor:
+        """`mdct_basis` (M, 2M) on `like`'s device and dtype, built on first use: a fixed function of
+        frame_size, so never a buffer (from_pretrained builds modules on the meta device and leaves
+        non-persistent buffers uninitialised)."""
+        cache = self.__dict__.setdefault("_mdct_cache", {})
+        key = (like.device, like.dtype)
+        if key not in cache:
+            cache[key] = mdct_basis(self.hop).to(like.device, like.dtype)
+        return cache[key]
+
     def mdct(self, x: torch.Tensor) -> torch.Tensor:
         """[B, S] -> MDCT coefficients [B, S / M + 1, M] (the clip padded by M zeros each side)."""
         M = self.hop
         frames = F.pad(x, (M, M)).unfold(1, 2 * M, M)  # (B, S/M + 1, 2M)
-        return frames @ self.mdct_basis.to(x.dtype).t()  # (B, J, M)
+        return frames @ self._basis(x).t()  # (B, J, M)
 
     def imdct(self, coefficients: torch.Tensor) -> torch.Tensor:
         """MDCT coefficients [B, J, M] -> [B, (J - 1) M] by overlap-add (inverse of `mdct`)."""
         M, (B, J, _) = self.hop, coefficients.shape
-        frames = coefficients @ self.mdct_basis.to(coefficients.dtype)  # (B, J, 2M)
+        frames = coefficients @ self._basis(coefficients)  # (B, J, 2M)
         wave = F.fold(frames.transpose(1, 2), output_size=(1, (J + 1) * M), kernel_size=(1, 2 * M), stride=(1, M))  # (B, 1, 1, (J+1) M)
         return wave.reshape(B, -1)[:, M : J * M]  # drop the padding: (B, (J - 1) M)
 
