@@ -732,8 +732,9 @@ class QGFDAudioConfig(QGFDConfig):
             the data (`AudioQGFDDiffusionModel.fit_audio_scale`) and saved with the model; latents
             are waveform / audio_scale, so about unit spread. None means never fitted: the model
             refuses to encode (train) and decode (sample) until it is fitted.
-        spectral_loss_weight (`float`, defaults to 1.0): `"wav2vec2"`: weight of the decoder's
+        spectral_loss_weight (`float`, defaults to 0.0): `"wav2vec2"`: weight of the decoder's
             multi-resolution STFT loss (spectral convergence + log-magnitude L1) beside its MSE.
+            0 is the seed's MSE-only decoder; the audio task (`qgfd-hf train` / `demo`) uses 1.
         **kwargs: `QGFDConfig` arguments; with `"wav2vec2"`, `backbone_config` must be a
             Wav2Vec2-style config (`conv_kernel`, `conv_stride`, `hidden_size`).
 
@@ -760,7 +761,7 @@ class QGFDAudioConfig(QGFDConfig):
         latent_space: Optional[str] = None,
         frame_size: Optional[int] = None,
         audio_scale: Optional[float] = None,
-        spectral_loss_weight: float = 1.0,
+        spectral_loss_weight: float = 0.0,
         **kwargs,
     ):
         self.num_samples = num_samples

@@ -695,7 +695,8 @@ class AudioAdapter(_ModalityAdapter):
     - `latent_space="wav2vec2"`: x0 = the Wav2Vec2 encoder's last hidden states x latent_scale
       [B, L, Dl], frozen; a `LatentDecoder` to hidden states, then a transposed convolution with
       the encoder's hop (total conv stride) and receptive field, cropped or zero-padded to
-      `num_samples`, trained by MSE + `spectral_loss_weight` x `multi_resolution_stft_loss`.
+      `num_samples`, trained by MSE + `spectral_loss_weight` x `multi_resolution_stft_loss`
+      (the audio task trains with weight 1).
 
     Inputs are `input_values` [B, num_samples], waveforms divided by `audio_scale` before
     either encoder (Wav2Vec2 without a fitted scale: as the feature extractor returns them);
