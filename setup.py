@@ -36,6 +36,8 @@ setup(
         "matplotlib>=3.7",
         "pillow>=10",
         "tokenizers>=0.20",
+        # audio: reads wav/flac files (its wheels bundle libsndfile; datasets' Audio needs FFmpeg)
+        "soundfile>=0.12",
     ],
     entry_points={"console_scripts": ["qgfd-hf=qgfd_hf.cli:main"]},
     extras_require={

@@ -589,6 +589,11 @@ class QGFDPreTrainedModel(PreTrainedModel):
             # Tabular normalisation statistics: identity until fitted to data.
             init.zeros_(module.feature_mean)
             init.ones_(module.feature_std)
+        elif rule == "bin_scale":
+            # Audio MDCT / spectrogram latents' per-bin statistics: identity until fitted (`fit_audio_scale`).
+            init.ones_(module.bin_scale)
+            if getattr(module, "bin_mean", None) is not None:
+                init.zeros_(module.bin_mean)
 
     # -- the contract ---------------------------------------------------------------------
 

@@ -303,21 +303,22 @@ class VideoQGFDDiffusionModel(ImageQGFDDiffusionModel):
 
 
 class AudioQGFDDiffusionModel(QGFDPreTrainedModel):
-    """Unconditional audio diffusion over Wav2Vec2 frame latents, with a learned waveform decoder.
+    """Unconditional audio diffusion over waveform frames (`latent_space="waveform"`, exact
+    decoding) or over frozen Wav2Vec2 frame latents with a learned waveform decoder.
 
+    - `fit_audio_scale(waveforms)` once on the training clips (waveform latents; the scale is
+      saved in the config); until then the model refuses to encode and decode;
     - `data_to_latents({"input_values"})` / `audio_to_latents(input_values)`: waveforms
-      [B, num_samples] (as the feature extractor returns them) -> x0 [B, L, latent_dim];
+      [B, num_samples] -> x0 [B, L, latent_dim];
     - `decode_latents(latents)` -> waveforms [B, num_samples], in the units of `input_values`;
-    - `compute_loss` adds the decoder's reconstruction loss.
+    - `compute_loss` adds the decoder's reconstruction loss (Wav2Vec2 latents).
 
     Example:
-        >>> from transformers import Wav2Vec2Config
-        >>> w = Wav2Vec2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64,
-        ...                    conv_dim=(16, 16), conv_stride=(5, 4), conv_kernel=(10, 4),
-        ...                    num_conv_pos_embeddings=8, num_conv_pos_embedding_groups=4)
-        >>> model = AudioQGFDDiffusionModel(QGFDAudioConfig(backbone_config=w, num_samples=400, d_model=32,
+        >>> model = AudioQGFDDiffusionModel(QGFDAudioConfig(num_samples=400, frame_size=40, d_model=32,
         ...                                                 num_heads=4, num_layers=2, d_ff=64))
-        >>> model.decode_latents(model.audio_to_latents(torch.randn(2, 400))).shape
+        >>> waves = torch.randn(2, 400) * 0.1
+        >>> _ = model.fit_audio_scale(waves)
+        >>> model.decode_latents(model.audio_to_latents(waves)).shape
         torch.Size([2, 400])
     """
 
@@ -333,6 +334,19 @@ class AudioQGFDDiffusionModel(QGFDPreTrainedModel):
     def audio_to_latents(self, input_values: torch.Tensor) -> torch.Tensor:
         """x0 [B, L, latent_dim] of waveforms [B, num_samples]."""
         return self.adapter.audio_to_latents(input_values)
+
+    def fit_audio_scale(self, input_values: torch.Tensor) -> float:
+        """Store the RMS of training waveforms [N, num_samples] as `config.audio_scale` (waveform
+        latents are waveform / audio_scale); returns it."""
+        return self.adapter.fit_audio_scale(input_values)
+
+    @property
+    def sample_clip_value(self) -> Optional[float]:
+        """Waveform latents: clips in [-1, 1] divided by audio_scale (x latent_scale) are bounded by this."""
+        cfg = self.config
+        if cfg.latent_space != "waveform" or cfg.audio_scale is None:
+            return None
+        return float(cfg.latent_scale / cfg.audio_scale)
 
 
 class TabularQGFDDiffusionModel(QGFDPreTrainedModel):
@@ -668,7 +682,10 @@ def _processor_from_config(modality: str, config):
     if modality == "audio":
         from transformers import Wav2Vec2FeatureExtractor
 
-        return Wav2Vec2FeatureExtractor(sampling_rate=config.sampling_rate, do_normalize=True, return_attention_mask=False)
+        # Wav2Vec2 reads clips normalised one by one; waveform latents take the files' units (the
+        # model's `audio_scale` is the one normalisation).
+        do_normalize = getattr(config, "latent_space", "wav2vec2") == "wav2vec2"
+        return Wav2Vec2FeatureExtractor(sampling_rate=config.sampling_rate, do_normalize=do_normalize, return_attention_mask=False)
     if modality == "text":
         logger.info("The text backbone was given as a config: no tokenizer (pass `tokenizer=` to get one back).")
     return None
