@@ -498,8 +498,8 @@ class VideoTask(ModalityTask):
         qgfd_steps=1, qgfd_alpha=0.5, qgfd_warmup_steps=200,
         # the demo's data: 3 clips per training digit (4311 clips), 1 per held-out digit (360)
         num_frames=4, frame_size=16, train_clips_per_digit=3,
-        # training
-        max_steps=800, batch_size=64, learning_rate=2e-3, warmup_steps=100, ema_decay=0.999,
+        # training: 1600 steps of 32 clips beat 800 of 64 at the same cost (FD 11.5 against 13.7)
+        max_steps=1600, batch_size=32, learning_rate=2e-3, warmup_steps=100, ema_decay=0.999,
         checkpoint_every=500,
         # sampling: as many clips as held-out clips, so the FDs compare like with like
         num_samples=360, sampler="ddim", num_inference_steps=50,
