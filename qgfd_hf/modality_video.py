@@ -187,9 +187,9 @@ def read_clip(path: str, where: Optional[str] = None) -> np.ndarray:
                                          f"{'grey' if mode == 'L' else 'colour'} ones; a clip's frames must share one mode.")
                     mode = im_mode
                     arr = np.asarray(im.convert(mode), dtype=np.uint8)
-            except ValueError:
-                raise
             except Exception as e:  # PIL raises many types for broken files
+                if isinstance(e, ValueError) and str(e).startswith(where):
+                    raise
                 raise ValueError(f"{where}/{name}: cannot be read as an image ({type(e).__name__}: {e}).") from e
             if frames and arr.shape != frames[0].shape:
                 raise ValueError(f"{where}/{name}: a frame of {arr.shape[1]}x{arr.shape[0]} pixels among frames of "

@@ -188,7 +188,7 @@ def evaluator_and_data():
     d = load_moving_digits(num_frames=2, frame_size=12, train_clips_per_digit=1)
     assert len(d["train"]) + len(d["test"]) == 1797 and d["train"].features["pixel_values"].shape == (2, 1, 12, 12)
     train, test = d["train"].with_format("numpy")[:], d["test"].with_format("numpy")[:]
-    ev = MovingDigitsEvaluator(train["pixel_values"], train["label"], test["pixel_values"], test["label"], max_train_frames=1500)
+    ev = MovingDigitsEvaluator(train["pixel_values"], train["label"], test["pixel_values"], test["label"], max_train_frames=800)
     return ev, train, test
 
 
