@@ -262,7 +262,7 @@ def load_clip_folder(data_dir: str, num_frames: Optional[int] = None, frame_size
             src = "the model's" if first == rel else f"the model's (as {first!r})"
             raise ValueError(f"Clip {rel!r} in {data_dir!r} has {a.shape[0]} frame(s) of {a.shape[1]} channel(s) and "
                              f"{a.shape[2]}x{a.shape[3]} pixels; {src} clips have {num_frames} frame(s) of {num_channels} "
-                             f"channel(s) and {frame_size}x{frame_size} pixels (--num-frames, --frame-size, or make the clips alike).")
+                             f"channel(s) and {frame_size}x{frame_size} pixels (--num-frames, --frame-side, or make the clips alike).")
         arrays.append(a)
     columns = {"pixel_values": np.stack(arrays), "clip": [os.path.relpath(p, data_dir) for p in paths]}
     features = {"pixel_values": Array4D(shape=(num_frames, num_channels, frame_size, frame_size), dtype="float32"), "clip": Value("string")}
@@ -507,7 +507,7 @@ class VideoTask(ModalityTask):
 
     def add_arguments(self, group) -> None:
         group.add_argument("--num-frames", type=int, default=None, help="video: frames per clip (default: the data's; moving digits 4)")
-        group.add_argument("--frame-size", type=int, default=None, help="video: frame side in pixels (default: the data's; moving digits 16)")
+        group.add_argument("--frame-side", type=int, default=None, help="video: frame side in pixels (default: the data's; moving digits 16)")
         group.add_argument("--frame-patch-size", type=int, default=None, help="video: pixel patch side per frame (default 4, or side / 4 above 16 px)")
         group.add_argument("--frame-positions", default=None, choices=("grid", "1d"),
                            help="video: the denoiser's positions: grid (frame, row, column; default) or 1d (over the F x N tokens)")
@@ -517,21 +517,21 @@ class VideoTask(ModalityTask):
             raise ValueError("Give either --dataset or --data-dir, not both.")
         if getattr(args, "data_files", None):
             raise ValueError("--data-files is for tables and text; for video use --data-dir (a folder of clips) or --dataset moving_digits.")
-        for flag in ("num_frames", "frame_size", "frame_patch_size"):
+        for flag in ("num_frames", "frame_side", "frame_patch_size"):
             value = getattr(args, flag, None)
             if value is not None and value < 1:
                 raise ValueError(f"--{flag.replace('_', '-')} must be >= 1, got {value}.")
         if getattr(args, "data_dir", None) is not None:
-            ds = load_clip_folder(args.data_dir, num_frames=args.num_frames, frame_size=args.frame_size)
+            ds = load_clip_folder(args.data_dir, num_frames=args.num_frames, frame_size=args.frame_side)
             data = TaskData(ds.with_format("numpy"), f"clipfolder:{os.path.abspath(args.data_dir)}")
         else:
             name = getattr(args, "dataset", None) or "moving_digits"
             if name != "moving_digits":
                 raise ValueError(f"Unknown video --dataset {name!r}; allowed: {', '.join(self.datasets)} (or --data-dir for a folder of clips).")
             frames = args.num_frames or settings["num_frames"]
-            size = args.frame_size or settings["frame_size"]
+            size = args.frame_side or settings["frame_size"]
             if size < 8:
-                raise ValueError(f"Moving digits need --frame-size >= 8 (the digits are 8x8), got {size}.")
+                raise ValueError(f"Moving digits need --frame-side >= 8 (the digits are 8x8), got {size}.")
             splits = load_moving_digits(frames, size, settings["train_clips_per_digit"], seed=0)
             data = TaskData(splits["train"].with_format("numpy"), name, test=splits["test"].with_format("numpy"),
                             card_name="moving digits: scikit-learn's 8x8 digits drifting across the frame (qgfd_hf.modality_video.load_moving_digits)")
