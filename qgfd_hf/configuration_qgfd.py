@@ -281,6 +281,14 @@ class QGFDConfig(PretrainedConfig):
             max_position_embeddings: as in `DiffusionConfig`. `latent_dim=None` (the default)
             takes the width the modality's encoder produces; a value that disagrees with it
             raises `ValueError`.
+        position_grid (`list[int]` or `"auto"`, *optional*): the latent tokens as a row-major grid,
+            e.g. `[frames, rows, columns]` for video: the denoiser's positions are then
+            factorised, one embedding per axis (sinusoidal: each axis its own share of
+            `d_model`, concatenated; learned: one table per axis, summed), so it knows a
+            token's frame and its 2-D place. The product must equal the latent length.
+            `"auto"`: the modality's own grid (images `[rows, columns]`, video `[frames, rows,
+            columns]`). None (the default; video's default is `"auto"`): 1-D positions over the
+            L tokens. Not used by `denoiser="pretrained"` (the stack's own positions).
         backbone_name (`str`, *optional*): the Hub id or folder the pretrained encoder came from
             (recorded for model cards; loading uses the weights saved with the model).
         backbone_config (`PretrainedConfig` or `dict`, *optional*): the pretrained encoder's own
@@ -352,6 +360,7 @@ class QGFDConfig(PretrainedConfig):
         time_conditioning: str = "adaln",
         position_embedding: str = "sinusoidal",
         max_position_embeddings: int = 1024,
+        position_grid=None,
         backbone_name: Optional[str] = None,
         backbone_config=None,
         freeze_encoder: bool = True,
@@ -394,6 +403,7 @@ class QGFDConfig(PretrainedConfig):
         self.time_conditioning = time_conditioning
         self.position_embedding = position_embedding
         self.max_position_embeddings = max_position_embeddings
+        self.position_grid = list(position_grid) if isinstance(position_grid, (list, tuple)) else position_grid
         self.backbone_name = backbone_name
         self.backbone_config = _to_config(backbone_config, "backbone_config")
         self.freeze_encoder = freeze_encoder
@@ -415,6 +425,7 @@ class QGFDConfig(PretrainedConfig):
         super().__init__(**kwargs)
         self._validate_common()
         self._validate_modality()
+        self._validate_position_grid()
         self._validate_denoiser()
 
     # -- validation ---------------------------------------------------------------------
@@ -446,6 +457,25 @@ class QGFDConfig(PretrainedConfig):
 
     def _validate_modality(self):
         """Resolve and check the modality's sizes (subclasses)."""
+
+    def _validate_position_grid(self):
+        """position_grid: None, "auto" (the modality's grid) or positive ints whose product is the latent length."""
+        grid = self.position_grid
+        if grid is None:
+            return
+        if grid == "auto":
+            grid = self.position_grid = self._auto_position_grid()
+        if not isinstance(grid, list) or not grid or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in grid):
+            raise ValueError(f"`position_grid` must be None, 'auto' or a list of ints >= 1 (e.g. [frames, rows, columns]), got {grid!r}.")
+        try:
+            length = self.num_latent_tokens()
+        except NotImplementedError:
+            raise ValueError(f"`position_grid` needs a fixed latent length, which modality {self.modality!r} does not have; pass None.") from None
+        if math.prod(grid) != length:
+            raise ValueError(f"`position_grid`={grid} holds {math.prod(grid)} tokens, but the latents have {length}; the product must equal it.")
+
+    def _auto_position_grid(self):
+        raise ValueError(f"position_grid='auto' is defined for images and video, not modality {self.modality!r}; give a list of ints.")
 
     def _validate_denoiser(self):
         """denoiser="pretrained" needs a backbone whose Transformer stack can denoise (`PRETRAINED_STACKS`)."""
@@ -689,6 +719,9 @@ class QGFDImageConfig(QGFDConfig):
     def num_latent_tokens(self) -> int:
         return (self.image_size // self.patch_size) ** 2
 
+    def _auto_position_grid(self):
+        return [self.image_size // self.patch_size] * 2
+
 
 class QGFDVideoConfig(QGFDImageConfig):
     """Config of `VideoQGFDDiffusionModel`: every frame goes through the image path.
@@ -696,28 +729,43 @@ class QGFDVideoConfig(QGFDImageConfig):
     Args:
         num_frames (`int`, defaults to 8): F, frames per clip; the latents are the frames'
             patch latents one after the other, `[B, F * N, latent_dim]`.
+        position_grid (defaults to `"auto"`): the denoiser's positions are factorised over
+            `[num_frames, rows, columns]` of patches (frame index plus 2-D patch place; see
+            `QGFDConfig`). None gives the 1-D positions over the F * N tokens of models saved
+            before this field existed; such a folder now loads with `"auto"` (retrain it).
+        normalization_fitted (`bool`, *optional*): None (the default): `image_mean` / `image_std`
+            are fixed as given (0.5 per channel) and nothing is fitted. False: the statistics
+            are to be fitted from the training clips (`VideoQGFDDiffusionModel.fit_normalization`:
+            pixels' per-channel mean and std, and the latent scale); until then the model refuses
+            to train or sample. True: fitted (saved with the model).
         **kwargs: `QGFDImageConfig` arguments (per frame).
 
     Example:
         >>> cfg = QGFDVideoConfig(num_frames=2, latent_space="pixels", image_size=8, patch_size=4, num_channels=1,
         ...                       d_model=32, num_heads=4, num_layers=2, d_ff=64)
-        >>> cfg.num_latent_tokens()
-        8
+        >>> cfg.num_latent_tokens(), cfg.position_grid
+        (8, [2, 2, 2])
     """
 
     model_type = "qgfd_video"
     _fixed_modality = "video"
 
-    def __init__(self, num_frames: int = 8, **kwargs):
+    def __init__(self, num_frames: int = 8, position_grid="auto", normalization_fitted: Optional[bool] = None, **kwargs):
         self.num_frames = num_frames
-        super().__init__(**kwargs)
+        self.normalization_fitted = normalization_fitted
+        super().__init__(position_grid=position_grid, **kwargs)
 
     def _validate_modality(self):
         _check_int("num_frames", self.num_frames)
+        if self.normalization_fitted is not None:
+            _check_bool("normalization_fitted", self.normalization_fitted)
         super()._validate_modality()
 
     def num_latent_tokens(self) -> int:
         return self.num_frames * super().num_latent_tokens()
+
+    def _auto_position_grid(self):
+        return [self.num_frames] + super()._auto_position_grid()
 
 
 def _conv_hop_and_receptive_field(kernels: Sequence[int], strides: Sequence[int]):

@@ -122,6 +122,27 @@ def sinusoidal_embedding(positions: torch.Tensor, dim: int, max_period: float = 
     return emb
 
 
+def grid_coordinates(grid, device=None) -> torch.Tensor:
+    """The coordinates [prod(grid), k] (long) of the tokens of a row-major k-axis grid."""
+    axes = torch.meshgrid(*[torch.arange(n, device=device) for n in grid], indexing="ij")  # k x grid
+    return torch.stack(axes, -1).reshape(-1, len(grid))  # (L, k)
+
+
+def grid_sinusoidal_embedding(grid, dim: int, device=None) -> torch.Tensor:
+    """Factorised sinusoids for the tokens of a row-major grid (e.g. frames x rows x columns):
+    each axis gets its own share of `dim` (even sizes, the first axis the remainder), its
+    coordinate's sinusoids there, concatenated: [prod(grid), dim] float32.
+
+    Example:
+        >>> grid_sinusoidal_embedding([4, 2, 2], 32).shape
+        torch.Size([16, 32])
+    """
+    share = 2 * (dim // (2 * len(grid)))
+    widths = [dim - share * (len(grid) - 1)] + [share] * (len(grid) - 1)
+    coords = grid_coordinates(grid, device)  # (L, k)
+    return torch.cat([sinusoidal_embedding(coords[:, a], w) for a, w in enumerate(widths)], dim=-1)  # (L, dim)
+
+
 class PositionwiseFFN(nn.Module):
     """The feed-forward network of a Transformer block: Linear -> GELU -> dropout -> Linear.
 
@@ -371,7 +392,8 @@ def _qgfd_block_kwargs(cfg) -> Dict[str, Any]:
 class QGFDDiffusionBackbone(nn.Module):
     """eps_theta(x_t, t, cond): the QGFD diffusion Transformer.
 
-    1. project latents to d_model and add positions;
+    1. project latents to d_model and add positions (1-D, or factorised over the config's
+       `position_grid`: frame, row, column);
     2. embed t (sinusoids + MLP), plus an optional extra embedding (modality, class);
     3. run the `DecoderBlock`s (QGFD self-attention, cross-attention to `cond_tokens`),
        conditioned on the time embedding by adaLN-Zero (or by adding it to every token);
@@ -410,9 +432,14 @@ class QGFDDiffusionBackbone(nn.Module):
         self.time_conditioning = cfg.time_conditioning
         self.position_embedding = cfg.position_embedding
         self.max_position_embeddings = cfg.max_position_embeddings
+        grid = getattr(cfg, "position_grid", None)  # None: 1-D positions (the seed's DiffusionConfig has no grid)
+        self.position_grid = tuple(grid) if grid else None
 
         self.in_proj = nn.Linear(latent_dim, cfg.d_model)
-        if self.position_embedding == "learned":
+        if self.position_embedding == "learned" and self.position_grid is not None:
+            # A factorised table: one embedding per grid axis (frame, row, column), summed.
+            self.pos_embed_axes = nn.ModuleList(nn.Embedding(n, cfg.d_model) for n in self.position_grid)
+        elif self.position_embedding == "learned":
             self.pos_embed = nn.Embedding(cfg.max_position_embeddings, cfg.d_model)
         self.time_embed = TimestepEmbedding(cfg.d_model)
         if self.cross_attention:
@@ -437,9 +464,17 @@ class QGFDDiffusionBackbone(nn.Module):
         self.out_proj = _zero_init(nn.Linear(cfg.d_model, latent_dim))
 
     def positions(self, length: int, device, dtype) -> Optional[torch.Tensor]:
-        """Position embeddings [L, D] (None for position_embedding="none")."""
+        """Position embeddings [L, D] (None for position_embedding="none"); factorised over
+        `position_grid` when the config has one."""
         if self.position_embedding == "none":
             return None
+        if self.position_grid is not None:
+            if length != math.prod(self.position_grid):
+                raise ValueError(f"Latent length {length} does not fit `position_grid`={list(self.position_grid)} ({math.prod(self.position_grid)} tokens).")
+            if self.position_embedding == "sinusoidal":
+                return grid_sinusoidal_embedding(self.position_grid, self.d_model, device).to(dtype)
+            coords = grid_coordinates(self.position_grid, device)  # (L, k)
+            return sum(table(coords[:, a]) for a, table in enumerate(self.pos_embed_axes))  # (L, D)
         if self.position_embedding == "learned":
             if length > self.max_position_embeddings:
                 raise ValueError(f"Latent length {length} exceeds `max_position_embeddings`={self.max_position_embeddings}.")
@@ -876,5 +911,6 @@ __all__ = [
     "TimestepEmbedding",
     "check_condition",
     "check_timesteps",
+    "grid_sinusoidal_embedding",
     "sinusoidal_embedding",
 ]

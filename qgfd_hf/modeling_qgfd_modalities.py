@@ -281,12 +281,17 @@ class VideoQGFDDiffusionModel(ImageQGFDDiffusionModel):
 
     - `data_to_latents({"pixel_values"})` / `video_to_latents(pixel_values)`: normalised clips
       [B, F, C, H, W] -> x0 [B, F * N, latent_dim];
-    - `decode_latents(latents)` -> clips [B, F, C, H, W] in [0, 1].
+    - `decode_latents(latents)` -> clips [B, F, C, H, W] in [0, 1];
+    - the default denoiser's positions are factorised over frame, row and column of the patches
+      (`config.position_grid`);
+    - `fit_normalization(clips)` fits the pixel statistics and the latent scale from training
+      clips; a config with `normalization_fitted=False` refuses to train or sample before it.
 
     Example:
         >>> cfg = QGFDVideoConfig(num_frames=2, latent_space="pixels", image_size=8, patch_size=4, num_channels=1,
-        ...                       d_model=32, num_heads=4, num_layers=2, d_ff=64)
+        ...                       d_model=32, num_heads=4, num_layers=2, d_ff=64, normalization_fitted=False)
         >>> model = VideoQGFDDiffusionModel(cfg)
+        >>> model.fit_normalization(torch.rand(6, 2, 1, 8, 8))
         >>> model.decode_latents(model.video_to_latents(torch.zeros(1, 2, 1, 8, 8))).shape
         torch.Size([1, 2, 1, 8, 8])
     """
@@ -294,8 +299,55 @@ class VideoQGFDDiffusionModel(ImageQGFDDiffusionModel):
     config_class = QGFDVideoConfig
     _adapter_class = VideoAdapter
 
+    @torch.no_grad()
+    def fit_normalization(self, clips: torch.Tensor) -> None:
+        """Fit the statistics from training clips [N, F, C, H, W] in [0, 1] (not normalised).
+
+        Pixel latents: `image_mean` / `image_std` become the clips' per-channel mean and std
+        (so latents have about unit spread). ViT latents keep the ViT's normalisation. Then
+        `latent_scale` is set to give the latents unit std (`fit_latent_scale`). The model's
+        processor, if any, takes the same mean and std; `normalization_fitted` becomes True.
+        """
+        cfg = self.config
+        self.adapter.check_video(clips)
+        if clips.shape[0] < 2 or float(clips.min()) < 0 or float(clips.max()) > 1:
+            raise ValueError(f"`fit_normalization` needs at least 2 clips in [0, 1], got {clips.shape[0]} in [{float(clips.min())}, {float(clips.max())}].")
+        if cfg.latent_space == "pixels":
+            x = clips.float().transpose(0, 2).reshape(cfg.num_channels, -1)  # (C, N*F*H*W)
+            std = x.std(1)
+            if bool((std < 1e-6).any()):
+                raise ValueError(f"The clips are constant in channel(s) {(std < 1e-6).nonzero().flatten().tolist()}; cannot fit a pixel std.")
+            cfg.image_mean, cfg.image_std = x.mean(1).tolist(), std.tolist()
+            if self.processor is not None and hasattr(self.processor, "image_mean"):
+                self.processor.image_mean, self.processor.image_std = list(cfg.image_mean), list(cfg.image_std)
+        cfg.latent_scale = 1.0
+        cfg.normalization_fitted = True
+        mean = torch.tensor(cfg.image_mean).view(1, 1, -1, 1, 1)
+        std = torch.tensor(cfg.image_std).view(1, 1, -1, 1, 1)
+        self.fit_latent_scale({"pixel_values": ((clips[:512].float() - mean) / std).to(self.device, self.dtype)})
+
+    def _check_fitted(self) -> None:
+        if self.config.normalization_fitted is False:
+            raise ValueError(
+                "This video model's normalisation was never fitted (config.normalization_fitted=False): call "
+                "`model.fit_normalization(training_clips)` before training or sampling (qgfd-hf train does it)."
+            )
+
+    def data_to_latents(self, batch) -> torch.Tensor:
+        self._check_fitted()
+        return super().data_to_latents(batch)
+
+    def decode_latents(self, latents: torch.Tensor):
+        self._check_fitted()
+        return super().decode_latents(latents)
+
+    def diffusion_sample(self, *args, **kwargs) -> torch.Tensor:
+        self._check_fitted()
+        return super().diffusion_sample(*args, **kwargs)
+
     def video_to_latents(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """x0 [B, F * N, latent_dim] of normalised clips [B, F, C, H, W]."""
+        self._check_fitted()
         return self.adapter.video_to_latents(pixel_values)
 
     def image_to_latents(self, pixel_values):
