@@ -336,20 +336,27 @@ class AudioQGFDDiffusionModel(QGFDPreTrainedModel):
 
 
 class TabularQGFDDiffusionModel(QGFDPreTrainedModel):
-    """Unconditional diffusion over rows of numeric features (features -> token sequence).
+    """Unconditional diffusion over the rows of a table (`config.columns`: numeric, integer and
+    categorical columns).
 
-    - `fit_normalization(features)` once on the training data (mean/std are saved with the model);
-    - `data_to_latents({"features"})` / `tabular_to_latents(features)`: rows [B, F] -> x0 [B, L, latent_dim];
-    - `decode_latents(latents)` -> rows [B, F] in the original units;
-    - `compute_loss` adds the decoder's reconstruction loss.
+    - `fit_normalization(features)` once on the training rows: the column statistics (quantile
+      knots, mean, std) are buffers, saved with the model; a model never fitted refuses to
+      compute a loss, encode, decode or sample;
+    - `data_to_latents({"features"})` / `tabular_to_latents(features)`: rows [B, F] (categories
+      as indices) -> x0 [B, L, latent_dim] (L = F with the default "columns" latents);
+    - `decode_latents(latents)` -> rows [B, F] in the original units (the pipeline maps category
+      indices back to their values);
+    - `compute_loss` adds the decoder's reconstruction loss ("mlp" latents only).
 
     Example:
-        >>> model = TabularQGFDDiffusionModel(QGFDTabularConfig(num_features=3, num_tokens=2, d_model=32, num_heads=4,
-        ...                                                     num_layers=2, d_ff=64))
-        >>> rows = torch.randn(6, 3)
+        >>> cfg = QGFDTabularConfig(columns=[{"name": "x", "kind": "float"},
+        ...                                  {"name": "y", "kind": "category", "categories": ["no", "yes"]}],
+        ...                         d_model=32, num_heads=4, num_layers=2, d_ff=64)
+        >>> model = TabularQGFDDiffusionModel(cfg)
+        >>> rows = torch.tensor([[0.3, 1.0], [2.5, 0.0], [1.1, 1.0]])
         >>> model.fit_normalization(rows)
-        >>> model.decode_latents(model.tabular_to_latents(rows)).shape
-        torch.Size([6, 3])
+        >>> model.latent_shape(2), model.decode_latents(model.tabular_to_latents(rows)).shape
+        ((2, 2, 1), torch.Size([3, 2]))
     """
 
     config_class = QGFDTabularConfig
@@ -366,8 +373,19 @@ class TabularQGFDDiffusionModel(QGFDPreTrainedModel):
         return self.adapter.tabular_to_latents(features)
 
     def fit_normalization(self, features: torch.Tensor) -> None:
-        """Store the per-feature mean and std of `features` [N, F] (buffers, saved with the model)."""
+        """Fit the column statistics to training rows `features` [N, F] (buffers, saved with the model)."""
         self.adapter.fit_normalization(features)
+
+    @property
+    def is_fitted(self) -> bool:
+        """Whether `fit_normalization` has run (on this model or on the one saved)."""
+        return self.adapter.is_fitted
+
+    @torch.no_grad()
+    def diffusion_sample(self, num_samples: Optional[int] = None, *args, **kwargs) -> torch.Tensor:
+        """As `QGFDPreTrainedModel.diffusion_sample`, refused before the loop on a never-fitted model."""
+        self.adapter.check_fitted("sample")
+        return super().diffusion_sample(num_samples, *args, **kwargs)
 
 
 MODEL_CLASSES = {
@@ -406,11 +424,11 @@ class SharedQGFDDiffusionModel(QGFDPreTrainedModel):
     Example:
         >>> img = QGFDImageConfig(latent_space="pixels", image_size=8, patch_size=2, num_channels=1, d_model=32,
         ...                       num_heads=4, num_layers=2, d_ff=64)
-        >>> tab = QGFDTabularConfig(num_features=3, num_tokens=2, latent_dim=8, d_model=32, num_heads=4, num_layers=2, d_ff=64)
+        >>> tab = QGFDTabularConfig(num_features=3, latent_dim=8, d_model=32, num_heads=4, num_layers=2, d_ff=64)
         >>> model = SharedQGFDDiffusionModel(QGFDSharedConfig(modalities=["image", "tabular"], image_config=img,
         ...     tabular_config=tab, latent_dim=16, d_model=32, num_heads=4, num_layers=2, d_ff=64))
         >>> model.latent_shape(2, modality="image"), model.latent_shape(2, modality="tabular")
-        ((2, 16, 16), (2, 2, 16))
+        ((2, 16, 16), (2, 3, 16))
     """
 
     config_class = QGFDSharedConfig
