@@ -779,6 +779,10 @@ class QGFDTabularConfig(QGFDConfig):
             skewed columns become Gaussian, decoded values stay in the training range) or
             `"standard"` ((x - mean) / std).
         num_quantiles (`int`, defaults to 1000): knots of the quantile transform per column.
+        label_column (`str`, *optional*): "columns" latents: a categorical column generated
+            first, drawn from its training frequencies, with the other columns generated given
+            it (class-conditional, as TabDDPM): its token stays clean while training (and out of
+            the loss) and is held fixed while sampling.
         num_tokens (`int`, *optional*): "mlp" latents: L, tokens the features map to (default
             8); "columns" has one token per column (a different value raises).
         tabular_hidden_dim (`int`, defaults to 256): "mlp" latents: hidden width of the encoder
@@ -809,6 +813,7 @@ class QGFDTabularConfig(QGFDConfig):
         latent_space: str = "columns",
         numeric_transform: str = "quantile",
         num_quantiles: int = 1000,
+        label_column: Optional[str] = None,
         num_tokens: Optional[int] = None,
         tabular_hidden_dim: int = 256,
         **kwargs,
@@ -819,6 +824,7 @@ class QGFDTabularConfig(QGFDConfig):
         self.latent_space = latent_space
         self.numeric_transform = numeric_transform
         self.num_quantiles = num_quantiles
+        self.label_column = label_column
         self.num_tokens = num_tokens
         self.tabular_hidden_dim = tabular_hidden_dim
         super().__init__(**kwargs)
@@ -832,6 +838,13 @@ class QGFDTabularConfig(QGFDConfig):
             raise ValueError("The tabular model has no pretrained encoder; pass backbone_config=None.")
         self._resolve_columns()
         F = self.num_features
+        if self.label_column is not None:
+            kinds = {c["name"]: c["kind"] for c in self.columns}
+            if kinds.get(self.label_column) != "category" or self.latent_space != "columns":
+                raise ValueError(
+                    f"`label_column`={self.label_column!r} must name a categorical column of latent_space='columns' latents; "
+                    f"the columns are {kinds}, latent_space={self.latent_space!r}."
+                )
         if self.latent_space == "mlp":
             if any(c["kind"] == "category" for c in self.columns):
                 raise ValueError(

@@ -490,14 +490,16 @@ def save_correlations_png(samples, real, columns: Sequence[dict], path: str) -> 
     numeric = [c["name"] for c in columns if c["kind"] != "category"]
     mats = [("real training rows", real[numeric].corr().to_numpy()), ("sampled rows", samples[numeric].corr().to_numpy())]
     mats.append(("sampled - real", mats[1][1] - mats[0][1]))
-    fig, axes = plt.subplots(1, 3, figsize=(13, 4.4))
-    for ax, (title, m) in zip(axes, mats):
+    fig, axes = plt.subplots(1, 3, figsize=(15, 5.2))
+    for i, (ax, (title, m)) in enumerate(zip(axes, mats)):
         im = ax.imshow(np.nan_to_num(m), vmin=-1, vmax=1, cmap="RdBu_r")
-        ax.set_title(title + (f" (mean |diff| {np.nanmean(np.abs(m)):.3f})" if title.startswith("sampled -") else ""), fontsize=9)
+        ax.set_title(title + (f" (mean |diff| {np.nanmean(np.abs(m)):.3f})" if i == 2 else ""), fontsize=9)
         ax.set_xticks([])
-        ax.set_yticks(range(len(numeric)))
-        ax.set_yticklabels(numeric, fontsize=5)
-    fig.colorbar(im, ax=axes, fraction=0.02)
+        ax.set_yticks(range(len(numeric)) if i == 0 else [])
+        if i == 0:
+            ax.set_yticklabels(numeric, fontsize=5)
+    fig.suptitle("Correlations of the numeric columns", fontsize=10)
+    fig.colorbar(im, ax=list(axes), fraction=0.015)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -527,7 +529,7 @@ class TabularTask(ModalityTask):
         max_steps=3000, batch_size=64, learning_rate=2e-3, warmup_steps=100, ema_decay=0.999,
         checkpoint_every=1000,
         # sampling: as many rows as the training set (None), so every generator scores alike
-        num_samples=None, sampler="ddpm", num_inference_steps=100,
+        num_samples=None, sampler="ddim", num_inference_steps=50,
     )
 
     def add_arguments(self, group) -> None:
@@ -580,7 +582,8 @@ class TabularTask(ModalityTask):
         model_kwargs = dict(settings.get("model_kwargs", {}))
         if getattr(args, "numeric_transform", None) is not None:
             model_kwargs["numeric_transform"] = args.numeric_transform
-        kwargs = dict(diffusion_values(args, settings), columns=columns, **model_kwargs)
+        # A class label is generated first and the other columns given it (TabDDPM's class-conditional sampling).
+        kwargs = dict(diffusion_values(args, settings), columns=columns, label_column=data.info["label_column"], **model_kwargs)
         model, _, _ = create_qgfd_diffusion_model("tabular", None, None, **kwargs)
         model.fit_normalization(torch.from_numpy(encode_table(train, columns, f"The table {data.name!r}")))
         return model, None, TabularCollator(columns)

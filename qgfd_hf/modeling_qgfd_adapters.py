@@ -769,6 +769,7 @@ class TabularAdapter(_ModalityAdapter):
         super().__init__(config, shared_cfg)
         F_, D = config.num_features, config.latent_dim
         cols = config.columns
+        self.label_index = None
         self.numeric = [j for j, c in enumerate(cols) if c["kind"] != "category"]
         self.integer = [j for j, c in enumerate(cols) if c["kind"] == "int"]
         self.categorical = [j for j, c in enumerate(cols) if c["kind"] == "category"]
@@ -785,6 +786,10 @@ class TabularAdapter(_ModalityAdapter):
                 codes.append(category_codes(K, D, seed=j))
                 self.code_slices[j] = (start, start + K)
             self.register_buffer("category_codes", torch.cat(codes) if codes else torch.zeros(0, D))  # (sum K, Dl)
+            names = [c["name"] for c in cols]
+            self.label_index = names.index(config.label_column) if config.label_column is not None else None
+            if self.label_index is not None:  # the label's training frequencies (class-conditional sampling)
+                self.register_buffer("label_probs", torch.zeros(len(cols[self.label_index]["categories"])))
         else:
             L, Hd = config.num_tokens, config.tabular_hidden_dim
             first, second = nn.Linear(F_, Hd), nn.Linear(Hd, L * D)
@@ -826,6 +831,9 @@ class TabularAdapter(_ModalityAdapter):
         if self.modality_config.latent_space == "columns":
             levels = self._levels(1, x.device)[0]
             self.quantiles.copy_(torch.quantile(x.t().contiguous(), levels, dim=1).t())  # (F, Q)
+            if self.label_index is not None:
+                counts = torch.bincount(x[:, self.label_index].long(), minlength=self.label_probs.numel()).float()
+                self.label_probs.copy_(counts / counts.sum())
         self.fitted.fill_(1.0)
 
     def check_features(self, features) -> None:
@@ -894,6 +902,16 @@ class TabularAdapter(_ModalityAdapter):
             scores = tokens[:, j] @ codes.t() - 0.5 * (codes**2).sum(-1)  # nearest code: -|x - c|^2 / 2 + const
             out[:, j] = scores.argmax(-1).to(out.dtype)
         return out
+
+    def label_tokens_from_noise(self, x_T: torch.Tensor) -> torch.Tensor:
+        """Class-conditional sampling: the label token [B, Dl] of each sample, its category drawn
+        from the training frequencies by inverse CDF of the first coordinate of the label
+        token's starting noise (so a sample's label depends on its own noise only)."""
+        u = torch.special.ndtr(x_T[:, self.label_index, 0].float())  # (B,) uniform
+        cdf = torch.cumsum(self.label_probs.float(), 0)
+        idx = torch.searchsorted(cdf, u.contiguous(), right=True).clamp(max=cdf.numel() - 1)
+        tokens = self._codes(self.label_index, x_T)[idx]  # (B, Dl)
+        return tokens * self.modality_config.latent_scale
 
     # -- the adapter contract ---------------------------------------------------------------
 

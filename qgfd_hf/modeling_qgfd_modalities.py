@@ -42,7 +42,7 @@ from .configuration_qgfd import (
     QGFDVideoConfig,
     _check_choice,
 )
-from .modeling_qgfd import QGFDDiffusionBackbone, QGFDDiffusionOutput, QGFDPreTrainedModel
+from .modeling_qgfd import QGFDDiffusionBackbone, QGFDDiffusionOutput, QGFDPreTrainedModel, check_timesteps
 from .modeling_qgfd_adapters import (
     ADAPTERS,
     AudioAdapter,
@@ -56,7 +56,7 @@ from .modeling_qgfd_adapters import (
     modality_config_from_backbone,
 )
 from .modeling_qgfd_pretrained import PretrainedDenoiser
-from .scheduling_qgfd import DDPMBetaSchedule, predict_x0_and_eps, sample_loop
+from .scheduling_qgfd import DDPMBetaSchedule, diffusion_target, predict_x0_and_eps, q_sample, sample_loop
 
 logger = logging.get_logger(__name__)
 
@@ -381,11 +381,54 @@ class TabularQGFDDiffusionModel(QGFDPreTrainedModel):
         """Whether `fit_normalization` has run (on this model or on the one saved)."""
         return self.adapter.is_fitted
 
+    def diffusion_forward(self, x0, t, schedule=None, cond_tokens=None, cond_mask=None, noise=None) -> torch.Tensor:
+        """The diffusion loss; with `config.label_column`, the label's token stays clean in x_t and
+        out of the loss (the denoiser learns the other columns given the label)."""
+        j = self.adapter.label_index
+        if j is None:
+            return super().diffusion_forward(x0, t, schedule, cond_tokens, cond_mask, noise)
+        self.check_latents("x0", x0)
+        schedule = schedule if schedule is not None else self.get_schedule(x0.device)
+        t = check_timesteps(t, x0.shape[0], self.config.num_timesteps, x0.device)
+        # 1. x_t = sqrt(a_bar_t) x0 + sqrt(1 - a_bar_t) eps [DDPM Eq. 4], the label token kept clean.
+        x_t, noise = q_sample(x0, t, schedule, noise)
+        x_t = torch.cat([x_t[:, :j], x0[:, j : j + 1], x_t[:, j + 1 :]], 1)  # (B, L, Dl)
+        # 2. the target of every other token; 3. their MSE.
+        target = diffusion_target(x0, noise, t, schedule, self.config.prediction_type)
+        out = self.denoise(x_t, t)
+        keep = torch.arange(x0.shape[1], device=x0.device) != j
+        return nn.functional.mse_loss(out[:, keep].float(), target[:, keep].float())
+
     @torch.no_grad()
-    def diffusion_sample(self, num_samples: Optional[int] = None, *args, **kwargs) -> torch.Tensor:
-        """As `QGFDPreTrainedModel.diffusion_sample`, refused before the loop on a never-fitted model."""
+    def diffusion_sample(self, num_samples: Optional[int] = None, cond_tokens=None, cond_mask=None, *, schedule=None,
+                         sampler: str = "ddim", num_inference_steps: Optional[int] = None, eta: float = 0.0,
+                         generator: Optional[torch.Generator] = None, progress: bool = False, clip_sample: Optional[float] = None,
+                         x_T: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """As `QGFDPreTrainedModel.diffusion_sample`, refused before the loop on a never-fitted
+        model; with `config.label_column`, each sample's label is drawn first (from the training
+        frequencies, `TabularAdapter.label_tokens_from_noise`) and held fixed while the other
+        columns are denoised."""
         self.adapter.check_fitted("sample")
-        return super().diffusion_sample(num_samples, *args, **kwargs)
+        kwargs = dict(schedule=schedule, sampler=sampler, num_inference_steps=num_inference_steps, eta=eta, generator=generator,
+                      progress=progress, clip_sample=clip_sample)
+        j = self.adapter.label_index
+        if j is None:
+            return super().diffusion_sample(num_samples, cond_tokens, cond_mask, x_T=x_T, **kwargs)
+        self.encode_condition(cond_tokens=cond_tokens)  # unconditional: refuses conditioning
+        if x_T is None:
+            gen_device = generator.device if generator is not None else self.device
+            x_T = torch.randn(self.latent_shape(num_samples or 1), generator=generator, device=gen_device, dtype=torch.float32)
+        x_T = x_T.to(device=self.device, dtype=self.dtype)
+        label = self.adapter.label_tokens_from_noise(x_T)  # (B, Dl)
+
+        def denoise_fn(x_t, t):
+            x_t = torch.cat([x_t[:, :j], label[:, None], x_t[:, j + 1 :]], 1)  # the label's clean token
+            return self.denoise(x_t, t)
+
+        kwargs["schedule"] = schedule if schedule is not None else self.get_schedule()
+        x = sample_loop(denoise_fn, tuple(x_T.shape), prediction_type=self.config.prediction_type, device=self.device,
+                        dtype=self.dtype, x_T=x_T, **kwargs)
+        return torch.cat([x[:, :j], label[:, None], x[:, j + 1 :]], 1)
 
 
 MODEL_CLASSES = {

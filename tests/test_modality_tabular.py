@@ -202,6 +202,31 @@ def test_a_never_fitted_model_refuses_to_train_or_sample(latent_space, tmp_path)
     torch.testing.assert_close(again.decode_latents(again.tabular_to_latents(rows)), model.decode_latents(model.tabular_to_latents(rows)))
 
 
+def test_the_label_is_drawn_from_its_frequencies_and_held_fixed(tmp_path):
+    cfg = QGFDTabularConfig(columns=COLUMNS, label_column="color", num_timesteps=10, **TINY)
+    model = TabularQGFDDiffusionModel(cfg).eval()
+    rows = _rows(n=60)
+    model.fit_normalization(rows)
+    probs = torch.bincount(rows[:, 2].long(), minlength=3).float() / 60
+    torch.testing.assert_close(model.adapter.label_probs, probs)
+    # Training: the label's token is clean in x_t, so changing its noise changes nothing.
+    x0, t = model.tabular_to_latents(rows), torch.full((60,), 9)
+    noise = torch.randn_like(x0)
+    other = noise.clone()
+    other[:, 2] = torch.randn_like(other[:, 2])
+    torch.testing.assert_close(model.diffusion_forward(x0, t, noise=noise), model.diffusion_forward(x0, t, noise=other))
+    # Sampling (untrained): labels come out in their training frequencies, per sample from its own noise.
+    model.save_pretrained(tmp_path / "m")
+    pipe = pipeline("qgfd-diffusion", model=str(tmp_path / "m"), device="cpu")
+    out = pipe(num_samples=600, num_inference_steps=2, seed=0, progress_bar=False)
+    freq = pd.Series([o["row"]["color"] for o in out]).value_counts(normalize=True)
+    assert np.allclose([freq.get(c, 0) for c in ["blue", "green", "red"]], probs.numpy(), atol=0.06)
+    few = pipe(num_samples=600, num_inference_steps=2, seed=0, progress_bar=False, batch_size=7)
+    assert [o["row"]["color"] for o in few] == [o["row"]["color"] for o in out]
+    with pytest.raises(ValueError, match="`label_column`='x' must name a categorical column"):
+        QGFDTabularConfig(columns=COLUMNS, label_column="x", **TINY)
+
+
 # -- scores beside baselines -------------------------------------------------------------
 
 
