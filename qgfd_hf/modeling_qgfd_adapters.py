@@ -788,6 +788,11 @@ class TabularAdapter(_ModalityAdapter):
             self.register_buffer("category_codes", torch.cat(codes) if codes else torch.zeros(0, D))  # (sum K, Dl)
             names = [c["name"] for c in cols]
             self.label_index = names.index(config.label_column) if config.label_column is not None else None
+            if self.label_index is not None and self.in_shared_space:
+                raise ValueError(
+                    f"`label_column`={config.label_column!r} (class-conditional generation) is implemented by "
+                    "TabularQGFDDiffusionModel; the shared model generates all columns jointly: pass label_column=None."
+                )
             if self.label_index is not None:  # the label's training frequencies (class-conditional sampling)
                 self.register_buffer("label_probs", torch.zeros(len(cols[self.label_index]["categories"])))
         else:

@@ -225,6 +225,10 @@ def test_the_label_is_drawn_from_its_frequencies_and_held_fixed(tmp_path):
     assert [o["row"]["color"] for o in few] == [o["row"]["color"] for o in out]
     with pytest.raises(ValueError, match="`label_column`='x' must name a categorical column"):
         QGFDTabularConfig(columns=COLUMNS, label_column="x", **TINY)
+    from qgfd_hf import QGFDSharedConfig, SharedQGFDDiffusionModel
+
+    with pytest.raises(ValueError, match="the shared model generates all columns jointly"):
+        SharedQGFDDiffusionModel(QGFDSharedConfig(modalities=["tabular"], tabular_config=cfg, latent_dim=16, **TINY))
 
 
 # -- scores beside baselines -------------------------------------------------------------
