@@ -243,7 +243,7 @@ def wine():
 
 def test_scores_know_real_from_noise(wine):
     train, test, label, columns = wine
-    ev = TableEvaluator(train, test, columns, label, trees=30, detection_trees=20)
+    ev = TableEvaluator(train, test, columns, label, trees=30, detection_trees=20, forests=1)
     # Real rows (the held-out ones scored against themselves and the training rows) score well.
     real = ev.score(train)
     assert real["tstr"] > 0.9 and real["w1"] < 0.3 and real["tvd"] < 0.1
@@ -265,7 +265,7 @@ def test_scores_know_real_from_noise(wine):
 
 def test_memorised_rows_are_flagged(wine):
     train, test, label, columns = wine
-    ev = TableEvaluator(train, test, columns, label, trees=10, detection_trees=10)
+    ev = TableEvaluator(train, test, columns, label, trees=10, detection_trees=10, forests=1)
     assert ev.score(train.sample(len(train), replace=True, random_state=0))["dcr_ratio"] == 0.0
     assert 0.5 < ev.score(test)["dcr_ratio"] < 1.5
 
