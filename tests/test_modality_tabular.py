@@ -314,7 +314,13 @@ def test_the_saved_model_loads_and_samples_without_qgfd_hf(tmp_path):
     assert "['color', 'n', 'ok', 'x'] True transformers_modules." in out
 
 
-def test_demo_code_path_on_a_tiny_budget(tmp_path, capsys):
+def test_demo_code_path_on_a_tiny_budget(tmp_path, capsys, monkeypatch):
+    import functools
+
+    import qgfd_hf.modality_tabular as tabular
+
+    # Small forests: the code path, not the numbers (the full demo's are in docs/modality_tabular.md).
+    monkeypatch.setattr(tabular, "TableEvaluator", functools.partial(TableEvaluator, trees=10, detection_trees=10, forests=1))
     out = tmp_path / "demo"
     code = main(["demo", "--modality", "tabular", "--output-dir", str(out), "--max-steps", "3", "--num-samples", "60",
                  "--num-inference-steps", "3"] + TINY_ARGS)
@@ -325,7 +331,7 @@ def test_demo_code_path_on_a_tiny_budget(tmp_path, capsys):
     assert m["num_train"] == 455 and m["num_heldout"] == 114 and m["samples"]["num_rows"] == 60
     for key in ("samples", "baseline_real", "baseline_gaussian"):
         assert {"tstr", "w1", "tvd", "detection_auc"} <= set(m[key]) and 0 <= m[key]["tstr"] <= 1
-    assert 0.9 < m["baseline_real"]["tstr"] <= 1.0 and m["baseline_real"]["w1"] < m["baseline_gaussian"]["w1"]
+    assert 0.85 < m["baseline_real"]["tstr"] <= 1.0 and m["baseline_real"]["w1"] < m["baseline_gaussian"]["w1"]
     assert set(demo["targets"]) == {"w1_below_gaussian", "detection_auc_below_gaussian", "tstr_above_gaussian", "tstr_within_0.03_of_trtr"}
     sampled = pd.read_csv(out / "samples.csv")
     assert len(sampled) == 60 and set(sampled["diagnosis"]) <= {"benign", "malignant"} and sampled.shape[1] == 31
