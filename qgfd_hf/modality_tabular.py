@@ -536,7 +536,8 @@ class TabularTask(ModalityTask):
         num_timesteps=1000, beta_schedule="cosine", prediction_type="v",
         qgfd_steps=1, qgfd_alpha=0.5, qgfd_warmup_steps=200,
         model_kwargs=dict(numeric_transform="quantile", num_quantiles=1000),
-        # 2000 steps: the loss is flat after ~1500 (3000 steps scored alike, in more than 5 CPU minutes)
+        # 2000 steps: the loss is flat after ~1500 (3000 steps scored alike, in more than 5 CPU minutes;
+        # docs/modality_tabular.md)
         max_steps=2000, batch_size=64, learning_rate=2e-3, warmup_steps=100, ema_decay=0.999,
         checkpoint_every=1000,
         # sampling: as many rows as the training set (None), so every generator scores alike
