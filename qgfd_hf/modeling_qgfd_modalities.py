@@ -42,7 +42,7 @@ from .configuration_qgfd import (
     QGFDVideoConfig,
     _check_choice,
 )
-from .modeling_qgfd import QGFDDiffusionBackbone, QGFDDiffusionOutput, QGFDPreTrainedModel
+from .modeling_qgfd import QGFDDiffusionBackbone, QGFDDiffusionOutput, QGFDPreTrainedModel, check_timesteps
 from .modeling_qgfd_adapters import (
     ADAPTERS,
     AudioAdapter,
@@ -56,7 +56,7 @@ from .modeling_qgfd_adapters import (
     modality_config_from_backbone,
 )
 from .modeling_qgfd_pretrained import PretrainedDenoiser
-from .scheduling_qgfd import DDPMBetaSchedule, predict_x0_and_eps, sample_loop
+from .scheduling_qgfd import DDPMBetaSchedule, diffusion_target, predict_x0_and_eps, q_sample, sample_loop
 
 logger = logging.get_logger(__name__)
 
@@ -402,20 +402,27 @@ class AudioQGFDDiffusionModel(QGFDPreTrainedModel):
 
 
 class TabularQGFDDiffusionModel(QGFDPreTrainedModel):
-    """Unconditional diffusion over rows of numeric features (features -> token sequence).
+    """Unconditional diffusion over the rows of a table (`config.columns`: numeric, integer and
+    categorical columns).
 
-    - `fit_normalization(features)` once on the training data (mean/std are saved with the model);
-    - `data_to_latents({"features"})` / `tabular_to_latents(features)`: rows [B, F] -> x0 [B, L, latent_dim];
-    - `decode_latents(latents)` -> rows [B, F] in the original units;
-    - `compute_loss` adds the decoder's reconstruction loss.
+    - `fit_normalization(features)` once on the training rows: the column statistics (quantile
+      knots, mean, std) are buffers, saved with the model; a model never fitted refuses to
+      compute a loss, encode, decode or sample;
+    - `data_to_latents({"features"})` / `tabular_to_latents(features)`: rows [B, F] (categories
+      as indices) -> x0 [B, L, latent_dim] (L = F with the default "columns" latents);
+    - `decode_latents(latents)` -> rows [B, F] in the original units (the pipeline maps category
+      indices back to their values);
+    - `compute_loss` adds the decoder's reconstruction loss ("mlp" latents only).
 
     Example:
-        >>> model = TabularQGFDDiffusionModel(QGFDTabularConfig(num_features=3, num_tokens=2, d_model=32, num_heads=4,
-        ...                                                     num_layers=2, d_ff=64))
-        >>> rows = torch.randn(6, 3)
+        >>> cfg = QGFDTabularConfig(columns=[{"name": "x", "kind": "float"},
+        ...                                  {"name": "y", "kind": "category", "categories": ["no", "yes"]}],
+        ...                         d_model=32, num_heads=4, num_layers=2, d_ff=64)
+        >>> model = TabularQGFDDiffusionModel(cfg)
+        >>> rows = torch.tensor([[0.3, 1.0], [2.5, 0.0], [1.1, 1.0]])
         >>> model.fit_normalization(rows)
-        >>> model.decode_latents(model.tabular_to_latents(rows)).shape
-        torch.Size([6, 3])
+        >>> model.latent_shape(2), model.decode_latents(model.tabular_to_latents(rows)).shape
+        ((2, 2, 1), torch.Size([3, 2]))
     """
 
     config_class = QGFDTabularConfig
@@ -432,8 +439,62 @@ class TabularQGFDDiffusionModel(QGFDPreTrainedModel):
         return self.adapter.tabular_to_latents(features)
 
     def fit_normalization(self, features: torch.Tensor) -> None:
-        """Store the per-feature mean and std of `features` [N, F] (buffers, saved with the model)."""
+        """Fit the column statistics to training rows `features` [N, F] (buffers, saved with the model)."""
         self.adapter.fit_normalization(features)
+
+    @property
+    def is_fitted(self) -> bool:
+        """Whether `fit_normalization` has run (on this model or on the one saved)."""
+        return self.adapter.is_fitted
+
+    def diffusion_forward(self, x0, t, schedule=None, cond_tokens=None, cond_mask=None, noise=None) -> torch.Tensor:
+        """The diffusion loss; with `config.label_column`, the label's token stays clean in x_t and
+        out of the loss (the denoiser learns the other columns given the label)."""
+        j = self.adapter.label_index
+        if j is None:
+            return super().diffusion_forward(x0, t, schedule, cond_tokens, cond_mask, noise)
+        self.check_latents("x0", x0)
+        schedule = schedule if schedule is not None else self.get_schedule(x0.device)
+        t = check_timesteps(t, x0.shape[0], self.config.num_timesteps, x0.device)
+        # 1. x_t = sqrt(a_bar_t) x0 + sqrt(1 - a_bar_t) eps [DDPM Eq. 4], the label token kept clean.
+        x_t, noise = q_sample(x0, t, schedule, noise)
+        x_t = torch.cat([x_t[:, :j], x0[:, j : j + 1], x_t[:, j + 1 :]], 1)  # (B, L, Dl)
+        # 2. the target of every other token; 3. their MSE.
+        target = diffusion_target(x0, noise, t, schedule, self.config.prediction_type)
+        out = self.denoise(x_t, t)
+        keep = torch.arange(x0.shape[1], device=x0.device) != j
+        return nn.functional.mse_loss(out[:, keep].float(), target[:, keep].float())
+
+    @torch.no_grad()
+    def diffusion_sample(self, num_samples: Optional[int] = None, cond_tokens=None, cond_mask=None, *, schedule=None,
+                         sampler: str = "ddim", num_inference_steps: Optional[int] = None, eta: float = 0.0,
+                         generator: Optional[torch.Generator] = None, progress: bool = False, clip_sample: Optional[float] = None,
+                         x_T: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """As `QGFDPreTrainedModel.diffusion_sample`, refused before the loop on a never-fitted
+        model; with `config.label_column`, each sample's label is drawn first (from the training
+        frequencies, `TabularAdapter.label_tokens_from_noise`) and held fixed while the other
+        columns are denoised."""
+        self.adapter.check_fitted("sample")
+        kwargs = dict(schedule=schedule, sampler=sampler, num_inference_steps=num_inference_steps, eta=eta, generator=generator,
+                      progress=progress, clip_sample=clip_sample)
+        j = self.adapter.label_index
+        if j is None:
+            return super().diffusion_sample(num_samples, cond_tokens, cond_mask, x_T=x_T, **kwargs)
+        self.encode_condition(cond_tokens=cond_tokens)  # unconditional: refuses conditioning
+        if x_T is None:
+            gen_device = generator.device if generator is not None else self.device
+            x_T = torch.randn(self.latent_shape(num_samples or 1), generator=generator, device=gen_device, dtype=torch.float32)
+        x_T = x_T.to(device=self.device, dtype=self.dtype)
+        label = self.adapter.label_tokens_from_noise(x_T)  # (B, Dl)
+
+        def denoise_fn(x_t, t):
+            x_t = torch.cat([x_t[:, :j], label[:, None], x_t[:, j + 1 :]], 1)  # the label's clean token
+            return self.denoise(x_t, t)
+
+        kwargs["schedule"] = schedule if schedule is not None else self.get_schedule()
+        x = sample_loop(denoise_fn, tuple(x_T.shape), prediction_type=self.config.prediction_type, device=self.device,
+                        dtype=self.dtype, x_T=x_T, **kwargs)
+        return torch.cat([x[:, :j], label[:, None], x[:, j + 1 :]], 1)
 
 
 MODEL_CLASSES = {
@@ -472,11 +533,11 @@ class SharedQGFDDiffusionModel(QGFDPreTrainedModel):
     Example:
         >>> img = QGFDImageConfig(latent_space="pixels", image_size=8, patch_size=2, num_channels=1, d_model=32,
         ...                       num_heads=4, num_layers=2, d_ff=64)
-        >>> tab = QGFDTabularConfig(num_features=3, num_tokens=2, latent_dim=8, d_model=32, num_heads=4, num_layers=2, d_ff=64)
+        >>> tab = QGFDTabularConfig(num_features=3, latent_dim=8, d_model=32, num_heads=4, num_layers=2, d_ff=64)
         >>> model = SharedQGFDDiffusionModel(QGFDSharedConfig(modalities=["image", "tabular"], image_config=img,
         ...     tabular_config=tab, latent_dim=16, d_model=32, num_heads=4, num_layers=2, d_ff=64))
         >>> model.latent_shape(2, modality="image"), model.latent_shape(2, modality="tabular")
-        ((2, 16, 16), (2, 2, 16))
+        ((2, 16, 16), (2, 3, 16))
     """
 
     config_class = QGFDSharedConfig

@@ -57,8 +57,8 @@ class QGFDDiffusionPipeline(Pipeline):
     Returns a list with one entry per sample (per text, a list of `num_samples` entries):
     text `{"generated_text": str}`; image `{"image": PIL.Image}`; audio
     `{"audio": np.ndarray [N], "sampling_rate": int}`; video `{"frames": np.ndarray [F, H, W, C]}`;
-    tabular `{"row": {column: value}}`. With `output_type="np"`: `{"np": array}` (images
-    `[H, W, C]` and video `[F, H, W, C]` floats in [0, 1], audio `[N]`, tables `[num_features]`,
+    tabular `{"row": {column: value}}` (categories as their values, integer columns as ints). With `output_type="np"`: `{"np": array}` (images
+    `[H, W, C]` and video `[F, H, W, C]` floats in [0, 1], audio `[N]`, tables `[num_features]` (categories as indices),
     text the token ids `[L]`); with `"latent"`: `{"latent": tensor}`.
 
     Example:
@@ -302,8 +302,12 @@ class QGFDDiffusionPipeline(Pipeline):
         if modality == "video":
             return {"frames": (x.clamp(0, 1).permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)}  # (F, H, W, C)
         if modality == "tabular":
-            names = getattr(cfg, "feature_names", None) or [f"feature_{i}" for i in range(x.shape[-1])]
-            return {"row": {name: float(v) for name, v in zip(names, x.tolist())}}
+            # The columns' own values: a category (as saved in `config.columns`), an int, a float.
+            columns = getattr(cfg, "columns", None) or [{"name": f"feature_{i}", "kind": "float"} for i in range(x.shape[-1])]
+            row = {}
+            for c, v in zip(columns, x.tolist()):
+                row[c["name"]] = c["categories"][int(v)] if c["kind"] == "category" else int(v) if c["kind"] == "int" else float(v)
+            return {"row": row}
         raise ValueError(f"The pipeline cannot turn {modality!r} latents into data; use output_type='latent'.")
 
 

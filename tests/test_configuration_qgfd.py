@@ -154,7 +154,7 @@ def test_audio_config_computes_the_frame_count():
 
 
 def test_tabular_config():
-    cfg = QGFDTabularConfig(num_features=3, num_tokens=2, feature_names=["a", "b", "c"], **TINY)
+    cfg = QGFDTabularConfig(latent_space="mlp", num_features=3, num_tokens=2, feature_names=["a", "b", "c"], **TINY)
     assert cfg.latent_dim == 32 and cfg.num_latent_tokens() == 2
     with pytest.raises(ValueError, match="feature_names"):
         QGFDTabularConfig(num_features=3, feature_names=["a"], **TINY)

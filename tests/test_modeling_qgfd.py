@@ -112,7 +112,7 @@ def build(kind, **overrides):
         cfg = QGFDVideoConfig(num_frames=2, backbone_config=vit_config(), **TINY, **overrides)
         return VideoQGFDDiffusionModel(cfg), {"pixel_values": torch.rand(4, 2, 3, 16, 16, generator=g) * 2 - 1}
     if kind == "tabular":
-        cfg = QGFDTabularConfig(num_features=5, num_tokens=3, tabular_hidden_dim=32, **TINY, **overrides)
+        cfg = QGFDTabularConfig(latent_space="mlp", num_features=5, num_tokens=3, tabular_hidden_dim=32, **TINY, **overrides)
         model = TabularQGFDDiffusionModel(cfg)
         features = torch.randn(4, 5, generator=g) * torch.tensor([1.0, 10.0, 0.1, 5.0, 2.0]) + 3.0
         model.fit_normalization(features)

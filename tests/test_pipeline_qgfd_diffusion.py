@@ -142,7 +142,7 @@ def test_audio_video_tabular_sample_calls():
                                                     num_channels=1, num_timesteps=T, **TINY)).eval()
     out = make_pipe(video)(num_samples=2, seed=0, num_inference_steps=3, progress_bar=False)
     assert out[0]["frames"].shape == (2, 8, 8, 1) and out[0]["frames"].dtype == np.uint8
-    tab = TabularQGFDDiffusionModel(QGFDTabularConfig(num_features=5, num_tokens=3, tabular_hidden_dim=32, num_timesteps=T, **TINY)).eval()
+    tab = TabularQGFDDiffusionModel(QGFDTabularConfig(latent_space="mlp", num_features=5, num_tokens=3, tabular_hidden_dim=32, num_timesteps=T, **TINY)).eval()
     tab.fit_normalization(torch.randn(16, 5) * 3 + 10)
     rows = make_pipe(tab)(num_samples=3, seed=0, num_inference_steps=3, progress_bar=False)
     assert len(rows) == 3 and len(rows[0]["row"]) == 5 and all(isinstance(v, float) for v in rows[0]["row"].values())
