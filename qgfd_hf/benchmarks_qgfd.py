@@ -566,7 +566,7 @@ def train_and_evaluate(arm: Arm, train: TaskData, test: TaskData, budget: Budget
     accuracy = evaluate_accuracy(model, test, budget.eval_batch_size)
     return {"task": train.name, "arm": arm.name, "family": arm.family, **asdict(arm), "seed": int(seed),
             "accuracy": accuracy, "train_accuracy": evaluate_accuracy(model, train.batch(slice(0, len(test))), budget.eval_batch_size),
-            **stats, "params": count_parameters(model), "alphas": learned_alphas(model),
+            **stats, "params": count_parameters(model), "alphas": learned_alphas(model) if arm.steps else [],
             "budget": asdict(budget), "d_model": d_model, "num_heads": num_heads}
 
 

@@ -73,6 +73,17 @@ def reduced_arms():
     ]
 
 
+def core_arms():
+    """The few arms run over 5 seeds on this shared CPU: softmax at depth 1 and 2, and one QGFD
+    layer with the seed's rule (T = 1, 2) or the key graph (recurrent mix, T = 2)."""
+    return [Arm(depth=1), Arm(depth=2),
+            Arm(depth=1, steps=1, learnable_alpha=True), Arm(depth=1, steps=2, learnable_alpha=True),
+            Arm(depth=1, steps=2, learnable_alpha=True, graph="keys", mix="recurrent")]
+
+
+ARM_SETS = {"core": core_arms, "reduced": reduced_arms, "full": arm_grid}
+
+
 def parse_task(config: str):
     """"pointer-k2" -> ("pointer", 2); "listops-d3" -> ("listops", 3)."""
     task, _, k = config.rpartition("-")
@@ -85,7 +96,7 @@ def parse_task(config: str):
 
 
 def run_grid(args):
-    arms = arm_grid() if args.arms == "full" else reduced_arms()
+    arms = ARM_SETS[args.arms]()
     budget = Budget(steps=args.steps, batch_size=args.batch_size, learning_rate=args.learning_rate)
     path = os.path.join(args.out_dir, f"runs-{args.tag}.jsonl")
     os.makedirs(args.out_dir, exist_ok=True)
@@ -117,22 +128,286 @@ def run_grid(args):
 # 2. The shared denoiser: sequential against joint training, with and without QGFD
 # ----------------------------------------------------------------------------------------
 
+SHARED_QGFD = {  # the demo's QGFD (docs/ab.md "qgfd-seed") and plain attention, exactly
+    "softmax": dict(qgfd_alpha=0.0),
+    "qgfd-seed": dict(qgfd_steps=1, qgfd_alpha=0.5, qgfd_graph="attention", qgfd_mix="seed", qgfd_warmup_steps=200),
+}
+
+
+def build_shared(seed, attention):
+    """train_shared.py's model: a 3-layer, 64-wide shared denoiser, a random small T5 for the
+    reversal task's conditioning, 2x2 pixel patches of the 8x8 digits, a 32-wide shared latent."""
+    from accelerate.utils import set_seed
+    from transformers import T5Config
+
+    from qgfd_hf import create_qgfd_diffusion_model
+    from qgfd_hf.data_qgfd import REVERSAL_VOCAB, build_word_tokenizer
+
+    tokenizer = build_word_tokenizer(REVERSAL_VOCAB)
+    t5 = T5Config(vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4, pad_token_id=0,
+                  eos_token_id=1, decoder_start_token_id=0)
+    set_seed(seed)
+    model, _, _ = create_qgfd_diffusion_model(
+        "shared", {"text": t5, "image": None}, None, tokenizer=tokenizer,
+        modality_kwargs={"text": dict(conditional=True, seq_len=7, freeze_encoder=True, train_condition_encoder=True),
+                         "image": dict(latent_space="pixels", image_size=8, patch_size=2, num_channels=1)},
+        d_model=64, num_layers=3, num_heads=4, d_ff=128, latent_dim=32, beta_schedule="cosine", prediction_type="v",
+        **SHARED_QGFD[attention])
+    return model, tokenizer
+
+
+def shared_phase(model, streams, steps, seed, lr=2e-3):
+    """One training phase: `steps` AdamW steps (warm-up min(100, steps/10), cosine, clip 1.0, EMA
+    0.999, as QGFDTrainer does), the modality of step i being streams[i % len(streams)]. Ends with
+    the EMA weights in the model (what train_shared.py samples and carries to its next phase)."""
+    from qgfd_hf import set_qgfd_step
+    from qgfd_hf.training_qgfd import EMAModel
+
+    budget = Budget(steps=steps, learning_rate=lr, warmup_steps=min(100, steps // 10), weight_decay=0.0)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    ema = EMAModel(model, 0.999)
+    gen = torch.Generator().manual_seed(seed)
+    losses = {m: [] for m, _ in streams}
+    model.train()
+    for step in range(steps):
+        modality, batches = streams[step % len(streams)]
+        set_qgfd_step(model, step)
+        for group in opt.param_groups:
+            group["lr"] = budget.lr_at(step)
+        loss = model.compute_loss(next(batches), generator=gen, modality=modality)["loss"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        ema.update(model)
+        losses[modality].append(loss.item())
+    ema.copy_to(model)
+    return {m: float(np.mean(v[-max(1, len(v) // 10):])) for m, v in losses.items() if v}
+
+
+def batch_stream(data, collator, batch_size, seed):
+    """Endless shuffled batches of `data` (a datasets.Dataset), in an order fixed by `seed`."""
+    g = torch.Generator().manual_seed(seed)
+    while True:
+        order = torch.randperm(len(data), generator=g).tolist()
+        for i in range(0, len(order) - batch_size + 1, batch_size):
+            yield collator(data.select(order[i:i + batch_size]).to_list())
+
+
+def shared_scores(model, tokenizer, text_heldout, evaluator, num_images=100):
+    """Text exact match on the held-out reversal pairs (DDIM 50, as train_shared.py), the text
+    diffusion loss on them (fixed noise: a retention measure that does not need the text to be
+    learned to the letter), and the digits' FD / confidence of DDIM-50 samples (the demo's
+    classifier features)."""
+    from qgfd_hf.data_qgfd import Seq2SeqCollator
+    from qgfd_hf.evaluation_qgfd import exact_match
+
+    model.eval()
+    with torch.no_grad():
+        batch = Seq2SeqCollator(tokenizer, 7)(text_heldout.to_list())
+        text_loss = float(model.compute_loss(batch, generator=torch.Generator().manual_seed(0), modality="text")["diffusion_loss"])
+    enc = tokenizer(list(text_heldout["source"]), padding=True, return_tensors="pt")
+    with torch.no_grad():
+        cond, mask = model.encode_condition(modality="text", input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])
+        lat = model.diffusion_sample(cond.shape[0], cond, mask, modality="text", num_inference_steps=50,
+                                     generator=torch.Generator().manual_seed(0))
+        em = exact_match(model.decode_to_text(lat, tokenizer), text_heldout["target"])
+        lat = model.diffusion_sample(num_images, modality="image", num_inference_steps=50,
+                                     generator=torch.Generator().manual_seed(0))
+        images = model.decode_latents(lat, modality="image").float().clamp(0, 1).numpy()
+    score = evaluator.score(images)
+    model.train()
+    return {"text_exact_match": em, "text_heldout_loss": text_loss, "image_fd": score["fd"], "image_confidence": score["confidence"]}
+
 
 def run_shared(args):
-    from shared_denoiser_eval import run_shared_eval  # scripts/shared_denoiser_eval.py
+    from qgfd_hf.data_qgfd import ImageCollator, Seq2SeqCollator, load_digits_dataset, make_reversal_dataset, train_test_split_dataset
+    from qgfd_hf.evaluation_qgfd import DigitsEvaluator
 
-    run_shared_eval(args)
+    text_train, text_heldout = train_test_split_dataset(make_reversal_dataset(4000), 200)
+    digits = load_digits_dataset()
+    evaluator = DigitsEvaluator(digits["train"]["pixel_values"], digits["train"]["label"], digits["test"]["pixel_values"],
+                                digits["test"]["label"])
+    path = os.path.join(args.out_dir, "shared.jsonl")
+    os.makedirs(args.out_dir, exist_ok=True)
+    done = set()
+    if os.path.exists(path):
+        with open(path) as f:
+            done = {(r["schedule"], r["attention"], r["seed"]) for r in map(json.loads, f)}
+    for seed in args.seeds:
+        for attention in SHARED_QGFD:
+            for schedule in ("sequential", "joint"):
+                if (schedule, attention, seed) in done:
+                    continue
+                model, tokenizer = build_shared(seed, attention)
+                cfg = model.config.modality_config("image")
+                text = ("text", batch_stream(text_train, Seq2SeqCollator(tokenizer, 7), args.batch_size, seed))
+                image = ("image", batch_stream(digits["train"], ImageCollator(1, 8, cfg.image_mean, cfg.image_std), args.batch_size, seed))
+                cpu = time.process_time()
+                record = {"schedule": schedule, "attention": attention, "seed": seed, "steps_per_modality": args.steps}
+                if schedule == "sequential":  # text, then images: two phases, each its own optimizer and schedule
+                    record["loss_text"] = shared_phase(model, [text], args.steps, seed)["text"]
+                    record["after_text_phase"] = shared_scores(model, tokenizer, text_heldout, evaluator)
+                    record["loss_image"] = shared_phase(model, [image], args.steps, seed + 1)["image"]
+                else:  # one phase of 2 x steps, text and image batches alternating
+                    losses = shared_phase(model, [text, image], 2 * args.steps, seed)
+                    record["loss_text"], record["loss_image"] = losses["text"], losses["image"]
+                record["final"] = shared_scores(model, tokenizer, text_heldout, evaluator)
+                record["cpu_s"] = time.process_time() - cpu
+                with open(path, "a") as f:
+                    f.write(json.dumps(record) + "\n")
+                print(f"[{time.strftime('%H:%M:%S')}] shared {schedule} {attention} seed {seed}: {record}", flush=True)
+
+
+def shared_table(out_dir):
+    path = os.path.join(out_dir, "shared.jsonl")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        rs = [json.loads(line) for line in f if line.strip()]
+    steps = rs[0]["steps_per_modality"]
+
+    def cell(values):
+        values = [v for v in values if v is not None]
+        if not values:
+            return "-"
+        return f"{np.mean(values):.3f} +- {np.std(values, ddof=1) if len(values) > 1 else 0:.3f}"
+
+    lines = ["## Shared denoiser: sequential against joint training\n",
+             f"{steps} optimizer steps per modality (sequential: {steps} text, then {steps} image; joint: {2 * steps} "
+             "alternating text and image batches); mean +- std over seeds "
+             f"{sorted(set(r['seed'] for r in rs))}. Text: exact match on 200 held-out reversal pairs; images: FD "
+             "(lower is better) and classifier confidence of 200 DDPM samples.\n",
+             "| schedule | attention | seeds | text EM after text phase | text EM at the end | image FD at the end | "
+             "image confidence | final text loss | final image loss | CPU s |", "|---|---|---:|---|---|---|---|---|---|---:|"]
+    for schedule in ("sequential", "joint"):
+        for attention in SHARED_QGFD:
+            g = [r for r in rs if r["schedule"] == schedule and r["attention"] == attention]
+            if not g:
+                continue
+            lines.append(f"| {schedule} | {attention} | {len(g)} | "
+                         f"{cell([r.get('after_text_phase', {}).get('text_exact_match') for r in g])} | "
+                         f"{cell([r['final']['text_exact_match'] for r in g])} | "
+                         f"{cell([r.get('after_text_phase', {}).get('text_heldout_loss') for r in g])} | "
+                         f"{cell([r['final']['text_heldout_loss'] for r in g])} | {cell([r['final']['image_fd'] for r in g])} | "
+                         f"{cell([r['final']['image_confidence'] for r in g])} | {np.mean([r['cpu_s'] for r in g]):.0f} |")
+    return "\n".join(lines) + "\n"
 
 
 # ----------------------------------------------------------------------------------------
-# 3. Fine-tuning a pretrained model with QGFD patched in
+# 3. Fine-tuning: QGFD patched into a model pretrained here, alpha warm-up from 0
 # ----------------------------------------------------------------------------------------
+
+
+class BertReadout(torch.nn.Module):
+    """A tiny BertModel (no dropout) and a linear head on the task's readout position."""
+
+    def __init__(self, data, width=64, layers=2):
+        super().__init__()
+        from transformers import BertConfig, BertModel
+
+        config = BertConfig(vocab_size=data.vocab_size, hidden_size=width, num_hidden_layers=layers, num_attention_heads=4,
+                            intermediate_size=2 * width, max_position_embeddings=data.seq_len, hidden_dropout_prob=0.0,
+                            attention_probs_dropout_prob=0.0)
+        self.bert = BertModel(config, add_pooling_layer=False)
+        self.head = torch.nn.Linear(width, data.num_classes)
+        self.readout = data.readout
+
+    def forward(self, tokens, padding=None):
+        mask = None if padding is None else (~padding).long()
+        h = self.bert(input_ids=tokens[..., 0], attention_mask=mask).last_hidden_state  # (B, L, D)
+        return self.head(h[:, self.readout])
+
+
+FINETUNE_ARMS = {  # what is patched in before fine-tuning (None: the pretrained softmax model, fine-tuned as it is)
+    "softmax": None,
+    "qgfd-warmup": dict(steps=1, alpha=0.5, graph="attention", mix="seed"),  # warmup_steps from --warmup
+    "qgfd-no-warmup": dict(steps=1, alpha=0.5, graph="attention", mix="seed", warmup_steps=0),
+}
 
 
 def run_finetune(args):
-    from finetune_eval import run_finetune_eval  # scripts/finetune_eval.py
+    import copy
 
-    run_finetune_eval(args)
+    from qgfd_hf import patch_model, set_qgfd_step
+    from qgfd_hf.benchmarks_qgfd import evaluate_accuracy, train_model
+
+    path = os.path.join(args.out_dir, "finetune.jsonl")
+    os.makedirs(args.out_dir, exist_ok=True)
+    done = set()
+    if os.path.exists(path):
+        with open(path) as f:
+            done = {(r["target"], r["arm"], r["seed"]) for r in map(json.loads, f)}
+    tests = {k: make_task("pointer", args.test_size, TEST_SEED, k) for k in (1, 2)}
+    checkpoints = sorted({0, 25, 50, args.warmup, 2 * args.warmup, args.finetune_steps})
+    for seed in args.seeds:
+        # 1. Pretrain with softmax attention on pointer-k1.
+        torch.manual_seed(seed)
+        pretrained = BertReadout(tests[1])
+        train_model(pretrained, make_task("pointer", args.pretrain_steps * 64, seed, 1), Budget(steps=args.pretrain_steps), seed)
+        pretrained.eval()
+        base = {k: evaluate_accuracy(pretrained, t) for k, t in tests.items()}
+        for k in (1, 2):  # 2. Fine-tune on the same task (k=1) and on a task that needs one more hop (k=2).
+            train = make_task("pointer", args.finetune_steps * 64, seed + 100, k)
+            for arm, settings in FINETUNE_ARMS.items():
+                if (f"pointer-k{k}", arm, seed) in done:
+                    continue
+                model = copy.deepcopy(pretrained)
+                if settings is not None:
+                    patch_model(model.bert, **{"warmup_steps": args.warmup, **settings})
+                curve = []
+
+                def callback(step, m):  # accuracy at full alpha (eval) and at the warm-up's alpha (train mode, no dropout)
+                    if step in checkpoints:
+                        set_qgfd_step(m, step)
+                        m.eval()
+                        full = evaluate_accuracy(m, tests[k])
+                        m.train()
+                        curve.append({"step": step, "acc_full_alpha": full, "acc_warmup_alpha": evaluate_accuracy(m, tests[k])})
+
+                stats = train_model(model, train, Budget(steps=args.finetune_steps, learning_rate=1e-3, warmup_steps=20), seed,
+                                    callback=callback)
+                record = {"target": f"pointer-k{k}", "arm": arm, "seed": seed, "pretrained_acc": base[k], "curve": curve,
+                          "final_acc": curve[-1]["acc_full_alpha"], **stats, "warmup": args.warmup if arm == "qgfd-warmup" else 0}
+                with open(path, "a") as f:
+                    f.write(json.dumps(record) + "\n")
+                print(f"[{time.strftime('%H:%M:%S')}] finetune pointer-k{k} {arm} seed {seed}: pretrained {base[k]:.3f} "
+                      f"curve {[(c['step'], round(c['acc_full_alpha'], 3), round(c['acc_warmup_alpha'], 3)) for c in curve]}", flush=True)
+
+
+def finetune_table(out_dir):
+    path = os.path.join(out_dir, "finetune.jsonl")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        rs = [json.loads(line) for line in f if line.strip()]
+    steps = [c["step"] for c in rs[0]["curve"]]
+    lines = ["## Fine-tuning a pretrained model with QGFD patched in\n",
+             "A tiny BERT (2 layers, 64 wide, no dropout) pretrained here with softmax attention on pointer-k1, then "
+             "fine-tuned on pointer-k1 (the same task) and on pointer-k2 (one hop more), each arm from the same "
+             "pretrained weights with the same data and budget. Test accuracy, mean +- std over seeds "
+             f"{sorted(set(r['seed'] for r in rs))}, at fine-tuning steps {steps}: at full alpha (eval mode) / at the "
+             "warm-up's current alpha (train mode; no dropout, so the only difference is alpha).\n",
+             "| target | arm | seeds | pretrained (softmax) | " + " | ".join(f"step {s}" for s in steps) + " | final vs softmax (paired) |",
+             "|---|---|---:|---|" + "---|" * len(steps) + "---|"]
+    for target in dict.fromkeys(r["target"] for r in rs):
+        ref = {r["seed"]: r["final_acc"] for r in rs if r["target"] == target and r["arm"] == "softmax"}
+        for arm in FINETUNE_ARMS:
+            g = [r for r in rs if r["target"] == target and r["arm"] == arm]
+            if not g:
+                continue
+            cells = []
+            for i in range(len(steps)):
+                full = [r["curve"][i]["acc_full_alpha"] for r in g]
+                warm = [r["curve"][i]["acc_warmup_alpha"] for r in g]
+                cells.append(f"{np.mean(full):.3f} / {np.mean(warm):.3f}")
+            seeds = sorted(set(ref) & {r["seed"] for r in g})
+            diff = "-" if arm == "softmax" or len(seeds) < 2 else fmt_diff(paired_comparison(
+                [next(r["final_acc"] for r in g if r["seed"] == s) for s in seeds], [ref[s] for s in seeds]))
+            pre = [r["pretrained_acc"] for r in g]
+            lines.append(f"| {target} | {arm} | {len(g)} | {np.mean(pre):.3f} +- {np.std(pre, ddof=1) if len(pre) > 1 else 0:.3f} | "
+                         + " | ".join(cells) + f" | {diff} |")
+    return "\n".join(lines) + "\n"
 
 
 # ----------------------------------------------------------------------------------------
@@ -145,7 +420,10 @@ def load_runs(out_dir):
     for path in sorted(glob.glob(os.path.join(out_dir, "runs-*.jsonl"))):
         with open(path) as f:
             runs += [json.loads(line) for line in f if line.strip()]
-    return runs
+    unique = {}
+    for r in runs:  # a run that two processes made (the same task, arm and seed) counts once
+        unique.setdefault((r["task"], r["arm"], r["seed"]), r)
+    return list(unique.values())
 
 
 def fmt_ci(s):
@@ -254,11 +532,9 @@ def run_report(args):
         sections.append(grid_tables(runs))
         for p in plot_grid(runs, args.plot_dir):
             sections.append(f"![{os.path.basename(p)}]({os.path.relpath(p, os.path.dirname(os.path.abspath(args.out)))})\n")
-    for name in ("shared", "finetune"):
-        path = os.path.join(args.out_dir, f"{name}.md")
-        if os.path.exists(path):
-            with open(path) as f:
-                sections.append(f.read())
+    for table in (shared_table(args.out_dir), finetune_table(args.out_dir)):
+        if table:
+            sections.append(table)
     text = "\n".join(sections)
     with open(args.out, "w") as f:
         f.write(text)
@@ -272,7 +548,7 @@ def main(argv=None):
     sub = p.add_subparsers(dest="command", required=True)
     g = sub.add_parser("grid", help="train the arms on the tasks")
     g.add_argument("--tasks", nargs="+", default=TASK_CONFIGS, choices=TASK_CONFIGS)
-    g.add_argument("--arms", choices=("reduced", "full"), default="reduced")
+    g.add_argument("--arms", choices=tuple(ARM_SETS), default="reduced")
     g.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     g.add_argument("--steps", type=int, default=300)
     g.add_argument("--batch-size", type=int, default=64)
@@ -290,6 +566,7 @@ def main(argv=None):
     f.add_argument("--pretrain-steps", type=int, default=600)
     f.add_argument("--finetune-steps", type=int, default=300)
     f.add_argument("--warmup", type=int, default=100)
+    f.add_argument("--test-size", type=int, default=1000)
     r = sub.add_parser("report", help="tables, plots and one JSON from what the other commands wrote")
     r.add_argument("--out", default="docs/evaluation_results.md")
     r.add_argument("--plot-dir", default="docs/evaluation")
@@ -298,7 +575,6 @@ def main(argv=None):
     args = p.parse_args(argv)
 
     torch.set_num_threads(1)
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     {"grid": run_grid, "shared": run_shared, "finetune": run_finetune, "report": run_report}[args.command](args)
     return 0
 
