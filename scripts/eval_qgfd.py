@@ -4,22 +4,25 @@ Arena task), with softmax attention and QGFD arms at depth 1, 2, 3, over seeds, 
 then the shared text+image denoiser (sequential against joint training) and QGFD patched into a
 model pretrained here (alpha warm-up from 0). Every table in docs/evaluation.md comes from here.
 
-    # the grid (appends one JSON line per run to --out-dir/runs-<tag>.jsonl; resumes: runs already
-    # there are skipped). Split it over processes with --tasks; the "reduced" arm set is what
-    # docs/evaluation.md reports, "full" is the whole factorial (75 arms per task).
-    python scripts/eval_qgfd.py grid --tasks pointer-k1 pointer-k2 pointer-k3 reachability-k1 reachability-k2 reachability-k3 --tag a
+    # the grid (appends one JSON line per run to --out-dir/runs-<tag>.jsonl and resumes: runs
+    # already there are skipped; split it over processes with --tasks and --tag). Arm sets: "core"
+    # (5 arms), "reduced" (10 arms: depth 1-3, T 1-3, both graphs and mixes, fixed alpha), "full"
+    # (the whole factorial: 75 arms per task, hours of CPU).
+    python scripts/eval_qgfd.py grid --arms core --tasks pointer-k2 induction-k1 --tag core     # what docs/evaluation.md reports over 5 seeds
+    python scripts/eval_qgfd.py grid --tasks pointer-k1 pointer-k2 pointer-k3 --tag a            # the reduced arm set, every task
     python scripts/eval_qgfd.py grid --tasks induction-k1 induction-k2 induction-k3 --tag b
     python scripts/eval_qgfd.py grid --tasks listops-d3 --tag c
-    python scripts/eval_qgfd.py grid --arms full --seeds 0 1 2 3 4 --tag full      # all 75 arms (hours on a CPU)
+    python scripts/eval_qgfd.py grid --tasks reachability-k1 reachability-k2 reachability-k3 --tag d
+    python scripts/eval_qgfd.py grid --arms full --tag full                                      # all 75 arms x 10 tasks x 5 seeds
 
     # the shared denoiser: sequential text -> images against joint (alternating batches), +- QGFD
-    python scripts/eval_qgfd.py shared --seeds 0 1 --steps 1500
+    python scripts/eval_qgfd.py shared --seeds 0 1 --steps 300
 
-    # fine-tuning: a tiny BERT pretrained here on pointer-k2, patched with QGFD (warm-up from 0)
-    python scripts/eval_qgfd.py finetune --seeds 0 1 2 3 4
+    # fine-tuning: a tiny BERT pretrained here on pointer-k1, patched with QGFD (warm-up from 0)
+    python scripts/eval_qgfd.py finetune --seeds 0 1 2 --pretrain-steps 400 --finetune-steps 200 --warmup 50 --test-size 500
 
     # tables (markdown), plots (PNG) and one JSON of all runs, from what the commands above wrote
-    python scripts/eval_qgfd.py report --out docs/evaluation_results.md
+    python scripts/eval_qgfd.py report --out docs/evaluation_results.md --plot-dir docs/evaluation
 
 The demo tasks (digits FD, word reversal) are `scripts/ab_qgfd_vs_softmax.py` (see docs/ab.md):
 
@@ -538,7 +541,8 @@ def run_report(args):
     text = "\n".join(sections)
     with open(args.out, "w") as f:
         f.write(text)
-    with open(os.path.join(args.out_dir, "all_runs.json"), "w") as f:
+    os.makedirs(args.plot_dir, exist_ok=True)
+    with open(os.path.join(args.plot_dir, "all_runs.json"), "w") as f:  # every grid run, one JSON
         json.dump(runs, f, indent=1)
     print(text)
 
