@@ -197,3 +197,12 @@ def test_statistics_against_known_values():
     assert same["p_value"] == 1.0 and same["ties"] == 2
     with pytest.raises(ValueError):
         paired_comparison([1.0, 2.0], [1.0])
+
+
+def test_docstring_examples():
+    import doctest
+
+    from qgfd_hf import benchmarks_qgfd
+
+    result = doctest.testmod(benchmarks_qgfd, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0 and result.failed == 0
