@@ -1,0 +1,208 @@
+"""Tests for qgfd_hf.benchmarks_qgfd: each task generator is deterministic under its seed and its
+answers agree with an independent check; the harness trains on a tiny budget; the statistics
+match known values."""
+
+import math
+from collections import deque
+
+import numpy as np
+import pytest
+import torch
+
+from qgfd_hf.benchmarks_qgfd import (
+    LISTOPS_VOCAB,
+    Arm,
+    Budget,
+    HopClassifier,
+    arm_grid,
+    bootstrap_interval,
+    induction_hops,
+    listops,
+    make_task,
+    paired_comparison,
+    pointer_chasing,
+    reachability,
+    summarize,
+    t_interval,
+    train_and_evaluate,
+)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.mark.parametrize("task,k", [("pointer", 1), ("pointer", 3), ("induction", 2), ("reachability", 2), ("listops", 2)])
+def test_generators_are_deterministic_under_a_seed(task, k):
+    a, b, c = make_task(task, 50, 7, k), make_task(task, 50, 7, k), make_task(task, 50, 8, k)
+    assert torch.equal(a.tokens, b.tokens) and torch.equal(a.labels, b.labels)
+    assert not torch.equal(a.tokens, c.tokens)
+    assert a.tokens.dtype == torch.long and a.tokens.dim() == 3 and len(a.labels) == 50
+    assert 0 < int(a.tokens.max()) < a.vocab_size and int(a.tokens.min()) >= 0
+    assert 0 <= int(a.labels.min()) and int(a.labels.max()) < a.num_classes
+
+
+@pytest.mark.parametrize("hops", [1, 2, 3])
+def test_pointer_chasing_answers(hops):
+    d = pointer_chasing(200, hops, seed=1)
+    n = d.num_classes
+    for tokens, label in zip(d.tokens[..., 0].tolist(), d.labels.tolist()):
+        f, s = [t - 1 for t in tokens[:n]], tokens[n] - 1 - n
+        assert sorted(f) == list(range(n))  # a permutation
+        visited = [s]
+        for _ in range(hops):
+            visited.append(f[visited[-1]])
+        assert len(set(visited)) == hops + 1  # no hop can be skipped
+        assert label == visited[-1]
+
+
+def _induction_answer(x, hops):
+    """hop_k by string search: the position after the last earlier occurrence, k times."""
+    i = len(x) - 1
+    for _ in range(hops):
+        j = max((p for p in range(i) if x[p] == x[i]), default=None)
+        if j is None or j + 1 == i:
+            return None
+        i = j + 1
+    return x[i]
+
+
+@pytest.mark.parametrize("hops", [1, 2, 3])
+def test_induction_hops_answers(hops):
+    d = induction_hops(200, hops, seed=2)
+    v = d.num_classes
+    assert d.causal
+    for tokens, label in zip(d.tokens.tolist(), d.labels.tolist()):
+        x = [t[0] - 1 for t in tokens]
+        prev = [t[1] - 1 - v for t in tokens]
+        assert prev[0] == v and prev[1:] == x[:-1]  # the previous-token feature
+        assert _induction_answer(x, hops) == label
+
+
+def _bfs_distance(edges, s, t):
+    dist = {s: 0}
+    queue = deque([s])
+    while queue:
+        u = queue.popleft()
+        for a, b in edges:
+            if a == u and b not in dist:
+                dist[b] = dist[u] + 1
+                queue.append(b)
+    return dist.get(t, math.inf)
+
+
+@pytest.mark.parametrize("hops", [1, 2, 3])
+def test_reachability_answers(hops):
+    d = reachability(200, hops, seed=3)
+    n = (d.vocab_size - 1) // 4
+    for tokens, label in zip(d.tokens.tolist(), d.labels.tolist()):
+        edges = [(u - 1, v - 1 - n) for u, v in tokens[:-1]]
+        s, t = tokens[-1][0] - 1 - 2 * n, tokens[-1][1] - 1 - 3 * n
+        assert len(set(edges)) == len(edges) and all(a != b for a, b in edges)
+        dist = _bfs_distance(edges, s, t)
+        assert label == int(dist <= hops)
+        if label:
+            assert dist == hops  # positives need every hop
+    assert 0.35 < d.labels.float().mean() < 0.65  # balanced
+
+
+def _eval_listops(tokens):
+    """A stack evaluator over the token strings (independent of the generator's recursion)."""
+    stack = []
+    for tok in tokens:
+        if tok.startswith("["):
+            stack.append([tok[1:]])
+        elif tok == "]":
+            op, *args = stack.pop()
+            value = {"MAX": max, "MIN": min, "MED": lambda a: int(np.sort(a)[(len(a) - 1) // 2]),
+                     "SM": lambda a: sum(a) % 10}[op](args)
+            if not stack:
+                return value
+            stack[-1].append(value)
+        else:
+            stack[-1].append(int(tok))
+    raise AssertionError("unbalanced expression")
+
+
+def test_listops_answers():
+    d = listops(200, seed=4, max_depth=3, max_len=64)
+    assert d.readout == 0 and d.padding is not None
+    for tokens, pad, label in zip(d.tokens[..., 0].tolist(), d.padding.tolist(), d.labels.tolist()):
+        assert tokens[0] == LISTOPS_VOCAB.index("<cls>")
+        real = [LISTOPS_VOCAB[t] for t, p in zip(tokens, pad) if not p][1:]
+        assert _eval_listops(real) == label
+        assert sum(1 for t in real if t.startswith("[")) == real.count("]")
+
+
+def test_generators_refuse_bad_arguments():
+    with pytest.raises(ValueError, match="seed"):
+        pointer_chasing(4, 1, seed=-1)
+    with pytest.raises(ValueError, match="num_cells"):
+        pointer_chasing(4, 3, seed=0, num_cells=3)
+    with pytest.raises(ValueError, match="Unknown task"):
+        make_task("sorting", 4, 0)
+
+
+def test_arms_and_grid():
+    assert Arm().name == "softmax-d1"
+    assert Arm(depth=2, steps=3, graph="keys", mix="recurrent", learnable_alpha=True).name == "keys-recurrent-T3-learn-d2"
+    grid = arm_grid()
+    assert len(grid) == 3 + 3 * 2 * 2 * 3 * 2 and len({a.name for a in grid}) == len(grid)
+    with pytest.raises(ValueError):
+        Arm(graph="values", steps=1)
+
+
+def test_harness_on_a_tiny_budget():
+    train, test = pointer_chasing(32 * 12, 1, seed=0), pointer_chasing(64, 1, seed=99)
+    budget = Budget(steps=12, batch_size=32, warmup_steps=3, eval_batch_size=64)
+    soft = train_and_evaluate(Arm(), train, test, budget, seed=0, d_model=16, num_heads=2)
+    again = train_and_evaluate(Arm(), train, test, budget, seed=0, d_model=16, num_heads=2)
+    qgfd = train_and_evaluate(Arm(steps=2, learnable_alpha=True), train, test, budget, seed=0, d_model=16, num_heads=2)
+    assert soft["accuracy"] == again["accuracy"] and soft["final_loss"] == again["final_loss"]  # reproducible
+    assert 0 <= soft["accuracy"] <= 1 and soft["final_loss"] < math.log(8) + 0.5
+    assert qgfd["params"] == soft["params"] + 2  # one learnable alpha per head
+    assert len(qgfd["alphas"]) == 1 and len(qgfd["alphas"][0]) == 2 and soft["alphas"] == []
+    # A padded task (ListOps) runs through the masked path.
+    lo = listops(32, seed=0, max_len=32)
+    r = train_and_evaluate(Arm(steps=1, graph="keys"), lo, lo, Budget(steps=2, batch_size=16, warmup_steps=1), seed=0, d_model=16, num_heads=2)
+    assert math.isfinite(r["final_loss"])
+
+
+def test_classifier_ignores_padding():
+    d = listops(8, seed=5, max_len=40)
+    model = HopClassifier.for_task(d, Arm(steps=2, graph="keys", mix="recurrent"), d_model=16, num_heads=2).eval()
+    longer = torch.cat([d.tokens, torch.zeros(8, 8, 1, dtype=torch.long)], 1)
+    model2 = HopClassifier(d.vocab_size, 10, 48, model.arm, d_model=16, num_heads=2, readout=0)
+    model2.load_state_dict({k: (v if k != "pos.weight" else torch.cat([v, torch.zeros(8, 16)])) for k, v in model.state_dict().items()})
+    with torch.no_grad():
+        a = model(d.tokens, d.padding)
+        b = model2.eval()(longer, longer[..., 0] == 0)
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_statistics_against_known_values():
+    x = [1.0, 2.0, 3.0, 4.0, 5.0]
+    lo, hi = t_interval(x)
+    half = 2.7764451051977987 * math.sqrt(2.5) / math.sqrt(5)  # t_{0.975, 4} * s / sqrt(n)
+    assert lo == pytest.approx(3 - half) and hi == pytest.approx(3 + half)
+    s = summarize(x)
+    assert s["n"] == 5 and s["mean"] == 3 and s["std"] == pytest.approx(math.sqrt(2.5))
+    b1, b2 = bootstrap_interval(x, seed=0), bootstrap_interval(x, seed=0)
+    assert b1 == b2 and 1.5 < b1[0] < 3 < b1[1] < 4.5
+    assert bootstrap_interval([2.0, 2.0]) == (2.0, 2.0)
+    assert t_interval([0.7]) == (0.7, 0.7)
+    # Paired t-test: d = [1, 2, 3], mean 2, sd 1, t = 2 sqrt(3), two-sided p = 0.07417 (df 2).
+    c = paired_comparison([2.0, 4.0, 6.0], [1.0, 2.0, 3.0])
+    assert c["mean_diff"] == 2 and c["p_value"] == pytest.approx(0.0741799, abs=1e-6)
+    assert (c["wins"], c["ties"], c["losses"]) == (3, 0, 0)
+    same = paired_comparison([0.5, 0.6], [0.5, 0.6])
+    assert same["p_value"] == 1.0 and same["ties"] == 2
+    with pytest.raises(ValueError):
+        paired_comparison([1.0, 2.0], [1.0])
+
+
+def test_docstring_examples():
+    import doctest
+
+    from qgfd_hf import benchmarks_qgfd
+
+    result = doctest.testmod(benchmarks_qgfd, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0 and result.failed == 0
