@@ -469,14 +469,15 @@ class TabularQGFDDiffusionModel(QGFDPreTrainedModel):
     def diffusion_sample(self, num_samples: Optional[int] = None, cond_tokens=None, cond_mask=None, *, schedule=None,
                          sampler: str = "ddim", num_inference_steps: Optional[int] = None, eta: float = 0.0,
                          generator: Optional[torch.Generator] = None, progress: bool = False, clip_sample: Optional[float] = None,
-                         x_T: Optional[torch.Tensor] = None) -> torch.Tensor:
+                         x_T: Optional[torch.Tensor] = None, timestep_spacing: Optional[str] = None,
+                         steps_offset: Optional[int] = None) -> torch.Tensor:
         """As `QGFDPreTrainedModel.diffusion_sample`, refused before the loop on a never-fitted
         model; with `config.label_column`, each sample's label is drawn first (from the training
         frequencies, `TabularAdapter.label_tokens_from_noise`) and held fixed while the other
         columns are denoised."""
         self.adapter.check_fitted("sample")
         kwargs = dict(schedule=schedule, sampler=sampler, num_inference_steps=num_inference_steps, eta=eta, generator=generator,
-                      progress=progress, clip_sample=clip_sample)
+                      progress=progress, clip_sample=clip_sample, timestep_spacing=timestep_spacing, steps_offset=steps_offset)
         j = self.adapter.label_index
         if j is None:
             return super().diffusion_sample(num_samples, cond_tokens, cond_mask, x_T=x_T, **kwargs)
