@@ -138,8 +138,6 @@ def make_sound_dataset(num_per_class: int = 200, sampling_rate: int = 8000, num_
         >>> len(ds), ds.features["label"].names[:3], len(ds[0]["input_values"])
         (20, ['tone_low', 'tone_high', 'chirp_up'], 800)
     """
-    from datasets import ClassLabel, Dataset, Features, Sequence, Value
-
     if num_per_class < 1:
         raise ValueError(f"`num_per_class` must be >= 1, got {num_per_class}.")
     rng = np.random.default_rng(seed)

@@ -29,7 +29,7 @@ import importlib
 import os
 import pkgutil
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 _TASKS: Dict[str, "ModalityTask"] = {}
 _PREFIX = "modality_"
@@ -227,11 +227,6 @@ def sample_output(model: str, args) -> Tuple[str, str]:
         i += 1
         prefix = f"{base}-{i}"
     return out_dir, prefix
-
-
-def check_choice(name: str, value, allowed: Sequence) -> None:
-    if value not in allowed:
-        raise ValueError(f"Unknown {name} {value!r}; allowed: {', '.join(map(str, allowed))}.")
 
 
 __all__ = ["ModalityTask", "TaskData", "diffusion_values", "get_task", "pipeline_samples", "register_task", "task_names"]
