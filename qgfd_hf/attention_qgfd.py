@@ -168,7 +168,8 @@ def _check_alpha(alpha):
             raise ValueError(f"`alpha` as a tensor must be floating point, got dtype {alpha.dtype}.")
         if alpha.dim() > 1:
             raise ValueError(f"`alpha` as a tensor must be a scalar or one value per head [H], got shape {tuple(alpha.shape)}.")
-        if value_checks_enabled() and bool(((alpha < 0) | (alpha > 1) | torch.isnan(alpha)).any()):
+        in_range = getattr(alpha, "_qgfd_in_range", False)  # a QGFDAlpha's output
+        if value_checks_enabled() and not in_range and bool(((alpha < 0) | (alpha > 1) | torch.isnan(alpha)).any()):
             raise ValueError(f"`alpha` must lie in [0, 1], got {alpha.detach().cpu().tolist()}.")
         return
     # numbers.Real: Python and NumPy scalars alike (np.float32(0.5) is a valid alpha).
@@ -678,7 +679,10 @@ class QGFDAlpha(nn.Module):
     def forward(self) -> AlphaLike:
         factor = self.warmup_factor()
         if self.logit is not None:
-            return self.settings.alpha_max * torch.sigmoid(self.logit) * factor
+            alpha = self.settings.alpha_max * torch.sigmoid(self.logit) * factor
+            if not torch.compiler.is_compiling():
+                alpha._qgfd_in_range = True  # [0, alpha_max] by construction: the kernel need not read it
+            return alpha
         return self.settings.alpha * factor
 
     def extra_repr(self) -> str:

@@ -149,6 +149,25 @@ def test_backbone_forward_has_no_host_reads():
     assert h.reads
 
 
+def test_patched_model_training_forward_has_no_host_reads():
+    """A patched Llama (left padding, a learnable alpha) and ViT: forward + backward, checks on (the default)."""
+    import qgfd_hf
+    from transformers import LlamaConfig, LlamaForCausalLM, ViTConfig, ViTModel
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, max_position_embeddings=64)
+    llama = qgfd_hf.patch_model(LlamaForCausalLM(cfg), steps=1, alpha=0.5, learnable_alpha=True).train()
+    ids, mask = torch.randint(3, 64, (2, 6)), torch.ones(2, 6, dtype=torch.long)
+    mask[0, :2] = 0
+    vit = qgfd_hf.patch_model(ViTModel(ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                                                 image_size=16, patch_size=4)), steps=2, alpha=0.5)
+    with HostReads() as h:
+        llama(input_ids=ids, attention_mask=mask, labels=ids, use_cache=False).loss.backward()
+        vit(pixel_values=torch.randn(2, 3, 16, 16)).last_hidden_state.sum().backward()
+    assert h.reads == []
+
+
 MODALITIES = ["text", "image", "audio", "video", "tabular", "shared"]
 
 
