@@ -646,7 +646,7 @@ class QGFDTrainer:
 
     def _make_accelerator(self) -> Accelerator:
         a = self.args
-        return Accelerator(
+        accelerator = Accelerator(
             mixed_precision=a.mixed_precision,
             gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=a.gradient_accumulation_steps, sync_with_dataloader=False),
             # split_batches: `batch_size` is global, and the LR scheduler steps once per optimizer step.
@@ -655,6 +655,10 @@ class QGFDTrainer:
             log_with=None if a.report_to == "none" else a.report_to.split(","),
             project_dir=os.path.join(a.output_dir, "logs"),
         )
+        if a.mixed_precision == "fp16" and accelerator.device.type == "cpu":
+            # accelerate would train in float32 without a word (fp16 autocast there needs a GPU).
+            raise ValueError("mixed_precision='fp16' needs a GPU; on the CPU accelerate would silently train in float32. Use 'bf16' or 'no'.")
+        return accelerator
 
     def _make_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
         a = self.args
