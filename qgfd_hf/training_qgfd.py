@@ -655,6 +655,14 @@ class QGFDTrainer:
             log_with=None if a.report_to == "none" else a.report_to.split(","),
             project_dir=os.path.join(a.output_dir, "logs"),
         )
+        asked = [name for name in ("FSDP", "DEEPSPEED") if os.environ.get(f"ACCELERATE_USE_{name}", "false").lower() == "true"]
+        if asked and str(accelerator.distributed_type).split(".")[-1] not in asked:
+            # accelerate 1.15 builds FSDP / DeepSpeed only on GPU-type devices; on the CPU it runs DDP instead, without a word.
+            raise ValueError(
+                f"`accelerate launch` asked for {asked[0]} but accelerate set up {accelerator.distributed_type} on {accelerator.device.type} "
+                "(it builds FSDP and DeepSpeed only on GPUs). Launch with a DDP config (`distributed_type: MULTI_GPU`, or "
+                "`--multi_gpu` with ACCELERATE_USE_CPU=1 on CPUs); see docs/distributed.md."
+            )
         if a.mixed_precision == "fp16" and accelerator.device.type == "cpu":
             # accelerate would train in float32 without a word (fp16 autocast there needs a GPU).
             raise ValueError("mixed_precision='fp16' needs a GPU; on the CPU accelerate would silently train in float32. Use 'bf16' or 'no'.")
