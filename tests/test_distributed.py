@@ -1,6 +1,6 @@
 """Sharded training on 2 CPU processes (gloo): FSDP2 (`torch.distributed.fsdp.fully_shard`) of a
 QGFD diffusion model gives the losses and weights of a single process, and a sharded checkpoint
-(`torch.distributed.checkpoint`) resumes to the same run.
+(`torch.distributed.checkpoint`) resumes to the same run (a new model and optimizer load it).
 
 Why not through `accelerate launch` here: accelerate 1.15 builds FSDP only for GPU-type
 distributed setups; on the CPU (`ACCELERATE_USE_CPU=1`) it runs MULTI_CPU, i.e. DDP, even with
@@ -10,7 +10,7 @@ GPUs (`fully_shard` on each block, then on the model). DDP against one process t
 `tests/test_training_qgfd.py::test_two_processes_match_one_process`.
 
 This file is also the script the subprocess tests run:
-    python -m torch.distributed.run --nproc_per_node 2 tests/test_distributed.py OUT [--resume]
+    python -m torch.distributed.run --nproc_per_node 2 tests/test_distributed.py OUT
 """
 
 import argparse
@@ -66,42 +66,52 @@ def train_steps(model, opt, rows, start, stop, rank=0, world=1):
     return losses
 
 
-def _child():
-    import torch.distributed as dist
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_state_dict, set_state_dict
+def _sharded(rank, world):
+    """The model with FSDP2 on each block and on the whole (as accelerate's FSDP2 plugin wraps), and its AdamW."""
     from torch.distributed.fsdp import fully_shard
 
-    p = argparse.ArgumentParser()
-    p.add_argument("out")
-    p.add_argument("--resume", action="store_true")
-    a = p.parse_args()
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo")
-    rank, world = dist.get_rank(), dist.get_world_size()
     model, rows = make_model_and_data()
     for block in model.backbone.blocks:
         fully_shard(block)
     fully_shard(model)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    return model, torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3), rows
+
+
+def _child():
+    """Train STEPS steps sharded, saving a sharded checkpoint at SAVE_AT; then a new model and
+    optimizer (fresh objects, weights re-initialised) load that checkpoint and run the last steps."""
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_state_dict, set_state_dict
+
+    p = argparse.ArgumentParser()
+    p.add_argument("out")
+    a = p.parse_args()
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
     ckpt = os.path.join(a.out, "checkpoint")
-    if a.resume:
-        state = {"model": None, "optim": None}
-        state["model"], state["optim"] = get_state_dict(model, opt)
-        dcp.load(state, checkpoint_id=ckpt)
-        set_state_dict(model, opt, model_state_dict=state["model"], optim_state_dict=state["optim"])
-        losses = train_steps(model, opt, rows, SAVE_AT, STEPS, rank, world)
-    else:
-        losses = train_steps(model, opt, rows, 0, SAVE_AT, rank, world)
-        msd, osd = get_state_dict(model, opt)
-        dcp.save({"model": msd, "optim": osd}, checkpoint_id=ckpt)  # each process writes its shards
-        losses += train_steps(model, opt, rows, SAVE_AT, STEPS, rank, world)
-    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    full = StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+    model, opt, rows = _sharded(rank, world)
+    losses = train_steps(model, opt, rows, 0, SAVE_AT, rank, world)
+    msd, osd = get_state_dict(model, opt)
+    dcp.save({"model": msd, "optim": osd}, checkpoint_id=ckpt)  # each process writes its own shards
+    losses += train_steps(model, opt, rows, SAVE_AT, STEPS, rank, world)
+    weights = get_model_state_dict(model, options=full)
+    sharded = sum(1 for p in model.parameters() if type(p).__name__ == "DTensor")
+
+    model, opt, rows = _sharded(rank, world)
+    msd, osd = get_state_dict(model, opt)
+    state = {"model": msd, "optim": osd}
+    dcp.load(state, checkpoint_id=ckpt)
+    set_state_dict(model, opt, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    resumed = train_steps(model, opt, rows, SAVE_AT, STEPS, rank, world)
+    resumed_weights = get_model_state_dict(model, options=full)
     if rank == 0:
-        sharded = sum(1 for p in model.parameters() if type(p).__name__ == "DTensor")
-        torch.save(full, os.path.join(a.out, "weights-resumed.pt" if a.resume else "weights.pt"))
-        with open(os.path.join(a.out, "losses-resumed.json" if a.resume else "losses.json"), "w") as f:
-            json.dump({"losses": losses, "world": world, "sharded_parameters": sharded}, f)
+        torch.save({"weights": weights, "resumed_weights": resumed_weights}, os.path.join(a.out, "weights.pt"))
+        with open(os.path.join(a.out, "losses.json"), "w") as f:
+            json.dump({"losses": losses, "resumed": resumed, "world": world, "sharded_parameters": sharded}, f)
     dist.destroy_process_group()
 
 
@@ -125,20 +135,17 @@ def test_fsdp_two_processes_match_one_and_resume(tmp_path):
     _launch(out)
     with open(os.path.join(out, "losses.json")) as f:
         sharded = json.load(f)
+    saved = torch.load(os.path.join(out, "weights.pt"))
     assert sharded["world"] == 2 and sharded["sharded_parameters"] > 0  # really FSDP: DTensor parameters
     assert sharded["losses"] == pytest.approx(single, rel=1e-5)
-    weights = torch.load(os.path.join(out, "weights.pt"))
     # Summation order differs (two half-batch gradients, then their mean); AdamW divides by sqrt(v),
     # so a near-zero gradient's round-off moves its weight by up to ~1e-5; 4 steps at lr 1e-3 move weights by up to 4e-3.
-    for k, v in weights.items():
+    for k, v in saved["weights"].items():
         torch.testing.assert_close(v, single_weights[k], atol=1e-4, rtol=1e-4)
-
-    _launch(out, "--resume")  # fresh processes, from the sharded checkpoint at step SAVE_AT
-    with open(os.path.join(out, "losses-resumed.json")) as f:
-        resumed = json.load(f)["losses"]
-    assert resumed == pytest.approx(sharded["losses"][SAVE_AT:], rel=1e-6)
-    for k, v in torch.load(os.path.join(out, "weights-resumed.pt")).items():
-        torch.testing.assert_close(v, weights[k], atol=1e-6, rtol=1e-6)
+    # Resumed from the sharded checkpoint at step SAVE_AT: the uninterrupted run's last steps.
+    assert sharded["resumed"] == pytest.approx(sharded["losses"][SAVE_AT:], rel=1e-6)
+    for k, v in saved["resumed_weights"].items():
+        torch.testing.assert_close(v, saved["weights"][k], atol=1e-6, rtol=1e-6)
 
 
 def test_trainer_refuses_fsdp_that_accelerate_drops(tmp_path, monkeypatch):
