@@ -17,6 +17,7 @@ of queries and keys, ``Dv`` head width of values, ``T`` = ``steps``.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
 from dataclasses import asdict, dataclass, fields
@@ -108,6 +109,47 @@ class QGFDSettings:
 # Validation helpers
 # ----------------------------------------------------------------------------------------
 
+# Checks of shapes, dtypes and settings read only Python metadata and always run. Checks of
+# tensor *values* (NaN / inf, timestep ranges, 0/1 masks, token ids, a tensor alpha in [0, 1])
+# read the tensor on the host: on a GPU each one is a device synchronisation that stalls the
+# launch queue. They run by default, so a direct call with bad data gets its ValueError; the
+# trainer and the samplers check their data where it enters and run their loops without them,
+# and torch.compile never traces them (a host read would break the graph).
+_VALUE_CHECKS = True
+
+
+def value_checks_enabled() -> bool:
+    """Whether the checks that read tensor values run (see `value_checks`)."""
+    return _VALUE_CHECKS and not torch.compiler.is_compiling()
+
+
+@contextlib.contextmanager
+def value_checks(enabled: bool):
+    """Turn the checks that read tensor values on or off inside a block.
+
+    Those checks (NaN / inf inputs, timesteps in range, 0/1 masks, token ids in the vocabulary, a
+    tensor alpha in [0, 1]) each read a tensor on the host, a device synchronisation on a GPU. They
+    are on by default; `QGFDTrainer` and `sample_loop` turn them off for their steps, and so can
+    a training loop of your own, once its data is known to be good. They are always off while
+    torch.compile traces.
+
+    Example:
+        >>> with value_checks(False):
+        ...     value_checks_enabled()
+        False
+        >>> value_checks_enabled()
+        True
+    """
+    global _VALUE_CHECKS
+    if not isinstance(enabled, bool):
+        raise ValueError(f"`enabled` must be True or False, got {enabled!r}.")
+    before, _VALUE_CHECKS = _VALUE_CHECKS, enabled
+    try:
+        yield
+    finally:
+        _VALUE_CHECKS = before
+
+
 
 # Each step is one more attention pass (T + 1 in all), and the mixing weights of step k fall as
 # alpha^k: past a few dozen steps nothing changes but the time. A far larger T is a typo (10**7 ran
@@ -126,7 +168,8 @@ def _check_alpha(alpha):
             raise ValueError(f"`alpha` as a tensor must be floating point, got dtype {alpha.dtype}.")
         if alpha.dim() > 1:
             raise ValueError(f"`alpha` as a tensor must be a scalar or one value per head [H], got shape {tuple(alpha.shape)}.")
-        if bool(((alpha < 0) | (alpha > 1) | torch.isnan(alpha)).any()):
+        in_range = getattr(alpha, "_qgfd_in_range", False)  # a QGFDAlpha's output
+        if value_checks_enabled() and not in_range and bool(((alpha < 0) | (alpha > 1) | torch.isnan(alpha)).any()):
             raise ValueError(f"`alpha` must lie in [0, 1], got {alpha.detach().cpu().tolist()}.")
         return
     # numbers.Real: Python and NumPy scalars alike (np.float32(0.5) is a valid alpha).
@@ -636,7 +679,10 @@ class QGFDAlpha(nn.Module):
     def forward(self) -> AlphaLike:
         factor = self.warmup_factor()
         if self.logit is not None:
-            return self.settings.alpha_max * torch.sigmoid(self.logit) * factor
+            alpha = self.settings.alpha_max * torch.sigmoid(self.logit) * factor
+            if not torch.compiler.is_compiling():
+                alpha._qgfd_in_range = True  # [0, alpha_max] by construction: the kernel need not read it
+            return alpha
         return self.settings.alpha * factor
 
     def extra_repr(self) -> str:

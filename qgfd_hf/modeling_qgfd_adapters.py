@@ -39,6 +39,7 @@ from .configuration_qgfd import (  # the modality configs are used by the docstr
     QGFDTextConfig,
     QGFDVideoConfig,
 )
+from .attention_qgfd import value_checks_enabled
 from .modeling_qgfd import EncoderBlock, check_float_tensor, sinusoidal_embedding
 from .patching_qgfd import patch_model  # also registers the "qgfd" attention implementation
 
@@ -230,7 +231,7 @@ def _check_ids(name: str, ids, vocab_size: int) -> None:
     if not isinstance(ids, torch.Tensor) or ids.dtype not in (torch.int64, torch.int32) or ids.dim() != 2:
         got = f"{ids.dtype} tensor of shape {list(ids.shape)}" if isinstance(ids, torch.Tensor) else type(ids).__name__
         raise ValueError(f"`{name}` must be an integer tensor of shape [B, L], got a {got}.")
-    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab_size):
+    if value_checks_enabled() and ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab_size):
         raise ValueError(f"`{name}` holds token ids outside [0, {vocab_size}): [{int(ids.min())}, {int(ids.max())}].")
 
 
@@ -238,7 +239,7 @@ def _check_mask(name: str, mask, shape) -> torch.Tensor:
     if not isinstance(mask, torch.Tensor) or tuple(mask.shape) != tuple(shape):
         raise ValueError(f"`{name}` must be a tensor of shape {list(shape)} (1 = real token), got {type(mask).__name__}"
                          + (f" of shape {list(mask.shape)}" if isinstance(mask, torch.Tensor) else "") + ".")
-    if mask.is_floating_point() or not bool(((mask == 0) | (mask == 1)).all()):
+    if mask.is_floating_point() or (value_checks_enabled() and not bool(((mask == 0) | (mask == 1)).all())):
         raise ValueError(f"`{name}` must hold 0/1 (or bool) values.")
     return mask.bool()
 
@@ -989,7 +990,15 @@ class TabularAdapter(_ModalityAdapter):
 
     @property
     def is_fitted(self) -> bool:
-        return bool(self.fitted > 0)
+        # Cached on the host once true: reading the buffer on every encode would be a device sync
+        # each training step. Loading a state dict forgets the cache (`_load_from_state_dict`).
+        if not self.__dict__.get("_fitted_host", False):
+            self.__dict__["_fitted_host"] = bool(self.fitted > 0)
+        return self.__dict__["_fitted_host"]
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self.__dict__.pop("_fitted_host", None)
+        return super()._load_from_state_dict(*args, **kwargs)
 
     def check_fitted(self, what: str) -> None:
         if not self.is_fitted:
@@ -1023,6 +1032,7 @@ class TabularAdapter(_ModalityAdapter):
                 counts = torch.bincount(x[:, self.label_index].long(), minlength=self.label_probs.numel()).float()
                 self.label_probs.copy_(counts / counts.sum())
         self.fitted.fill_(1.0)
+        self.__dict__["_fitted_host"] = True
 
     def check_features(self, features) -> None:
         """ValueError unless `features` is finite [B, F] and every categorical cell is a category index."""

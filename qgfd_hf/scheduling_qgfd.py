@@ -34,6 +34,8 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
+from .attention_qgfd import value_checks, value_checks_enabled
+
 BETA_SCHEDULES = ("linear", "cosine", "sqrt")
 PREDICTION_TYPES = ("epsilon", "sample", "v")
 SAMPLERS = ("ddpm", "ddim", "dpmsolver++")
@@ -115,6 +117,15 @@ class DDPMBetaSchedule(nn.Module):
             getattr(config, "beta_schedule", "linear"),
         )
 
+    @property
+    def alphas_cumprod_host(self) -> Tuple[float, ...]:
+        """`alphas_cumprod` as Python floats, read once (the samplers' per-step scalars: reading the
+        buffer at every step would be a device sync on a GPU)."""
+        host = self.__dict__.get("_alphas_cumprod_host")
+        if host is None:
+            host = self.__dict__["_alphas_cumprod_host"] = tuple(self.alphas_cumprod.tolist())
+        return host
+
     def _apply(self, fn, recurse=True):
         # Moving devices is fine; casting to a lower precision is not: keep float64.
         super()._apply(fn, recurse)
@@ -126,7 +137,7 @@ class DDPMBetaSchedule(nn.Module):
     def check_timesteps(self, t: torch.Tensor) -> None:
         if not isinstance(t, torch.Tensor) or t.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
             raise ValueError(f"`t` must be an integer tensor of timesteps, got {t!r}.")
-        if t.numel() and (int(t.min()) < 0 or int(t.max()) >= self.num_timesteps):
+        if value_checks_enabled() and t.numel() and (int(t.min()) < 0 or int(t.max()) >= self.num_timesteps):
             raise ValueError(
                 f"Timesteps must lie in [0, {self.num_timesteps}), got values in [{int(t.min())}, {int(t.max())}]."
             )
@@ -297,6 +308,7 @@ class _Sampler:
             self.timesteps = _check_custom_timesteps(timesteps, schedule.num_timesteps)
         else:
             self.timesteps = inference_timesteps(schedule.num_timesteps, num_inference_steps, timestep_spacing, steps_offset, sampler=self.name)
+        schedule.alphas_cumprod_host  # read once now, not during the steps
         # The step after t; -1 after the last: a_bar = 1 there (DDIM's `set_alpha_to_one`), sigma = 0.
         self._prev = {t: (self.timesteps[i + 1] if i + 1 < len(self.timesteps) else -1) for i, t in enumerate(self.timesteps)}
 
@@ -307,9 +319,9 @@ class _Sampler:
     def _alpha_bars(self, t: int) -> Tuple[float, float]:
         """(a_bar_t, a_bar_prev) with a_bar_prev = 1 after the last step."""
         self._check_t(t)
-        ac = self.schedule.alphas_cumprod
+        ac = self.schedule.alphas_cumprod_host
         t_prev = self._prev[t]
-        return float(ac[t]), (float(ac[t_prev]) if t_prev >= 0 else 1.0)
+        return ac[t], (ac[t_prev] if t_prev >= 0 else 1.0)
 
     def _x0_eps(self, model_output, t, x_t):
         tt = torch.full((x_t.shape[0],), t, dtype=torch.long, device=x_t.device)
@@ -407,7 +419,7 @@ class DPMSolverMultistepSampler(_Sampler):
         self._last = None  # (t, lambda_t, x0_hat) of the previous step
 
     def _alpha_sigma_lambda(self, t: int) -> Tuple[float, float, float]:
-        a_bar = float(self.schedule.alphas_cumprod[t])
+        a_bar = self.schedule.alphas_cumprod_host[t]
         return math.sqrt(a_bar), math.sqrt(1 - a_bar), 0.5 * (math.log(a_bar) - math.log1p(-a_bar))
 
     def step(self, model_output, t, x_t, generator=None):
@@ -636,10 +648,14 @@ def sample_loop(
         x = x_T.to(device=device, dtype=dtype)
     if s.init_noise_sigma != 1.0:
         x = x * s.init_noise_sigma
-    for t in tqdm(s.timesteps, desc=f"{s.name} sampling", disable=not progress, leave=False):
+    # The first denoiser call checks its inputs (x_T, the conditioning, t); the later ones run
+    # without value checks, and the result is checked once at the end: no host read per step.
+    check = value_checks_enabled()
+    for i, t in enumerate(tqdm(s.timesteps, desc=f"{s.name} sampling", disable=not progress, leave=False)):
         t_batch = torch.full((x.shape[0],), t, dtype=torch.long, device=device)
-        model_output = denoise_fn(s.scale_model_input(x, t), t_batch)
-        if not torch.isfinite(model_output).all():
-            raise FloatingPointError(f"The denoiser returned non-finite values at t={t}.")
-        x = s.step(model_output, t, x, generator=generator)
+        with value_checks(check and i == 0):
+            model_output = denoise_fn(s.scale_model_input(x, t), t_batch)
+            x = s.step(model_output, t, x, generator=generator)
+    if check and not torch.isfinite(x).all():
+        raise FloatingPointError(f"Sampling ended in non-finite values (NaN or inf): the denoiser or the {s.name} sampler diverged.")
     return x

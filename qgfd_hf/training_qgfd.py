@@ -56,7 +56,7 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 from transformers.utils import logging
 
-from .attention_qgfd import set_qgfd_step
+from .attention_qgfd import set_qgfd_step, value_checks, value_checks_enabled
 
 logger = logging.get_logger(__name__)
 
@@ -646,7 +646,7 @@ class QGFDTrainer:
 
     def _make_accelerator(self) -> Accelerator:
         a = self.args
-        return Accelerator(
+        accelerator = Accelerator(
             mixed_precision=a.mixed_precision,
             gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=a.gradient_accumulation_steps, sync_with_dataloader=False),
             # split_batches: `batch_size` is global, and the LR scheduler steps once per optimizer step.
@@ -655,6 +655,18 @@ class QGFDTrainer:
             log_with=None if a.report_to == "none" else a.report_to.split(","),
             project_dir=os.path.join(a.output_dir, "logs"),
         )
+        asked = [name for name in ("FSDP", "DEEPSPEED") if os.environ.get(f"ACCELERATE_USE_{name}", "false").lower() == "true"]
+        if asked and str(accelerator.distributed_type).split(".")[-1] not in asked:
+            # accelerate 1.15 builds FSDP / DeepSpeed only on GPU-type devices; on the CPU it runs DDP instead, without a word.
+            raise ValueError(
+                f"`accelerate launch` asked for {asked[0]} but accelerate set up {accelerator.distributed_type} on {accelerator.device.type} "
+                "(it builds FSDP and DeepSpeed only on GPUs). Launch with a DDP config (`distributed_type: MULTI_GPU`, or "
+                "`--multi_gpu` with ACCELERATE_USE_CPU=1 on CPUs); see docs/distributed.md."
+            )
+        if a.mixed_precision == "fp16" and accelerator.device.type == "cpu":
+            # accelerate would train in float32 without a word (fp16 autocast there needs a GPU).
+            raise ValueError("mixed_precision='fp16' needs a GPU; on the CPU accelerate would silently train in float32. Use 'bf16' or 'no'.")
+        return accelerator
 
     def _make_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
         a = self.args
@@ -744,8 +756,13 @@ class QGFDTrainer:
         micro_step = self.state.global_step * k
         epoch, skip = divmod(micro_step, steps_per_epoch)
         generator = torch.Generator(device=accelerator.device)
-        window: Dict[str, List[float]] = {}
-        step_losses: Dict[str, List[float]] = {}
+        # The losses stay on the device until a log or a checkpoint reads them (a host read per
+        # step would be a device sync per step): per optimizer step, the mean of its micro-steps.
+        window: Dict[str, List[torch.Tensor]] = {}
+        step_losses: Dict[str, List[torch.Tensor]] = {}
+        # The first micro-batch is checked where it enters (NaN / inf, ids, masks, timesteps); the
+        # steps after run without value checks, and a bad batch shows as a non-finite loss.
+        checks, first_micro_step = value_checks_enabled(), micro_step
         bar = tqdm(
             total=a.max_steps,
             initial=self.state.global_step,
@@ -764,13 +781,11 @@ class QGFDTrainer:
             for batch in batches:
                 # 1. QGFD alpha warm-up follows the optimizer step.
                 set_qgfd_step(model, self.state.global_step)
-                with accelerator.accumulate(loss_module):
+                with accelerator.accumulate(loss_module), value_checks(checks and micro_step == first_micro_step):
                     # 2. The loss with this micro-step's own noise stream; backward.
                     generator.manual_seed(_noise_seed(a.seed, micro_step, accelerator.process_index, accelerator.num_processes))
                     out = loss_module(batch, generator=generator)
                     loss = out["loss"]
-                    if not torch.isfinite(loss):
-                        raise FloatingPointError(f"Non-finite loss {float(loss)} at step {self.state.global_step}.")
                     accelerator.backward(loss)
                     # 3. Clip, step the optimizer and the learning rate.
                     if accelerator.sync_gradients and a.max_grad_norm > 0:
@@ -789,19 +804,19 @@ class QGFDTrainer:
                     self.ema.update(model)
                 self.state.global_step += 1
                 for key, vals in step_losses.items():
-                    v = accelerator.reduce(torch.stack(vals).mean(), reduction="mean")  # mean over processes
-                    window.setdefault(key, []).append(float(v))
+                    window.setdefault(key, []).append(torch.stack(vals).mean())
                 step_losses = {}
                 bar.update(1)
                 if self.state.global_step % a.log_every == 0 or self.state.global_step == a.max_steps:
                     record = {"step": self.state.global_step, "lr": scheduler.get_last_lr()[0]}
-                    record.update({key: sum(v) / len(v) for key, v in window.items()})
+                    record.update(self._read_window(window))
                     self.state.log_history.append(record)
                     bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}")
                     if a.report_to != "none":
                         accelerator.log({f"train/{k}": v for k, v in record.items() if k != "step"}, step=record["step"])
                     window = {}
                 if a.checkpoint_every and self.state.global_step % a.checkpoint_every == 0:
+                    self._read_window(window)  # never checkpoint weights a non-finite loss has stepped
                     self.state.train_seconds = time.time() - t_start
                     self.save_checkpoint()
                 if a.sample_every and self.state.global_step % a.sample_every == 0:
@@ -818,6 +833,22 @@ class QGFDTrainer:
         if self.state.global_step == a.stop_after and a.stop_after < a.max_steps:
             return self._pause()
         return self._finish()
+
+    def _read_window(self, window: Dict[str, List[torch.Tensor]]) -> Dict[str, float]:
+        """The logging window's mean losses over its steps and over the processes, read on the host
+        (one read per log or checkpoint, not per step); FloatingPointError on a non-finite loss."""
+        if not window:
+            return {}
+        keys = list(window)
+        per_step = torch.stack([torch.stack(window[key]) for key in keys])  # (keys, steps)
+        per_step = self.accelerator.reduce(per_step, reduction="mean")  # mean over processes
+        values = per_step.double().cpu()
+        if not torch.isfinite(values).all():
+            first = int((~torch.isfinite(values)).any(0).nonzero()[0])
+            step = self.state.global_step - values.shape[1] + 1 + first
+            bad = {key: float(values[i, first]) for i, key in enumerate(keys)}
+            raise FloatingPointError(f"Non-finite loss {bad} at step {step}.")
+        return {key: float(values[i].mean()) for i, key in enumerate(keys)}
 
     def _claim_output_dir(self, record: dict, new_run: bool) -> None:
         """A new run: remove an earlier run's outputs when `overwrite_output_dir` is set (the
