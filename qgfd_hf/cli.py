@@ -199,9 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-samples", type=int, default=16, help="unconditional models: how many samples")
     p.add_argument("--condition", nargs="+", default=None, help="conditional text models: the source text(s)")
     p.add_argument("--class-label", type=int, nargs="+", default=None, metavar="K",
-                   help="class-conditional models: the class of the samples (one for all --num-samples, or one per sample)")
+                   help="class-conditional models (tables: the label column's category index): the class of the samples; several are cycled over --num-samples")
     p.add_argument("--guidance-scale", type=float, default=None,
-                   help="classifier-free guidance scale (1 = none; needs a model trained with --cond-dropout-prob > 0)")
+                   help="classifier-free guidance scale (default 1 = none; other scales need a model trained with --cond-dropout-prob > 0)")
     p.add_argument("--num-inference-steps", type=int, default=50)
     p.add_argument("--sampler", default="ddim", choices=("ddim", "ddpm", "dpmsolver++"))
     p.add_argument("--timestep-spacing", default=None, choices=("linspace", "leading", "trailing"), help="as diffusers (default linspace)")

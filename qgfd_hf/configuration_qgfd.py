@@ -1176,6 +1176,13 @@ class QGFDSharedConfig(QGFDConfig):
                 raise ValueError(f"modality {m!r} is in `modalities` but `{m}_config` is None.")
         if len(set(self.modalities)) != len(self.modalities):
             raise ValueError(f"`modalities` has duplicates: {self.modalities!r}.")
+        for m in self.modalities:
+            sub = getattr(self, f"{m}_config")
+            if getattr(sub, "num_classes", None) is not None or (getattr(sub, "cond_dropout_prob", 0) or 0) > 0:
+                raise ValueError(
+                    f"`{m}_config` asks for class labels or condition dropout (num_classes={sub.num_classes}, "
+                    f"cond_dropout_prob={sub.cond_dropout_prob}), which the shared model does not take; pass None and 0."
+                )
         text = self.text_config
         expect = bool("text" in self.modalities and text is not None and text.conditional)
         if self.conditional != expect:

@@ -324,3 +324,11 @@ def test_cli_refuses_class_conditional_text_and_dropout_without_condition(tmp_pa
     assert "conditioned on their source text" in capsys.readouterr().err
     assert main(base + ["--modality", "image", "--no-class-conditional", "--cond-dropout-prob", "0.1"]) == 2
     assert "drops the condition in training" in capsys.readouterr().err
+
+
+def test_shared_model_refuses_class_labels_in_its_modality_configs():
+    from qgfd_hf import QGFDSharedConfig
+
+    img = QGFDImageConfig(latent_space="pixels", image_size=4, patch_size=2, num_channels=1, num_classes=3, **TINY)
+    with pytest.raises(ValueError, match="the shared model does not take"):
+        QGFDSharedConfig(modalities=["image"], image_config=img, latent_dim=16, **TINY)
