@@ -16,6 +16,9 @@ table, writes `results.json` and `guidance.png` to `--output-dir`.
     python scripts/bench_guidance.py --model bench-guidance/train/model --output-dir bench-guidance
     python scripts/bench_guidance.py --model DIR --scales 1 2 4 --seeds 0 --sampler dpmsolver++ --nfe 20
 
+(From a checkout whose qgfd_hf is not the installed one, prefix `PYTHONPATH=.`: `scripts/` comes
+first on the path, not the checkout's root.)
+
 Target (issue 13): >= 95% agreement at some scale <= 4 with FD still below the Gaussian's.
 """
 
