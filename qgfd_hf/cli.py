@@ -65,6 +65,12 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--denoiser", default=None, choices=("qgfd", "pretrained"),
                    help="qgfd: a fresh QGFD Transformer (default); pretrained: the --backbone's own Transformer stack "
                         "(T5 encoder, ViT), QGFD-patched and trained, with adaLN-Zero timestep conditioning")
+    g.add_argument("--class-conditional", action=argparse.BooleanOptionalAction, default=None,
+                   help="condition on the data's class labels (its label column: the digits', sub-folder names) with a DiT label "
+                        "embedding, so samples can ask for a class (sample --class-label) and take guidance")
+    g.add_argument("--cond-dropout-prob", type=float, default=None,
+                   help="probability that a training example's condition (class label, source text, table label) is replaced by the "
+                        "learned null condition, for classifier-free guidance (default 0.1 when class-conditional, else 0)")
 
 
 def _add_modality_args(p: argparse.ArgumentParser) -> Dict[str, str]:
@@ -138,7 +144,7 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
 
 _MODEL_FLAG_DESTS = ("preset", "d_model", "num_heads", "num_layers", "d_ff", "num_timesteps", "beta_schedule", "prediction_type",
-                     "qgfd_steps", "qgfd_alpha", "qgfd_graph", "qgfd_mix", "qgfd_warmup_steps", "backbone", "denoiser")
+                     "qgfd_steps", "qgfd_alpha", "qgfd_graph", "qgfd_mix", "qgfd_warmup_steps", "backbone", "denoiser", "cond_dropout_prob")
 
 
 def _trainer_defaults() -> dict:
@@ -192,6 +198,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="a saved model folder (or Hub id)")
     p.add_argument("--num-samples", type=int, default=16, help="unconditional models: how many samples")
     p.add_argument("--condition", nargs="+", default=None, help="conditional text models: the source text(s)")
+    p.add_argument("--class-label", type=int, nargs="+", default=None, metavar="K",
+                   help="class-conditional models (tables: the label column's category index): the class of the samples; several are cycled over --num-samples")
+    p.add_argument("--guidance-scale", type=float, default=None,
+                   help="classifier-free guidance scale (default 1 = none; other scales need a model trained with --cond-dropout-prob > 0)")
     p.add_argument("--num-inference-steps", type=int, default=50)
     p.add_argument("--sampler", default="ddim", choices=("ddim", "ddpm", "dpmsolver++"))
     p.add_argument("--timestep-spacing", default=None, choices=("linspace", "leading", "trailing"), help="as diffusers (default linspace)")
@@ -267,10 +277,13 @@ def _describe_model(model) -> str:
 def _train(args, task, data, targs, settings: dict, metadata: dict):
     from accelerate.utils import set_seed
 
+    from .modality_qgfd import class_conditioning, with_class_labels
     from .training_qgfd import QGFDTrainer
 
     set_seed(args.seed)  # the model's initial weights
+    class_conditioning(args, data, settings, task.name)
     model, processor, collator = task.build_model(args, data, settings)
+    collator = with_class_labels(collator, model)
     _say(_describe_model(model))
 
     def sample_fn(m, step, folder):

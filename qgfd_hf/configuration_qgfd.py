@@ -314,7 +314,19 @@ class QGFDConfig(PretrainedConfig):
             its `backbone_config` (the factory uses the text backbone's): T5's relative positions
             fit every modality's latent length. Not available for tables (no pretrained backbone); needs
             `time_conditioning="adaln"`.
-        conditional (`bool`, defaults to `False`): whether the model takes conditioning (only text).
+        conditional (`bool`, defaults to `False`): whether the model takes a source text as its
+            condition (text models only; class labels are `num_classes`).
+        num_classes (`int`, *optional*): class-conditional generation (DiT): the number of classes.
+            A learned label embedding of `num_classes + 1` rows (the last is the null label) is added
+            to the timestep embedding, so it reaches every block through adaLN. Images, audio and
+            video; tables are class-conditional through their `label_column` instead, and text
+            through its source text. None (the default): no class labels.
+        cond_dropout_prob (`float`, *optional*): the probability that a training example's condition
+            (its class label; a table row's label; a text model's source text) is replaced by the
+            learned null condition (DiT's label dropout), so that one model samples conditionally
+            and unconditionally and takes classifier-free guidance. In [0, 1); default 0.1 with
+            `num_classes`, else 0. A model with 0 has no unconditional path and refuses a
+            `guidance_scale` other than 1.
         latent_scale (`float`, defaults to 1.0): latents are the encoder's output times this
             (aim: about unit standard deviation, as Stable Diffusion's scale factor).
         recon_weight (`float`, defaults to 1.0): weight of the learned decoder's reconstruction
@@ -367,6 +379,8 @@ class QGFDConfig(PretrainedConfig):
         backbone_qgfd: Optional[dict] = None,
         denoiser: str = "qgfd",
         conditional: bool = False,
+        num_classes: Optional[int] = None,
+        cond_dropout_prob: Optional[float] = None,
         latent_scale: float = 1.0,
         recon_weight: float = 1.0,
         decoder_layers: int = 2,
@@ -410,6 +424,8 @@ class QGFDConfig(PretrainedConfig):
         self.backbone_qgfd = dict(backbone_qgfd) if backbone_qgfd is not None else None
         self.denoiser = denoiser
         self.conditional = conditional
+        self.num_classes = num_classes
+        self.cond_dropout_prob = cond_dropout_prob
         self.latent_scale = latent_scale
         self.recon_weight = recon_weight
         self.decoder_layers = decoder_layers
@@ -425,6 +441,7 @@ class QGFDConfig(PretrainedConfig):
         super().__init__(**kwargs)
         self._validate_common()
         self._validate_modality()
+        self._validate_conditioning()
         self._validate_position_grid()
         self._validate_denoiser()
 
@@ -445,7 +462,10 @@ class QGFDConfig(PretrainedConfig):
         _check_choice("denoiser", self.denoiser, DENOISERS)
         _check_bool("conditional", self.conditional)
         if self.conditional and self.modality not in ("text", "shared"):
-            raise ValueError(f"Conditioning is implemented for text only; modality={self.modality!r} needs conditional=False.")
+            raise ValueError(
+                f"`conditional` (a source text as the condition) is for text models; modality={self.modality!r} needs "
+                "conditional=False. For class labels pass num_classes=K."
+            )
         _check_float("latent_scale", self.latent_scale, 0.0, None, low_open=True)
         _check_float("recon_weight", self.recon_weight, 0.0, None)
         _check_int("decoder_layers", self.decoder_layers, minimum=0)
@@ -457,6 +477,29 @@ class QGFDConfig(PretrainedConfig):
 
     def _validate_modality(self):
         """Resolve and check the modality's sizes (subclasses)."""
+
+    def _validate_conditioning(self):
+        """num_classes (class labels) and cond_dropout_prob (the null condition of classifier-free guidance)."""
+        if self.num_classes is not None:
+            _check_int("num_classes", self.num_classes)
+            why = {
+                "text": "text models are conditioned on a source text (`conditional`)",
+                "tabular": "tables are class-conditional through `label_column` (its categories are the classes)",
+                "shared": "the shared model takes no class labels",
+            }.get(self.modality)
+            if why is not None:
+                raise ValueError(f"`num_classes`={self.num_classes} is for image, audio and video models; {why}. Pass num_classes=None.")
+        if self.cond_dropout_prob is None:
+            self.cond_dropout_prob = 0.1 if self.num_classes is not None else 0.0
+        _check_float("cond_dropout_prob", self.cond_dropout_prob, 0.0, 1.0, high_open=True)
+        if self.cond_dropout_prob > 0:
+            if self.modality == "shared":
+                raise ValueError(f"`cond_dropout_prob`={self.cond_dropout_prob}: the shared model has no null condition; pass 0.")
+            if not self.has_condition:
+                raise ValueError(
+                    f"`cond_dropout_prob`={self.cond_dropout_prob} drops the condition in training, but this {self.modality} model has "
+                    "none (set num_classes, a text model's conditional=True, or a table's label_column); pass 0."
+                )
 
     def _validate_position_grid(self):
         """position_grid: None, "auto" (the modality's grid) or positive ints whose product is the latent length."""
@@ -522,6 +565,11 @@ class QGFDConfig(PretrainedConfig):
             )
 
     # -- helpers ------------------------------------------------------------------------
+
+    @property
+    def has_condition(self) -> bool:
+        """Whether the model generates given a condition: a source text, a class label, or a table's label column."""
+        return bool(self.conditional or self.num_classes is not None or getattr(self, "label_column", None) is not None)
 
     @property
     def decoder_width(self) -> int:
@@ -1128,6 +1176,13 @@ class QGFDSharedConfig(QGFDConfig):
                 raise ValueError(f"modality {m!r} is in `modalities` but `{m}_config` is None.")
         if len(set(self.modalities)) != len(self.modalities):
             raise ValueError(f"`modalities` has duplicates: {self.modalities!r}.")
+        for m in self.modalities:
+            sub = getattr(self, f"{m}_config")
+            if getattr(sub, "num_classes", None) is not None or (getattr(sub, "cond_dropout_prob", 0) or 0) > 0:
+                raise ValueError(
+                    f"`{m}_config` asks for class labels or condition dropout (num_classes={sub.num_classes}, "
+                    f"cond_dropout_prob={sub.cond_dropout_prob}), which the shared model does not take; pass None and 0."
+                )
         text = self.text_config
         expect = bool("text" in self.modalities and text is not None and text.conditional)
         if self.conditional != expect:

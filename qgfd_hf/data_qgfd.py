@@ -198,6 +198,45 @@ def load_hub_image_dataset(name: str = "cifar10", split: str = "train", image_co
     return ds
 
 
+def dataset_num_classes(ds, label_column: str = "label", what: str = "The data") -> int:
+    """K, the classes of a dataset's label column (a `ClassLabel`'s names, else the ints 0..K-1 it holds)."""
+    if label_column not in ds.column_names:
+        raise ValueError(
+            f"{what} has no {label_column!r} column to condition on (columns: {ds.column_names}); class-conditional "
+            "training reads the labels from it (image / audio folders: the sub-folder names)."
+        )
+    feature = ds.features[label_column]
+    if hasattr(feature, "names"):
+        return len(feature.names)
+    values = np.asarray(ds[label_column])
+    if values.dtype.kind not in "iu" or values.size == 0 or values.min() < 0:
+        raise ValueError(f"{what}: the {label_column!r} column must hold class indices 0..K-1 (ints), got dtype {values.dtype}.")
+    return int(values.max()) + 1
+
+
+class ClassLabelCollator:
+    """Wraps a modality's collator and adds `class_labels` [B] (long), the rows' `label_column`:
+    the batch a class-conditional model's `compute_loss` takes.
+
+    Example:
+        >>> collate = ClassLabelCollator(lambda rows: {"x": torch.tensor([r["x"] for r in rows])}, num_classes=3)
+        >>> collate([{"x": 1.0, "label": 2}, {"x": 0.5, "label": 0}])["class_labels"].tolist()
+        [2, 0]
+    """
+
+    def __init__(self, collator, num_classes: int, label_column: str = "label"):
+        self.collator, self.num_classes, self.label_column = collator, num_classes, label_column
+
+    def __call__(self, rows: List[dict]) -> Dict[str, torch.Tensor]:
+        batch = self.collator(rows)
+        labels = [r[self.label_column] for r in rows]
+        if any(isinstance(y, bool) or not isinstance(y, (int, np.integer)) or not 0 <= y < self.num_classes for y in labels):
+            bad = [y for y in labels if isinstance(y, bool) or not isinstance(y, (int, np.integer)) or not 0 <= y < self.num_classes]
+            raise ValueError(f"Labels must be class indices in [0, {self.num_classes}), got {bad[:5]}.")
+        batch["class_labels"] = torch.tensor([int(y) for y in labels], dtype=torch.long)
+        return batch
+
+
 class ImageCollator:
     """Rows -> `{"pixel_values": [B, C, H, W]}` float32, normalised as the model expects:
     `(x - image_mean) / image_std` of images x in [0, 1] (the image processor's convention).

@@ -133,11 +133,23 @@ class DigitsEvaluator:
         n = min(n, len(self.train_x))
         return self.train_x[rng.choice(len(self.train_x), size=n, replace=False)]
 
-    def evaluate(self, samples) -> Dict[str, object]:
-        """The samples' metrics beside the real and Gaussian baselines (same number of images)."""
+    def class_agreement(self, images, labels) -> float:
+        """The fraction of images the classifier assigns to the class asked for (`labels` [N])."""
+        labels = np.asarray(labels)
+        x = _flat(images)
+        if labels.shape != (len(x),):
+            raise ValueError(f"Need one requested label per image: {len(x)} images, labels of shape {list(labels.shape)}.")
+        return float((self.clf.predict(x) == labels).mean())
+
+    def evaluate(self, samples, requested_labels=None) -> Dict[str, object]:
+        """The samples' metrics beside the real and Gaussian baselines (same number of images);
+        with `requested_labels` (class-conditional samples), the samples' `class_agreement`."""
         n = len(_flat(samples))
+        scores = self.score(samples)
+        if requested_labels is not None:
+            scores["class_agreement"] = self.class_agreement(samples, requested_labels)
         return {
-            "samples": self.score(samples),
+            "samples": scores,
             "baseline_real_train_vs_heldout": self.score(self.real_samples(n)),
             "baseline_gaussian": self.score(self.gaussian_samples(n)),
             "classifier_test_accuracy": self.classifier_accuracy,

@@ -59,9 +59,19 @@ class ImageTask(ModalityTask):
         # training
         max_steps=3000, batch_size=128, learning_rate=2e-3, warmup_steps=100, ema_decay=0.999,
         checkpoint_every=500,
-        # sampling: as many samples as held-out digits, so the FDs compare like with like
-        num_samples=360, sampler="ddpm", num_inference_steps=100,
+        # class-conditional on the digits' labels (DiT's label embedding, 10% label dropout); other
+        # image data: --class-conditional
+        class_conditional=True,
+        # sampling: as many samples as held-out digits, so the FDs compare like with like; a
+        # class-conditional model is asked for the held-out digits' classes
+        num_samples=360, sampler="ddpm", num_inference_steps=100, guidance_scale=1.0,
     )
+
+    def settings(self, args, for_demo: bool = False):
+        s = dict(self.defaults)
+        if getattr(args, "data_dir", None) is not None or getattr(args, "dataset", None) not in (None, "digits"):
+            s["class_conditional"] = False  # labelled digits by default; other data: --class-conditional
+        return s
 
     def add_arguments(self, group) -> None:
         group.add_argument("--image-size", type=int, default=None, help="image: side in pixels (pixel latents; default 32 for folders)")
@@ -128,10 +138,19 @@ class ImageTask(ModalityTask):
     # -- samples and scores -----------------------------------------------------------------
 
     def generate(self, model_dir, data, settings, args):
+        from transformers import AutoConfig
+
+        n = settings["num_samples"]
+        guidance = {}
+        if getattr(AutoConfig.from_pretrained(model_dir), "num_classes", None) is not None:
+            # The held-out digits' classes (cycled), so the samples' classes match the FD's reference set.
+            labels = list(data.test["label"]) if data.test is not None else list(range(10))
+            guidance = dict(class_labels=[int(labels[i % len(labels)]) for i in range(n)], guidance_scale=settings.get("guidance_scale", 1.0))
         images = pipeline_samples(
-            model_dir, num_samples=settings["num_samples"], num_inference_steps=settings["num_inference_steps"],
-            sampler=settings["sampler"], seed=args.seed, progress=not args.no_progress,
+            model_dir, num_samples=n, num_inference_steps=settings["num_inference_steps"],
+            sampler=settings["sampler"], seed=args.seed, progress=not args.no_progress, **guidance,
         )
+        settings["requested_labels"] = guidance.get("class_labels")  # for `evaluate`: agreement with the requested class
         return images.transpose(0, 3, 1, 2)  # the pipeline's [N, H, W, C] -> [N, C, H, W]
 
     def evaluate(self, samples, data, settings):
@@ -140,7 +159,9 @@ class ImageTask(ModalityTask):
         if data.name != "digits":
             raise ValueError(f"Image samples are scored on the digits only (got data {data.name!r}).")
         evaluator = DigitsEvaluator(data.train["pixel_values"], data.train["label"], data.test["pixel_values"], data.test["label"], seed=0)
-        scores = evaluator.evaluate(samples)
+        scores = evaluator.evaluate(samples, requested_labels=settings.get("requested_labels"))
+        if settings.get("requested_labels") is not None:
+            scores["guidance_scale"] = settings.get("guidance_scale", 1.0)
         return {"metrics": scores, "targets": image_targets_met(scores)}
 
     def write_samples(self, samples, data, output_dir, prefix="samples"):
@@ -156,6 +177,10 @@ class ImageTask(ModalityTask):
             f"  {'Frechet distance (lower=better)':32s}{s['fd']:10.3f}{r['fd']:13.3f}{g['fd']:11.3f}",
             f"  {'mean confidence':32s}{s['confidence']:10.3f}{r['confidence']:13.3f}{g['confidence']:11.3f}",
             f"  {'classes present (of 10)':32s}{s['classes_present']:10d}{r['classes_present']:13d}{g['classes_present']:11d}",
+        ] + ([
+            f"  {'agreement with requested class':32s}{s['class_agreement']:10.3f}{m['classifier_test_accuracy']:13.3f}{'-':>11s}"
+            f"   (guidance scale {m.get('guidance_scale', 1.0)}; real digits: the classifier's held-out accuracy)",
+        ] if "class_agreement" in s else []) + [
             "  (real digits: training digits scored against the held-out ones; Gaussian: a full-covariance Gaussian fitted to the training pixels)",
         ]
 
@@ -168,10 +193,11 @@ class ImageTask(ModalityTask):
             "same, real training digits": round(m["baseline_real_train_vs_heldout"]["fd"], 3),
             "classifier mean confidence": round(s["confidence"], 3),
             "digit classes present (of 10)": s["classes_present"],
+            **({"classifier agreement with the requested class": round(s["class_agreement"], 3)} if "class_agreement" in s else {}),
         }
 
     def sample_hint(self, model_dir: str) -> str:
-        return f"qgfd-hf sample {model_dir} --num-samples 64"
+        return f"qgfd-hf sample {model_dir} --num-samples 64  (class-conditional: --class-label 3 --guidance-scale 2)"
 
     def sample_saved(self, model, args):
         return super().sample_saved(model, args).transpose(0, 3, 1, 2)  # [N, H, W, C] -> [N, C, H, W]

@@ -158,6 +158,9 @@ class ModalityTask:
 
         ns = argparse.Namespace(num_samples=settings.get("validation_samples", 16), num_inference_steps=25, sampler="ddim",
                                 seed=0, no_progress=True, condition=None)
+        K = getattr(model.config, "num_classes", None) if not isinstance(model, str) else None
+        if K is not None:  # a class-conditional model: every class in turn
+            ns.class_label = list(range(K))
         samples = self.sample_saved(model, ns)
         return self.write_samples(samples, None, folder, prefix=f"step-{step:08d}")
 
@@ -166,6 +169,7 @@ class ModalityTask:
         return pipeline_samples(
             model, num_samples=args.num_samples, num_inference_steps=args.num_inference_steps, sampler=args.sampler,
             seed=args.seed, progress=not args.no_progress, timestep_spacing=getattr(args, "timestep_spacing", None),
+            **guidance_kwargs(args),
         )
 
 
@@ -196,13 +200,68 @@ def pipeline_samples(model_or_path, inputs=None, *, num_samples: Optional[int] =
     return pipe(list(inputs), **kwargs)
 
 
+# The model fields that `class_conditioning` resolves (into the settings) and `diffusion_values` passes on.
+CONDITIONING_FIELDS = ("num_classes", "cond_dropout_prob")
+LABEL_COLUMN = "label"  # every task's data names its class labels so (digits, folders' sub-folder names, csv)
+
+
+def class_conditioning(args, data: TaskData, settings: Dict[str, Any], modality: str) -> None:
+    """`--class-conditional` and `--cond-dropout-prob`, for every task in one place: resolve them
+    against the data and write the model fields `num_classes` / `cond_dropout_prob` into `settings`.
+
+    - images, audio, video: class-conditional (`--class-conditional`, or the task's default
+      `class_conditional`) on the data's `label` column, K = its classes;
+    - tables: class-conditional through their label column already (`--label-column`);
+      `--class-conditional` only checks that there is one;
+    - text: conditioned on the source text; `--cond-dropout-prob` trains its null text.
+    """
+    from .data_qgfd import dataset_num_classes
+
+    flag = getattr(args, "class_conditional", None)
+    wanted = settings.get("class_conditional", False) if flag is None else flag
+    p = getattr(args, "cond_dropout_prob", None)
+    if p is not None:
+        settings["cond_dropout_prob"] = p
+    if not wanted:
+        return
+    if modality == "text":
+        raise ValueError("Text models are conditioned on their source text, not on class labels: drop --class-conditional "
+                         "(--cond-dropout-prob trains the null text that guidance needs).")
+    if modality == "tabular":
+        if data.info.get("label_column") is None:
+            raise ValueError("--class-conditional for tables needs a label column: --label-column NAME (it is generated first, the rest given it).")
+        return
+    settings["num_classes"] = dataset_num_classes(data.train, LABEL_COLUMN, f"The dataset {data.name!r}")
+
+
+def with_class_labels(collator, model):
+    """The task's collator, adding the rows' labels as `class_labels` when the model is class-conditional."""
+    from .data_qgfd import ClassLabelCollator
+
+    K = getattr(model.config, "num_classes", None)
+    return collator if K is None else ClassLabelCollator(collator, K, LABEL_COLUMN)
+
+
+def guidance_kwargs(args) -> Dict[str, Any]:
+    """`qgfd-hf sample --class-label K [K ...] --guidance-scale S` as pipeline keywords: one label
+    for every sample, or several cycled over the `--num-samples` samples."""
+    out: Dict[str, Any] = {}
+    labels = getattr(args, "class_label", None)
+    if labels:
+        n = getattr(args, "num_samples", None) or len(labels)
+        out["class_labels"] = labels[0] if len(labels) == 1 else [labels[i % len(labels)] for i in range(n)]
+    if getattr(args, "guidance_scale", None) is not None:
+        out["guidance_scale"] = args.guidance_scale
+    return out
+
+
 def diffusion_values(args, settings: dict) -> dict:
     """The denoiser's settings (`DiffusionConfig` fields): the task's defaults, then --preset,
-    then the individual flags."""
+    then the individual flags; and the conditioning fields `class_conditioning` resolved."""
     from .configuration_qgfd import DIFFUSION_FIELDS, QGFD_PRESETS
 
     names = [n for n in DIFFUSION_FIELDS if n != "latent_dim"]
-    values = {k: v for k, v in settings.items() if k in names}
+    values = {k: v for k, v in settings.items() if k in names or k in CONDITIONING_FIELDS}
     preset = getattr(args, "preset", None)
     if preset is not None:
         if preset not in QGFD_PRESETS:
@@ -229,4 +288,4 @@ def sample_output(model: str, args) -> Tuple[str, str]:
     return out_dir, prefix
 
 
-__all__ = ["ModalityTask", "TaskData", "diffusion_values", "get_task", "pipeline_samples", "register_task", "task_names"]
+__all__ = ["ModalityTask", "TaskData", "class_conditioning", "diffusion_values", "guidance_kwargs", "with_class_labels", "get_task", "pipeline_samples", "register_task", "task_names"]

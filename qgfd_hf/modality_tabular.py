@@ -30,7 +30,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .modality_qgfd import ModalityTask, TaskData, diffusion_values, pipeline_samples, register_task, sample_output
+from .modality_qgfd import ModalityTask, TaskData, diffusion_values, guidance_kwargs, pipeline_samples, register_task, sample_output
 
 TABLE_FORMATS = {".csv": "csv", ".parquet": "parquet", ".json": "json", ".jsonl": "json"}
 MIN_ROWS = 10
@@ -677,7 +677,7 @@ class TabularTask(ModalityTask):
 
         columns = AutoConfig.from_pretrained(model).columns
         out = pipeline_samples(model, num_samples=args.num_samples, num_inference_steps=args.num_inference_steps, sampler=args.sampler,
-                               seed=args.seed, progress=not args.no_progress, output_type="data")
+                               seed=args.seed, progress=not args.no_progress, output_type="data", **guidance_kwargs(args))
         samples = rows_to_frame([o["row"] for o in out], columns)
         out_dir, prefix = sample_output(model, args)
         paths = self.write_samples(samples, None, out_dir, prefix=prefix)

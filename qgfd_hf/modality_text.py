@@ -17,7 +17,7 @@ import json
 import os
 from typing import Dict, List
 
-from .modality_qgfd import ModalityTask, TaskData, diffusion_values, pipeline_samples, register_task
+from .modality_qgfd import ModalityTask, TaskData, diffusion_values, guidance_kwargs, pipeline_samples, register_task
 
 
 @register_task
@@ -155,5 +155,6 @@ class TextTask(ModalityTask):
         if not args.condition:
             raise ValueError("This text model is conditional: give --condition with the source text(s).")
         outs = pipeline_samples(model, args.condition, num_inference_steps=args.num_inference_steps, sampler=args.sampler,
-                                seed=args.seed, progress=not args.no_progress, timestep_spacing=getattr(args, "timestep_spacing", None))
+                                seed=args.seed, progress=not args.no_progress, timestep_spacing=getattr(args, "timestep_spacing", None),
+                                **guidance_kwargs(args))
         return [f"{src!r} -> {group[0]['generated_text']!r}" for src, group in zip(args.condition, outs)]

@@ -286,9 +286,23 @@ def render_model_card(
     timesteps = getattr(config, "num_timesteps", None)
     steps = min(50, timesteps) if isinstance(timesteps, int) and timesteps > 0 else 50
     call_args = f"num_inference_steps={steps}, sampler=\"ddim\", seed=0"
+    num_classes = getattr(config, "num_classes", None)
+    guided = (getattr(config, "cond_dropout_prob", 0) or 0) > 0
     if conditional:
         pipeline_call = f'{name} = pipe("a conditioning text", {call_args})  # {what}'
         conditioning_sentence = "It samples conditioned on a text: pass one, or a list, to the pipeline."
+        if guided:
+            pipeline_call += f'\n{name} = pipe("a conditioning text", guidance_scale=2.0, {call_args})  # with classifier-free guidance'
+            conditioning_sentence += " It was trained with condition dropout, so it takes classifier-free guidance (`guidance_scale`)."
+    elif isinstance(num_classes, int):
+        labels = [c % num_classes for c in (3, 7)]
+        scale = ", guidance_scale=4.0" if guided else ""
+        pipeline_call = f"{name} = pipe(class_labels={labels}{scale}, {call_args})  # {what}, of classes {labels}"
+        conditioning_sentence = (
+            f"It is class-conditional ({num_classes} classes): pass `class_labels` (one per sample, or one int for `num_samples`)."
+            + (" It was trained with label dropout, so it takes classifier-free guidance (`guidance_scale`), and samples"
+               " unconditionally without `class_labels`." if guided else " It was trained without label dropout: no guidance.")
+        )
     else:
         pipeline_call = f"{name} = pipe(num_samples={count}, {call_args})  # {what}"
         conditioning_sentence = "It is unconditional: ask the pipeline for `num_samples`."

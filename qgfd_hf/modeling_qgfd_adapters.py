@@ -1111,6 +1111,10 @@ class TabularAdapter(_ModalityAdapter):
         tokens = self._codes(self.label_index, x_T)[idx]  # (B, Dl)
         return tokens * self.modality_config.latent_scale
 
+    def label_tokens(self, labels: torch.Tensor) -> torch.Tensor:
+        """The label tokens [B, Dl] of the requested categories `labels` [B] (indices of the label column's)."""
+        return self._codes(self.label_index, self.category_codes)[labels] * self.modality_config.latent_scale
+
     # -- the adapter contract ---------------------------------------------------------------
 
     def tabular_to_latents(self, features: torch.Tensor) -> torch.Tensor:

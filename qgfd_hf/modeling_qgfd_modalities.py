@@ -42,7 +42,13 @@ from .configuration_qgfd import (
     QGFDVideoConfig,
     _check_choice,
 )
-from .modeling_qgfd import QGFDDiffusionBackbone, QGFDDiffusionOutput, QGFDPreTrainedModel, check_timesteps
+from .modeling_qgfd import (
+    QGFDDiffusionBackbone,
+    QGFDDiffusionOutput,
+    QGFDPreTrainedModel,
+    check_timesteps,
+    classifier_free_guidance,
+)
 from .modeling_qgfd_adapters import (
     ADAPTERS,
     AudioAdapter,
@@ -109,6 +115,7 @@ class TextQGFDDiffusionModel(QGFDPreTrainedModel):
         super().__init__(config)
         self.adapter = TextAdapter(config)
         self.backbone = build_denoiser(config)
+        self.build_condition_embeddings()
         self.post_init()
 
     def _fixed_length(self) -> bool:
@@ -140,14 +147,17 @@ class TextQGFDDiffusionModel(QGFDPreTrainedModel):
         noise: Optional[torch.Tensor] = None,
         cond_tokens: Optional[torch.Tensor] = None,
         cond_mask: Optional[torch.Tensor] = None,
+        drop_condition: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """The diffusion loss (scalar) of x0_embeds [B, L, D] at timesteps t [B], conditioned on
-        a source text (`cond_input_ids`) or on ready `cond_tokens`."""
+        a source text (`cond_input_ids`) or on ready `cond_tokens`; the null source text for the
+        samples where `drop_condition` [B] is True."""
         if cond_input_ids is not None:
             if cond_tokens is not None:
                 raise ValueError("Pass either `cond_input_ids` or `cond_tokens`, not both.")
             cond_tokens, cond_mask = self.encode_condition(input_ids=cond_input_ids, attention_mask=cond_attention_mask)
-        return super().diffusion_forward(x0_embeds, t, schedule=schedule, cond_tokens=cond_tokens, cond_mask=cond_mask, noise=noise)
+        return super().diffusion_forward(x0_embeds, t, schedule=schedule, cond_tokens=cond_tokens, cond_mask=cond_mask, noise=noise,
+                                         drop_condition=drop_condition)
 
     def decode_embeddings(self, latents: torch.Tensor) -> torch.Tensor:
         """Token logits [B, L, V] (2 x E^T - ||E||^2: the argmax is the nearest token embedding)."""
@@ -158,11 +168,13 @@ class TextQGFDDiffusionModel(QGFDPreTrainedModel):
         """Strings from latents [B, L, D], through the nearest embedding and `tokenizer`."""
         return tokenizer.batch_decode(self.decode_latents(latents).tolist(), skip_special_tokens=skip_special_tokens)
 
-    def make_denoise_fn(self, cond_tokens=None, cond_mask=None, schedule=None, clamp: Optional[bool] = None):
+    def make_denoise_fn(self, cond_tokens=None, cond_mask=None, schedule=None, clamp: Optional[bool] = None, class_labels=None,
+                        guidance_scale: float = 1.0):
         """`denoise_fn(x_t, t)`; with `clamp` (default `config.clamp_to_embeddings`) the predicted
         x0 is replaced by its nearest token embedding, and the output re-expressed for the
-        prediction type (Diffusion-LM's clamping trick)."""
-        base = super().make_denoise_fn(cond_tokens, cond_mask, schedule)
+        prediction type (Diffusion-LM's clamping trick). Guidance (`guidance_scale`) comes first,
+        then the clamping of the guided x0."""
+        base = super().make_denoise_fn(cond_tokens, cond_mask, schedule, class_labels=class_labels, guidance_scale=guidance_scale)
         clamp = self.config.clamp_to_embeddings if clamp is None else clamp
         if not clamp:
             return base
@@ -194,6 +206,8 @@ class TextQGFDDiffusionModel(QGFDPreTrainedModel):
         cond_attention_mask: Optional[torch.Tensor] = None,
         clamp: Optional[bool] = None,
         schedule: Optional[DDPMBetaSchedule] = None,
+        guidance_scale: float = 1.0,
+        class_labels=None,
         **sampler_kwargs,
     ) -> torch.Tensor:
         """Sample latents [B, seq_len, D] that `decode_to_text` turns into strings.
@@ -203,6 +217,8 @@ class TextQGFDDiffusionModel(QGFDPreTrainedModel):
             cond_tokens, cond_mask: from `encode_condition`; or, instead,
             cond_input_ids (`[B, Lc]`), cond_attention_mask (`[B, Lc]`): the source texts.
             clamp (`bool`, *optional*): Diffusion-LM's clamping (default `config.clamp_to_embeddings`).
+            guidance_scale (`float`, defaults to 1.0): classifier-free guidance against the learned null
+                source text (a model trained with `cond_dropout_prob` > 0); 1 = none.
             **sampler_kwargs: `sampler`, `num_inference_steps`, `eta`, `generator`, `progress`, ... as
                 `QGFDPreTrainedModel.diffusion_sample`.
         """
@@ -216,10 +232,11 @@ class TextQGFDDiffusionModel(QGFDPreTrainedModel):
             num_samples = cond_tokens.shape[0] if cond_tokens is not None else 1
         if cond_tokens is not None and cond_tokens.shape[0] != num_samples:
             raise ValueError(f"`num_samples`={num_samples} differs from the conditioning's batch size {cond_tokens.shape[0]}.")
+        _, guidance_scale = self.check_guidance(num_samples, class_labels, guidance_scale)
         schedule = schedule if schedule is not None else self.get_schedule()
 
         return sample_loop(
-            self.make_denoise_fn(cond_tokens, cond_mask, schedule, clamp=clamp),
+            self.make_denoise_fn(cond_tokens, cond_mask, schedule, clamp=clamp, guidance_scale=guidance_scale),
             self.latent_shape(num_samples),
             schedule,
             prediction_type=self.config.prediction_type,
@@ -260,6 +277,7 @@ class ImageQGFDDiffusionModel(QGFDPreTrainedModel):
         super().__init__(config)
         self.adapter = self._adapter_class(config)
         self.backbone = build_denoiser(config)
+        self.build_condition_embeddings()
         self.post_init()
 
     def image_to_latents(self, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -381,6 +399,7 @@ class AudioQGFDDiffusionModel(QGFDPreTrainedModel):
         super().__init__(config)
         self.adapter = AudioAdapter(config)
         self.backbone = build_denoiser(config)
+        self.build_condition_embeddings()
         self.post_init()
 
     def audio_to_latents(self, input_values: torch.Tensor) -> torch.Tensor:
@@ -432,6 +451,7 @@ class TabularQGFDDiffusionModel(QGFDPreTrainedModel):
         super().__init__(config)
         self.adapter = TabularAdapter(config)
         self.backbone = build_denoiser(config)
+        self.build_condition_embeddings()
         self.post_init()
 
     def tabular_to_latents(self, features: torch.Tensor) -> torch.Tensor:
@@ -447,9 +467,18 @@ class TabularQGFDDiffusionModel(QGFDPreTrainedModel):
         """Whether `fit_normalization` has run (on this model or on the one saved)."""
         return self.adapter.is_fitted
 
-    def diffusion_forward(self, x0, t, schedule=None, cond_tokens=None, cond_mask=None, noise=None) -> torch.Tensor:
+    @property
+    def num_classes(self) -> Optional[int]:
+        """With `config.label_column`: its categories are the classes (`class_labels` index them)."""
+        j = self.adapter.label_index
+        return None if j is None else len(self.config.columns[j]["categories"])
+
+    def diffusion_forward(self, x0, t, schedule=None, cond_tokens=None, cond_mask=None, noise=None,
+                          drop_condition: Optional[torch.Tensor] = None) -> torch.Tensor:
         """The diffusion loss; with `config.label_column`, the label's token stays clean in x_t and
-        out of the loss (the denoiser learns the other columns given the label)."""
+        out of the loss (the denoiser learns the other columns given the label). Where
+        `drop_condition` [B] is True (condition dropout), the label token is the null token, zeros:
+        no category's code is zero."""
         j = self.adapter.label_index
         if j is None:
             return super().diffusion_forward(x0, t, schedule, cond_tokens, cond_mask, noise)
@@ -458,7 +487,10 @@ class TabularQGFDDiffusionModel(QGFDPreTrainedModel):
         t = check_timesteps(t, x0.shape[0], self.config.num_timesteps, x0.device)
         # 1. x_t = sqrt(a_bar_t) x0 + sqrt(1 - a_bar_t) eps [DDPM Eq. 4], the label token kept clean.
         x_t, noise = q_sample(x0, t, schedule, noise)
-        x_t = torch.cat([x_t[:, :j], x0[:, j : j + 1], x_t[:, j + 1 :]], 1)  # (B, L, Dl)
+        label = x0[:, j : j + 1]  # (B, 1, Dl)
+        if drop_condition is not None:
+            label = torch.where(drop_condition[:, None, None], torch.zeros_like(label), label)  # the null label token
+        x_t = torch.cat([x_t[:, :j], label, x_t[:, j + 1 :]], 1)  # (B, L, Dl)
         # 2. the target of every other token; 3. their MSE.
         target = diffusion_target(x0, noise, t, schedule, self.config.prediction_type)
         out = self.denoise(x_t, t)
@@ -470,32 +502,46 @@ class TabularQGFDDiffusionModel(QGFDPreTrainedModel):
                          sampler: str = "ddim", num_inference_steps: Optional[int] = None, eta: float = 0.0,
                          generator: Optional[torch.Generator] = None, progress: bool = False, clip_sample: Optional[float] = None,
                          x_T: Optional[torch.Tensor] = None, timestep_spacing: Optional[str] = None,
-                         steps_offset: Optional[int] = None) -> torch.Tensor:
+                         steps_offset: Optional[int] = None, class_labels=None, guidance_scale: float = 1.0) -> torch.Tensor:
         """As `QGFDPreTrainedModel.diffusion_sample`, refused before the loop on a never-fitted
-        model; with `config.label_column`, each sample's label is drawn first (from the training
-        frequencies, `TabularAdapter.label_tokens_from_noise`) and held fixed while the other
-        columns are denoised."""
+        model; with `config.label_column`, each sample's label is `class_labels` (indices of the
+        label column's categories), else drawn first (from the training frequencies,
+        `TabularAdapter.label_tokens_from_noise`), and held fixed while the other columns are
+        denoised. `guidance_scale` != 1 guides against the null (zero) label token, for a model
+        trained with `cond_dropout_prob` > 0."""
         self.adapter.check_fitted("sample")
         kwargs = dict(schedule=schedule, sampler=sampler, num_inference_steps=num_inference_steps, eta=eta, generator=generator,
                       progress=progress, clip_sample=clip_sample, timestep_spacing=timestep_spacing, steps_offset=steps_offset)
         j = self.adapter.label_index
         if j is None:
-            return super().diffusion_sample(num_samples, cond_tokens, cond_mask, x_T=x_T, **kwargs)
+            return super().diffusion_sample(num_samples, cond_tokens, cond_mask, x_T=x_T, class_labels=class_labels,
+                                            guidance_scale=guidance_scale, **kwargs)
         self.encode_condition(cond_tokens=cond_tokens)  # unconditional: refuses conditioning
+        if num_samples is None:
+            num_samples = x_T.shape[0] if x_T is not None else len(class_labels) if isinstance(class_labels, (list, tuple, torch.Tensor)) else 1
+        class_labels, guidance_scale = self.check_guidance(num_samples, class_labels, guidance_scale)
         if x_T is None:
             gen_device = generator.device if generator is not None else self.device
-            x_T = torch.randn(self.latent_shape(num_samples or 1), generator=generator, device=gen_device, dtype=torch.float32)
+            x_T = torch.randn(self.latent_shape(num_samples), generator=generator, device=gen_device, dtype=torch.float32)
         x_T = x_T.to(device=self.device, dtype=self.dtype)
-        label = self.adapter.label_tokens_from_noise(x_T)  # (B, Dl)
+        if class_labels is None:
+            label = self.adapter.label_tokens_from_noise(x_T)  # (B, Dl)
+        else:
+            label = self.adapter.label_tokens(class_labels.to(self.device)).to(x_T.dtype)  # (B, Dl)
+        put = lambda x, tok: torch.cat([x[:, :j], tok[:, None], x[:, j + 1 :]], 1)  # the label's clean token at j
 
         def denoise_fn(x_t, t):
-            x_t = torch.cat([x_t[:, :j], label[:, None], x_t[:, j + 1 :]], 1)  # the label's clean token
-            return self.denoise(x_t, t)
+            if guidance_scale == 1.0:
+                return self.denoise(put(x_t, label), t)
+            # Classifier-free guidance: [label; null label] in one denoiser call.
+            out = self.denoise(torch.cat([put(x_t, label), put(x_t, torch.zeros_like(label))]), torch.cat([t, t]))
+            out_c, out_u = out.chunk(2)
+            return classifier_free_guidance(out_c, out_u, guidance_scale)
 
         kwargs["schedule"] = schedule if schedule is not None else self.get_schedule()
         x = sample_loop(denoise_fn, tuple(x_T.shape), prediction_type=self.config.prediction_type, device=self.device,
                         dtype=self.dtype, x_T=x_T, **kwargs)
-        return torch.cat([x[:, :j], label[:, None], x[:, j + 1 :]], 1)
+        return put(x, label)
 
 
 MODEL_CLASSES = {

@@ -36,7 +36,15 @@ class QGFDDiffusionPipeline(Pipeline):
         inputs (`str` or `list[str]`, *optional*): conditioning texts, for conditional models
             only (one sample set per text); unconditional models take none.
         num_samples (`int`, defaults to 1): samples per conditioning text, or in all for
-            an unconditional model.
+            an unconditional model (default with `class_labels`: one sample per label).
+        class_labels (`int` or `list[int]`, *optional*): class-conditional models (`config.num_classes`;
+            tables with a `label_column`: indices of its categories): the class of each sample, or
+            one int for all `num_samples`. Without them a class-conditional model samples
+            unconditionally (its null label; tables draw the label from the training frequencies).
+        guidance_scale (`float`, defaults to 1.0): classifier-free guidance, out_u + s (out_c - out_u),
+            the conditional and unconditional passes in one batched forward; 1 = the conditional
+            model, larger = closer to the condition and less diverse. Needs a model trained with
+            `cond_dropout_prob` > 0 (text: against the learned null source text).
         num_inference_steps (`int`, *optional*): denoising steps (network evaluations),
             1..`num_timesteps`; by default all for `"ddpm"`, 50 for `"ddim"` and a diffusers
             scheduler, 20 for `"dpmsolver++"` (fewer if trained with fewer).
@@ -66,6 +74,8 @@ class QGFDDiffusionPipeline(Pipeline):
         >>> import qgfd_hf  # registers "qgfd-diffusion"
         >>> pipe = pipeline("qgfd-diffusion", model="path/to/saved/model")  # doctest: +SKIP
         >>> pipe(num_samples=4, seed=0)[0]["image"]  # doctest: +SKIP
+        >>> pipe(class_labels=[3, 7], guidance_scale=4.0, num_inference_steps=50, seed=0)  # class-conditional  # doctest: +SKIP
+        >>> pipe("a source sentence", guidance_scale=2.0)  # conditional text, against the null text  # doctest: +SKIP
     """
 
     _load_tokenizer = None  # loaded when the folder has one (text models need it)
@@ -88,6 +98,8 @@ class QGFDDiffusionPipeline(Pipeline):
         progress_bar=None,
         sample_batch_size=None,
         max_length=None,
+        class_labels=None,
+        guidance_scale=None,
         **kwargs,
     ):
         if kwargs:
@@ -99,6 +111,10 @@ class QGFDDiffusionPipeline(Pipeline):
             preprocess["num_samples"] = num_samples
         if max_length is not None:
             preprocess["max_length"] = max_length
+        if class_labels is not None:
+            preprocess["class_labels"] = class_labels  # checked against the model in `preprocess`
+        if guidance_scale is not None:
+            preprocess["guidance_scale"] = guidance_scale
         if num_inference_steps is not None:
             if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps <= 0:
                 raise ValueError(f"`num_inference_steps` must be an int >= 1, got {num_inference_steps!r}.")
@@ -162,9 +178,13 @@ class QGFDDiffusionPipeline(Pipeline):
         return self.postprocess(model_outputs, **post)
 
     # 1. Conditioning: validate and tokenize.
-    def preprocess(self, inputs=None, num_samples: int = 1, max_length: Optional[int] = None):
+    def preprocess(self, inputs=None, num_samples: Optional[int] = None, max_length: Optional[int] = None, class_labels=None,
+                   guidance_scale=1.0):
         model = self.model
         single = isinstance(inputs, str)
+        if num_samples is None:
+            many = isinstance(class_labels, (list, tuple)) or (isinstance(class_labels, torch.Tensor) and class_labels.dim() == 1)
+            num_samples = len(class_labels) if many and not model.is_conditional else 1
         if model.is_conditional:
             if inputs is None:
                 raise ValueError(
@@ -187,13 +207,17 @@ class QGFDDiffusionPipeline(Pipeline):
                     f"{self.tokenizer.unk_token!r}: {', '.join(map(repr, hit[:3]))}" + (" ..." if len(hit) > 3 else "")
                 )
             cond = {k: enc[k].repeat_interleave(num_samples, dim=0) for k in ("input_ids", "attention_mask")}
-            return {"cond_inputs": cond, "num_texts": len(texts), "num_samples": num_samples, "single": single}
+            labels, scale = model.check_guidance(len(texts) * num_samples, class_labels, guidance_scale)
+            return {"cond_inputs": cond, "num_texts": len(texts), "num_samples": num_samples, "single": single,
+                    "class_labels": labels, "guidance_scale": scale}
         if inputs is not None:
             raise ValueError(
                 f"This {model.config.modality} model is unconditional and takes no conditioning input, got {inputs!r}; "
                 "use `num_samples=` to choose how many samples."
             )
-        return {"cond_inputs": None, "num_texts": None, "num_samples": num_samples, "single": False}
+        labels, scale = model.check_guidance(num_samples, class_labels, guidance_scale)
+        return {"cond_inputs": None, "num_texts": None, "num_samples": num_samples, "single": False, "class_labels": labels,
+                "guidance_scale": scale}
 
     # 2. The denoising loop, in batches.
     def _forward(
@@ -226,6 +250,7 @@ class QGFDDiffusionPipeline(Pipeline):
         # depend on `batch_size`.
         noise_device = generator.device if generator is not None else torch.device("cpu")
         x_T = torch.randn(model.latent_shape(total), generator=generator, device=noise_device, dtype=torch.float32)
+        labels, scale = model_inputs["class_labels"], model_inputs["guidance_scale"]
         latents = []
         for start in range(0, total, batch_size):
             n = min(batch_size, total - start)
@@ -233,6 +258,9 @@ class QGFDDiffusionPipeline(Pipeline):
             if cond is not None:
                 chunk = {k: v[start : start + n].to(self.device) for k, v in cond.items()}
                 cond_tokens, cond_mask = model.encode_condition(**chunk)
+            guidance = {} if scale == 1.0 else {"guidance_scale": scale}
+            if labels is not None:
+                guidance["class_labels"] = labels[start : start + n]
 
             latents.append(
                 # The model's own sampling entry point (text models add Diffusion-LM's clamping
@@ -250,6 +278,7 @@ class QGFDDiffusionPipeline(Pipeline):
                     generator=generator,
                     progress=progress_bar,
                     x_T=x_T[start : start + n],
+                    **guidance,
                 )
             )
         latents = torch.cat(latents)

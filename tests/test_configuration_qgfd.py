@@ -141,7 +141,7 @@ def test_image_and_video_configs():
         QGFDImageConfig(backbone_config=t5(), **TINY)
     with pytest.raises(ValueError, match="num_frames"):
         QGFDVideoConfig(num_frames=0, latent_space="pixels", **TINY)
-    with pytest.raises(ValueError, match="Conditioning is implemented for text only"):
+    with pytest.raises(ValueError, match="is for text models.*For class labels pass num_classes"):
         QGFDImageConfig(latent_space="pixels", conditional=True, **TINY)
 
 

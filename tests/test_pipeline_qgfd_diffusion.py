@@ -173,7 +173,9 @@ def test_bad_input():
     with pytest.raises(ValueError, match="num_samples"):
         pipe(num_samples=0)
     with pytest.raises(ValueError, match="Unknown argument"):
-        pipe(guidance_scale=7.5)
+        pipe(negative_prompt="x")
+    with pytest.raises(ValueError, match="classifier-free guidance needs a conditional model"):
+        pipe(guidance_scale=7.5)  # an unconditional model has nothing to guide towards (tests/test_guidance.py)
     text_pipe = make_pipe(text_model(), tokenizer=make_tokenizer())
     with pytest.raises(ValueError, match="conditional"):
         text_pipe(progress_bar=False)
