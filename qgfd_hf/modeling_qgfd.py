@@ -113,7 +113,7 @@ def check_class_labels(class_labels, num_classes: int, batch_size: Optional[int]
     if isinstance(class_labels, torch.Tensor):
         if class_labels.dtype not in _INT_DTYPES or class_labels.dim() > 1:
             raise ValueError(f"`class_labels` must be integers (an int, a list of ints or a 1-D integer tensor), got {_describe(class_labels)}.")
-        labels = class_labels.reshape(-1).cpu()
+        labels = class_labels.reshape(-1)
     else:
         single = isinstance(class_labels, int) and not isinstance(class_labels, bool)
         values = [class_labels] if single else class_labels
@@ -123,8 +123,10 @@ def check_class_labels(class_labels, num_classes: int, batch_size: Optional[int]
         if single and batch_size is not None:
             labels = labels.expand(batch_size)
     high = num_classes + 1 if allow_null else num_classes
-    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= high):
-        bad = sorted({int(v) for v in labels if not 0 <= int(v) < high})
+    # The range check reads the values (a host sync for device tensors): skipped in the
+    # trainer's steps after its first batch, as the other value checks (`value_checks`).
+    if labels.numel() and value_checks_enabled() and (int(labels.min()) < 0 or int(labels.max()) >= high):
+        bad = sorted({int(v) for v in labels.cpu() if not 0 <= int(v) < high})
         raise ValueError(f"`class_labels` must lie in [0, {num_classes}) (the model's {num_classes} classes), got {bad[:5]}.")
     if batch_size is not None and labels.numel() != batch_size:
         raise ValueError(

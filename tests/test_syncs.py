@@ -192,6 +192,35 @@ def test_training_step_has_no_host_reads(kind):
         assert h.reads == [], h.reads
 
 
+def test_class_conditional_training_step_has_no_host_reads():
+    """A class-conditional model with label dropout: the labels are checked where they enter, not per step."""
+    model, batch = build("pixels", num_classes=3, cond_dropout_prob=0.5)
+    model.train()
+    batch = dict(batch, class_labels=torch.tensor([0, 1, 2, 1]))
+    g = torch.Generator().manual_seed(0)
+    model.get_schedule()
+    with value_checks(False), HostReads() as h:
+        model.compute_loss(batch, generator=g)["loss"].backward()
+    assert h.reads == [], h.reads
+    with pytest.raises(ValueError, match=r"class_labels. must lie in \[0, 3\)"):  # checks on: the range is read
+        model.compute_loss(dict(batch, class_labels=torch.tensor([0, 1, 2, 3])), generator=g)
+
+
+@pytest.mark.parametrize("guidance_scale", [1.0, 3.0])
+def test_guided_sampler_step_has_no_host_reads(guidance_scale):
+    """Classifier-free guidance (one batched forward) adds no host reads to a sampler step."""
+    model, _ = build("pixels", num_classes=3, cond_dropout_prob=0.1, num_timesteps=50)
+    model.eval()
+    schedule = model.get_schedule()
+    s = make_sampler("dpmsolver++", schedule, num_inference_steps=3)
+    denoise = model.make_denoise_fn(None, None, schedule, class_labels=torch.tensor([0, 2]), guidance_scale=guidance_scale)
+    x = torch.randn(model.latent_shape(2))
+    with torch.no_grad(), value_checks(False), HostReads() as h:
+        for t in s.timesteps:
+            x = s.step(denoise(s.scale_model_input(x, t), torch.full((2,), t, dtype=torch.long)), t, x)
+    assert h.reads == []
+
+
 def _train(out, max_steps, rows=None, log_every=100):
     from datasets import Dataset
 
