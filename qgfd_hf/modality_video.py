@@ -496,6 +496,7 @@ class VideoTask(ModalityTask):
         d_model=64, num_heads=4, num_layers=3, d_ff=128, patch_size=4,
         num_timesteps=1000, beta_schedule="cosine", prediction_type="v",
         qgfd_steps=1, qgfd_alpha=0.5, qgfd_warmup_steps=200,
+        tubelet_frames=1, noise_shift=1.0,
         # the demo's data: 3 clips per training digit (4311 clips), 1 per held-out digit (360)
         num_frames=4, frame_size=16, train_clips_per_digit=3,
         # training: 1600 steps of 32 clips beat 800 of 64 at the same cost (FD 11.5 against 13.7)
@@ -509,6 +510,10 @@ class VideoTask(ModalityTask):
         group.add_argument("--num-frames", type=int, default=None, help="video: frames per clip (default: the data's; moving digits 4)")
         group.add_argument("--frame-side", type=int, default=None, help="video: frame side in pixels (default: the data's; moving digits 16)")
         group.add_argument("--frame-patch-size", type=int, default=None, help="video: pixel patch side per frame (default 4, or side / 4 above 16 px)")
+        group.add_argument("--tubelet-frames", type=int, default=None,
+                           help="video: frames per token (tubelets: one patch place over T frames; default: the task's)")
+        group.add_argument("--noise-shift", type=float, default=None,
+                           help="video: shift of the noise schedule (latents get std 1 / shift: SNR / shift^2; default: the task's)")
         group.add_argument("--frame-positions", default=None, choices=("grid", "1d"),
                            help="video: the denoiser's positions: grid (frame, row, column; default) or 1d (over the F x N tokens)")
 
@@ -517,7 +522,7 @@ class VideoTask(ModalityTask):
             raise ValueError("Give either --dataset or --data-dir, not both.")
         if getattr(args, "data_files", None):
             raise ValueError("--data-files is for tables and text; for video use --data-dir (a folder of clips) or --dataset moving_digits.")
-        for flag in ("num_frames", "frame_side", "frame_patch_size"):
+        for flag in ("num_frames", "frame_side", "frame_patch_size", "tubelet_frames"):
             value = getattr(args, flag, None)
             if value is not None and value < 1:
                 raise ValueError(f"--{flag.replace('_', '-')} must be >= 1, got {value}.")
@@ -549,12 +554,17 @@ class VideoTask(ModalityTask):
         if args.denoiser == "pretrained" and args.backbone is None:
             raise ValueError("--denoiser pretrained needs --backbone: a ViT (Hub id or folder) whose layers become the denoiser.")
         F, C, S = data.info["num_frames"], data.info["num_channels"], data.info["frame_size"]
-        kwargs = dict(num_frames=F, normalization_fitted=False)
+        pick = lambda flag: getattr(args, flag, None) if getattr(args, flag, None) is not None else settings[flag]
+        kwargs = dict(num_frames=F, normalization_fitted=False, noise_shift=pick("noise_shift"))
         if args.backbone is not None and args.denoiser != "pretrained":  # ViT latents of every frame
-            if args.frame_patch_size is not None:
-                raise ValueError("With ViT latents the patch size comes from the ViT backbone; drop --frame-patch-size.")
+            if args.frame_patch_size is not None or args.tubelet_frames is not None:
+                raise ValueError("With ViT latents the tokens are the ViT's patches of single frames; drop --frame-patch-size / --tubelet-frames.")
             kwargs.update(latent_space="vit")
         else:
+            tubelet = pick("tubelet_frames")
+            if F % tubelet:
+                raise ValueError(f"--tubelet-frames {tubelet} must divide the clips' {F} frames.")
+            kwargs.update(tubelet_frames=tubelet)
             patch = args.frame_patch_size or (settings["patch_size"] if S <= 16 else max(S // 4, 1))
             if S % patch:
                 raise ValueError(f"--frame-patch-size {patch} must divide the frame side {S}.")
