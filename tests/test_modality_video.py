@@ -153,6 +153,8 @@ def test_flags_must_fit_the_clips(tmp_path, capsys):
     _refused(["train", "--modality", "video", "--data-dir", str(d), "--num-frames", "4"], capsys, tmp_path, r"has 3 frame\(s\).*clips have 4")
     _refused(["train", "--modality", "video", "--data-dir", str(d), "--frame-patch-size", "3"], capsys, tmp_path,
              r"--frame-patch-size 3 must divide the frame side 8")
+    _refused(["train", "--modality", "video", "--data-dir", str(d), "--tubelet-frames", "2"], capsys, tmp_path,
+             r"--tubelet-frames 2 must divide the clips' 3 frames")
     _refused(["train", "--modality", "video", "--data-dir", str(d), "--image-size", "8"], capsys, tmp_path,
              "--image-size is a image flag; it does not apply to --modality video")
     _refused(["train", "--modality", "video", "--dataset", "moving_digits", "--data-dir", str(d)], capsys, tmp_path, "either --dataset or --data-dir")
@@ -331,6 +333,7 @@ def test_train_save_automodel_pipeline_and_sample_from_files_on_disk(tmp_path, c
     assert isinstance(model, VideoQGFDDiffusionModel)
     cfg = model.config
     assert cfg.normalization_fitted is True and cfg.position_grid == [3, 2, 2] and cfg.image_mean[0] != 0.5
+    assert cfg.tubelet_frames == 1  # the task's default tubelets span gcd(3, 4) = 1 frame
     frames = pipeline("qgfd-diffusion", model=str(out / "model"))(num_samples=2, num_inference_steps=2, seed=0, progress_bar=False)
     assert frames[0]["frames"].shape == (3, 8, 8, 1) and frames[0]["frames"].dtype == np.uint8
     code, stdout, err = _run(["sample", str(out / "model"), "--num-samples", "3", "--num-inference-steps", "2", "--no-progress",
@@ -367,4 +370,6 @@ def test_demo_code_path_on_a_tiny_budget(tmp_path, capsys):
     assert m["samples"]["num_clips"] == m["baseline_gaussian"]["num_clips"] == 12
     assert set(demo["targets"]) == {"fd_below_gaussian", "confidence_above_gaussian", "consistent_above_gaussian", "consistent_at_least_0.8"}
     assert np.load(out / "samples.npy").shape == (12, 2, 1, 12, 12)
+    cfg = json.loads((out / "model" / "config.json").read_text())
+    assert cfg["tubelet_frames"] == 2 and cfg["latent_dim"] == 32 and cfg["position_grid"] == [1, 3, 3]  # gcd(2, 4) frames a token
     assert (out / "samples.png").exists() and "clips keeping one digit class" in (out / "model" / "README.md").read_text()
