@@ -8,7 +8,8 @@
   or a folder of clips (`--data-dir`): one sub-folder of frame images per clip, or `.npy` /
   `.npz` arrays `[F, H, W]`, `[F, C, H, W]` or `[F, H, W, C]`, labelled by their parent
   folder's name or by a `metadata.csv` (`file_name,label`), read through `datasets`;
-- model: pixel patches of every frame, the denoiser's positions factorised over frame, row and
+- model: pixel patches of every frame, grouped into tubelets (a token = one patch place over
+  up to 4 frames, `--tubelet-frames`), the denoiser's positions factorised over tubelet, row and
   column (`position_grid`); the pixel mean / std and the latent scale are fitted from the
   training clips; `--backbone VIT` for ViT latents, `--denoiser pretrained` for ViT's stack;
 - scores (moving digits): a digit classifier trained on real frames gives each frame's class
