@@ -762,7 +762,11 @@ class QGFDImageConfig(QGFDConfig):
         if self.latent_space == "vit":
             self._resolve_latent_dim(self.backbone_config.hidden_size, "the ViT hidden size")
         else:
-            self._resolve_latent_dim(self.num_channels * self.patch_size**2, "num_channels * patch_size**2")
+            self._resolve_latent_dim(self._patch_latent_width(), "num_channels * patch_size**2")
+
+    def _patch_latent_width(self) -> int:
+        """Width of a pixel-patch token (video tubelets hold several frames' patches)."""
+        return self.num_channels * self.patch_size**2
 
     def num_latent_tokens(self) -> int:
         return (self.image_size // self.patch_size) ** 2
@@ -777,10 +781,22 @@ class QGFDVideoConfig(QGFDImageConfig):
     Args:
         num_frames (`int`, defaults to 8): F, frames per clip; the latents are the frames'
             patch latents one after the other, `[B, F * N, latent_dim]`.
+        tubelet_frames (`int`, defaults to 1): T, frames per token (ViViT's tubelets). 1: a token
+            is one frame's patch, `[B, F * N, C p^2]`. T > 1 (pixel latents only; T divides F):
+            a token is one patch place over T consecutive frames, its T patches side by side,
+            `[B, F / T * N, T * C p^2]`, so the denoiser predicts those frames of a patch
+            jointly, over T times fewer tokens.
+        noise_shift (`float`, defaults to 1.0): s, the shift of the noise schedule for
+            high-dimensional data (simple diffusion, Hoogeboom et al. 2023; SD3's shift).
+            `fit_normalization` gives the latents std 1 / s instead of 1, which multiplies the
+            signal-to-noise ratio of every timestep by 1 / s^2 (for a variance-preserving
+            process, the shifted schedule up to a per-timestep scaling of x_t): s > 1 spends
+            more of training and sampling at the noise levels where a clip's layout is decided.
+            Used when fitting only (the fitted `latent_scale` carries it).
         position_grid (defaults to `"auto"`): the denoiser's positions are factorised over
-            `[num_frames, rows, columns]` of patches (frame index plus 2-D patch place; see
-            `QGFDConfig`). None gives the 1-D positions over the F * N tokens of models saved
-            before this field existed; such a folder now loads with `"auto"` (retrain it).
+            `[num_frames / tubelet_frames, rows, columns]` of patches (frame index plus 2-D
+            patch place; see `QGFDConfig`). None gives the 1-D positions over the tokens of
+            models saved before this field existed; such a folder now loads with `"auto"` (retrain it).
         normalization_fitted (`bool`, *optional*): None (the default): `image_mean` / `image_std`
             are fixed as given (0.5 per channel) and nothing is fitted. False: the statistics
             are to be fitted from the training clips (`VideoQGFDDiffusionModel.fit_normalization`:
@@ -791,29 +807,46 @@ class QGFDVideoConfig(QGFDImageConfig):
     Example:
         >>> cfg = QGFDVideoConfig(num_frames=2, latent_space="pixels", image_size=8, patch_size=4, num_channels=1,
         ...                       d_model=32, num_heads=4, num_layers=2, d_ff=64)
-        >>> cfg.num_latent_tokens(), cfg.position_grid
-        (8, [2, 2, 2])
+        >>> cfg.num_latent_tokens(), cfg.latent_dim, cfg.position_grid
+        (8, 16, [2, 2, 2])
+        >>> cfg = QGFDVideoConfig(num_frames=2, tubelet_frames=2, latent_space="pixels", image_size=8, patch_size=4,
+        ...                       num_channels=1, d_model=32, num_heads=4, num_layers=2, d_ff=64)
+        >>> cfg.num_latent_tokens(), cfg.latent_dim, cfg.position_grid
+        (4, 32, [1, 2, 2])
     """
 
     model_type = "qgfd_video"
     _fixed_modality = "video"
 
-    def __init__(self, num_frames: int = 8, position_grid="auto", normalization_fitted: Optional[bool] = None, **kwargs):
+    def __init__(self, num_frames: int = 8, tubelet_frames: int = 1, noise_shift: float = 1.0, position_grid="auto",
+                 normalization_fitted: Optional[bool] = None, **kwargs):
         self.num_frames = num_frames
+        self.tubelet_frames = tubelet_frames
+        self.noise_shift = noise_shift
         self.normalization_fitted = normalization_fitted
         super().__init__(position_grid=position_grid, **kwargs)
 
     def _validate_modality(self):
         _check_int("num_frames", self.num_frames)
+        _check_int("tubelet_frames", self.tubelet_frames)
+        _check_float("noise_shift", self.noise_shift, 0.0, None, low_open=True)
+        if self.num_frames % self.tubelet_frames:
+            raise ValueError(f"`tubelet_frames`={self.tubelet_frames} must divide `num_frames`={self.num_frames}.")
+        if self.tubelet_frames > 1 and self.latent_space != "pixels":
+            raise ValueError(f'`tubelet_frames`={self.tubelet_frames} needs latent_space="pixels" (a ViT encodes single frames); '
+                             f"got latent_space={self.latent_space!r}. Use tubelet_frames=1.")
         if self.normalization_fitted is not None:
             _check_bool("normalization_fitted", self.normalization_fitted)
         super()._validate_modality()
 
+    def _patch_latent_width(self) -> int:
+        return self.tubelet_frames * super()._patch_latent_width()
+
     def num_latent_tokens(self) -> int:
-        return self.num_frames * super().num_latent_tokens()
+        return self.num_frames // self.tubelet_frames * super().num_latent_tokens()
 
     def _auto_position_grid(self):
-        return [self.num_frames] + super()._auto_position_grid()
+        return [self.num_frames // self.tubelet_frames] + super()._auto_position_grid()
 
 
 def _conv_hop_and_receptive_field(kernels: Sequence[int], strides: Sequence[int]):

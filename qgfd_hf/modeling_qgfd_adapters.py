@@ -589,12 +589,20 @@ class VideoAdapter(ImageAdapter):
             raise ValueError(f"`pixel_values` must have shape [B, {Fr}, {C}, {S}, {S}], got {list(pixel_values.shape)}.")
 
     def video_to_latents(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """x0 [B, F * N, Dl] of normalised clips [B, F, C, H, W]."""
+        """x0 [B, F * N, Dl] of normalised clips [B, F, C, H, W] (tubelets of T frames:
+        [B, F / T * N, T * C p^2], a token = one patch place over T consecutive frames)."""
         self.check_video(pixel_values)
         B, Fr = pixel_values.shape[:2]
+        T = self.modality_config.tubelet_frames
         frames = pixel_values.reshape(B * Fr, *pixel_values.shape[2:])  # (B*F, C, H, W)
-        lat = self._encode_images(frames)  # (B*F, N, Dl)
-        return lat.reshape(B, Fr * lat.shape[1], lat.shape[2])  # (B, F*N, Dl)
+        if T == 1:
+            lat = self._encode_images(frames)  # (B*F, N, Dl)
+            return lat.reshape(B, Fr * lat.shape[1], lat.shape[2])  # (B, F*N, Dl)
+        h = self.patchify(frames)  # (B*F, N, C p^2); tubelets are pixel latents only (config)
+        N, Dp = h.shape[1:]
+        h = h.reshape(B, Fr // T, T, N, Dp).transpose(2, 3)  # (B, F/T, N, T, C p^2)
+        h = h.reshape(B, Fr // T * N, T * Dp)  # (B, F/T*N, T*C p^2)
+        return self.to_shared(h * self.modality_config.latent_scale)
 
     def image_to_latents(self, pixel_values):
         raise ValueError("A video adapter takes clips [B, F, C, H, W]: use video_to_latents.")
@@ -606,8 +614,15 @@ class VideoAdapter(ImageAdapter):
     def decode_normalized(self, latents: torch.Tensor) -> torch.Tensor:
         """Normalised clips [B, F, C, H, W]."""
         B, Fr = latents.shape[0], self.modality_config.num_frames
-        frames = latents.reshape(B * Fr, latents.shape[1] // Fr, latents.shape[2])  # (B*F, N, Dl)
-        x = self._decode_images(frames)  # (B*F, C, H, W)
+        T = self.modality_config.tubelet_frames
+        if T == 1:
+            frames = latents.reshape(B * Fr, latents.shape[1] // Fr, latents.shape[2])  # (B*F, N, Dl)
+            x = self._decode_images(frames)  # (B*F, C, H, W)
+        else:  # the inverse of video_to_latents' tubelets
+            h = self.from_shared(latents) / self.modality_config.latent_scale  # (B, F/T*N, T*C p^2)
+            N = self.grid**2
+            h = h.reshape(B, Fr // T, N, T, h.shape[-1] // T).transpose(2, 3)  # (B, F/T, T, N, C p^2)
+            x = self.unpatchify(h.reshape(B * Fr, N, h.shape[-1]))  # (B*F, C, H, W)
         return x.reshape(B, Fr, *x.shape[1:])  # (B, F, C, H, W)
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:

@@ -323,7 +323,8 @@ class VideoQGFDDiffusionModel(ImageQGFDDiffusionModel):
 
         Pixel latents: `image_mean` / `image_std` become the clips' per-channel mean and std
         (so latents have about unit spread). ViT latents keep the ViT's normalisation. Then
-        `latent_scale` is set to give the latents unit std (`fit_latent_scale`). The model's
+        `latent_scale` is set to give the latents std 1 / `noise_shift` (unit std by default;
+        `fit_latent_scale`, then divided by the shift: the shifted schedule). The model's
         processor, if any, takes the same mean and std; `normalization_fitted` becomes True.
         """
         cfg = self.config
@@ -343,6 +344,7 @@ class VideoQGFDDiffusionModel(ImageQGFDDiffusionModel):
         mean = torch.tensor(cfg.image_mean).view(1, 1, -1, 1, 1)
         std = torch.tensor(cfg.image_std).view(1, 1, -1, 1, 1)
         self.fit_latent_scale({"pixel_values": ((clips[:512].float() - mean) / std).to(self.device, self.dtype)})
+        cfg.latent_scale = float(cfg.latent_scale / cfg.noise_shift)  # SNR(t) x 1 / noise_shift^2
 
     def _check_fitted(self) -> None:
         if self.config.normalization_fitted is False:

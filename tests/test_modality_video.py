@@ -153,6 +153,8 @@ def test_flags_must_fit_the_clips(tmp_path, capsys):
     _refused(["train", "--modality", "video", "--data-dir", str(d), "--num-frames", "4"], capsys, tmp_path, r"has 3 frame\(s\).*clips have 4")
     _refused(["train", "--modality", "video", "--data-dir", str(d), "--frame-patch-size", "3"], capsys, tmp_path,
              r"--frame-patch-size 3 must divide the frame side 8")
+    _refused(["train", "--modality", "video", "--data-dir", str(d), "--tubelet-frames", "2"], capsys, tmp_path,
+             r"--tubelet-frames 2 must divide the clips' 3 frames")
     _refused(["train", "--modality", "video", "--data-dir", str(d), "--image-size", "8"], capsys, tmp_path,
              "--image-size is a image flag; it does not apply to --modality video")
     _refused(["train", "--modality", "video", "--dataset", "moving_digits", "--data-dir", str(d)], capsys, tmp_path, "either --dataset or --data-dir")
@@ -265,6 +267,56 @@ def test_never_fitted_model_refuses_to_train_or_sample():
         model.fit_normalization(clips * 3)
 
 
+def test_tubelet_tokens_hold_one_patch_over_several_frames_and_round_trip(tmp_path):
+    kw = dict(num_frames=4, latent_space="pixels", image_size=8, patch_size=4, num_channels=1, normalization_fitted=False, **SMALL)
+    cfg = QGFDVideoConfig(tubelet_frames=2, **kw)
+    assert (cfg.num_latent_tokens(), cfg.latent_dim, cfg.position_grid) == (8, 32, [2, 2, 2])
+    model = VideoQGFDDiffusionModel(cfg)
+    clips = torch.rand(5, 4, 1, 8, 8)
+    model.fit_normalization(clips)
+    x = (clips - cfg.image_mean[0]) / cfg.image_std[0]
+    x0 = model.video_to_latents(x)  # (B, F/T * N, T * p * p)
+    assert x0.shape == (5, 8, 32)
+    patches = model.adapter.patchify(x.reshape(20, 1, 8, 8)).reshape(5, 4, 4, 16)  # (B, F, N, p * p)
+    # token (tubelet 1, patch 3) = patch 3 of frames 2 and 3, side by side
+    assert torch.allclose(x0[:, 1 * 4 + 3], torch.cat([patches[:, 2, 3], patches[:, 3, 3]], -1) * cfg.latent_scale)
+    assert torch.allclose(model.decode_latents(x0), clips, atol=1e-6)
+    assert torch.isfinite(model.compute_loss({"pixel_values": x})["loss"])
+    model.save_pretrained(tmp_path / "m")
+    loaded = VideoQGFDDiffusionModel.from_pretrained(tmp_path / "m")
+    assert loaded.config.tubelet_frames == 2 and loaded.config.latent_dim == 32
+    torch.manual_seed(0)
+    a = model.diffusion_sample(2, num_inference_steps=2)
+    torch.manual_seed(0)
+    assert torch.equal(a, loaded.diffusion_sample(2, num_inference_steps=2))
+    # one tubelet over all frames: 4 tokens of one patch place each, the frame axis of size 1
+    whole = QGFDVideoConfig(tubelet_frames=4, **kw)
+    assert (whole.num_latent_tokens(), whole.latent_dim, whole.position_grid) == (4, 64, [1, 2, 2])
+    assert QGFDVideoConfig(**kw).latent_dim == 16  # the default: a token per frame's patch, as saved models have
+    with pytest.raises(ValueError, match=r"`tubelet_frames`=3 must divide `num_frames`=4"):
+        QGFDVideoConfig(tubelet_frames=3, **kw)
+    with pytest.raises(ValueError, match=r'`tubelet_frames`=2 needs latent_space="pixels"'):
+        QGFDVideoConfig(num_frames=2, tubelet_frames=2, latent_space="vit", backbone_config={"model_type": "vit", "image_size": 8,
+                        "patch_size": 4, "num_channels": 1, "hidden_size": 32}, **SMALL)
+
+
+def test_noise_shift_scales_the_fitted_latents():
+    kw = dict(num_frames=2, latent_space="pixels", image_size=8, patch_size=4, num_channels=1, normalization_fitted=False, **SMALL)
+    clips = torch.rand(6, 2, 1, 8, 8)
+    stds = {}
+    for shift in (1.0, 4.0):
+        model = VideoQGFDDiffusionModel(QGFDVideoConfig(noise_shift=shift, **kw))
+        model.fit_normalization(clips)
+        cfg = model.config
+        x0 = model.video_to_latents((clips - cfg.image_mean[0]) / cfg.image_std[0])
+        stds[shift] = float(x0.std())
+        assert torch.allclose(model.decode_latents(x0), clips, atol=1e-6)  # decoding undoes the shift
+    assert stds[1.0] == pytest.approx(1.0, rel=1e-3) and stds[4.0] == pytest.approx(0.25, rel=1e-3)
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="noise_shift"):
+            QGFDVideoConfig(noise_shift=bad, **kw)
+
+
 # -- end to end through the CLI -------------------------------------------------------------------
 
 
@@ -281,6 +333,7 @@ def test_train_save_automodel_pipeline_and_sample_from_files_on_disk(tmp_path, c
     assert isinstance(model, VideoQGFDDiffusionModel)
     cfg = model.config
     assert cfg.normalization_fitted is True and cfg.position_grid == [3, 2, 2] and cfg.image_mean[0] != 0.5
+    assert cfg.tubelet_frames == 1  # the task's default tubelets span gcd(3, 4) = 1 frame
     frames = pipeline("qgfd-diffusion", model=str(out / "model"))(num_samples=2, num_inference_steps=2, seed=0, progress_bar=False)
     assert frames[0]["frames"].shape == (3, 8, 8, 1) and frames[0]["frames"].dtype == np.uint8
     code, stdout, err = _run(["sample", str(out / "model"), "--num-samples", "3", "--num-inference-steps", "2", "--no-progress",
@@ -317,4 +370,6 @@ def test_demo_code_path_on_a_tiny_budget(tmp_path, capsys):
     assert m["samples"]["num_clips"] == m["baseline_gaussian"]["num_clips"] == 12
     assert set(demo["targets"]) == {"fd_below_gaussian", "confidence_above_gaussian", "consistent_above_gaussian", "consistent_at_least_0.8"}
     assert np.load(out / "samples.npy").shape == (12, 2, 1, 12, 12)
+    cfg = json.loads((out / "model" / "config.json").read_text())
+    assert cfg["tubelet_frames"] == 2 and cfg["latent_dim"] == 32 and cfg["position_grid"] == [1, 3, 3]  # gcd(2, 4) frames a token
     assert (out / "samples.png").exists() and "clips keeping one digit class" in (out / "model" / "README.md").read_text()
