@@ -290,18 +290,34 @@ def listops(num_examples: int, seed: int, max_depth: int = 3, max_len: int = 64,
                     readout=0, padding=tokens_t == 0, name=f"listops-d{max_depth}")
 
 
-def make_task(task: str, num_examples: int, seed: int, hops: int = 1) -> TaskData:
+def make_task(task: str, num_examples: int, seed: int, hops: int = 1, size: Optional[int] = None) -> TaskData:
     """One task by name (`TASKS`): `hops` is k for pointer / induction / reachability, the
-    maximum nesting depth for listops."""
+    maximum nesting depth for listops. `size` (default: each generator's own) is the number of
+    cells (pointer), the sequence length (induction), the number of nodes (reachability; with
+    `round(4 size / 3)` edges, the default's ratio of 8 edges on 6 nodes) or the maximum length
+    (listops)."""
+    if size is not None:
+        _check_positive("size", size)
     if task == "pointer":
-        return pointer_chasing(num_examples, hops, seed)
+        return pointer_chasing(num_examples, hops, seed, **({} if size is None else {"num_cells": size}))
     if task == "induction":
-        return induction_hops(num_examples, hops, seed)
+        return induction_hops(num_examples, hops, seed, **({} if size is None else {"seq_len": size}))
     if task == "reachability":
-        return reachability(num_examples, hops, seed)
+        extra = {} if size is None else {"num_nodes": size, "num_edges": round(4 * size / 3)}
+        return reachability(num_examples, hops, seed, **extra)
     if task == "listops":
-        return listops(num_examples, seed, max_depth=hops)
+        return listops(num_examples, seed, max_depth=hops, **({} if size is None else {"max_len": size}))
     raise ValueError(f"Unknown task {task!r}; allowed: {', '.join(TASKS)}.")
+
+
+def shared_inputs(train: TaskData, test: TaskData) -> int:
+    """How many test examples also occur, token for token, among the training examples. A small
+    task (pointer chasing on 8 cells has 8! * 8 = 322,560 inputs) seen for many steps can have
+    most of its test set in training, and then test accuracy measures memory, not the rule."""
+    if train.tokens.shape[1:] != test.tokens.shape[1:]:
+        return 0
+    seen = {row.tobytes() for row in train.tokens.reshape(len(train), -1).numpy()}
+    return sum(row.tobytes() in seen for row in test.tokens.reshape(len(test), -1).numpy())
 
 
 # ----------------------------------------------------------------------------------------
