@@ -310,14 +310,20 @@ def make_task(task: str, num_examples: int, seed: int, hops: int = 1, size: Opti
     raise ValueError(f"Unknown task {task!r}; allowed: {', '.join(TASKS)}.")
 
 
-def shared_inputs(train: TaskData, test: TaskData) -> int:
-    """How many test examples also occur, token for token, among the training examples. A small
-    task (pointer chasing on 8 cells has 8! * 8 = 322,560 inputs) seen for many steps can have
-    most of its test set in training, and then test accuracy measures memory, not the rule."""
+def seen_in_training(train: TaskData, test: TaskData) -> torch.Tensor:
+    """`[len(test)]` booleans: True where the test example also occurs, token for token, among the
+    training examples. A small task (pointer chasing on 8 cells has 8! * 8 = 322,560 inputs) seen
+    for many steps can have most of its test set in training; accuracy on the rest
+    (`test.batch(~seen)`) measures the rule, not memory."""
     if train.tokens.shape[1:] != test.tokens.shape[1:]:
-        return 0
+        return torch.zeros(len(test), dtype=torch.bool)
     seen = {row.tobytes() for row in train.tokens.reshape(len(train), -1).numpy()}
-    return sum(row.tobytes() in seen for row in test.tokens.reshape(len(test), -1).numpy())
+    return torch.tensor([row.tobytes() in seen for row in test.tokens.reshape(len(test), -1).numpy()], dtype=torch.bool)
+
+
+def shared_inputs(train: TaskData, test: TaskData) -> int:
+    """How many test examples also occur among the training examples (see `seen_in_training`)."""
+    return int(seen_in_training(train, test).sum())
 
 
 # ----------------------------------------------------------------------------------------
@@ -572,9 +578,10 @@ def train_model(model: nn.Module, train: TaskData, budget: Budget, seed: int,
 
 
 def train_and_evaluate(arm: Arm, train: TaskData, test: TaskData, budget: Budget, seed: int,
-                       d_model: int = 48, num_heads: int = 4) -> dict:
+                       d_model: int = 48, num_heads: int = 4, extra_tests: Optional[Dict[str, TaskData]] = None) -> dict:
     """Build a `HopClassifier` for `arm` (initialised from `seed`), train it on `train` at `budget`
-    and score it on `test`. Returns a flat record (arm fields, accuracy, loss, cost, alphas)."""
+    and score it on `test` (and on each of `extra_tests`, recorded as `accuracy_<name>`). Returns a
+    flat record (arm fields, accuracy, loss, cost, alphas)."""
     torch.manual_seed(int(seed))
     model = HopClassifier.for_task(train, arm, d_model=d_model, num_heads=num_heads)
     stats = train_model(model, train, budget, seed)
@@ -583,7 +590,9 @@ def train_and_evaluate(arm: Arm, train: TaskData, test: TaskData, budget: Budget
     return {"task": train.name, "arm": arm.name, "family": arm.family, **asdict(arm), "seed": int(seed),
             "accuracy": accuracy, "train_accuracy": evaluate_accuracy(model, train.batch(slice(0, len(test))), budget.eval_batch_size),
             **stats, "params": count_parameters(model), "alphas": learned_alphas(model) if arm.steps else [],
-            "budget": asdict(budget), "d_model": d_model, "num_heads": num_heads}
+            "budget": asdict(budget), "d_model": d_model, "num_heads": num_heads,
+            **{f"accuracy_{k}": evaluate_accuracy(model, v, budget.eval_batch_size) if len(v) else None
+               for k, v in (extra_tests or {}).items()}}
 
 
 # ----------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from qgfd_hf.benchmarks_qgfd import (
     paired_comparison,
     pointer_chasing,
     reachability,
+    seen_in_training,
     shared_inputs,
     summarize,
     t_interval,
@@ -226,6 +227,8 @@ def test_make_task_size_and_shared_inputs():
     expected = 7 + sum(any(torch.equal(t, u) for u in a.tokens) for t in b.tokens[7:])
     assert shared_inputs(a, mixed) == expected
     assert shared_inputs(a, pointer_chasing(5, 1, seed=0, num_cells=9)) == 0  # other shapes share nothing
+    seen = seen_in_training(a, mixed)
+    assert seen[:7].all() and int(seen.sum()) == expected and len(mixed.batch(~seen)) == 30 - expected
 
 
 def _eval_script():
@@ -256,7 +259,18 @@ def test_eval_script_task_names_and_budgets_are_kept_apart(tmp_path):
     ev.main(common + ["--steps", "4"])
     runs = ev.load_runs(str(tmp_path))
     assert len(runs) == 4 and {r["task"] for r in runs} == {"pointer-k1-n4"}
-    assert all(0 <= r["test_in_train"] <= 1 for r in runs)
+    assert all(0 <= r["test_in_train"] <= 1 and "accuracy_unseen" in r for r in runs)
     assert len({r["setting"] for r in runs}) == 2 and any("3 steps" in r["setting"] for r in runs)
     tables = ev.grid_tables(runs)
     assert tables.count("### pointer-k1-n4, ") == 2
+
+
+def test_eval_script_unseen_accuracy():
+    ev = _eval_script()
+    assert ev.unseen_accuracy({"accuracy": 0.9, "accuracy_unseen": 0.7, "test_in_train": 0.5}) == (0.7, True)
+    low, exact = ev.unseen_accuracy({"accuracy": 0.9, "test_in_train": 0.6})  # at best all 60% seen right: 30/40 unseen
+    assert low == pytest.approx(0.75) and not exact
+    assert ev.unseen_accuracy({"accuracy": 0.5, "test_in_train": 0.6}) == (0.0, False)
+    assert ev.unseen_accuracy({"accuracy": 0.5}) == (None, False)
+    assert ev.unseen_cell([{"accuracy": 1.0, "test_in_train": 0.5}, {"accuracy": 0.8, "accuracy_unseen": 0.6}]) == ">= 0.800"
+    assert ev.unseen_cell([{"accuracy": 0.8, "accuracy_unseen": 0.6}]) == "0.600"
