@@ -564,16 +564,22 @@ def plot_grid(runs, plot_dir):
                 for name in list(groups):
                     if not name.startswith("softmax"):
                         groups[name] = groups[name] + groups.get(f"softmax-d{name.rsplit('-d', 1)[1]}", [])
+            single = 0
             for name, g in groups.items():
                 xs = sorted(set(r[key] for r in g))
-                if len(xs) < 2:
+                if len(xs) < 2 and key != "depth":
                     continue
                 means = [np.mean([r["accuracy"] for r in g if r[key] == x]) for x in xs]
                 cis = [summarize([r["accuracy"] for r in g if r[key] == x]) for x in xs]
+                style = dict(marker="o")
+                if len(xs) < 2:  # a QGFD family at one depth: a marker beside softmax's curve ("one QGFD layer vs k softmax layers")
+                    single += 1
+                    xs, style = [xs[0] + 0.04 * single], dict(marker="s", ls="none")
                 ax.errorbar(xs, means, yerr=[[m - c["ci_low"] for m, c in zip(means, cis)], [c["ci_high"] - m for m, c in zip(means, cis)]],
-                            marker="o", capsize=3, label=name)
+                            capsize=3, label=f"{name} (n={min(c['n'] for c in cis)})", **style)
             ax.axhline(rs[0]["majority_accuracy"], color="grey", ls=":", lw=1)
-            ax.set_title(task, fontsize=9)
+            ax.set_title(task.replace(" (", "\n("), fontsize=8)
+            ax.set_ylim(0, 1.02)  # accuracy; a 2-seed t-interval can reach past 1
             ax.set_xlabel(x_name)
             ax.set_ylabel("test accuracy")
             ax.set_xticks(sorted(set(r[key] for r in rs)))
