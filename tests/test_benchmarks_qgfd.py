@@ -272,5 +272,6 @@ def test_eval_script_unseen_accuracy():
     assert low == pytest.approx(0.75) and not exact
     assert ev.unseen_accuracy({"accuracy": 0.5, "test_in_train": 0.6}) == (0.0, False)
     assert ev.unseen_accuracy({"accuracy": 0.5}) == (None, False)
+    assert ev.unseen_accuracy({"accuracy": 0.5, "test_in_train": 0.0}) == (0.5, True)
     assert ev.unseen_cell([{"accuracy": 1.0, "test_in_train": 0.5}, {"accuracy": 0.8, "accuracy_unseen": 0.6}]) == ">= 0.800"
     assert ev.unseen_cell([{"accuracy": 0.8, "accuracy_unseen": 0.6}]) == "0.600"
