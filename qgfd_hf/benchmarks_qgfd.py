@@ -290,18 +290,40 @@ def listops(num_examples: int, seed: int, max_depth: int = 3, max_len: int = 64,
                     readout=0, padding=tokens_t == 0, name=f"listops-d{max_depth}")
 
 
-def make_task(task: str, num_examples: int, seed: int, hops: int = 1) -> TaskData:
+def make_task(task: str, num_examples: int, seed: int, hops: int = 1, size: Optional[int] = None) -> TaskData:
     """One task by name (`TASKS`): `hops` is k for pointer / induction / reachability, the
-    maximum nesting depth for listops."""
+    maximum nesting depth for listops. `size` (default: each generator's own) is the number of
+    cells (pointer), the sequence length (induction), the number of nodes (reachability; with
+    `round(4 size / 3)` edges, the default's ratio of 8 edges on 6 nodes) or the maximum length
+    (listops)."""
+    if size is not None:
+        _check_positive("size", size)
     if task == "pointer":
-        return pointer_chasing(num_examples, hops, seed)
+        return pointer_chasing(num_examples, hops, seed, **({} if size is None else {"num_cells": size}))
     if task == "induction":
-        return induction_hops(num_examples, hops, seed)
+        return induction_hops(num_examples, hops, seed, **({} if size is None else {"seq_len": size}))
     if task == "reachability":
-        return reachability(num_examples, hops, seed)
+        extra = {} if size is None else {"num_nodes": size, "num_edges": round(4 * size / 3)}
+        return reachability(num_examples, hops, seed, **extra)
     if task == "listops":
-        return listops(num_examples, seed, max_depth=hops)
+        return listops(num_examples, seed, max_depth=hops, **({} if size is None else {"max_len": size}))
     raise ValueError(f"Unknown task {task!r}; allowed: {', '.join(TASKS)}.")
+
+
+def seen_in_training(train: TaskData, test: TaskData) -> torch.Tensor:
+    """`[len(test)]` booleans: True where the test example also occurs, token for token, among the
+    training examples. A small task (pointer chasing on 8 cells has 8! * 8 = 322,560 inputs) seen
+    for many steps can have most of its test set in training; accuracy on the rest
+    (`test.batch(~seen)`) measures the rule, not memory."""
+    if train.tokens.shape[1:] != test.tokens.shape[1:]:
+        return torch.zeros(len(test), dtype=torch.bool)
+    seen = {row.tobytes() for row in train.tokens.reshape(len(train), -1).numpy()}
+    return torch.tensor([row.tobytes() in seen for row in test.tokens.reshape(len(test), -1).numpy()], dtype=torch.bool)
+
+
+def shared_inputs(train: TaskData, test: TaskData) -> int:
+    """How many test examples also occur among the training examples (see `seen_in_training`)."""
+    return int(seen_in_training(train, test).sum())
 
 
 # ----------------------------------------------------------------------------------------
@@ -556,9 +578,10 @@ def train_model(model: nn.Module, train: TaskData, budget: Budget, seed: int,
 
 
 def train_and_evaluate(arm: Arm, train: TaskData, test: TaskData, budget: Budget, seed: int,
-                       d_model: int = 48, num_heads: int = 4) -> dict:
+                       d_model: int = 48, num_heads: int = 4, extra_tests: Optional[Dict[str, TaskData]] = None) -> dict:
     """Build a `HopClassifier` for `arm` (initialised from `seed`), train it on `train` at `budget`
-    and score it on `test`. Returns a flat record (arm fields, accuracy, loss, cost, alphas)."""
+    and score it on `test` (and on each of `extra_tests`, recorded as `accuracy_<name>`). Returns a
+    flat record (arm fields, accuracy, loss, cost, alphas)."""
     torch.manual_seed(int(seed))
     model = HopClassifier.for_task(train, arm, d_model=d_model, num_heads=num_heads)
     stats = train_model(model, train, budget, seed)
@@ -567,7 +590,9 @@ def train_and_evaluate(arm: Arm, train: TaskData, test: TaskData, budget: Budget
     return {"task": train.name, "arm": arm.name, "family": arm.family, **asdict(arm), "seed": int(seed),
             "accuracy": accuracy, "train_accuracy": evaluate_accuracy(model, train.batch(slice(0, len(test))), budget.eval_batch_size),
             **stats, "params": count_parameters(model), "alphas": learned_alphas(model) if arm.steps else [],
-            "budget": asdict(budget), "d_model": d_model, "num_heads": num_heads}
+            "budget": asdict(budget), "d_model": d_model, "num_heads": num_heads,
+            **{f"accuracy_{k}": evaluate_accuracy(model, v, budget.eval_batch_size) if len(v) else None
+               for k, v in (extra_tests or {}).items()}}
 
 
 # ----------------------------------------------------------------------------------------

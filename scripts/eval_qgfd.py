@@ -52,6 +52,7 @@ from qgfd_hf.benchmarks_qgfd import (
     arm_grid,
     make_task,
     paired_comparison,
+    seen_in_training,
     summarize,
     train_and_evaluate,
 )
@@ -88,9 +89,27 @@ ARM_SETS = {"core": core_arms, "reduced": reduced_arms, "full": arm_grid}
 
 
 def parse_task(config: str):
-    """"pointer-k2" -> ("pointer", 2); "listops-d3" -> ("listops", 3)."""
-    task, _, k = config.rpartition("-")
-    return task, int(k[1:])
+    """"pointer-k2" -> ("pointer", 2, None); "listops-d3" -> ("listops", 3, None); "pointer-k2-n16" ->
+    ("pointer", 2, 16) (n: `make_task`'s size: cells, sequence length, nodes or maximum length)."""
+    parts = config.split("-")
+    try:
+        if len(parts) == 2 and parts[1][:1] in "kd":
+            return parts[0], int(parts[1][1:]), None
+        if len(parts) == 3 and parts[1][:1] in "kd" and parts[2][:1] == "n":
+            return parts[0], int(parts[1][1:]), int(parts[2][1:])
+    except ValueError:
+        pass
+    raise ValueError(f"Bad task {config!r}: allowed <task>-k<hops>[-n<size>] (listops: listops-d<depth>[-n<length>]), "
+                     f"task one of pointer, induction, reachability, listops; e.g. {TASK_CONFIGS[:3]}")
+
+
+def task_config(value: str) -> str:
+    """argparse type of --tasks: a valid task configuration, unchanged."""
+    try:
+        parse_task(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e))
+    return value
 
 
 # ----------------------------------------------------------------------------------------
@@ -100,27 +119,38 @@ def parse_task(config: str):
 
 def run_grid(args):
     arms = ARM_SETS[args.arms]()
+    if args.only:
+        unknown = sorted(set(args.only) - {a.name for a in arms})
+        if unknown:
+            raise SystemExit(f"--only: {unknown} not in the {args.arms!r} arm set; allowed: {[a.name for a in arms]}")
+        arms = [a for a in arms if a.name in args.only]
     budget = Budget(steps=args.steps, batch_size=args.batch_size, learning_rate=args.learning_rate)
     path = os.path.join(args.out_dir, f"runs-{args.tag}.jsonl")
     os.makedirs(args.out_dir, exist_ok=True)
     done = set()
     if os.path.exists(path):
         with open(path) as f:
-            done = {(r["task"], r["arm"], r["seed"]) for r in map(json.loads, f)}
+            done = {(setting(r), r["arm"], r["seed"]) for r in map(json.loads, f)}
     print(f"{len(arms)} arms x {len(args.tasks)} tasks x {len(args.seeds)} seeds -> {path} ({len(done)} already there)", flush=True)
     data = {}
     for seed in args.seeds:  # seeds outermost: a stopped grid still has every arm at the first seeds
         for config in args.tasks:
-            task, k = parse_task(config)
+            task, k, size = parse_task(config)
             if config not in data:
-                data[config] = make_task(task, args.test_size, TEST_SEED, k)
+                data[config] = make_task(task, args.test_size, TEST_SEED, k, size)
             test = data[config]
-            train = make_task(task, budget.steps * budget.batch_size, seed, k)  # fresh examples, one pass
+            train = make_task(task, budget.steps * budget.batch_size, seed, k, size)  # fresh examples, one pass
+            if size is not None:
+                train.name = test.name = config
+            seen = seen_in_training(train, test)  # test inputs that training also shows (memory, not the rule)
+            unseen = {"unseen": test.batch(~seen)}
             for arm in arms:
-                if (test.name, arm.name, seed) in done:
+                if (setting({"task": test.name, "budget": asdict(budget), "d_model": args.d_model}), arm.name, seed) in done:
                     continue
-                record = train_and_evaluate(arm, train, test, budget, seed, d_model=args.d_model, num_heads=args.num_heads)
+                record = train_and_evaluate(arm, train, test, budget, seed, d_model=args.d_model, num_heads=args.num_heads,
+                                            extra_tests=unseen)
                 record["majority_accuracy"], record["test_size"] = test.majority_accuracy(), len(test)
+                record["test_in_train"] = float(seen.float().mean())
                 with open(path, "a") as f:
                     f.write(json.dumps(record) + "\n")
                 print(f"[{time.strftime('%H:%M:%S')}] {test.name} {arm.name} seed {seed}: acc {record['accuracy']:.3f} "
@@ -426,9 +456,17 @@ def load_runs(out_dir):
         with open(path) as f:
             runs += [json.loads(line) for line in f if line.strip()]
     unique = {}
-    for r in runs:  # a run that two processes made (the same task, arm and seed) counts once
-        unique.setdefault((r["task"], r["arm"], r["seed"]), r)
-    return list(unique.values())
+    for r in runs:  # a run that two processes made (the same task, budget, arm and seed) counts once
+        r["setting"] = setting(r)
+        unique.setdefault((r["setting"], r["arm"], r["seed"]), r)
+    return sorted(unique.values(), key=lambda r: (r["task"], r["budget"]["steps"], r["d_model"], r["budget"]["learning_rate"]))
+
+
+def setting(run):
+    """What a table compares arms at: the task and the budget, e.g. "pointer-k2, 4000 steps (lr 0.003, width 32)".
+    Runs of one task at different budgets are never pooled."""
+    b = run["budget"]
+    return f"{run['task']}, {b['steps']} steps (lr {b['learning_rate']:g}, batch {b['batch_size']}, width {run['d_model']})"
 
 
 def fmt_ci(s):
@@ -440,7 +478,7 @@ def fmt_diff(c):
 
 
 def by_seed(runs, task, arm):
-    return {r["seed"]: r for r in runs if r["task"] == task and r["arm"] == arm}
+    return {r["seed"]: r for r in runs if r["setting"] == task and r["arm"] == arm}
 
 
 def paired(runs, task, arm, ref):
@@ -451,25 +489,49 @@ def paired(runs, task, arm, ref):
     return fmt_diff(paired_comparison([a[s]["accuracy"] for s in seeds], [b[s]["accuracy"] for s in seeds]))
 
 
+def unseen_accuracy(run):
+    """(accuracy on the test examples training never showed, exact): measured when the run recorded
+    it; else the lower bound max(0, (acc - f) / (1 - f)) from the accuracy and the seen fraction f
+    (every seen example right); None when unknown."""
+    if run.get("accuracy_unseen") is not None:
+        return run["accuracy_unseen"], True
+    f = run.get("test_in_train")
+    if f is None or f >= 1:
+        return None, False
+    return max(0.0, (run["accuracy"] - f) / (1 - f)), f == 0  # no test input seen: the bound is the accuracy
+
+
+def unseen_cell(runs):
+    """Mean over seeds of `unseen_accuracy`: "0.981" when measured, ">= 0.97" when some seeds only give the bound."""
+    values = [unseen_accuracy(r) for r in runs]
+    if not values or any(v is None for v, _ in values):
+        return ""
+    mean = np.mean([v for v, _ in values])
+    return f"{mean:.3f}" if all(exact for _, exact in values) else f">= {mean:.3f}"
+
+
 def grid_tables(runs):
-    tasks = [t for t in dict.fromkeys(r["task"] for r in runs)]
+    tasks = list(dict.fromkeys(r["setting"] for r in runs))
     order = {a.name: i for i, a in enumerate(reduced_arms() + arm_grid())}
     out = []
     for task in tasks:
-        rs = [r for r in runs if r["task"] == task]
+        rs = [r for r in runs if r["setting"] == task]
         arms = sorted(dict.fromkeys(r["arm"] for r in rs), key=lambda a: order.get(a, 1e9))
         maj = rs[0]["majority_accuracy"]
-        out.append(f"### {task}\n\nmajority-class accuracy {maj:.3f}; accuracy on {rs[0].get('test_size', 'the')} test "
+        seen = [r["test_in_train"] for r in rs if "test_in_train" in r]
+        seen = (f"test examples that training also showed: {min(seen):.1%}-{max(seen):.1%} (over seeds); " if seen
+                else "")
+        out.append(f"### {task}\n\nmajority-class accuracy {maj:.3f}; {seen}accuracy on {rs[0].get('test_size', 'the')} test "
                    f"examples; mean +- std [95% t-interval] over seeds; paired differences against softmax at depth 1 "
                    f"and 2: mean [95% t-interval] p (wins/ties/losses over seeds).\n")
-        out.append("| arm | seeds | accuracy | vs softmax-d1 | vs softmax-d2 | params | CPU s / run | learned alpha |")
-        out.append("|---|---:|---|---|---|---:|---:|---|")
+        out.append("| arm | seeds | accuracy | on unseen test inputs | vs softmax-d1 | vs softmax-d2 | params | CPU s / run | learned alpha |")
+        out.append("|---|---:|---|---|---|---|---:|---:|---|")
         for arm in arms:
             a = [r for r in rs if r["arm"] == arm]
             s = summarize([r["accuracy"] for r in a])
             alphas = [v for r in a for layer in r["alphas"] for v in layer]
             alpha = f"{np.mean(alphas):.2f}" if alphas and a[0]["learnable_alpha"] else ""
-            out.append(f"| {arm} | {s['n']} | {fmt_ci(s)} | {paired(runs, task, arm, 'softmax-d1')} | "
+            out.append(f"| {arm} | {s['n']} | {fmt_ci(s)} | {unseen_cell(a)} | {paired(runs, task, arm, 'softmax-d1')} | "
                        f"{paired(runs, task, arm, 'softmax-d2')} | {a[0]['params']} | {np.mean([r['cpu_s'] for r in a]):.1f} | {alpha} |")
         out.append("")
     return "\n".join(out)
@@ -482,14 +544,14 @@ def plot_grid(runs, plot_dir):
     import matplotlib.pyplot as plt
 
     os.makedirs(plot_dir, exist_ok=True)
-    tasks = list(dict.fromkeys(r["task"] for r in runs))
+    tasks = list(dict.fromkeys(r["setting"] for r in runs))
     paths = []
     for x_name, key in (("depth", "depth"), ("T", "steps")):
         cols = min(4, len(tasks))
         fig, axes = plt.subplots(math.ceil(len(tasks) / cols), cols, figsize=(3.6 * cols, 2.9 * math.ceil(len(tasks) / cols)),
                                  squeeze=False)
         for ax, task in zip(axes.flat, tasks):
-            rs = [r for r in runs if r["task"] == task]
+            rs = [r for r in runs if r["setting"] == task]
             if key == "depth":  # one line per attention family that has more than one depth
                 groups = {}
                 for r in rs:
@@ -502,16 +564,22 @@ def plot_grid(runs, plot_dir):
                 for name in list(groups):
                     if not name.startswith("softmax"):
                         groups[name] = groups[name] + groups.get(f"softmax-d{name.rsplit('-d', 1)[1]}", [])
+            single = 0
             for name, g in groups.items():
                 xs = sorted(set(r[key] for r in g))
-                if len(xs) < 2:
+                if len(xs) < 2 and key != "depth":
                     continue
                 means = [np.mean([r["accuracy"] for r in g if r[key] == x]) for x in xs]
                 cis = [summarize([r["accuracy"] for r in g if r[key] == x]) for x in xs]
+                style = dict(marker="o")
+                if len(xs) < 2:  # a QGFD family at one depth: a marker beside softmax's curve ("one QGFD layer vs k softmax layers")
+                    single += 1
+                    xs, style = [xs[0] + 0.04 * single], dict(marker="s", ls="none")
                 ax.errorbar(xs, means, yerr=[[m - c["ci_low"] for m, c in zip(means, cis)], [c["ci_high"] - m for m, c in zip(means, cis)]],
-                            marker="o", capsize=3, label=name)
+                            capsize=3, label=f"{name} (n={min(c['n'] for c in cis)})", **style)
             ax.axhline(rs[0]["majority_accuracy"], color="grey", ls=":", lw=1)
-            ax.set_title(task, fontsize=9)
+            ax.set_title(task.replace(" (", "\n("), fontsize=8)
+            ax.set_ylim(0, 1.02)  # accuracy; a 2-seed t-interval can reach past 1
             ax.set_xlabel(x_name)
             ax.set_ylabel("test accuracy")
             ax.set_xticks(sorted(set(r[key] for r in rs)))
@@ -531,10 +599,10 @@ def run_report(args):
     runs = load_runs(args.out_dir)
     sections = ["# Evaluation results (generated by `python scripts/eval_qgfd.py report`)\n"]
     if runs:
-        b = runs[0]["budget"]
-        sections.append(f"Grid: {len(runs)} runs; budget per run: {b['steps']} steps of batch {b['batch_size']}, AdamW lr "
-                        f"{b['learning_rate']} (warm-up {b['warmup_steps']}, cosine), width {runs[0]['d_model']}, "
-                        f"{runs[0]['num_heads']} heads.\n")
+        warm = sorted({r["budget"]["warmup_steps"] for r in runs})
+        sections.append(f"Grid: {len(runs)} runs. Every run: AdamW (warm-up {', '.join(map(str, warm))} steps, then cosine), "
+                        f"{runs[0]['num_heads']} heads, fresh training examples; each table names its task and budget "
+                        "(steps, peak learning rate, batch, width), and runs at different budgets are never pooled.\n")
         sections.append(grid_tables(runs))
         for p in plot_grid(runs, args.plot_dir):
             sections.append(f"![{os.path.basename(p)}]({os.path.relpath(p, os.path.dirname(os.path.abspath(args.out)))})\n")
@@ -554,9 +622,11 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
     g = sub.add_parser("grid", help="train the arms on the tasks")
-    g.add_argument("--tasks", nargs="+", default=TASK_CONFIGS, choices=TASK_CONFIGS)
+    g.add_argument("--tasks", nargs="+", default=TASK_CONFIGS, type=task_config, metavar="TASK",
+                   help=f"<task>-k<hops>[-n<size>] (default: {' '.join(TASK_CONFIGS)})")
     g.add_argument("--arms", choices=tuple(ARM_SETS), default="reduced")
     g.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    g.add_argument("--only", nargs="+", default=None, metavar="ARM", help="run only these arms of the set (e.g. softmax-d2)")
     g.add_argument("--steps", type=int, default=300)
     g.add_argument("--batch-size", type=int, default=64)
     g.add_argument("--learning-rate", type=float, default=3e-3)

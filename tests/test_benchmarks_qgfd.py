@@ -22,6 +22,8 @@ from qgfd_hf.benchmarks_qgfd import (
     paired_comparison,
     pointer_chasing,
     reachability,
+    seen_in_training,
+    shared_inputs,
     summarize,
     t_interval,
     train_and_evaluate,
@@ -206,3 +208,70 @@ def test_docstring_examples():
 
     result = doctest.testmod(benchmarks_qgfd, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_make_task_size_and_shared_inputs():
+    p = make_task("pointer", 20, 0, hops=2, size=12)
+    assert p.num_classes == 12 and p.seq_len == 13 and torch.equal(p.tokens, pointer_chasing(20, 2, 0, num_cells=12).tokens)
+    assert make_task("induction", 5, 0, hops=2, size=16).seq_len == 16
+    r = make_task("reachability", 5, 0, hops=2, size=9)
+    assert r.vocab_size == 1 + 4 * 9 and r.seq_len == 12 + 1  # round(4 * 9 / 3) = 12 edges and the query
+    assert make_task("listops", 5, 0, hops=2, size=32).seq_len == 32
+    with pytest.raises(ValueError, match="size"):
+        make_task("pointer", 5, 0, hops=1, size=0)
+    # shared_inputs counts test rows that occur in training, token for token.
+    a, b = pointer_chasing(50, 1, seed=0), pointer_chasing(30, 1, seed=1)
+    assert shared_inputs(a, a.batch(slice(0, 10))) == 10
+    mixed = b.batch(slice(0, 30))
+    mixed.tokens = torch.cat([a.tokens[:7], b.tokens[7:]])
+    expected = 7 + sum(any(torch.equal(t, u) for u in a.tokens) for t in b.tokens[7:])
+    assert shared_inputs(a, mixed) == expected
+    assert shared_inputs(a, pointer_chasing(5, 1, seed=0, num_cells=9)) == 0  # other shapes share nothing
+    seen = seen_in_training(a, mixed)
+    assert seen[:7].all() and int(seen.sum()) == expected and len(mixed.batch(~seen)) == 30 - expected
+
+
+def _eval_script():
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "scripts" / "eval_qgfd.py"
+    spec = importlib.util.spec_from_file_location("eval_qgfd_script", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_eval_script_task_names_and_budgets_are_kept_apart(tmp_path):
+    ev = _eval_script()
+    assert ev.parse_task("pointer-k2") == ("pointer", 2, None)
+    assert ev.parse_task("listops-d3") == ("listops", 3, None)
+    assert ev.parse_task("reachability-k2-n9") == ("reachability", 2, 9)
+    for bad in ("pointer", "pointer-2", "pointer-k2-16", "pointer-kx"):
+        with pytest.raises(ValueError, match="Bad task"):
+            ev.parse_task(bad)
+    # The grid on a tiny budget writes one record per arm, with the test-in-train fraction; a rerun
+    # skips them; the report never pools two budgets of one task.
+    common = ["grid", "--arms", "core", "--only", "softmax-d1", "attention-seed-T1-learn-d1", "--tasks", "pointer-k1-n4",
+              "--seeds", "0", "--batch-size", "8", "--d-model", "8", "--num-heads", "2", "--test-size", "16", "--out-dir", str(tmp_path)]
+    ev.main(common + ["--steps", "3"])
+    ev.main(common + ["--steps", "3"])  # resumes: nothing new
+    ev.main(common + ["--steps", "4"])
+    runs = ev.load_runs(str(tmp_path))
+    assert len(runs) == 4 and {r["task"] for r in runs} == {"pointer-k1-n4"}
+    assert all(0 <= r["test_in_train"] <= 1 and "accuracy_unseen" in r for r in runs)
+    assert len({r["setting"] for r in runs}) == 2 and any("3 steps" in r["setting"] for r in runs)
+    tables = ev.grid_tables(runs)
+    assert tables.count("### pointer-k1-n4, ") == 2
+
+
+def test_eval_script_unseen_accuracy():
+    ev = _eval_script()
+    assert ev.unseen_accuracy({"accuracy": 0.9, "accuracy_unseen": 0.7, "test_in_train": 0.5}) == (0.7, True)
+    low, exact = ev.unseen_accuracy({"accuracy": 0.9, "test_in_train": 0.6})  # at best all 60% seen right: 30/40 unseen
+    assert low == pytest.approx(0.75) and not exact
+    assert ev.unseen_accuracy({"accuracy": 0.5, "test_in_train": 0.6}) == (0.0, False)
+    assert ev.unseen_accuracy({"accuracy": 0.5}) == (None, False)
+    assert ev.unseen_accuracy({"accuracy": 0.5, "test_in_train": 0.0}) == (0.5, True)
+    assert ev.unseen_cell([{"accuracy": 1.0, "test_in_train": 0.5}, {"accuracy": 0.8, "accuracy_unseen": 0.6}]) == ">= 0.800"
+    assert ev.unseen_cell([{"accuracy": 0.8, "accuracy_unseen": 0.6}]) == "0.600"
