@@ -7,7 +7,7 @@ it concerns is imported, not before.
 | `transformers.configuration_utils`              | wraps `PreTrainedConfig.to_dict`, `output_attentions` (`patching_config_qgfd`) |
 | `transformers.models.auto.configuration_auto`   | registers the QGFD configs with `AutoConfig`                 |
 | `transformers.modeling_utils`, `.masking_utils` | registers `"qgfd"` with `AttentionInterface` / `AttentionMaskInterface` and wraps `PreTrainedModel`'s methods (`patching_qgfd`) |
-| `transformers.models.auto.modeling_auto`        | registers the QGFD models with `AutoModel`                   |
+| `transformers.models.auto.modeling_auto`        | registers the QGFD models with `AutoModel` at the first look into its mapping (`AutoModel.from_pretrained`, `from_config`, `register`, `pipeline()`), or when `modeling_qgfd_modalities` is imported, whichever comes first |
 | `transformers.pipelines`                        | registers the `"qgfd-diffusion"` task                        |
 
 Why: these transformers modules take seconds to import (`modeling_utils` and `pipelines` most),
@@ -17,6 +17,10 @@ user can make goes through the module of its row (`AutoConfig.from_pretrained` t
 `configuration_auto`, any model class through `modeling_utils`, `AutoModel*` through
 `modeling_auto`, `pipeline()` through `pipelines`), so it finds QGFD registered, in any import
 order: a module imported before `qgfd_hf` gets its registration when `qgfd_hf` is imported.
+The models are the one exception to "on import": every transformers config class imports
+`modeling_auto` (its docstring lists the models), and the QGFD models need
+`transformers.modeling_utils` and `transformers.pipelines`, so `from transformers import T5Config`
+would cost them all; their registration waits for the first lookup that could find one.
 
 How: a finder at the front of `sys.meta_path` (`_PostImportFinder`) gives every `transformers.*`
 and `qgfd_hf.*` module a loader that counts how deep the current thread is inside such imports.
@@ -58,10 +62,64 @@ def _register_attention() -> None:
     importlib.import_module(".patching_qgfd", __package__)  # registers "qgfd" and installs the hooks on import
 
 
-def _register_models() -> None:
-    from .modeling_qgfd_modalities import register_qgfd_auto_classes
+# `_LazyAutoMapping`'s methods that read or add to a mapping (`AutoModel.from_pretrained`,
+# `from_config` and `register`, pipelines' model checks all go through them).
+_MAPPING_METHODS = ("__getitem__", "__contains__", "__iter__", "__len__", "__bool__", "get", "keys", "values", "items", "register")
+_mapping_originals = {}
+_models_registered = False
+_models_lock = threading.RLock()
 
-    register_qgfd_auto_classes()
+
+def _register_models() -> None:
+    """Once; another thread waits until it is done, and the registration's own `AutoModel.register`
+    calls (same thread, lock re-entered) pass straight through. Then `_LazyAutoMapping` is as it was."""
+    global _models_registered
+    if _models_registered:
+        return
+    with _models_lock:
+        if _models_registered or getattr(_local, "registering_models", False):
+            return
+        _local.registering_models = True
+        try:
+            from .modeling_qgfd_modalities import register_qgfd_auto_classes
+
+            register_qgfd_auto_classes()
+            _models_registered = True
+        finally:
+            _local.registering_models = False
+        if _mapping_originals:
+            from transformers.models.auto.auto_factory import _LazyAutoMapping
+
+            for name, original in _mapping_originals.items():
+                if getattr(_LazyAutoMapping.__dict__.get(name), "_qgfd_registers_models", False):
+                    setattr(_LazyAutoMapping, name, original)
+
+
+def _defer_models() -> None:
+    """Until the QGFD models are registered, the first look into `AutoModel`'s mapping (`MODEL_MAPPING`)
+    registers them. Every `AutoModel*` class has its own copy of `from_pretrained` / `from_config`
+    (transformers' `auto_class_update`), so the mapping they all read is the one place to wait at.
+    Not inside a `transformers` / `qgfd_hf` import (depth > 0): importing the models there could
+    meet a half-imported module; such a lookup is transformers' own, never one for a QGFD config."""
+    import functools
+
+    from transformers.models.auto.auto_factory import _LazyAutoMapping
+    from transformers.models.auto.modeling_auto import MODEL_MAPPING
+
+    if _models_registered or _mapping_originals:
+        return
+    for name in _MAPPING_METHODS:
+        original = _LazyAutoMapping.__dict__[name]
+
+        def wrapper(self, *args, _original=original, **kwargs):
+            if self is MODEL_MAPPING and not _models_registered and getattr(_local, "depth", 0) == 0:
+                _register_models()
+            return _original(self, *args, **kwargs)
+
+        wrapper = functools.wraps(original)(wrapper)
+        wrapper._qgfd_registers_models = True
+        _mapping_originals[name] = original
+        setattr(_LazyAutoMapping, name, wrapper)
 
 
 def _register_pipeline() -> None:
@@ -70,14 +128,15 @@ def _register_pipeline() -> None:
     register_pipeline()
 
 
-# (transformers module, registration), run in this order when several are due at once.
-REGISTRATIONS: Tuple[Tuple[str, Callable[[], None]], ...] = (
-    ("transformers.configuration_utils", _install_config_hooks),
-    ("transformers.models.auto.configuration_auto", _register_configs),
-    ("transformers.modeling_utils", _register_attention),
-    ("transformers.masking_utils", _register_attention),
-    ("transformers.models.auto.modeling_auto", _register_models),
-    ("transformers.pipelines", _register_pipeline),
+# (the modules it waits for, registration), run in this order when several are due at once.
+REGISTRATIONS: Tuple[Tuple[Tuple[str, ...], Callable[[], None]], ...] = (
+    (("transformers.configuration_utils",), _install_config_hooks),
+    (("transformers.models.auto.configuration_auto",), _register_configs),
+    (("transformers.modeling_utils",), _register_attention),
+    (("transformers.masking_utils",), _register_attention),
+    (("transformers.models.auto.modeling_auto",), _defer_models),
+    (("transformers.models.auto.modeling_auto", "qgfd_hf.modeling_qgfd_modalities"), _register_models),
+    (("transformers.pipelines",), _register_pipeline),
 )
 
 _done: List[bool] = [False] * len(REGISTRATIONS)
@@ -111,8 +170,8 @@ def run_pending_registrations() -> None:
         try:
             while _dirty:
                 _dirty = False
-                for i, (name, register) in enumerate(REGISTRATIONS):
-                    if not _done[i] and _loaded(name):
+                for i, (names, register) in enumerate(REGISTRATIONS):
+                    if not _done[i] and all(_loaded(name) for name in names):
                         _done[i] = True  # once, even if it raises: the error is shown, not repeated
                         register()
                         _dirty = True  # it imported more modules: look again
