@@ -1,85 +1,113 @@
-"""qgfd_hf: QGFD (Query Graph Flow Diffusion) attention for Hugging Face models and diffusion."""
+"""qgfd_hf: QGFD (Query Graph Flow Diffusion) attention for Hugging Face models and diffusion.
+
+`import qgfd_hf` is cheap: the public names below are imported from their module on first use
+(PEP 562, as transformers' `_LazyModule` does), and what the package registers with transformers
+(the configs and models with the Auto classes, the `"qgfd-diffusion"` pipeline, the `"qgfd"`
+attention implementation and its hooks) is registered as soon as the transformers module it
+concerns is imported, in any import order (`registration_qgfd`).
+"""
+
+import importlib
+import os
 
 __version__ = "0.1.0"
 
-from .attention_qgfd import (
-    GRAPHS,
-    MIXES,
-    QGFDAlpha,
-    QGFDMultiheadAttention,
-    QGFDSettings,
-    mix_coefficients,
-    qgfd_attention,
-    qgfd_attention_reference,
-    set_qgfd_step,
-)
-from .scheduling_qgfd import (
-    BETA_SCHEDULES,
-    PREDICTION_TYPES,
-    SAMPLERS,
-    TIMESTEP_SPACINGS,
-    DDIMSampler,
-    DDPMBetaSchedule,
-    DDPMSampler,
-    DPMSolverMultistepSampler,
-    diffusers_scheduler,
-    diffusion_target,
-    make_sampler,
-    predict_x0_and_eps,
-    q_sample,
-    sample_loop,
-)
-from .modelcard_qgfd import (
-    push_to_hub_with_card,
-    render_model_card,
-    save_model_card,
-)
-from .patching_qgfd import (
-    find_attention_modules,
-    from_pretrained_qgfd,
-    get_qgfd_settings,
-    is_qgfd_patched,
-    patch_model,
-    qgfd_attention_forward,
-    register_qgfd_attention,
-    unpatch_model,
-)
-from .callbacks_qgfd import QGFDWarmupCallback
-from .configuration_qgfd import (
-    ALL_MODALITIES,
-    MODALITIES,
-    QGFD_PRESETS,
-    DiffusionConfig,
-    QGFDAudioConfig,
-    QGFDConfig,
-    QGFDImageConfig,
-    QGFDSharedConfig,
-    QGFDTabularConfig,
-    QGFDTextConfig,
-    QGFDVideoConfig,
-)
-from .modeling_qgfd import (
-    DecoderBlock,
-    EncoderBlock,
-    PositionwiseFFN,
-    QGFDDiffusionBackbone,
-    QGFDDiffusionOutput,
-    QGFDPreTrainedModel,
-    TimestepEmbedding,
-)
-from .modeling_qgfd_adapters import AudioAdapter, ImageAdapter, TabularAdapter, TextAdapter, VideoAdapter
-from .modeling_qgfd_modalities import (
-    AudioQGFDDiffusionModel,
-    ImageQGFDDiffusionModel,
-    SharedQGFDDiffusionModel,
-    TabularQGFDDiffusionModel,
-    TextQGFDDiffusionModel,
-    VideoQGFDDiffusionModel,
-    create_qgfd_diffusion_model,
-    register_qgfd_auto_classes,
-)
+# module -> the public names it gives the package (the one list of them).
+_EXPORTS = {
+    "attention_qgfd": [
+        "GRAPHS",
+        "MIXES",
+        "QGFDAlpha",
+        "QGFDMultiheadAttention",
+        "QGFDSettings",
+        "mix_coefficients",
+        "qgfd_attention",
+        "qgfd_attention_reference",
+        "set_qgfd_step",
+    ],
+    "scheduling_qgfd": [
+        "BETA_SCHEDULES",
+        "PREDICTION_TYPES",
+        "SAMPLERS",
+        "TIMESTEP_SPACINGS",
+        "DDIMSampler",
+        "DDPMBetaSchedule",
+        "DDPMSampler",
+        "DPMSolverMultistepSampler",
+        "diffusers_scheduler",
+        "diffusion_target",
+        "make_sampler",
+        "predict_x0_and_eps",
+        "q_sample",
+        "sample_loop",
+    ],
+    "modelcard_qgfd": ["push_to_hub_with_card", "render_model_card", "save_model_card"],
+    "patching_qgfd": [
+        "find_attention_modules",
+        "from_pretrained_qgfd",
+        "get_qgfd_settings",
+        "is_qgfd_patched",
+        "patch_model",
+        "qgfd_attention_forward",
+        "register_qgfd_attention",
+        "unpatch_model",
+    ],
+    "callbacks_qgfd": ["QGFDWarmupCallback"],
+    "configuration_qgfd": [
+        "ALL_MODALITIES",
+        "MODALITIES",
+        "QGFD_PRESETS",
+        "DiffusionConfig",
+        "QGFDAudioConfig",
+        "QGFDConfig",
+        "QGFDImageConfig",
+        "QGFDSharedConfig",
+        "QGFDTabularConfig",
+        "QGFDTextConfig",
+        "QGFDVideoConfig",
+    ],
+    "modeling_qgfd": [
+        "DecoderBlock",
+        "EncoderBlock",
+        "PositionwiseFFN",
+        "QGFDDiffusionBackbone",
+        "QGFDDiffusionOutput",
+        "QGFDPreTrainedModel",
+        "TimestepEmbedding",
+    ],
+    "modeling_qgfd_adapters": ["AudioAdapter", "ImageAdapter", "TabularAdapter", "TextAdapter", "VideoAdapter"],
+    "modeling_qgfd_modalities": [
+        "AudioQGFDDiffusionModel",
+        "ImageQGFDDiffusionModel",
+        "SharedQGFDDiffusionModel",
+        "TabularQGFDDiffusionModel",
+        "TextQGFDDiffusionModel",
+        "VideoQGFDDiffusionModel",
+        "create_qgfd_diffusion_model",
+        "register_qgfd_auto_classes",
+    ],
+    "pipeline_qgfd_diffusion": ["QGFDDiffusionPipeline", "register_pipeline"],
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_MODULE_OF)
 
-register_qgfd_auto_classes()
-from .pipeline_qgfd_diffusion import QGFDDiffusionPipeline, register_pipeline
 
-register_pipeline()
+def __getattr__(name):
+    """A public name (imported from its module) or a submodule (`qgfd_hf.training_qgfd`), on first use."""
+    if name in _MODULE_OF:
+        value = getattr(importlib.import_module(f".{_MODULE_OF[name]}", __name__), name)
+    elif os.path.isfile(os.path.join(os.path.dirname(__file__), f"{name}.py")):
+        value = importlib.import_module(f".{name}", __name__)
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))
+
+
+from . import registration_qgfd  # noqa: E402 (after the names above: a registration may import submodules now)
+
+registration_qgfd.install()

@@ -25,6 +25,7 @@ this file only reads them (`modality_qgfd.get_task`).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -147,13 +148,26 @@ _MODEL_FLAG_DESTS = ("preset", "d_model", "num_heads", "num_layers", "d_ff", "nu
                      "qgfd_steps", "qgfd_alpha", "qgfd_graph", "qgfd_mix", "qgfd_warmup_steps", "backbone", "denoiser", "cond_dropout_prob")
 
 
+@functools.lru_cache(maxsize=None)
 def _trainer_defaults() -> dict:
-    import dataclasses
+    """`QGFDTrainingArguments`' defaults of the training flags, read off training_qgfd.py's source (its
+    fields' literal defaults) rather than imported: importing it imports torch and accelerate, and
+    `--help` should not wait for them (tests/test_cli_startup.py checks this against the dataclass)."""
+    import ast
 
-    from .training_qgfd import QGFDTrainingArguments
-
-    return {f.name: f.default for f in dataclasses.fields(QGFDTrainingArguments)
-            if f.default is not dataclasses.MISSING and f.default is not None and f.name in _TRAINING_FIELDS}
+    with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "training_qgfd.py"), encoding="utf-8") as f:
+        tree = ast.parse(f.read())
+    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "QGFDTrainingArguments")
+    defaults = {}
+    for node in cls.body:
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.value is not None:
+            try:
+                value = ast.literal_eval(node.value)
+            except ValueError:  # not a literal (a `field(...)`): no default shown
+                continue
+            if value is not None and node.target.id in _TRAINING_FIELDS:
+                defaults[node.target.id] = value
+    return defaults
 
 
 _SHOWN_DEFAULTS = ("d_model", "num_layers", "num_heads", "d_ff", "prediction_type", "beta_schedule", "qgfd_steps", "qgfd_alpha",

@@ -1233,6 +1233,14 @@ QGFDConfig.register_for_auto_class()
 for _cls in (QGFDTextConfig, QGFDImageConfig, QGFDAudioConfig, QGFDVideoConfig, QGFDTabularConfig, QGFDSharedConfig):
     _cls.register_for_auto_class()
 
+
+def register_qgfd_configs() -> None:
+    """Register every QGFD config with `AutoConfig` (`qgfd_hf` calls it as soon as transformers'
+    `AutoConfig` is imported, see `registration_qgfd`; the models follow with `AutoModel`)."""
+    for cls in (QGFDConfig, QGFDTextConfig, QGFDImageConfig, QGFDAudioConfig, QGFDVideoConfig, QGFDTabularConfig, QGFDSharedConfig):
+        AutoConfig.register(cls.model_type, cls, exist_ok=True)
+
+
 __all__ = [
     "ALL_MODALITIES",
     "AUDIO_LATENT_SPACES",
@@ -1251,4 +1259,5 @@ __all__ = [
     "QGFDTextConfig",
     "QGFDVideoConfig",
     "TABULAR_LATENT_SPACES",
+    "register_qgfd_configs",
 ]

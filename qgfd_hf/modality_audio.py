@@ -34,15 +34,14 @@ import os
 import warnings
 import wave
 from fractions import Fraction
-from typing import Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence
 
 import numpy as np
-import torch
-from transformers.utils import logging
+
+if TYPE_CHECKING:  # torch is imported where it is used: `qgfd-hf --help` imports this file
+    import torch
 
 from .modality_qgfd import ModalityTask, TaskData, diffusion_values, pipeline_samples, register_task, sample_output
-
-logger = logging.get_logger(__name__)
 
 AUDIO_EXTENSIONS = (".wav", ".flac")
 PATH_COLUMNS = ("path", "file_name", "audio")  # accepted names of a csv's path column, in order
@@ -233,7 +232,9 @@ def _clips_dataset(paths: Sequence[str], labels: Optional[Sequence[str]], sampli
         names = sorted(set(labels))
         label = ([names.index(x) for x in labels], names)
     ds = clips_dataset(np.stack(clips), label=label, path=list(paths))
-    logger.info(f"{where}: {len(ds)} clips decoded at {sampling_rate} Hz, {num_samples} samples each.")
+    from transformers.utils import logging
+
+    logging.get_logger(__name__).info(f"{where}: {len(ds)} clips decoded at {sampling_rate} Hz, {num_samples} samples each.")
     return ds
 
 
@@ -348,6 +349,8 @@ class AudioCollator:
         self.num_samples = num_samples
 
     def __call__(self, rows: List[dict]) -> Dict[str, torch.Tensor]:
+        import torch
+
         x = torch.stack([torch.as_tensor(np.asarray(r["input_values"], dtype=np.float32)) for r in rows])
         if x.shape[1] != self.num_samples:
             raise ValueError(f"Clips of {x.shape[1]} samples; the model takes {self.num_samples}.")
@@ -728,6 +731,8 @@ class AudioTask(ModalityTask):
         model, _, _ = create_qgfd_diffusion_model("audio", backbone, None, processor=extractor, **kwargs)
         # Statistics from the training clips (saved in config.json): the audio scale, and for
         # Wav2Vec2 latents the latent scale (unit-std latents).
+        import torch
+
         waves = torch.from_numpy(check_clips(data.train, num_samples, f"The audio data {data.name!r}"))
         model.fit_audio_scale(waves)
         if s["latent_space"] == "wav2vec2":
@@ -737,6 +742,7 @@ class AudioTask(ModalityTask):
     # -- samples and scores -----------------------------------------------------------------
 
     def generate(self, model_dir, data, settings, args):
+        import torch
         from transformers import AutoModel
 
         waves = pipeline_samples(

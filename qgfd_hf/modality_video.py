@@ -32,7 +32,6 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .evaluation_qgfd import frechet_distance
 from .modality_qgfd import ModalityTask, TaskData, diffusion_values, pipeline_samples, register_task
 
 CLIP_ARRAY_EXTENSIONS = (".npy", ".npz")
@@ -395,6 +394,8 @@ class MovingDigitsEvaluator:
 
     def score(self, clips) -> Dict[str, object]:
         """(a) confidence, (b) clips whose frames agree, classes present, (c) FD to the held-out frames."""
+        from .evaluation_qgfd import frechet_distance  # here, as in modality_audio: `qgfd-hf --help` imports this file
+
         x = _clips(clips)
         N, F = x.shape[:2]
         probs = self.clf.predict_proba(self._frames(x)).reshape(N, F, -1)  # (N, F, 10)

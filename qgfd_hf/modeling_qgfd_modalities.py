@@ -24,7 +24,7 @@ from typing import Mapping, Optional, Tuple
 
 import torch
 import torch.nn as nn
-from transformers import AutoConfig, PretrainedConfig
+from transformers import PretrainedConfig
 from transformers.utils import logging
 
 from .configuration_qgfd import (
@@ -969,12 +969,13 @@ for _model_cls in ALL_MODEL_CLASSES.values():
 
 def register_qgfd_auto_classes() -> None:
     """Register every QGFD config with `AutoConfig` and every model with `AutoModel`
-    (called on `import qgfd_hf`)."""
+    (`qgfd_hf` calls it as soon as transformers' `AutoModel` is imported, see `registration_qgfd`)."""
     from transformers import AutoModel
 
-    AutoConfig.register(QGFDConfig.model_type, QGFDConfig, exist_ok=True)
+    from .configuration_qgfd import register_qgfd_configs
+
+    register_qgfd_configs()
     for model_cls in ALL_MODEL_CLASSES.values():
-        AutoConfig.register(model_cls.config_class.model_type, model_cls.config_class, exist_ok=True)
         AutoModel.register(model_cls.config_class, model_cls, exist_ok=True)
 
 

@@ -59,10 +59,9 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from transformers.utils import logging
 
 from .attention_qgfd import QGFDAlpha, QGFDSettings, qgfd_attention, qgfd_attention_reference, qgfd_attention_weights
+from .patching_config_qgfd import ATTN_IMPLEMENTATION, config_originals, install_config_hooks
 
 logger = logging.get_logger(__name__)
-
-ATTN_IMPLEMENTATION = "qgfd"
 
 SUPPORTED = (
     "QGFD can be put into transformers models whose attention layers call "
@@ -806,31 +805,6 @@ def _initialize_weights(self, module, *args, **kwargs):
     return _ORIGINALS["_initialize_weights"](self, module, *args, **kwargs)
 
 
-def _to_dict(self):
-    """`PreTrainedConfig.to_dict`, plus the attention implementation of a config that runs QGFD or
-    carries QGFD settings: transformers does not serialise it, so a folder saved from a QGFD model
-    (loaded, patched, or switched away again) reloads with the implementation it had when saved."""
-    out = _ORIGINALS["to_dict"](self)
-    implementation = self.__dict__.get("_attn_implementation_internal")
-    if isinstance(implementation, str) and (implementation == ATTN_IMPLEMENTATION or "qgfd" in self.__dict__):
-        out["attn_implementation"] = implementation
-    return out
-
-
-def _set_output_attentions(self, value):
-    """`config.output_attentions = True` is allowed for "qgfd" (QGFD returns its own weights)."""
-    if value and self._attn_implementation == ATTN_IMPLEMENTATION:
-        self._output_attentions = value
-        return
-    _ORIGINALS["output_attentions"].fset(self, value)
-
-
-def _validate_output_attentions(self):
-    if self._attn_implementation == ATTN_IMPLEMENTATION:
-        return None
-    return _ORIGINALS["validate_output_attentions"](self)
-
-
 def install_transformers_hooks() -> None:
     """Wrap the few transformers methods that decide or save an attention implementation.
 
@@ -839,35 +813,26 @@ def install_transformers_hooks() -> None:
     attention implementation of QGFD configs to `config.json`; `PreTrainedConfig.output_attentions`
     accepts True for "qgfd"; `PreTrainedModel._initialize_weights` starts a learnable alpha that a
     checkpoint lacks at its initial value. For models and configs that never use "qgfd" each
-    wrapper only calls the original. Runs when `qgfd_hf` is imported; calling it again is harmless
+    wrapper only calls the original. Runs when this file is imported (`qgfd_hf` imports it as soon as
+    `transformers.modeling_utils` is imported, see `registration_qgfd`; the config half,
+    `patching_config_qgfd`, already when transformers' configs are); calling it again is harmless
     (the originals are wrapped once, by the most recent import)."""
     targets = {
-        "post_init": (PreTrainedModel, _post_init),
-        "set_attn_implementation": (PreTrainedModel, _set_attn_implementation),
-        "_initialize_weights": (PreTrainedModel, _initialize_weights),
-        "get_correct_attn_implementation": (PreTrainedModel, _get_correct_attn_implementation),
-        "to_dict": (PreTrainedConfig, _to_dict),
-        "validate_output_attentions": (PreTrainedConfig, _validate_output_attentions),
+        "post_init": _post_init,
+        "set_attn_implementation": _set_attn_implementation,
+        "_initialize_weights": _initialize_weights,
+        "get_correct_attn_implementation": _get_correct_attn_implementation,
     }
+    install_config_hooks()  # to_dict, output_attentions (patching_config_qgfd: installed earlier where only configs are imported)
     saved = getattr(PreTrainedModel, "_qgfd_originals", None)
     if saved is None:
-        saved = {name: getattr(owner, name) for name, (owner, _) in targets.items()}
-        saved["output_attentions"] = PreTrainedConfig.__dict__["output_attentions"]
+        # The config originals are kept here too, as qgfd_hf 0.1.0's copies of this file expect.
+        saved = {name: getattr(PreTrainedModel, name) for name in targets}
+        saved.update(config_originals())
         PreTrainedModel._qgfd_originals = saved
     _ORIGINALS.update(saved)
-    for name, (owner, fn) in targets.items():
-        setattr(owner, name, functools.wraps(saved[name])(fn))
-    prop = saved["output_attentions"]
-    PreTrainedConfig.output_attentions = property(prop.fget, _set_output_attentions, doc=prop.__doc__)
-    # Config classes made @strict before this ran hold the validator itself in `__class_validators__`
-    # (classes made later look it up on PreTrainedConfig and find the wrapper).
-    validator, todo = PreTrainedConfig.validate_output_attentions, [PreTrainedConfig]
-    while todo:
-        cls = todo.pop()
-        todo.extend(cls.__subclasses__())
-        validators = cls.__dict__.get("__class_validators__")
-        if validators and any(v is saved["validate_output_attentions"] for v in validators):
-            cls.__class_validators__ = [validator if v is saved["validate_output_attentions"] else v for v in validators]
+    for name, fn in targets.items():
+        setattr(PreTrainedModel, name, functools.wraps(saved[name])(fn))
 
 
 # ----------------------------------------------------------------------------------------

@@ -1,0 +1,158 @@
+"""`import qgfd_hf` is lazy, and what it registers with transformers is there in every import order.
+
+Each case runs in a fresh process (the test process has imported everything already): a prelude
+that imports qgfd_hf and transformers' modules in some order, then `CHECK`, which prints what is
+registered and wrapped.
+"""
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_fresh(code: str, timeout: float = 600) -> str:
+    """Run `code` in a fresh interpreter from the repository root (so it imports this checkout's qgfd_hf)."""
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=REPO_ROOT, capture_output=True, text=True,
+                          timeout=timeout, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, f"--- stdout ---\n{proc.stdout[-3000:]}\n--- stderr ---\n{proc.stderr[-6000:]}"
+    return proc.stdout
+
+
+# What is registered and wrapped, as one JSON line (only reads; it imports the modules it looks at).
+CHECK = """
+import json, sys
+from transformers import AttentionInterface, PreTrainedConfig, PreTrainedModel
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+from transformers.models.auto.modeling_auto import MODEL_MAPPING
+from transformers.pipelines import PIPELINE_REGISTRY
+import qgfd_hf
+
+# The models register on the first Auto model call (registration_qgfd): make one, as a user would.
+config = CONFIG_MAPPING["qgfd_image"](latent_space="pixels", image_size=8, patch_size=2, num_channels=1, d_model=32, num_heads=4, num_layers=1, d_ff=32)
+from transformers import AutoModel
+model_class = type(AutoModel.from_config(config)).__name__
+
+def wrapped_by(fn):
+    return getattr(getattr(fn, "__code__", None), "co_filename", "").rsplit("/", 1)[-1]
+
+types = ["qgfd", "qgfd_text", "qgfd_image", "qgfd_audio", "qgfd_video", "qgfd_tabular", "qgfd_shared"]
+print(json.dumps({
+    "attention": "qgfd" in AttentionInterface().valid_keys(),
+    "mask": "qgfd" in ALL_MASK_ATTENTION_FUNCTIONS.valid_keys(),
+    "configs": all(t in CONFIG_MAPPING for t in types),
+    "model": model_class,
+    "models": sorted(MODEL_MAPPING[CONFIG_MAPPING[t]].__name__ for t in types[1:]),
+    "pipeline": "qgfd-diffusion" in PIPELINE_REGISTRY.get_supported_tasks(),
+    "model_hooks": sorted({wrapped_by(getattr(PreTrainedModel, n)) for n in
+                           ("post_init", "set_attn_implementation", "get_correct_attn_implementation", "_initialize_weights")}),
+    "config_hooks": sorted({wrapped_by(PreTrainedConfig.to_dict), wrapped_by(PreTrainedConfig.validate_output_attentions),
+                            wrapped_by(PreTrainedConfig.output_attentions.fset)}),
+}))
+"""
+
+EXPECTED = {
+    "attention": True,
+    "mask": True,
+    "configs": True,
+    "model": "ImageQGFDDiffusionModel",
+    "models": sorted(f"{m}QGFDDiffusionModel" for m in ("Text", "Image", "Audio", "Video", "Tabular", "Shared")),
+    "pipeline": True,
+    "model_hooks": ["patching_qgfd.py"],
+    "config_hooks": ["patching_config_qgfd.py"],
+}
+
+ORDERS = {
+    "qgfd_hf first": "import qgfd_hf",
+    "after modeling_utils": "import transformers.modeling_utils\nimport qgfd_hf",
+    "after AutoModel": "from transformers import AutoModel\nimport qgfd_hf",
+    "after a model class": "from transformers import T5Model\nimport qgfd_hf",
+    # transformers.pipelines imports modeling_auto halfway through its __init__: the models'
+    # registration (which imports Pipeline from it) must wait until it has finished.
+    "then pipeline": "import qgfd_hf\nfrom transformers import pipeline",
+    "after masking_utils, a name first": "import transformers.masking_utils\nfrom qgfd_hf import QGFDConfig",
+    "two threads": """
+        import threading, qgfd_hf
+        threads = [threading.Thread(target=__import__, args=(m,)) for m in ("transformers.pipelines", "transformers.models.t5.modeling_t5")]
+        [t.start() for t in threads]
+        [t.join() for t in threads]
+    """,
+}
+
+
+@pytest.mark.parametrize("order", list(ORDERS))
+def test_every_import_order_registers_everything(order):
+    out = run_fresh(textwrap.dedent(ORDERS[order]) + CHECK)
+    assert json.loads(out.strip().splitlines()[-1]) == EXPECTED
+
+
+def test_import_is_lazy_and_each_registration_waits_for_its_module():
+    out = run_fresh("""
+        import json, sys
+        heavy = ("torch", "transformers", "transformers.modeling_utils", "transformers.pipelines")
+        import qgfd_hf
+        after_import = [m for m in heavy if m in sys.modules]
+        from transformers import AutoConfig, T5Config
+        from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+        # A config that says "qgfd" is saved with it (PreTrainedConfig.to_dict is wrapped) and may
+        # return attentions, before any model class (transformers.modeling_utils) exists.
+        config = T5Config(d_model=8, d_kv=2, d_ff=8, num_layers=1, num_heads=4, vocab_size=10, attn_implementation="qgfd", output_attentions=True)
+        print(json.dumps({
+            "after_import": after_import,
+            "qgfd_types": sorted(t for t in CONFIG_MAPPING._extra_content if t.startswith("qgfd")),
+            "saved_attn_implementation": config.to_dict().get("attn_implementation"),
+            "modeling_utils": "transformers.modeling_utils" in sys.modules,
+        }))
+        from transformers.models.auto.modeling_auto import MODEL_MAPPING
+        found = MODEL_MAPPING[CONFIG_MAPPING["qgfd_video"]].__name__  # the first lookup registers the models
+        print(json.dumps({"found": found, "modeling_utils": "transformers.modeling_utils" in sys.modules}))
+    """)
+    got, then = (json.loads(line) for line in out.strip().splitlines()[-2:])
+    assert got["after_import"] == []
+    assert got["qgfd_types"] == ["qgfd", "qgfd_audio", "qgfd_image", "qgfd_shared", "qgfd_tabular", "qgfd_text", "qgfd_video"]
+    assert got["saved_attn_implementation"] == "qgfd"
+    assert got["modeling_utils"] is False  # T5Config imports modeling_auto (its docstring), not the models
+    assert then == {"found": "VideoQGFDDiffusionModel", "modeling_utils": True}
+
+
+def test_public_names_resolve_lazily():
+    import qgfd_hf
+
+    assert len(qgfd_hf.__all__) == len(set(qgfd_hf.__all__)) == 68
+    for name in qgfd_hf.__all__:
+        assert getattr(qgfd_hf, name) is not None, name
+    assert set(qgfd_hf.__all__) <= set(dir(qgfd_hf))
+    assert qgfd_hf.training_qgfd.QGFDTrainingArguments  # a submodule, imported on first use
+    with pytest.raises(AttributeError, match="has no attribute 'not_a_name'"):
+        qgfd_hf.not_a_name
+
+
+@pytest.mark.slow
+def test_a_saved_folder_loads_and_samples_with_transformers_imported_first(tmp_path):
+    import torch
+
+    from qgfd_hf import DiffusionConfig, create_qgfd_diffusion_model
+
+    torch.manual_seed(0)
+    model, _, _ = create_qgfd_diffusion_model("image", None, DiffusionConfig.from_preset("tiny", latent_dim=4),
+                                              image_size=8, patch_size=2, num_channels=1)
+    model.save_pretrained(tmp_path / "model")
+    out = run_fresh(f"""
+        from transformers import AutoModel, AutoModelForSeq2SeqLM, T5Config, pipeline
+        import qgfd_hf
+        model = AutoModel.from_pretrained({str(tmp_path / "model")!r})
+        print(type(model).__module__, type(model).__name__)
+        out = pipeline("qgfd-diffusion", model={str(tmp_path / "model")!r}, device="cpu")(num_samples=2, seed=0, num_inference_steps=2, progress_bar=False)
+        print(out[0]["image"].size)
+        config = T5Config(d_model=8, d_kv=2, d_ff=8, num_layers=1, num_decoder_layers=1, num_heads=4, vocab_size=10)
+        AutoModelForSeq2SeqLM.from_config(config).save_pretrained({str(tmp_path / "t5")!r})
+        t5 = AutoModelForSeq2SeqLM.from_pretrained({str(tmp_path / "t5")!r}, attn_implementation="qgfd")
+        print(qgfd_hf.is_qgfd_patched(t5))
+    """)
+    assert out.strip().splitlines()[-3:] == ["qgfd_hf.modeling_qgfd_modalities ImageQGFDDiffusionModel", "(8, 8)", "True"]
