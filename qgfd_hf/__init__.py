@@ -24,6 +24,8 @@ _EXPORTS = {
         "qgfd_attention",
         "qgfd_attention_reference",
         "set_qgfd_step",
+        "value_checks",
+        "value_checks_enabled",
     ],
     "scheduling_qgfd": [
         "BETA_SCHEDULES",
@@ -73,7 +75,9 @@ _EXPORTS = {
         "QGFDDiffusionBackbone",
         "QGFDDiffusionOutput",
         "QGFDPreTrainedModel",
+        "ClassEmbedding",
         "TimestepEmbedding",
+        "classifier_free_guidance",
     ],
     "modeling_qgfd_adapters": ["AudioAdapter", "ImageAdapter", "TabularAdapter", "TextAdapter", "VideoAdapter"],
     "modeling_qgfd_modalities": [
