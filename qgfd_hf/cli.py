@@ -236,6 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--modality", default="image", choices=modalities)
     p.add_argument("--num-samples", type=int, default=None, help="samples to generate and score")
     p.add_argument("--num-inference-steps", type=int, default=None)
+    p.add_argument("--guidance-scale", type=float, default=None,
+                   help="classifier-free guidance scale of a class-conditional demo's samples (default: the modality's; 1 = none)")
     _add_model_args(p)
     p.set_defaults(_owners=_add_modality_args(p))
     _add_training_args(p)
@@ -285,6 +287,8 @@ def _describe_model(model) -> str:
         f"  model           {type(model).__name__}: {trainable / 1e6:.2f} M trainable of {total / 1e6:.2f} M parameters; "
         f"denoiser {cfg.denoiser} d_model={cfg.d_model} layers={cfg.num_layers} heads={cfg.num_heads}; "
         f"latents {cfg.num_latent_tokens()} x {cfg.latent_dim}; {qgfd}; {cfg.prediction_type} prediction, {cfg.beta_schedule} schedule"
+        + (f"; class-conditional ({cfg.num_classes} classes, label dropout {cfg.cond_dropout_prob})"
+           if getattr(cfg, "num_classes", None) is not None else "")
     )
 
 
@@ -391,7 +395,10 @@ def cmd_demo(args) -> int:
     _check_modality_flags(args)
     task = get_task(args.modality)
     settings = task.settings(args, for_demo=True)
-    for name in ("num_samples", "num_inference_steps"):
+    if args.guidance_scale is not None and "guidance_scale" not in settings:
+        raise ValueError(f"--guidance-scale is for the class-conditional demos ({', '.join(n for n in task_names() if 'guidance_scale' in get_task(n).defaults)}); "
+                         f"the {args.modality} demo does not take it.")
+    for name in ("num_samples", "num_inference_steps", "guidance_scale"):
         if getattr(args, name, None) is not None:
             settings[name] = getattr(args, name)
     args.dataset = task.datasets[0]

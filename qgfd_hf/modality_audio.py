@@ -41,7 +41,7 @@ import numpy as np
 if TYPE_CHECKING:  # torch is imported where it is used: `qgfd-hf --help` imports this file
     import torch
 
-from .modality_qgfd import ModalityTask, TaskData, diffusion_values, pipeline_samples, register_task, sample_output
+from .modality_qgfd import ModalityTask, TaskData, demo_class_guidance, diffusion_values, pipeline_samples, register_task, sample_output
 
 AUDIO_EXTENSIONS = (".wav", ".flac")
 PATH_COLUMNS = ("path", "file_name", "audio")  # accepted names of a csv's path column, in order
@@ -623,7 +623,7 @@ class AudioTask(ModalityTask):
         max_steps=800, batch_size=32, learning_rate=1e-3, warmup_steps=50, ema_decay=0.995,
         checkpoint_every=0,
         # sampling
-        num_samples=200, sampler="ddim", num_inference_steps=25,
+        num_samples=200, sampler="ddim", num_inference_steps=25, guidance_scale=1.0,
     )
 
     def add_arguments(self, group) -> None:
@@ -745,9 +745,10 @@ class AudioTask(ModalityTask):
         import torch
         from transformers import AutoModel
 
+        n = settings["num_samples"]
         waves = pipeline_samples(
-            model_dir, num_samples=settings["num_samples"], num_inference_steps=settings["num_inference_steps"],
-            sampler=settings["sampler"], seed=args.seed, progress=not args.no_progress,
+            model_dir, num_samples=n, num_inference_steps=settings["num_inference_steps"],
+            sampler=settings["sampler"], seed=args.seed, progress=not args.no_progress, **demo_class_guidance(model_dir, data, n, settings),
         )
         if data.test is not None:  # how well the latent space decodes held-out clips
             model = AutoModel.from_pretrained(model_dir).eval()

@@ -20,7 +20,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from .modality_qgfd import ModalityTask, TaskData, diffusion_values, pipeline_samples, register_task
+from .modality_qgfd import ModalityTask, TaskData, demo_class_guidance, diffusion_values, pipeline_samples, register_task
 
 
 def save_image_grid(images: np.ndarray, path: str, nrow: Optional[int] = None, cell: int = 32, pad: int = 2) -> str:
@@ -138,19 +138,11 @@ class ImageTask(ModalityTask):
     # -- samples and scores -----------------------------------------------------------------
 
     def generate(self, model_dir, data, settings, args):
-        from transformers import AutoConfig
-
         n = settings["num_samples"]
-        guidance = {}
-        if getattr(AutoConfig.from_pretrained(model_dir), "num_classes", None) is not None:
-            # The held-out digits' classes (cycled), so the samples' classes match the FD's reference set.
-            labels = list(data.test["label"]) if data.test is not None else list(range(10))
-            guidance = dict(class_labels=[int(labels[i % len(labels)]) for i in range(n)], guidance_scale=settings.get("guidance_scale", 1.0))
         images = pipeline_samples(
-            model_dir, num_samples=n, num_inference_steps=settings["num_inference_steps"],
-            sampler=settings["sampler"], seed=args.seed, progress=not args.no_progress, **guidance,
+            model_dir, num_samples=n, num_inference_steps=settings["num_inference_steps"], sampler=settings["sampler"],
+            seed=args.seed, progress=not args.no_progress, **demo_class_guidance(model_dir, data, n, settings),
         )
-        settings["requested_labels"] = guidance.get("class_labels")  # for `evaluate`: agreement with the requested class
         return images.transpose(0, 3, 1, 2)  # the pipeline's [N, H, W, C] -> [N, C, H, W]
 
     def evaluate(self, samples, data, settings):

@@ -242,6 +242,27 @@ def with_class_labels(collator, model):
     return collator if K is None else ClassLabelCollator(collator, K, LABEL_COLUMN)
 
 
+def demo_class_guidance(model_dir: str, data: TaskData, num_samples: int, settings: Dict[str, Any]) -> Dict[str, Any]:
+    """The demo's class labels for a class-conditional saved model (`{}` for an unconditional
+    one): the held-out rows' labels, cycled over the `num_samples` samples, so that the samples'
+    classes match the held-out set the distances are measured against; and the task's
+    `guidance_scale`. The labels are also recorded as `settings["requested_labels"]`, for
+    `evaluate` (agreement with the class asked for)."""
+    from transformers import AutoConfig
+
+    settings["requested_labels"] = None
+    K = getattr(AutoConfig.from_pretrained(model_dir), "num_classes", None)
+    if K is None:
+        if settings.get("guidance_scale", 1.0) != 1.0:
+            raise ValueError(f"Guidance scale {settings['guidance_scale']} needs a class-conditional model (--class-conditional); "
+                             "this one has no class labels.")
+        return {}
+    labels = list(data.test[LABEL_COLUMN]) if data.test is not None and LABEL_COLUMN in data.test.column_names else list(range(K))
+    requested = [int(labels[i % len(labels)]) for i in range(num_samples)]
+    settings["requested_labels"] = requested
+    return dict(class_labels=requested, guidance_scale=settings.get("guidance_scale", 1.0))
+
+
 def guidance_kwargs(args) -> Dict[str, Any]:
     """`qgfd-hf sample --class-label K [K ...] --guidance-scale S` as pipeline keywords: one label
     for every sample, or several cycled over the `--num-samples` samples."""
@@ -288,4 +309,4 @@ def sample_output(model: str, args) -> Tuple[str, str]:
     return out_dir, prefix
 
 
-__all__ = ["ModalityTask", "TaskData", "class_conditioning", "diffusion_values", "guidance_kwargs", "with_class_labels", "get_task", "pipeline_samples", "register_task", "task_names"]
+__all__ = ["ModalityTask", "TaskData", "class_conditioning", "demo_class_guidance", "diffusion_values", "guidance_kwargs", "with_class_labels", "get_task", "pipeline_samples", "register_task", "task_names"]

@@ -32,7 +32,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .modality_qgfd import ModalityTask, TaskData, diffusion_values, pipeline_samples, register_task
+from .modality_qgfd import ModalityTask, TaskData, demo_class_guidance, diffusion_values, pipeline_samples, register_task
 
 CLIP_ARRAY_EXTENSIONS = (".npy", ".npz")
 METADATA_FILE = "metadata.csv"  # as datasets' imagefolder: file_name (the clip, relative to the folder), label
@@ -366,6 +366,7 @@ class MovingDigitsEvaluator:
         self.seed = seed
         self.train_clips = _clips(train_clips, "training clips")
         self.test_clips = _clips(test_clips, "held-out clips")
+        self.train_labels = np.asarray(train_labels)
         N, F, S = self.train_clips.shape[:3]
         frames = centre_frames(self.train_clips.reshape(N * F, S, S)).reshape(N * F, S * S)  # (N*F, P)
         frame_labels = np.repeat(np.asarray(train_labels), F)
@@ -392,8 +393,10 @@ class MovingDigitsEvaluator:
         """The classifier's hidden activations of every frame `[N * F, hidden]` (ReLU of the first layer)."""
         return np.maximum(self._frames(clips) @ self.clf.coefs_[0] + self.clf.intercepts_[0], 0)
 
-    def score(self, clips) -> Dict[str, object]:
-        """(a) confidence, (b) clips whose frames agree, classes present, (c) FD to the held-out frames."""
+    def score(self, clips, requested_labels=None) -> Dict[str, object]:
+        """(a) confidence, (b) clips whose frames agree, classes present, (c) FD to the held-out
+        frames, (d) `shift_match` (`frame_shift_match`); with `requested_labels` [N] (one class per
+        clip), `class_agreement` (frames of the class asked for) and `clips_on_requested_class`."""
         from .evaluation_qgfd import frechet_distance  # here, as in modality_audio: `qgfd-hf --help` imports this file
 
         x = _clips(clips)
@@ -402,42 +405,112 @@ class MovingDigitsEvaluator:
         top = probs.argmax(-1)  # (N, F)
         clip_class = np.array([np.bincount(row, minlength=NUM_CLASSES).argmax() for row in top])
         counts = np.bincount(clip_class, minlength=NUM_CLASSES)
-        return {
+        out = {
             "num_clips": int(N),
             "confidence": float(probs.max(-1).mean()),
             "consistent": float((top == top[:, :1]).all(1).mean()),
             "classes_present": int((counts > 0).sum()),
             "class_counts": counts.tolist(),
             "fd": frechet_distance(self.features(x), self._test_feats),
+            "shift_match": float(frame_shift_match(x).mean()),
         }
+        if requested_labels is not None:
+            labels = _requested(requested_labels, N)
+            out["class_agreement"] = float((top == labels[:, None]).mean())
+            out["clips_on_requested_class"] = float((top == labels[:, None]).all(1).mean())
+        return out
 
-    def gaussian_samples(self, n: int, seed: Optional[int] = None) -> np.ndarray:
-        """`n` clips from a full-covariance Gaussian fitted to the training clips' pixels, clipped to [0, 1]."""
+    def gaussian_samples(self, n: int, seed: Optional[int] = None, labels=None) -> np.ndarray:
+        """`n` clips from a full-covariance Gaussian fitted to the training clips' pixels, clipped
+        to [0, 1]; with `labels` [n], clip i from the Gaussian of class `labels[i]`'s clips."""
         rng = np.random.default_rng(self.seed if seed is None else seed)
         flat = self.train_clips.reshape(len(self.train_clips), -1)  # (N, F*P)
-        x = rng.multivariate_normal(flat.mean(0), np.cov(flat, rowvar=False), size=n, method="eigh")
+        if labels is None:
+            x = rng.multivariate_normal(flat.mean(0), np.cov(flat, rowvar=False), size=n, method="eigh")
+        else:
+            labels, x = _requested(labels, n), np.zeros((n, flat.shape[1]))
+            for k in np.unique(labels):
+                rows, where = flat[self.train_labels == k], labels == k
+                if len(rows) < 2:
+                    raise ValueError(f"Class {int(k)} has {len(rows)} training clip(s); a class Gaussian needs at least 2.")
+                x[where] = rng.multivariate_normal(rows.mean(0), np.cov(rows, rowvar=False), size=int(where.sum()), method="eigh")
         return np.clip(x, 0, 1).reshape(n, *self.train_clips.shape[1:])
 
-    def real_samples(self, n: int, seed: Optional[int] = None) -> np.ndarray:
-        """`n` real training clips drawn without replacement (the real-vs-held-out baseline)."""
+    def real_samples(self, n: int, seed: Optional[int] = None, labels=None) -> np.ndarray:
+        """`n` real training clips drawn without replacement (the real-vs-held-out baseline); with
+        `labels` [n], clip i drawn from class `labels[i]`'s clips."""
         rng = np.random.default_rng(self.seed if seed is None else seed)
-        return self.train_clips[rng.choice(len(self.train_clips), size=min(n, len(self.train_clips)), replace=False)]
+        if labels is None:
+            return self.train_clips[rng.choice(len(self.train_clips), size=min(n, len(self.train_clips)), replace=False)]
+        labels, out = _requested(labels, n), np.zeros((n,) + self.train_clips.shape[1:])
+        for k in np.unique(labels):
+            pool, where = np.flatnonzero(self.train_labels == k), np.flatnonzero(labels == k)
+            if len(pool) == 0:
+                raise ValueError(f"Class {int(k)} has no training clips.")
+            out[where] = self.train_clips[rng.choice(pool, size=len(where), replace=len(where) > len(pool))]
+        return out
 
-    def evaluate(self, samples) -> Dict[str, object]:
-        """The samples' scores beside the real and Gaussian baselines (same number of clips)."""
+    def evaluate(self, samples, requested_labels=None) -> Dict[str, object]:
+        """The samples' scores beside the real and Gaussian baselines (same number of clips).
+        With `requested_labels` (a class-conditional model's samples), the real clips are drawn
+        from the classes asked for, and `baseline_class_gaussian` (a Gaussian per class) is added."""
         n = len(_clips(samples))
-        return {
-            "samples": self.score(samples),
-            "baseline_real_train_vs_heldout": self.score(self.real_samples(n)),
-            "baseline_gaussian": self.score(self.gaussian_samples(n)),
+        out = {
+            "samples": self.score(samples, requested_labels),
+            "baseline_real_train_vs_heldout": self.score(self.real_samples(n, labels=requested_labels), requested_labels),
+            "baseline_gaussian": self.score(self.gaussian_samples(n), requested_labels),
             "classifier_test_accuracy": self.classifier_accuracy,
             "num_heldout": int(len(self.test_clips)),
         }
+        if requested_labels is not None:
+            out["baseline_class_gaussian"] = self.score(self.gaussian_samples(n, labels=requested_labels), requested_labels)
+        return out
+
+
+def _requested(labels, n: int) -> np.ndarray:
+    labels = np.asarray(labels)
+    if labels.shape != (n,) or not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0 or labels.max() >= NUM_CLASSES:
+        raise ValueError(f"Need one class label in 0..{NUM_CLASSES - 1} per clip: {n} clips, labels {labels.tolist()[:8]}... of shape {list(labels.shape)}.")
+    return labels
+
+
+def frame_shift_match(clips, max_shift: int = 3) -> np.ndarray:
+    """How well each frame is the previous one moved: for every pair of consecutive frames, the
+    largest correlation (Pearson, over the pixels) between frame f + 1 and frame f shifted by
+    whole pixels (up to `max_shift` each way, zeros shifted in). `[N, F - 1]` in [-1, 1]; 1.0 for
+    a rigid drift inside the frame (the moving digits), lower for blobs that change shape or
+    jump; 0 where a frame is constant.
+
+    Example:
+        >>> clip = np.zeros((1, 2, 8, 8)); clip[0, 0, 1:4, 1:4] = 1; clip[0, 1, 2:5, 3:6] = 1
+        >>> frame_shift_match(clip).round(3).tolist()
+        [[1.0]]
+    """
+    x = _clips(clips)
+    N, F, S = x.shape[:3]
+    if F < 2:
+        raise ValueError(f"frame_shift_match needs clips of at least 2 frames, got {F}.")
+    prev, nxt = x[:, :-1], x[:, 1:]  # (N, F-1, S, S)
+    padded = np.pad(prev, ((0, 0), (0, 0), (max_shift, max_shift), (max_shift, max_shift)))
+    nxt = nxt - nxt.mean((-1, -2), keepdims=True)
+    norm_next = np.sqrt((nxt**2).sum((-1, -2)))  # (N, F-1)
+    best = np.full((N, F - 1), -1.0)
+    for dr in range(-max_shift, max_shift + 1):
+        for dc in range(-max_shift, max_shift + 1):
+            moved = padded[:, :, max_shift - dr : max_shift - dr + S, max_shift - dc : max_shift - dc + S]  # prev moved by (dr, dc)
+            moved = moved - moved.mean((-1, -2), keepdims=True)
+            denom = np.sqrt((moved**2).sum((-1, -2))) * norm_next
+            corr = np.where(denom > 0, (moved * nxt).sum((-1, -2)) / np.where(denom > 0, denom, 1.0), 0.0)
+            best = np.maximum(best, corr)
+    return best
 
 
 def video_targets_met(result: Dict[str, object], min_consistent: float = 0.8) -> Dict[str, bool]:
-    """The demo's targets: beat the Gaussian on FD, confidence and consistency; >= 80% consistent clips."""
-    s, g = result["samples"], result["baseline_gaussian"]
+    """The demo's targets: beat the Gaussian on FD, confidence and consistency (for a
+    class-conditional model, the class-conditional Gaussian: the stronger baseline); >= 80%
+    consistent clips."""
+    s = result["samples"]
+    g = result.get("baseline_class_gaussian") or result["baseline_gaussian"]
     return {
         "fd_below_gaussian": s["fd"] < g["fd"],
         "confidence_above_gaussian": s["confidence"] > g["confidence"],
@@ -506,9 +579,19 @@ class VideoTask(ModalityTask):
         # training: 1500 steps of 64 clips, about 4 CPU minutes in all
         max_steps=1500, batch_size=64, learning_rate=2e-3, warmup_steps=100, ema_decay=0.999,
         checkpoint_every=500,
-        # sampling: as many clips as held-out clips, so the FDs compare like with like
-        num_samples=360, sampler="ddim", num_inference_steps=50,
+        # class-conditional on the digits' labels (DiT's label embedding, 10% label dropout), as the
+        # image demo; other data: --class-conditional
+        class_conditional=True,
+        # sampling: as many clips as held-out clips, so the FDs compare like with like; a
+        # class-conditional model is asked for the held-out clips' classes
+        num_samples=360, sampler="ddim", num_inference_steps=50, guidance_scale=1.0,
     )
+
+    def settings(self, args, for_demo: bool = False):
+        s = dict(self.defaults)
+        if getattr(args, "data_dir", None) is not None or getattr(args, "dataset", None) not in (None, "moving_digits"):
+            s["class_conditional"] = False  # labelled moving digits by default; other data: --class-conditional
+        return s
 
     def add_arguments(self, group) -> None:
         group.add_argument("--num-frames", type=int, default=None, help="video: frames per clip (default: the data's; moving digits 4)")
@@ -591,9 +674,10 @@ class VideoTask(ModalityTask):
     # -- samples and scores -----------------------------------------------------------------
 
     def generate(self, model_dir, data, settings, args):
+        n = settings["num_samples"]
         clips = pipeline_samples(
-            model_dir, num_samples=settings["num_samples"], num_inference_steps=settings["num_inference_steps"],
-            sampler=settings["sampler"], seed=args.seed, progress=not args.no_progress,
+            model_dir, num_samples=n, num_inference_steps=settings["num_inference_steps"], sampler=settings["sampler"],
+            seed=args.seed, progress=not args.no_progress, **demo_class_guidance(model_dir, data, n, settings),
         )
         return clips.transpose(0, 1, 4, 2, 3)  # the pipeline's [N, F, H, W, C] -> [N, F, C, H, W]
 
@@ -602,7 +686,9 @@ class VideoTask(ModalityTask):
             raise ValueError(f"Video samples are scored on the moving digits only (got data {data.name!r}).")
         train, test = data.train[:], data.test[:]
         evaluator = MovingDigitsEvaluator(train["pixel_values"], train["label"], test["pixel_values"], test["label"], seed=0)
-        scores = evaluator.evaluate(samples)
+        scores = evaluator.evaluate(samples, requested_labels=settings.get("requested_labels"))
+        if settings.get("requested_labels") is not None:
+            scores["guidance_scale"] = settings.get("guidance_scale", 1.0)
         return {"metrics": scores, "targets": video_targets_met(scores)}
 
     def write_samples(self, samples, data, output_dir, prefix="samples"):
@@ -615,29 +701,49 @@ class VideoTask(ModalityTask):
 
     def report_lines(self, result) -> List[str]:
         m = result["metrics"]
-        s, r, g = m["samples"], m["baseline_real_train_vs_heldout"], m["baseline_gaussian"]
-        return [
+        s, r, g, cg = m["samples"], m["baseline_real_train_vs_heldout"], m["baseline_gaussian"], m.get("baseline_class_gaussian")
+        cols = [s, r, g] + ([cg] if cg else [])
+        row = lambda name, key, fmt: f"  {name:34s}" + "".join(f"{c[key]:{w}{fmt}}" for c, w in zip(cols, (10, 12, 11, 16)))
+        lines = [
             f"Sample quality ({s['num_clips']} clips; classifier: MLP on centred training frames, "
             f"{m['classifier_test_accuracy']:.1%} test accuracy per frame):",
-            f"  {'':34s}{'model':>10s}{'real clips':>12s}{'Gaussian':>11s}",
-            f"  {'Frechet distance (lower=better)':34s}{s['fd']:10.3f}{r['fd']:12.3f}{g['fd']:11.3f}",
-            f"  {'mean frame confidence':34s}{s['confidence']:10.3f}{r['confidence']:12.3f}{g['confidence']:11.3f}",
-            f"  {'clips keeping one class':34s}{s['consistent']:10.1%}{r['consistent']:12.1%}{g['consistent']:11.1%}",
-            f"  {'classes present (of 10)':34s}{s['classes_present']:10d}{r['classes_present']:12d}{g['classes_present']:11d}",
-            "  (real clips: training clips scored against the held-out ones; Gaussian: a full-covariance Gaussian fitted to the training clips)",
+            f"  {'':34s}{'model':>10s}{'real clips':>12s}{'Gaussian':>11s}" + (f"{'class Gaussian':>16s}" if cg else ""),
+            row("Frechet distance (lower=better)", "fd", ".3f"),
+            row("mean frame confidence", "confidence", ".3f"),
+            row("clips keeping one class", "consistent", ".1%"),
+            row("frame-to-frame shift match", "shift_match", ".3f"),
+            row("classes present (of 10)", "classes_present", "d"),
+        ]
+        if cg:
+            lines += [row("frames of the requested class", "class_agreement", ".3f"),
+                      row("clips all of the requested class", "clips_on_requested_class", ".1%"),
+                      f"  (class-conditional, guidance scale {m.get('guidance_scale', 1.0)}: each clip asked for a held-out clip's class; "
+                      "real clips and the class Gaussian are drawn for the same classes)"]
+        return lines + [
+            "  (real clips: training clips scored against the held-out ones; Gaussian: a full-covariance Gaussian fitted to the training clips;",
+            "   shift match: the best correlation of each frame with the previous one moved by whole pixels, 1 = a rigid drift)",
         ]
 
     def card_metrics(self, result) -> Dict[str, object]:
         m = result["metrics"]
         s, g, r = m["samples"], m["baseline_gaussian"], m["baseline_real_train_vs_heldout"]
-        return {
+        out = {
             "Frechet distance to held-out frames (classifier features)": round(s["fd"], 3),
             "same, Gaussian baseline": round(g["fd"], 3),
             "same, real training clips": round(r["fd"], 3),
             "mean frame confidence": round(s["confidence"], 3),
             "clips keeping one digit class": round(s["consistent"], 3),
             "clips keeping one class, Gaussian baseline": round(g["consistent"], 3),
+            "frame-to-frame shift match": round(s["shift_match"], 3),
         }
+        cg = m.get("baseline_class_gaussian")
+        if cg:
+            out.update({
+                "same FD, class-conditional Gaussian baseline": round(cg["fd"], 3),
+                "clips keeping one class, class-conditional Gaussian": round(cg["consistent"], 3),
+                "clips all of the requested class": round(s["clips_on_requested_class"], 3),
+            })
+        return out
 
     def sample_hint(self, model_dir: str) -> str:
         return f"qgfd-hf sample {model_dir} --num-samples 12"

@@ -332,3 +332,26 @@ def test_shared_model_refuses_class_labels_in_its_modality_configs():
     img = QGFDImageConfig(latent_space="pixels", image_size=4, patch_size=2, num_channels=1, num_classes=3, **TINY)
     with pytest.raises(ValueError, match="the shared model does not take"):
         QGFDSharedConfig(modalities=["image"], image_config=img, latent_dim=16, **TINY)
+
+
+def test_demo_guidance_scale_only_where_the_demo_is_class_conditional(tmp_path, capsys):
+    from qgfd_hf.modality_qgfd import TaskData, demo_class_guidance
+
+    demo = ["demo", "--output-dir", str(tmp_path / "d"), "--max-steps", "1", "--preset", "tiny", "--no-progress", "--guidance-scale", "2"]
+    assert main(demo + ["--modality", "text"]) == 2
+    err = capsys.readouterr().err
+    assert "--guidance-scale is for the class-conditional demos" in err and "image" in err and "video" in err
+    # an unconditional model: a scale other than 1 is refused, not ignored; scale 1 asks for nothing
+    folder = tmp_path / "uncond"
+    _image(num_classes=None).save_pretrained(folder)
+    data = TaskData(None, "digits")
+    with pytest.raises(ValueError, match="Guidance scale 2.0 needs a class-conditional model"):
+        demo_class_guidance(str(folder), data, 4, {"guidance_scale": 2.0})
+    settings = {"guidance_scale": 1.0}
+    assert demo_class_guidance(str(folder), data, 4, settings) == {} and settings["requested_labels"] is None
+    # a class-conditional one without held-out rows: the classes in turn
+    folder = tmp_path / "cond"
+    _image(num_classes=3).save_pretrained(folder)
+    settings = {"guidance_scale": 2.0}
+    assert demo_class_guidance(str(folder), data, 5, settings) == {"class_labels": [0, 1, 2, 0, 1], "guidance_scale": 2.0}
+    assert settings["requested_labels"] == [0, 1, 2, 0, 1]

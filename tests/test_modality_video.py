@@ -19,7 +19,9 @@ from qgfd_hf.modality_video import (
     load_clip_folder,
     load_moving_digits,
     make_moving_digits,
+    frame_shift_match,
     save_frame_strip,
+    video_targets_met,
 )
 from qgfd_hf.modeling_qgfd import QGFDDiffusionBackbone, sinusoidal_embedding
 
@@ -212,6 +214,40 @@ def test_scores_real_clips_well_and_noise_badly(evaluator_and_data):
     assert ev.score(x[keep])["consistent"] < 0.3
 
 
+def test_shift_match_is_one_for_a_rigid_drift_and_low_for_jumps():
+    d = load_moving_digits(num_frames=3, frame_size=12, train_clips_per_digit=1)
+    x = d["train"].with_format("numpy")[:100]["pixel_values"]
+    assert np.allclose(frame_shift_match(x), 1.0)
+    assert frame_shift_match(np.random.default_rng(0).random(x.shape)).mean() < 0.3
+    jumped = x.copy()
+    jumped[:, 2] = x[np.roll(np.arange(100), 1), 2]  # another clip's frame: a new shape, often a jump
+    assert frame_shift_match(jumped)[:, 1].mean() < 0.8 and np.allclose(frame_shift_match(jumped)[:, 0], 1.0)
+    with pytest.raises(ValueError, match="at least 2 frames"):
+        frame_shift_match(x[:, :1])
+
+
+def test_class_conditional_scores_and_class_gaussian(evaluator_and_data):
+    ev, train, test = evaluator_and_data
+    labels = test["label"][:200]
+    result = ev.evaluate(test["pixel_values"][:200], requested_labels=labels)
+    s, real, cg = result["samples"], result["baseline_real_train_vs_heldout"], result["baseline_class_gaussian"]
+    assert s["class_agreement"] > 0.9 and s["clips_on_requested_class"] > 0.85
+    assert real["class_agreement"] > 0.9  # drawn from the classes asked for
+    # the class Gaussian's clips come from the right classes' pixel statistics: more of them agree with the class
+    # asked for than the pooled Gaussian's (chance: 0.1)
+    assert cg["class_agreement"] > result["baseline_gaussian"]["class_agreement"]
+    # the wrong labels: agreement collapses
+    wrong = ev.score(test["pixel_values"][:200], requested_labels=(labels + 1) % 10)
+    assert wrong["class_agreement"] < 0.1
+    with pytest.raises(ValueError, match="one class label in 0..9 per clip"):
+        ev.score(test["pixel_values"][:10], requested_labels=[1, 2])
+    with pytest.raises(ValueError, match="one class label in 0..9 per clip"):
+        ev.gaussian_samples(2, labels=[3, 10])
+    targets = video_targets_met(result)
+    assert set(targets) == {"fd_below_gaussian", "confidence_above_gaussian", "consistent_above_gaussian", "consistent_at_least_0.8"}
+    assert targets["fd_below_gaussian"] and targets["consistent_at_least_0.8"]  # real clips pass
+
+
 def test_frame_strip_puts_real_clips_beside_samples(tmp_path):
     clips = np.random.default_rng(0).random((5, 3, 1, 8, 8))
     path = save_frame_strip(clips, str(tmp_path / "s.png"), real=clips[:4], cell=10, pad=2)
@@ -365,9 +401,11 @@ def test_demo_code_path_on_a_tiny_budget(tmp_path, capsys):
                               "--max-steps", "3", "--num-samples", "12", "--num-inference-steps", "2", "--output-dir", str(out)] + TINY, capsys)
     assert code == 0, err
     assert "clips keeping one class" in stdout and "Targets: fd_below_gaussian" in stdout
+    assert "class-conditional (10 classes, label dropout 0.1)" in stdout and "frames of the requested class" in stdout
     demo = json.loads((out / "metrics.json").read_text())["demo"]
     m = demo["metrics"]
-    assert m["samples"]["num_clips"] == m["baseline_gaussian"]["num_clips"] == 12
+    assert m["samples"]["num_clips"] == m["baseline_gaussian"]["num_clips"] == m["baseline_class_gaussian"]["num_clips"] == 12
+    assert 0 <= m["samples"]["class_agreement"] <= 1 and -1 <= m["samples"]["shift_match"] <= 1 and m["guidance_scale"] == 1.0
     assert set(demo["targets"]) == {"fd_below_gaussian", "confidence_above_gaussian", "consistent_above_gaussian", "consistent_at_least_0.8"}
     assert np.load(out / "samples.npy").shape == (12, 2, 1, 12, 12)
     cfg = json.loads((out / "model" / "config.json").read_text())
