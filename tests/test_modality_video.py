@@ -411,3 +411,26 @@ def test_demo_code_path_on_a_tiny_budget(tmp_path, capsys):
     cfg = json.loads((out / "model" / "config.json").read_text())
     assert cfg["tubelet_frames"] == 2 and cfg["latent_dim"] == 32 and cfg["position_grid"] == [1, 3, 3]  # gcd(2, 4) frames a token
     assert (out / "samples.png").exists() and "clips keeping one digit class" in (out / "model" / "README.md").read_text()
+
+
+def test_diagnose_class_use_script_on_a_tiny_model(tmp_path, capsys):
+    import os
+    import sys
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts"))
+    import diagnose_class_use
+
+    torch.manual_seed(0)
+    cfg = QGFDVideoConfig(num_frames=2, latent_space="pixels", image_size=12, patch_size=4, num_channels=1, num_classes=10, **SMALL)
+    VideoQGFDDiffusionModel(cfg).save_pretrained(tmp_path / "m")
+    diagnose_class_use.main([str(tmp_path / "m"), "--num-examples", "16", "--timesteps", "5", "20"])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 5 |") or line.startswith("| 20 |")]
+    assert len(rows) == 2
+    errors = [float(v) for v in rows[1].strip("|").split("|")[1:4]]
+    assert all(np.isfinite(errors)) and min(errors) > 0
+    # an untrained model's adaLN-Zero layers ignore the label: the three errors agree
+    assert max(errors) - min(errors) < 1e-6
+    cfg = QGFDVideoConfig(num_frames=2, latent_space="pixels", image_size=12, patch_size=4, num_channels=1, **SMALL)
+    VideoQGFDDiffusionModel(cfg).save_pretrained(tmp_path / "u")
+    with pytest.raises(SystemExit, match="not class-conditional"):
+        diagnose_class_use.main([str(tmp_path / "u")])
