@@ -684,17 +684,22 @@ class QGFDTrainer:
                 "(`distributed_type: MULTI_GPU`, or `--multi_gpu` with ACCELERATE_USE_CPU=1 on CPUs); see docs/distributed.md."
             )
         if str(accelerator.distributed_type).endswith("DEEPSPEED"):
-            # DeepSpeed clips inside its engine (accelerate's clip_grad_norm_ then does nothing), at the
-            # config's `gradient_clipping`: make it max_grad_norm, or refuse a config that says otherwise.
+            # DeepSpeed clips inside its engine (accelerate's clip_grad_norm_ then does nothing) and
+            # accelerate takes the config's accumulation over ours (with a warning): the config gets
+            # the trainer's values where it says "auto", and a config that says otherwise is refused.
             ds_config = accelerator.state.deepspeed_plugin.deepspeed_config
-            clip = ds_config.get("gradient_clipping", "auto")
-            if clip == "auto":
-                ds_config["gradient_clipping"] = a.max_grad_norm
-            elif float(clip) != a.max_grad_norm:
-                raise ValueError(
-                    f"The DeepSpeed config clips gradients at gradient_clipping={clip} but max_grad_norm={a.max_grad_norm}; "
-                    "DeepSpeed clips inside its engine, so make them equal (or set gradient_clipping to 'auto')."
-                )
+            for key, ours, flag in (
+                ("gradient_clipping", float(a.max_grad_norm), "--max-grad-norm"),
+                ("gradient_accumulation_steps", a.gradient_accumulation_steps, "--gradient-accumulation-steps"),
+            ):
+                theirs = ds_config.get(key, "auto")
+                if theirs == "auto":
+                    ds_config[key] = ours
+                elif float(theirs) != ours:
+                    raise ValueError(
+                        f"The DeepSpeed config has {key}={theirs} but the trainer's {flag} is {ours}; "
+                        f"make them equal, or set {key} to 'auto' in the DeepSpeed config."
+                    )
         if a.mixed_precision == "fp16" and accelerator.device.type == "cpu":
             # accelerate would train in float32 without a word (fp16 autocast there needs a GPU).
             raise ValueError("mixed_precision='fp16' needs a GPU; on the CPU accelerate would silently train in float32. Use 'bf16' or 'no'.")

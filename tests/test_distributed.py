@@ -164,12 +164,14 @@ def test_deepspeed_zero2_trainer_two_processes_match_one_and_resume(tmp_path):
     from test_training_qgfd import run_training, saved_weights
 
     one, two = str(tmp_path / "one"), str(tmp_path / "two")
-    _, m1 = run_training(one, max_steps=8, deterministic=True, checkpoint_every=4)
+    clip = 0.05  # not accelerate's default of 1.0; it clips here (step 3's loss 0.99883, against 0.99878 at 1.0)
+    _, m1 = run_training(one, max_steps=8, deterministic=True, checkpoint_every=4, max_grad_norm=clip)
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
     env.pop("ACCELERATE_USE_CPU", None)  # with it accelerate runs DDP, not DeepSpeed
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--use_deepspeed", "--zero_stage", "2",
            "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "--main_process_port", "0", os.path.join(TESTS, "test_training_qgfd.py"), two, "--max-steps", "8", "--deterministic"]
+           "--main_process_port", "0", os.path.join(TESTS, "test_training_qgfd.py"), two, "--max-steps", "8", "--deterministic",
+           "--max-grad-norm", str(clip)]
 
     def launch(*extra):
         res = subprocess.run(cmd + list(extra), env=env, capture_output=True, text=True, timeout=600)
@@ -191,7 +193,8 @@ def test_deepspeed_zero2_trainer_two_processes_match_one_and_resume(tmp_path):
     assert shards == ["zero_pp_rank_0_mp_rank_00_optim_states.pt", "zero_pp_rank_1_mp_rank_00_optim_states.pt"]
     saved = torch.load(os.path.join(states, shards[0]), weights_only=False)
     assert saved["ds_config"]["zero_optimization"]["stage"] == 2
-    assert saved["ds_config"]["gradient_clipping"] == 1.0  # the trainer's max_grad_norm
+    assert saved["ds_config"]["gradient_clipping"] == clip  # the trainer's max_grad_norm
+    assert saved["ds_config"]["gradient_accumulation_steps"] == 1
 
     # Interrupted after step 4: the last checkpoint and the final model gone; resume from step 4
     # (which is read, not written again: a run started afresh would rewrite it).
