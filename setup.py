@@ -45,6 +45,9 @@ setup(
         "tensorboard": ["tensorboard>=2.10"],
         # diffusers' schedulers as samplers (`sample_loop(sampler=<SchedulerMixin>)`); optional.
         "diffusers": ["diffusers>=0.30"],
+        # DeepSpeed ZeRO through `accelerate launch --use_deepspeed`; optional, and not in "test" (its first
+        # start JIT-compiles a C++ op): tests/test_distributed.py runs its test only where it is installed.
+        "deepspeed": ["deepspeed>=0.19"],
         # CI runs the scheduler tests against diffusers and the tracker test against tensorboard.
         "test": ["pytest>=8", "tensorboard>=2.10", "diffusers>=0.30"],
     },

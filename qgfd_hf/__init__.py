@@ -50,6 +50,7 @@ _EXPORTS = {
         "get_qgfd_settings",
         "is_qgfd_patched",
         "patch_model",
+        "prepare_qgfd_cache",
         "qgfd_attention_forward",
         "register_qgfd_attention",
         "unpatch_model",

@@ -52,7 +52,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
-from transformers import AttentionInterface, PreTrainedConfig, PreTrainedModel
+from transformers import AttentionInterface, GenerationMixin, PreTrainedConfig, PreTrainedModel
 from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer, StaticLayer, StaticSlidingWindowLayer
 from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
@@ -332,6 +332,52 @@ def _qgfd_pre_hook(module: nn.Module, args, kwargs):
             if layer is not None and layer._qgfd_propagated is None:
                 layer._qgfd_propagated = propagated
     return None
+
+
+def prepare_qgfd_cache(model: nn.Module, cache) -> None:
+    """Ready an empty cache for a QGFD model's first call inside `torch.compile`.
+
+    QGFD turns a cache layer into its own subclass (`__class__` assignment) and gives static and
+    sliding-window layers their shadow layers the first time it propagates on them; Dynamo cannot
+    trace a `__class__` assignment (a graph break, an error under `fullgraph=True`), and deciding
+    whether a static layer is empty reads its length on the host. This does both ahead of time,
+    outside the compiled region, so that a compiled prefill (`torch.compile(model, fullgraph=True)`
+    on a fresh `StaticCache`, or `generate(..., prefill_chunk_size=...)` with `compile_config`) is
+    one graph. The results are the same as without it. `generate()` calls it on the cache it
+    uses; a cache that already holds tokens is left as it is (its first call prepared it).
+
+    Args:
+        model (`nn.Module`): a model (or any module) whose attention layers run QGFD.
+        cache (`Cache` or `EncoderDecoderCache`): the cache its next call will use.
+
+    Example:
+
+    ```python
+    >>> import torch, qgfd_hf
+    >>> from transformers import LlamaConfig, LlamaForCausalLM, StaticCache
+    >>> config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+    ...                      num_attention_heads=4, num_key_value_heads=2)
+    >>> model = qgfd_hf.patch_model(LlamaForCausalLM(config).eval(), steps=1, alpha=0.5)
+    >>> cache = StaticCache(config=config, max_cache_len=16)
+    >>> qgfd_hf.prepare_qgfd_cache(model, cache)
+    >>> type(cache.layers[0]).__name__
+    'QGFDStaticLayer'
+
+    ```
+    """
+    for module in model.modules():
+        if not _is_attached(module) or module.__dict__["_qgfd_role"] != "self" or not _is_causal_layer(module):
+            continue
+        layer = _self_attention_cache_layer(module, cache)
+        if layer is None:
+            continue
+        if type(layer) in (DynamicLayer, QGFDDynamicLayer):
+            _qgfd_layer(layer)
+            continue
+        shadowed = _qgfd_shadow_layer(layer)
+        steps = module._modules["qgfd_alpha"].settings.steps
+        if shadowed is not None and shadowed._qgfd_shadows is None and steps > 0 and shadowed._qgfd_seq_length() == 0:
+            shadowed._qgfd_shadows = [shadowed._qgfd_new_shadow() for _ in range(steps)]
 
 
 def _has_hook(module: nn.Module) -> bool:
@@ -805,6 +851,17 @@ def _initialize_weights(self, module, *args, **kwargs):
     return _ORIGINALS["_initialize_weights"](self, module, *args, **kwargs)
 
 
+def _prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs):
+    """`GenerationMixin._prepare_cache_for_generation`, then the cache `generate()` will use made
+    ready for QGFD (`prepare_qgfd_cache`) before any compiled call: a compiled prefill
+    (`prefill_chunk_size` with `compile_config`) then traces without a graph break."""
+    result = _ORIGINALS["_prepare_cache_for_generation"](self, generation_config, model_kwargs, *args, **kwargs)
+    cache = model_kwargs.get("cache", model_kwargs.get("past_key_values"))
+    if cache is not None:
+        prepare_qgfd_cache(self, cache)  # nothing to do in a model that does not run QGFD
+    return result
+
+
 def install_transformers_hooks() -> None:
     """Wrap the few transformers methods that decide or save an attention implementation.
 
@@ -812,7 +869,8 @@ def install_transformers_hooks() -> None:
     whenever a model is built or switched with "qgfd"; `PreTrainedConfig.to_dict` writes the
     attention implementation of QGFD configs to `config.json`; `PreTrainedConfig.output_attentions`
     accepts True for "qgfd"; `PreTrainedModel._initialize_weights` starts a learnable alpha that a
-    checkpoint lacks at its initial value. For models and configs that never use "qgfd" each
+    checkpoint lacks at its initial value; `GenerationMixin._prepare_cache_for_generation` readies the
+    cache of a QGFD model's `generate()` for compiled calls (`prepare_qgfd_cache`). For models and configs that never use "qgfd" each
     wrapper only calls the original. Runs when this file is imported (`qgfd_hf` imports it as soon as
     `transformers.modeling_utils` is imported, see `registration_qgfd`; the config half,
     `patching_config_qgfd`, already when transformers' configs are); calling it again is harmless
@@ -833,6 +891,14 @@ def install_transformers_hooks() -> None:
     _ORIGINALS.update(saved)
     for name, fn in targets.items():
         setattr(PreTrainedModel, name, functools.wraps(saved[name])(fn))
+    generation_saved = getattr(GenerationMixin, "_qgfd_originals", None)
+    if generation_saved is None:
+        generation_saved = {"_prepare_cache_for_generation": GenerationMixin._prepare_cache_for_generation}
+        GenerationMixin._qgfd_originals = generation_saved
+    _ORIGINALS.update(generation_saved)
+    GenerationMixin._prepare_cache_for_generation = functools.wraps(generation_saved["_prepare_cache_for_generation"])(
+        _prepare_cache_for_generation
+    )
 
 
 # ----------------------------------------------------------------------------------------

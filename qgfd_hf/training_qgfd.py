@@ -51,7 +51,13 @@ from typing import Callable, Dict, List, Optional
 import torch
 import torch.nn as nn
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs, GradientAccumulationPlugin, set_seed
+from accelerate.utils import (
+    DataLoaderConfiguration,
+    DistributedDataParallelKwargs,
+    GradientAccumulationPlugin,
+    InitProcessGroupKwargs,
+    set_seed,
+)
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 from transformers.utils import logging
@@ -583,6 +589,12 @@ def _noise_seed(seed: int, micro_step: int, process_index: int, num_processes: i
     return (seed * 1_000_003 + micro_step * num_processes + process_index) % (2**63 - 1)
 
 
+def _has_accelerator_device() -> bool:
+    if hasattr(torch, "accelerator"):  # torch >= 2.6
+        return torch.accelerator.current_accelerator() is not None
+    return torch.cuda.is_available()
+
+
 def _to_float(v) -> Optional[float]:
     if v is None:
         return None
@@ -646,23 +658,48 @@ class QGFDTrainer:
 
     def _make_accelerator(self) -> Accelerator:
         a = self.args
+        handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)]
+        deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+        if deepspeed and not _has_accelerator_device():
+            # DeepSpeed on CPUs: accelerate 1.15 finds no process-group backend without a GPU-type device,
+            # and then gives every process num_processes=1 and rank 0 while DeepSpeed's own group
+            # has them all; with the backend named, both agree (DeepSpeed's CPU accelerator uses gloo).
+            handlers.append(InitProcessGroupKwargs(backend="gloo"))
         accelerator = Accelerator(
             mixed_precision=a.mixed_precision,
             gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=a.gradient_accumulation_steps, sync_with_dataloader=False),
             # split_batches: `batch_size` is global, and the LR scheduler steps once per optimizer step.
             dataloader_config=DataLoaderConfiguration(split_batches=True, use_seedable_sampler=True, data_seed=a.seed),
-            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+            kwargs_handlers=handlers,
             log_with=None if a.report_to == "none" else a.report_to.split(","),
             project_dir=os.path.join(a.output_dir, "logs"),
         )
         asked = [name for name in ("FSDP", "DEEPSPEED") if os.environ.get(f"ACCELERATE_USE_{name}", "false").lower() == "true"]
         if asked and str(accelerator.distributed_type).split(".")[-1] not in asked:
-            # accelerate 1.15 builds FSDP / DeepSpeed only on GPU-type devices; on the CPU it runs DDP instead, without a word.
+            # accelerate 1.15 builds FSDP only on GPU-type devices, and DeepSpeed not with ACCELERATE_USE_CPU=1;
+            # it runs DDP instead, without a word.
             raise ValueError(
                 f"`accelerate launch` asked for {asked[0]} but accelerate set up {accelerator.distributed_type} on {accelerator.device.type} "
-                "(it builds FSDP and DeepSpeed only on GPUs). Launch with a DDP config (`distributed_type: MULTI_GPU`, or "
-                "`--multi_gpu` with ACCELERATE_USE_CPU=1 on CPUs); see docs/distributed.md."
+                "(it builds FSDP only on GPUs, and DeepSpeed not with ACCELERATE_USE_CPU=1 / `--cpu`). Launch with a DDP config "
+                "(`distributed_type: MULTI_GPU`, or `--multi_gpu` with ACCELERATE_USE_CPU=1 on CPUs); see docs/distributed.md."
             )
+        if str(accelerator.distributed_type).endswith("DEEPSPEED"):
+            # DeepSpeed clips inside its engine (accelerate's clip_grad_norm_ then does nothing) and
+            # accelerate takes the config's accumulation over ours (with a warning): the config gets
+            # the trainer's values where it says "auto", and a config that says otherwise is refused.
+            ds_config = accelerator.state.deepspeed_plugin.deepspeed_config
+            for key, ours, flag in (
+                ("gradient_clipping", float(a.max_grad_norm), "--max-grad-norm"),
+                ("gradient_accumulation_steps", a.gradient_accumulation_steps, "--gradient-accumulation-steps"),
+            ):
+                theirs = ds_config.get(key, "auto")
+                if theirs == "auto":
+                    ds_config[key] = ours
+                elif float(theirs) != ours:
+                    raise ValueError(
+                        f"The DeepSpeed config has {key}={theirs} but the trainer's {flag} is {ours}; "
+                        f"make them equal, or set {key} to 'auto' in the DeepSpeed config."
+                    )
         if a.mixed_precision == "fp16" and accelerator.device.type == "cpu":
             # accelerate would train in float32 without a word (fp16 autocast there needs a GPU).
             raise ValueError("mixed_precision='fp16' needs a GPU; on the CPU accelerate would silently train in float32. Use 'bf16' or 'no'.")

@@ -4,9 +4,10 @@ compile without graph breaks and match eager.
 `fullgraph=True` makes any graph break an error. Most tests use `backend="aot_eager"`: Dynamo's
 graph capture plus AOTAutograd's joint forward / backward graphs, without inductor's code
 generation (minutes of C++ compiling on this 2-core machine); one test runs inductor on the
-kernel's forward. Compiled `generate()` with a static cache is
-`tests/test_patching_qgfd.py::test_compiled_static_cache_generation_equals_eager`; here a
-decoding step with a static cache is checked for graph breaks.
+kernel's forward. Compiled generation: transformers' own route (`compile_config` with a static
+cache, the decoding steps compiled with `fullgraph=True`; with `prefill_chunk_size` the prefill
+too) gives eager's tokens, and a first call on a fresh cache compiles as one graph once
+`prepare_qgfd_cache` has readied the cache (`generate()` does it itself).
 """
 
 import pytest
@@ -153,3 +154,65 @@ def test_denoiser_training_step_compiles_fullgraph(kind):
     torch.testing.assert_close(compiled, eager)
     for got, exp in zip(_grads(params), want):
         torch.testing.assert_close(got, exp, atol=1e-6, rtol=1e-5)
+
+
+def _tiny_gpt2():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    cfg = GPT2Config(vocab_size=64, n_embd=32, n_layer=2, n_head=4, n_positions=64, bos_token_id=1, eos_token_id=2)
+    return cfg, qgfd_hf.patch_model(GPT2LMHeadModel(cfg), steps=1, alpha=0.5)
+
+
+@pytest.mark.parametrize("arch, chunk", [("llama", None), ("gpt2", None), ("llama", 3)])
+def test_compiled_generation_with_compile_config_equals_eager(arch, chunk):
+    """`generate(cache_implementation="static", compile_config=...)`, the way transformers compiles
+    generation: the decoding steps (and, with `prefill_chunk_size`, the prefill chunks: a first call
+    on a fresh cache) compiled with `fullgraph=True`, so a graph break is an error. Left padding;
+    the tokens equal eager generation's and generation without a cache."""
+    from torch._dynamo.utils import counters
+    from transformers import CompileConfig
+
+    _, model = (_tiny_llama if arch == "llama" else _tiny_gpt2)()
+    model.eval()
+    ids = torch.randint(3, 64, (2, 6), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    mask[0, :2] = 0
+    kwargs = dict(attention_mask=mask, max_new_tokens=4, do_sample=False, pad_token_id=0, prefill_chunk_size=chunk)
+    no_cache = model.generate(ids, use_cache=False, **{k: v for k, v in kwargs.items() if k != "prefill_chunk_size"})
+    eager = model.generate(ids, cache_implementation="static", **kwargs)
+    compile_config = CompileConfig(fullgraph=True, backend="aot_eager", mode=None)
+    compile_config._compile_all_devices = True  # transformers compiles on CPU only when asked to
+    counters.clear()
+    compiled = model.generate(ids, cache_implementation="static", compile_config=compile_config, **kwargs)
+    assert counters["stats"]["unique_graphs"] > 0  # the compiled forward ran
+    assert torch.equal(eager, no_cache)
+    assert torch.equal(compiled, eager)
+
+
+def test_first_call_on_fresh_cache_compiles_fullgraph_once_prepared():
+    """A compiled prefill on a fresh cache: QGFD's `__class__` assignment on each cache layer breaks the
+    graph (an error under `fullgraph=True`); after `prepare_qgfd_cache` the prefill on a static cache
+    and on a dynamic cache is one graph, and so is the next decoding step: eager's logits."""
+    from transformers import DynamicCache, StaticCache
+
+    cfg, model = _tiny_llama()
+    model.eval()
+    ids = torch.randint(3, 64, (2, 6), generator=torch.Generator().manual_seed(0))
+
+    def forward(tokens, cache):
+        return model(input_ids=tokens, cache=cache, use_cache=True).logits
+
+    compiled_forward = torch.compile(forward, fullgraph=True, backend="aot_eager")
+    with torch.no_grad():
+        with pytest.raises(Exception, match="__class__"):
+            compiled_forward(ids, StaticCache(config=cfg, max_cache_len=16))
+        torch._dynamo.reset()
+        for new_cache in (lambda: StaticCache(config=cfg, max_cache_len=16), lambda: DynamicCache(config=cfg)):
+            torch._dynamo.reset()
+            eager_cache, cache = new_cache(), new_cache()
+            qgfd_hf.prepare_qgfd_cache(model, cache)
+            eager = forward(ids, eager_cache)
+            torch.testing.assert_close(compiled_forward(ids, cache), eager)
+            nxt = eager[:, -1:].argmax(-1)  # a dynamic cache's step has a new key length: a second graph
+            torch.testing.assert_close(compiled_forward(nxt, cache), forward(nxt, eager_cache))

@@ -148,6 +148,66 @@ def test_fsdp_two_processes_match_one_and_resume(tmp_path):
         torch.testing.assert_close(v, saved["weights"][k], atol=1e-6, rtol=1e-6)
 
 
+@pytest.mark.slow
+@pytest.mark.usefixtures("one_thread")
+def test_deepspeed_zero2_trainer_two_processes_match_one_and_resume(tmp_path):
+    """`accelerate launch --use_deepspeed --zero_stage 2` with 2 CPU processes (gloo) running
+    `QGFDTrainer` (the tiny model of test_training_qgfd): the losses and saved weights of one
+    process, optimizer states partitioned across the two (one file per process, ZeRO stage 2 in the
+    saved DeepSpeed config), and a resume from the step-4 checkpoint ends on the same weights.
+
+    Skipped where deepspeed is not installed (it is not a test requirement: see docs/distributed.md).
+    Its first run JIT-compiles DeepSpeed's shared-memory communication op (minutes; cached after)."""
+    pytest.importorskip("deepspeed")
+    import shutil
+
+    from test_training_qgfd import run_training, saved_weights
+
+    one, two = str(tmp_path / "one"), str(tmp_path / "two")
+    clip = 0.05  # not accelerate's default of 1.0; it clips here (step 3's loss 0.99883, against 0.99878 at 1.0)
+    _, m1 = run_training(one, max_steps=8, deterministic=True, checkpoint_every=4, max_grad_norm=clip)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.pop("ACCELERATE_USE_CPU", None)  # with it accelerate runs DDP, not DeepSpeed
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--use_deepspeed", "--zero_stage", "2",
+           "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "--main_process_port", "0", os.path.join(TESTS, "test_training_qgfd.py"), two, "--max-steps", "8", "--deterministic",
+           "--max-grad-norm", str(clip)]
+
+    def launch(*extra):
+        res = subprocess.run(cmd + list(extra), env=env, capture_output=True, text=True, timeout=600)
+        assert res.returncode == 0, res.stderr[-3000:]
+        return res.stderr
+
+    launch()
+    with open(os.path.join(two, "metrics.json")) as f:
+        m2 = json.load(f)
+    assert m2["num_processes"] == 2
+    for a, b in zip(m1["log_history"], m2["log_history"], strict=True):
+        assert a["step"] == b["step"] and a["lr"] == pytest.approx(b["lr"])
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+    w1 = saved_weights(one)
+    for k, v in saved_weights(two).items():
+        torch.testing.assert_close(v, w1[k], atol=1e-6, rtol=1e-5)
+    states = os.path.join(two, "checkpoints", "checkpoint-00000004", "pytorch_model")
+    shards = sorted(f for f in os.listdir(states) if f.endswith("_optim_states.pt"))
+    assert shards == ["zero_pp_rank_0_mp_rank_00_optim_states.pt", "zero_pp_rank_1_mp_rank_00_optim_states.pt"]
+    saved = torch.load(os.path.join(states, shards[0]), weights_only=False)
+    assert saved["ds_config"]["zero_optimization"]["stage"] == 2
+    assert saved["ds_config"]["gradient_clipping"] == clip  # the trainer's max_grad_norm
+    assert saved["ds_config"]["gradient_accumulation_steps"] == 1
+
+    # Interrupted after step 4: the last checkpoint and the final model gone; resume from step 4
+    # (which is read, not written again: a run started afresh would rewrite it).
+    shutil.rmtree(os.path.join(two, "checkpoints", "checkpoint-00000008"))
+    shutil.rmtree(os.path.join(two, "model"))
+    written = os.stat(os.path.join(states, shards[0])).st_mtime_ns
+    launch("--resume")
+    assert os.stat(os.path.join(states, shards[0])).st_mtime_ns == written
+    assert os.path.isdir(os.path.join(two, "checkpoints", "checkpoint-00000008"))
+    for k, v in saved_weights(two).items():
+        torch.testing.assert_close(v, w1[k], atol=1e-6, rtol=1e-5)
+
+
 def test_trainer_refuses_fsdp_that_accelerate_drops(tmp_path, monkeypatch):
     """`accelerate launch` with an FSDP config sets ACCELERATE_USE_FSDP; on the CPU accelerate then
     runs DDP (or one process) instead: the trainer says so rather than train unsharded."""

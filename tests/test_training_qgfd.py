@@ -104,11 +104,13 @@ def make_model(seed=0, **kw):
     return TinyDiffusionModel(TinyDiffusionConfig(**kw))
 
 
-def run_training(out, max_steps=12, resume=False, deterministic=False, batch_size=8, accum=1, checkpoint_every=3, progress=False):
+def run_training(out, max_steps=12, resume=False, deterministic=False, batch_size=8, accum=1, checkpoint_every=3, progress=False,
+                 max_grad_norm=1.0):
     model = make_model(deterministic=deterministic, dropout=0.0 if deterministic else 0.1)
     args = QGFDTrainingArguments(
         out, max_steps=max_steps, batch_size=batch_size, gradient_accumulation_steps=accum, learning_rate=3e-3,
         warmup_steps=2, checkpoint_every=checkpoint_every, keep_last=2, log_every=1, seed=0, progress=progress,
+        max_grad_norm=max_grad_norm,
     )
     trainer = QGFDTrainer(model, args, make_dataset(), data_collator=collate, metadata={"dataset": "toy"})
     metrics = trainer.train(resume=resume)
@@ -306,6 +308,7 @@ def _child():
     p.add_argument("--max-steps", type=int, default=12)
     p.add_argument("--resume", action="store_true")
     p.add_argument("--deterministic", action="store_true")
+    p.add_argument("--max-grad-norm", type=float, default=1.0)
     p.add_argument("--slow", action="store_true", help="sleep in each loss call so a test can kill the run mid-way")
     a = p.parse_args()
     if a.slow:
@@ -316,7 +319,8 @@ def _child():
             return original(self, batch, generator)
 
         TinyDiffusionModel.compute_loss = slow
-    run_training(a.out, max_steps=a.max_steps, resume=a.resume, deterministic=a.deterministic, checkpoint_every=3 if not a.deterministic else 4)
+    run_training(a.out, max_steps=a.max_steps, resume=a.resume, deterministic=a.deterministic, checkpoint_every=3 if not a.deterministic else 4,
+                 max_grad_norm=a.max_grad_norm)
 
 
 if __name__ == "__main__":
