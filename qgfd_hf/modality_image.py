@@ -35,7 +35,8 @@ VIT_DEFAULTS = dict(
     # (RAE's dimension-dependent shift, with the pixel-patch demo's dimension, s = 1, as the base)
     noise_shift="auto",
     # the tiny ViT pretrained on the training images when no --backbone is given (`pretrain_tiny_vit`)
-    tiny_vit=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, patch_size=2,
+    # (patch_size None: as pixel patches, 2 up to 16 px, else 4)
+    tiny_vit=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, patch_size=None,
                   steps=600, batch_size=128, learning_rate=2e-3, mask_ratio=0.5),
 )
 TINY_VIT_FOLDER = "vit-encoder"  # where the run's output folder keeps the tiny ViT it pretrained
@@ -230,8 +231,9 @@ class ImageTask(ModalityTask):
         values = diffusion_values(args, settings)
         if latent_space == "vit":
             given = [f"--{n.replace('_', '-')}" for n in ("image_size", "num_channels", "patch_size") if getattr(args, n, None) is not None]
-            if given:
-                raise ValueError(f"With ViT latents the image sizes come from the ViT backbone; drop {', '.join(given)}.")
+            if given and backbone is not None:
+                raise ValueError(f"With ViT latents the image sizes come from the ViT backbone; drop {', '.join(given)} "
+                                 "(or drop --backbone: the tiny ViT pretrained here takes them).")
             if backbone is None:
                 backbone = self._pretrain_encoder(args, data, settings, size, channels)
             kwargs = self._vit_latent_values(args, backbone, settings, values, size, channels)
@@ -270,6 +272,7 @@ class ImageTask(ModalityTask):
         if getattr(args, "resume", False) and os.path.isfile(os.path.join(folder, "config.json")):
             return folder  # the run's own tiny ViT (its weights are in the checkpoint too)
         tiny = dict(settings["tiny_vit"])
+        tiny["patch_size"] = tiny.get("patch_size") or getattr(args, "patch_size", None) or (2 if size <= 16 else 4)
         images = self._images_01(data.train, channels, size, limit=len(data.train))
         labels = np.asarray(data.train[LABEL_COLUMN]) if LABEL_COLUMN in data.train.column_names else None
         _logger().warning(f"No --backbone: pretraining a tiny ViT ({tiny}) on the {len(images)} training images "

@@ -227,10 +227,38 @@ def test_demo_with_vit_latents_pretrains_the_tiny_vit_and_scores(tmp_path, capsy
     assert metrics["demo"]["metrics"]["samples"]["num_images"] == 20
 
 
-def test_train_with_vit_latents_needs_an_output_dir_for_the_tiny_vit(tmp_path):
+def test_vit_latent_flag_errors(tmp_path, capsys):
     import argparse
 
     task = ImageTask()
     ns = argparse.Namespace(output_dir=None, seed=0)
     with pytest.raises(ValueError, match=r"pretrains a tiny ViT into the run's --output-dir"):
         task._pretrain_encoder(ns, None, {"tiny_vit": TINY_VIT}, 8, 1)
+    vit = tmp_path / "vit"
+    pretrain_tiny_vit(np.random.rand(4, 1, 8, 8), None, vit, **TINY_VIT)
+    code = main(["train", "--modality", "image", "--latent-space", "vit", "--backbone", str(vit), "--patch-size", "4",
+                 "--output-dir", str(tmp_path / "run"), *TINY])
+    assert code == 2 and "sizes come from the ViT backbone; drop --patch-size" in capsys.readouterr().err
+
+
+def test_train_on_a_folder_takes_the_task_defaults_not_a_large_config(tmp_path, capsys):
+    """`train --data-dir` builds the image task's 0.2 M-parameter denoiser (issue 10 found a silent
+    d_model=512 fallback); with a ViT --backbone, the denoiser is as wide as the latent and says so."""
+    from PIL import Image
+
+    d = tmp_path / "imgs"
+    d.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(8):
+        Image.fromarray((rng.random((8, 8)) * 255).astype(np.uint8)).save(d / f"{i}.png")
+    few = ["--max-steps", "1", "--batch-size", "4", "--no-progress", "--checkpoint-every", "0"]
+    base = ["train", "--modality", "image", "--data-dir", str(d)]
+    assert main(base + ["--image-size", "8", "--num-channels", "1", "--output-dir", str(tmp_path / "px"), *few]) == 0
+    assert "denoiser qgfd d_model=64 layers=3 heads=4; latents 16 x 4" in capsys.readouterr().out
+    kw = {k: v for k, v in TINY_VIT.items() if k != "hidden_size"}
+    pretrain_tiny_vit(rng.random((8, 1, 8, 8)), None, tmp_path / "vit", hidden_size=80, **kw)
+    assert main(base + ["--backbone", str(tmp_path / "vit"), "--output-dir", str(tmp_path / "vit-run"), *few]) == 0
+    out = capsys.readouterr().out
+    assert "d_model=80 layers=3 heads=4; latents 16 x 80" in out
+    cfg = json.loads((tmp_path / "vit-run" / "model" / "config.json").read_text())
+    assert cfg["d_ff"] == 160 and cfg["normalization_fitted"] is True and cfg["noise_shift"] == pytest.approx(math.sqrt(16 * 80 / 64))
