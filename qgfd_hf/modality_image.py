@@ -186,7 +186,8 @@ class ImageTask(ModalityTask):
         group.add_argument("--image-size", type=int, default=None, help="image: side in pixels (pixel latents; default 32 for folders)")
         group.add_argument("--num-channels", type=int, default=None, help="image: 1 (grey) or 3 (RGB)")
         group.add_argument("--patch-size", type=int, default=None, help="image: pixel patch side (default 2 up to 16 px, else 4)")
-        group.add_argument("--latent-space", default=None, choices=("pixels", "vit"), help="image: pixels (patches, no encoder) or vit")
+        group.add_argument("--latent-space", default=None, choices=("pixels", "vit"), help="image: pixels (patches, no encoder) or vit (a ViT's patch states: --backbone, or without one a tiny ViT "
+                                "pretrained here on the training images)")
 
     def load_data(self, args, settings) -> TaskData:
         from .data_qgfd import check_dataset_for_modality, load_digits_dataset, load_hub_image_dataset, load_image_folder
