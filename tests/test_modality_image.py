@@ -262,3 +262,14 @@ def test_train_on_a_folder_takes_the_task_defaults_not_a_large_config(tmp_path, 
     assert "d_model=80 layers=3 heads=4; latents 16 x 80" in out
     cfg = json.loads((tmp_path / "vit-run" / "model" / "config.json").read_text())
     assert cfg["d_ff"] == 160 and cfg["normalization_fitted"] is True and cfg["noise_shift"] == pytest.approx(math.sqrt(16 * 80 / 64))
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    import qgfd_hf.modality_image as mi
+    import qgfd_hf.modeling_qgfd_modalities as mm
+
+    for module in (mi, mm):
+        result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+        assert result.attempted > 0 and result.failed == 0, module.__name__
