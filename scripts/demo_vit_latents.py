@@ -5,8 +5,8 @@ docs/modality_image.md's tuning table.
 (qgfd_hf/modality_image.py); this script overrides some of them (`--set NAME=VALUE`, the value
 read as JSON) and passes everything after `--` to `qgfd-hf demo --latent-space vit`:
 
-    OMP_NUM_THREADS=1 python scripts/demo_vit_latents.py --set noise_shift=1.0 -- --max-steps 1000 --output-dir runs/vit-s1
-    OMP_NUM_THREADS=1 python scripts/demo_vit_latents.py --set noise_shift='"auto"' decoder_noise_std=0.5 -- --max-steps 1000 --output-dir runs/vit-auto
+    OMP_NUM_THREADS=1 python scripts/demo_vit_latents.py --set noise_shift='"auto"' -- --max-steps 1000 --output-dir runs/vit-auto
+    OMP_NUM_THREADS=1 python scripts/demo_vit_latents.py --set decoder_noise_std=1.0 -- --output-dir runs/vit-tau1
 """
 
 import argparse

