@@ -238,7 +238,7 @@ class ImageTask(ModalityTask):
                                  "(or drop --backbone: the tiny ViT pretrained here takes them).")
             if backbone is None:
                 backbone = self._pretrain_encoder(args, data, settings, size, channels)
-            kwargs = self._vit_latent_values(args, backbone, settings, values, size, channels)
+            kwargs = self._vit_latent_values(args, backbone, settings, values)
         else:
             patch = args.patch_size or (2 if size <= 16 else 4)
             kwargs = dict(image_size=size, num_channels=channels, patch_size=patch, latent_space=latent_space)
@@ -283,7 +283,7 @@ class ImageTask(ModalityTask):
         return folder
 
     @staticmethod
-    def _vit_latent_values(args, backbone, settings, values: dict, size: int, channels: int) -> dict:
+    def _vit_latent_values(args, backbone, settings, values: dict) -> dict:
         """The config fields of ViT latents: fitted normalisation, the decoder's noise, the shifted
         schedule, and a denoiser at least as wide as the latent (RAE)."""
         from transformers import AutoConfig

@@ -201,12 +201,12 @@ def test_vit_settings_come_from_the_task_and_the_latent_width():
     wide = ViTConfig(image_size=8, patch_size=2, num_channels=1, hidden_size=96, num_hidden_layers=1, num_attention_heads=2)
     ns.d_model = None
     values = dict(d_model=64, num_heads=4, d_ff=128)
-    kw = task._vit_latent_values(ns, wide, s, values, 8, 1)
+    kw = task._vit_latent_values(ns, wide, s, values)
     assert values["d_model"] == 96 and values["d_ff"] == 192
     assert kw["noise_shift"] == pytest.approx(math.sqrt(16 * 96 / 64)) and kw["normalization_fitted"] is False
     ns.d_model = 32  # an explicit --d-model is kept (with a warning)
     values = dict(d_model=32, num_heads=4, d_ff=128)
-    task._vit_latent_values(ns, wide, s, values, 8, 1)
+    task._vit_latent_values(ns, wide, s, values)
     assert values["d_model"] == 32
 
 
