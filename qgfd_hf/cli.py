@@ -403,7 +403,7 @@ def cmd_demo(args) -> int:
             settings[name] = getattr(args, name)
     args.dataset = task.datasets[0]
     args.data_dir = args.data_files = None
-    output_dir = args.output_dir or _fresh_demo_dir(args)
+    output_dir = args.output_dir = args.output_dir or _fresh_demo_dir(args)  # tasks may keep files of the run there
     _check_output_dir(args, output_dir)
     targs = _training_arguments(args, output_dir, settings)
     t0 = time.time()

@@ -689,6 +689,28 @@ class QGFDImageConfig(QGFDConfig):
         image_mean, image_std (`list[float]`, *optional*, default 0.5 per channel): the
             normalisation of `pixel_values` (`(x - mean) / std` of images in [0, 1]), as the
             image processor applies it; decoded images are mapped back to [0, 1].
+        normalization_fitted (`bool`, *optional*): None (the default): nothing is fitted
+            (`image_mean` / `image_std` as given, `latent_scale` as given). False: the statistics
+            are to be fitted from the training images (`fit_normalization` of the model: pixel
+            latents, the pixels' per-channel mean and std; ViT latents, `latent_mean` /
+            `latent_std`; then `latent_scale`); until then the model refuses to train or sample.
+            True: fitted (saved with the model).
+        latent_mean, latent_std (`list[float]`, *optional*): ViT latents only: the per-channel
+            mean and std of the ViT's patch states over the training images (RAE's latent
+            normalisation), fitted by `fit_normalization`; the latents are
+            `(h - latent_mean) / latent_std * latent_scale`. None: not normalised per channel.
+        noise_shift (`float`, defaults to 1.0): s, the shift of the noise schedule for
+            high-dimensional latents (simple diffusion, Hoogeboom et al. 2023; SD3's and RAE's
+            dimension-dependent shift). `fit_normalization` gives the latents std 1 / s instead
+            of 1, which multiplies the signal-to-noise ratio of every timestep by 1 / s^2 (for a
+            variance-preserving process, the shifted schedule up to a per-timestep scaling of
+            x_t): s > 1 spends more of training and sampling at the noise levels where an
+            image's layout is decided. Used when fitting only (the fitted `latent_scale` carries it).
+        decoder_noise_std (`float`, defaults to 0.0): tau, noise augmentation of the learned
+            decoder (ViT latents; RAE, Zheng et al. 2025, Sec. 3): in training the decoder
+            reconstructs the images from `x0 + sigma * latent_scale * eps`, `sigma ~ |N(0, tau^2)|`
+            per image, so that it also decodes the denoiser's imperfect latents. tau is in units
+            of the per-channel-normalised latent (std 1 after `fit_normalization`). 0: off.
 
     Example:
         >>> cfg = QGFDImageConfig(latent_space="pixels", image_size=8, patch_size=2, num_channels=1,
@@ -708,6 +730,11 @@ class QGFDImageConfig(QGFDConfig):
         num_channels: Optional[int] = None,
         image_mean: Optional[Sequence[float]] = None,
         image_std: Optional[Sequence[float]] = None,
+        normalization_fitted: Optional[bool] = None,
+        latent_mean: Optional[Sequence[float]] = None,
+        latent_std: Optional[Sequence[float]] = None,
+        noise_shift: float = 1.0,
+        decoder_noise_std: float = 0.0,
         **kwargs,
     ):
         self.latent_space = latent_space
@@ -716,10 +743,19 @@ class QGFDImageConfig(QGFDConfig):
         self.num_channels = num_channels
         self.image_mean = list(image_mean) if image_mean is not None else None
         self.image_std = list(image_std) if image_std is not None else None
+        self.normalization_fitted = normalization_fitted
+        self.latent_mean = list(latent_mean) if latent_mean is not None else None
+        self.latent_std = list(latent_std) if latent_std is not None else None
+        self.noise_shift = noise_shift
+        self.decoder_noise_std = decoder_noise_std
         super().__init__(**kwargs)
 
     def _validate_modality(self):
         _check_choice("latent_space", self.latent_space, IMAGE_LATENT_SPACES)
+        _check_float("noise_shift", self.noise_shift, 0.0, None, low_open=True)
+        _check_float("decoder_noise_std", self.decoder_noise_std, 0.0, None)
+        if self.normalization_fitted is not None:
+            _check_bool("normalization_fitted", self.normalization_fitted)
         if self.latent_space == "vit":
             self._require_backbone(["image_size", "patch_size", "num_channels", "hidden_size"], "ViT")
             for name in ("image_size", "patch_size", "num_channels"):
@@ -763,6 +799,29 @@ class QGFDImageConfig(QGFDConfig):
             self._resolve_latent_dim(self.backbone_config.hidden_size, "the ViT hidden size")
         else:
             self._resolve_latent_dim(self._patch_latent_width(), "num_channels * patch_size**2")
+        self._validate_latent_statistics()
+
+    def _validate_latent_statistics(self):
+        given = [n for n in ("latent_mean", "latent_std") if getattr(self, n) is not None]
+        if self.latent_space != "vit":
+            if given:
+                raise ValueError(f"{' and '.join('`' + n + '`' for n in given)} normalise ViT latents; latent_space="
+                                 f"{self.latent_space!r} takes None (pixel latents use `image_mean` / `image_std`).")
+            if self.decoder_noise_std:
+                raise ValueError(f"`decoder_noise_std`={self.decoder_noise_std} trains the learned decoder of ViT latents; "
+                                 f"latent_space={self.latent_space!r} has none (decoding is exact): pass 0.")
+            return
+        if len(given) == 1:
+            raise ValueError(f"`latent_mean` and `latent_std` go together; got only `{given[0]}`.")
+        if given:
+            width = self.backbone_config.hidden_size
+            for name in given:
+                value = getattr(self, name)
+                if len(value) != width or any(isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) for v in value):
+                    raise ValueError(f"`{name}` must be {width} finite floats (one per ViT channel), got {len(value)} values.")
+                setattr(self, name, [float(v) for v in value])
+            if min(self.latent_std) <= 0:
+                raise ValueError(f"`latent_std` must be > 0, got a minimum of {min(self.latent_std)}.")
 
     def _patch_latent_width(self) -> int:
         """Width of a pixel-patch token (video tubelets hold several frames' patches)."""
@@ -786,23 +845,14 @@ class QGFDVideoConfig(QGFDImageConfig):
             a token is one patch place over T consecutive frames, its T patches side by side,
             `[B, F / T * N, T * C p^2]`, so the denoiser predicts those frames of a patch
             jointly, over T times fewer tokens.
-        noise_shift (`float`, defaults to 1.0): s, the shift of the noise schedule for
-            high-dimensional data (simple diffusion, Hoogeboom et al. 2023; SD3's shift).
-            `fit_normalization` gives the latents std 1 / s instead of 1, which multiplies the
-            signal-to-noise ratio of every timestep by 1 / s^2 (for a variance-preserving
-            process, the shifted schedule up to a per-timestep scaling of x_t): s > 1 spends
-            more of training and sampling at the noise levels where a clip's layout is decided.
-            Used when fitting only (the fitted `latent_scale` carries it).
         position_grid (defaults to `"auto"`): the denoiser's positions are factorised over
             `[num_frames / tubelet_frames, rows, columns]` of patches (frame index plus 2-D
             patch place; see `QGFDConfig`). None gives the 1-D positions over the tokens of
             models saved before this field existed; such a folder now loads with `"auto"` (retrain it).
-        normalization_fitted (`bool`, *optional*): None (the default): `image_mean` / `image_std`
-            are fixed as given (0.5 per channel) and nothing is fitted. False: the statistics
-            are to be fitted from the training clips (`VideoQGFDDiffusionModel.fit_normalization`:
-            pixels' per-channel mean and std, and the latent scale); until then the model refuses
-            to train or sample. True: fitted (saved with the model).
-        **kwargs: `QGFDImageConfig` arguments (per frame).
+        **kwargs: `QGFDImageConfig` arguments (per frame), among them `noise_shift` (the
+            shifted schedule: s > 1 spends more of training and sampling at the noise levels
+            where a clip's layout is decided) and `normalization_fitted` (fitted from training
+            clips by `VideoQGFDDiffusionModel.fit_normalization`).
 
     Example:
         >>> cfg = QGFDVideoConfig(num_frames=2, latent_space="pixels", image_size=8, patch_size=4, num_channels=1,
@@ -818,25 +868,19 @@ class QGFDVideoConfig(QGFDImageConfig):
     model_type = "qgfd_video"
     _fixed_modality = "video"
 
-    def __init__(self, num_frames: int = 8, tubelet_frames: int = 1, noise_shift: float = 1.0, position_grid="auto",
-                 normalization_fitted: Optional[bool] = None, **kwargs):
+    def __init__(self, num_frames: int = 8, tubelet_frames: int = 1, position_grid="auto", **kwargs):
         self.num_frames = num_frames
         self.tubelet_frames = tubelet_frames
-        self.noise_shift = noise_shift
-        self.normalization_fitted = normalization_fitted
         super().__init__(position_grid=position_grid, **kwargs)
 
     def _validate_modality(self):
         _check_int("num_frames", self.num_frames)
         _check_int("tubelet_frames", self.tubelet_frames)
-        _check_float("noise_shift", self.noise_shift, 0.0, None, low_open=True)
         if self.num_frames % self.tubelet_frames:
             raise ValueError(f"`tubelet_frames`={self.tubelet_frames} must divide `num_frames`={self.num_frames}.")
         if self.tubelet_frames > 1 and self.latent_space != "pixels":
             raise ValueError(f'`tubelet_frames`={self.tubelet_frames} needs latent_space="pixels" (a ViT encodes single frames); '
                              f"got latent_space={self.latent_space!r}. Use tubelet_frames=1.")
-        if self.normalization_fitted is not None:
-            _check_bool("normalization_fitted", self.normalization_fitted)
         super()._validate_modality()
 
     def _patch_latent_width(self) -> int:

@@ -5,8 +5,12 @@
 - data: scikit-learn's 8x8 digits (`--dataset digits`, the demo's, real images shipped with
   scikit-learn), an image folder (`--data-dir`, datasets' imagefolder), or a Hub dataset
   (`--dataset cifar10`, online);
-- model: pixel patches by default; ViT patch latents with `--backbone` (a ViT), or the ViT's
-  own stack as the denoiser with `--denoiser pretrained`;
+- model: pixel patches by default; ViT patch latents with `--latent-space vit` (RAE's recipe:
+  the ViT's patch states normalised per channel, a noise-augmented decoder, a denoiser at least
+  as wide as the latent, the schedule shifted for the latent's dimension; `VIT_DEFAULTS`) over
+  `--backbone VIT`, or, without one, over a tiny ViT pretrained here on the training images in
+  seconds (`pretrain_tiny_vit`; nothing is downloaded); or the ViT's own stack as the denoiser
+  with `--denoiser pretrained`;
 - scores (digits): Frechet distance in a digit classifier's features, its confidence, the
   classes present, beside real digits and a Gaussian (`evaluation_qgfd.DigitsEvaluator`);
 - what a person looks at: `samples.png`, a grid.
@@ -21,6 +25,102 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from .modality_qgfd import ModalityTask, TaskData, demo_class_guidance, diffusion_values, pipeline_samples, register_task
+
+# ViT latents (`--latent-space vit`): the settings of RAE's recipe (Zheng et al. 2025,
+# "Diffusion Transformers with Representation Autoencoders"), on top of `ImageTask.defaults`.
+VIT_DEFAULTS = dict(
+    # tau of the decoder's noise augmentation, in units of the per-channel-normalised latent
+    decoder_noise_std=0.5,
+    # s of the shifted schedule; "auto" = sqrt(latent numbers / pixel numbers) of one image (RAE's
+    # dimension-dependent shift, with the pixel-patch demo's dimension as the base; 2.83 for the
+    # tiny ViT) gave a worse FD than 1 on the digits (docs/modality_image.md), so 1 (no shift)
+    noise_shift=1.0,
+    # the tiny ViT pretrained on the training images when no --backbone is given (`pretrain_tiny_vit`)
+    # (patch_size None: as pixel patches, 2 up to 16 px, else 4)
+    tiny_vit=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, patch_size=None,
+                  steps=600, batch_size=128, learning_rate=2e-3, mask_ratio=0.5),
+)
+TINY_VIT_FOLDER = "vit-encoder"  # where the run's output folder keeps the tiny ViT it pretrained
+
+
+def _logger():
+    from transformers.utils import logging
+
+    return logging.get_logger(__name__)
+
+
+def pretrain_tiny_vit(images, labels=None, folder: Optional[str] = None, *, hidden_size: int = 32, num_hidden_layers: int = 2,
+                      num_attention_heads: int = 4, intermediate_size: int = 64, patch_size: int = 2, steps: int = 600,
+                      batch_size: int = 128, learning_rate: float = 2e-3, mask_ratio: float = 0.5, seed: int = 0):
+    """A small ViT pretrained on `images` in seconds, for ViT latents where no pretrained ViT can
+    be downloaded: SimMIM's masked-patch reconstruction (transformers' `ViTForMaskedImageModeling`,
+    `mask_ratio` of the patches masked), plus, when `labels` are given, a linear classifier on the
+    CLS token (cross-entropy), so that the patch states are both decodable and class-aware.
+
+    Args:
+        images: `[N, C, S, S]` in [0, 1] (normalised here with mean 0.5, std 0.5, as the saved
+            image processor says).
+        labels: `[N]` class indices, or None (masked reconstruction only).
+        folder: where the ViT (`ViTModel`, no pooler) and its image processor are saved as an
+            ordinary Hugging Face folder (`--backbone FOLDER` takes it); None: not saved.
+
+    Returns:
+        the `ViTModel`.
+
+    Example:
+        >>> vit = pretrain_tiny_vit(np.random.rand(16, 1, 8, 8), np.arange(16) % 2, hidden_size=16, num_hidden_layers=1,
+        ...                         num_attention_heads=2, intermediate_size=32, steps=2, batch_size=8)
+        >>> vit.config.image_size, vit.config.hidden_size
+        (8, 16)
+    """
+    import torch
+    import torch.nn.functional as F
+    from transformers import ViTConfig, ViTForMaskedImageModeling, ViTImageProcessorPil, ViTModel
+
+    x = torch.as_tensor(np.asarray(images), dtype=torch.float32)
+    if x.dim() != 4 or x.shape[1] not in (1, 3) or x.shape[2] != x.shape[3] or len(x) < 2:
+        raise ValueError(f"`images` must be at least 2 square images [N, C, S, S] with C in (1, 3), got {list(x.shape)}.")
+    if float(x.min()) < 0 or float(x.max()) > 1:
+        raise ValueError(f"`images` must lie in [0, 1], got [{float(x.min())}, {float(x.max())}].")
+    C, S = x.shape[1], x.shape[2]
+    if S % patch_size:
+        raise ValueError(f"`patch_size`={patch_size} must divide the image side {S}.")
+    if not 0 < mask_ratio < 1:
+        raise ValueError(f"`mask_ratio` must lie in (0, 1), got {mask_ratio}.")
+    y = None
+    if labels is not None:
+        y = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+        if y.shape != (len(x),) or int(y.min()) < 0:
+            raise ValueError(f"`labels` must be {len(x)} class indices >= 0, got shape {list(y.shape)}.")
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    cfg = ViTConfig(image_size=S, patch_size=patch_size, num_channels=C, hidden_size=hidden_size, num_hidden_layers=num_hidden_layers,
+                    num_attention_heads=num_attention_heads, intermediate_size=intermediate_size, encoder_stride=patch_size,
+                    hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    model = ViTForMaskedImageModeling(cfg)
+    head = torch.nn.Linear(hidden_size, int(y.max()) + 1) if y is not None else None
+    params = list(model.parameters()) + (list(head.parameters()) if head is not None else [])
+    opt = torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.01)
+    num_patches = (S // patch_size) ** 2
+    model.train()
+    for _ in range(steps):
+        idx = torch.randint(0, len(x), (min(batch_size, len(x)),), generator=gen)
+        xb = (x[idx] - 0.5) / 0.5
+        mask = torch.rand(len(idx), num_patches, generator=gen) < mask_ratio
+        loss = model(pixel_values=xb, bool_masked_pos=mask).loss  # SimMIM: L1 on the masked pixels
+        if head is not None:
+            loss = loss + F.cross_entropy(head(model.vit(pixel_values=xb).last_hidden_state[:, 0]), y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    vit = ViTModel(cfg, add_pooling_layer=False)  # the encoder alone: SimMIM's mask token is for pretraining only
+    vit.load_state_dict({k: v for k, v in model.vit.state_dict().items() if k != "embeddings.mask_token"})
+    vit.eval()
+    if folder is not None:
+        vit.save_pretrained(folder)
+        ViTImageProcessorPil(size={"height": S, "width": S}, image_mean=[0.5] * C, image_std=[0.5] * C,
+                             do_convert_rgb=C == 3).save_pretrained(folder)
+    return vit
 
 
 def save_image_grid(images: np.ndarray, path: str, nrow: Optional[int] = None, cell: int = 32, pad: int = 2) -> str:
@@ -71,13 +171,24 @@ class ImageTask(ModalityTask):
         s = dict(self.defaults)
         if getattr(args, "data_dir", None) is not None or getattr(args, "dataset", None) not in (None, "digits"):
             s["class_conditional"] = False  # labelled digits by default; other data: --class-conditional
+        if self._latent_space(args) == "vit":
+            s.update(VIT_DEFAULTS)
         return s
+
+    @staticmethod
+    def _latent_space(args) -> str:
+        # With --denoiser pretrained the backbone is the denoiser: pixel latents unless --latent-space vit.
+        latent_space = getattr(args, "latent_space", None)
+        if latent_space is not None:
+            return latent_space
+        return "vit" if getattr(args, "backbone", None) and getattr(args, "denoiser", None) != "pretrained" else "pixels"
 
     def add_arguments(self, group) -> None:
         group.add_argument("--image-size", type=int, default=None, help="image: side in pixels (pixel latents; default 32 for folders)")
         group.add_argument("--num-channels", type=int, default=None, help="image: 1 (grey) or 3 (RGB)")
         group.add_argument("--patch-size", type=int, default=None, help="image: pixel patch side (default 2 up to 16 px, else 4)")
-        group.add_argument("--latent-space", default=None, choices=("pixels", "vit"), help="image: pixels (patches, no encoder) or vit")
+        group.add_argument("--latent-space", default=None, choices=("pixels", "vit"), help="image: pixels (patches, no encoder) or vit (a ViT's patch states: --backbone, or without one a tiny ViT "
+                                "pretrained here on the training images)")
 
     def load_data(self, args, settings) -> TaskData:
         from .data_qgfd import check_dataset_for_modality, load_digits_dataset, load_hub_image_dataset, load_image_folder
@@ -114,26 +225,90 @@ class ImageTask(ModalityTask):
         from . import create_qgfd_diffusion_model
         from .data_qgfd import ImageCollator, check_image_fits_model
 
-        # With --denoiser pretrained the backbone is the denoiser: pixel latents unless --latent-space vit.
-        latent_space = args.latent_space or ("vit" if args.backbone and args.denoiser != "pretrained" else "pixels")
+        latent_space = self._latent_space(args)
         if args.denoiser == "pretrained" and args.backbone is None:
             raise ValueError("--denoiser pretrained needs --backbone: a ViT (Hub id or folder) whose layers become the denoiser.")
         size, channels = data.info["image_size"], data.info["num_channels"]
+        backbone = args.backbone
+        values = diffusion_values(args, settings)
         if latent_space == "vit":
             given = [f"--{n.replace('_', '-')}" for n in ("image_size", "num_channels", "patch_size") if getattr(args, n, None) is not None]
-            if given:
-                raise ValueError(f"With ViT latents the image sizes come from the ViT backbone; drop {', '.join(given)}.")
-            kwargs = dict(latent_space="vit")
+            if given and backbone is not None:
+                raise ValueError(f"With ViT latents the image sizes come from the ViT backbone; drop {', '.join(given)} "
+                                 "(or drop --backbone: the tiny ViT pretrained here takes them).")
+            if backbone is None:
+                backbone = self._pretrain_encoder(args, data, settings, size, channels)
+            kwargs = self._vit_latent_values(args, backbone, settings, values)
         else:
             patch = args.patch_size or (2 if size <= 16 else 4)
             kwargs = dict(image_size=size, num_channels=channels, patch_size=patch, latent_space=latent_space)
-        kwargs.update(diffusion_values(args, settings))
+        kwargs.update(values)
         if args.denoiser is not None:
             kwargs["denoiser"] = args.denoiser
-        model, processor, _ = create_qgfd_diffusion_model("image", args.backbone, None, **kwargs)
+        model, processor, _ = create_qgfd_diffusion_model("image", backbone, None, **kwargs)
         cfg = model.config
         check_image_fits_model(data.train, cfg.num_channels, cfg.image_size, f"The dataset {data.name!r}")
+        if cfg.normalization_fitted is False:
+            model.fit_normalization(self._images_01(data.train, cfg.num_channels, cfg.image_size))
         return model, processor, ImageCollator(cfg.num_channels, cfg.image_size, cfg.image_mean, cfg.image_std)
+
+    # -- ViT latents ------------------------------------------------------------------------
+
+    @staticmethod
+    def _images_01(dataset, channels: int, size: int, limit: int = 4096):
+        """Up to `limit` training images as one tensor [N, C, S, S] in [0, 1] (the fits' input)."""
+        from .data_qgfd import ImageCollator
+
+        rows = dataset.select(range(min(limit, len(dataset))))
+        return ImageCollator(channels, size)([rows[i] for i in range(len(rows))])["pixel_values"]
+
+    def _pretrain_encoder(self, args, data, settings, size: int, channels: int) -> str:
+        """No --backbone: pretrain the tiny ViT on the training images (and their labels, if any)
+        into `<output-dir>/vit-encoder`, and return that folder."""
+        from .modality_qgfd import LABEL_COLUMN
+
+        out = getattr(args, "output_dir", None)
+        if out is None:
+            raise ValueError("--latent-space vit without --backbone pretrains a tiny ViT into the run's --output-dir; give --output-dir.")
+        folder = os.path.join(out, TINY_VIT_FOLDER)
+        if getattr(args, "resume", False) and os.path.isfile(os.path.join(folder, "config.json")):
+            return folder  # the run's own tiny ViT (its weights are in the checkpoint too)
+        tiny = dict(settings["tiny_vit"])
+        tiny["patch_size"] = tiny.get("patch_size") or getattr(args, "patch_size", None) or (2 if size <= 16 else 4)
+        images = self._images_01(data.train, channels, size, limit=len(data.train))
+        labels = np.asarray(data.train[LABEL_COLUMN]) if LABEL_COLUMN in data.train.column_names else None
+        _logger().warning(f"No --backbone: pretraining a tiny ViT ({tiny}) on the {len(images)} training images "
+                          f"({'masked patches + labels' if labels is not None else 'masked patches'}) into {folder}.")
+        pretrain_tiny_vit(images.numpy(), labels, folder, seed=getattr(args, "seed", 0), **tiny)
+        return folder
+
+    @staticmethod
+    def _vit_latent_values(args, backbone, settings, values: dict) -> dict:
+        """The config fields of ViT latents: fitted normalisation, the decoder's noise, the shifted
+        schedule, and a denoiser at least as wide as the latent (RAE)."""
+        from transformers import AutoConfig
+
+        vit = AutoConfig.from_pretrained(backbone) if isinstance(backbone, str) else backbone
+        width = int(vit.hidden_size)
+        patch = vit.patch_size[0] if isinstance(vit.patch_size, (list, tuple)) else vit.patch_size
+        image = vit.image_size[0] if isinstance(vit.image_size, (list, tuple)) else vit.image_size
+        tokens = (image // patch) ** 2
+        shift = settings["noise_shift"]
+        if shift == "auto":
+            shift = max(1.0, math.sqrt(tokens * width / (vit.num_channels * image * image)))
+        heads = values.get("num_heads", 1)
+        if getattr(args, "d_model", None) is None:
+            wide = -(-width // heads) * heads  # the latent width, rounded up to a multiple of the heads
+            if values.get("d_model", 0) < wide:
+                _logger().warning(f"ViT latents of width {width}: the denoiser's d_model {values.get('d_model')} -> {wide} "
+                                  "(at least the latent width, as RAE finds necessary; --d-model to choose).")
+                values["d_model"] = wide
+                values["d_ff"] = max(values.get("d_ff", 0), 2 * wide)
+        elif args.d_model < width:
+            _logger().warning(f"--d-model {args.d_model} is narrower than the ViT latents ({width}); RAE finds such "
+                              "denoisers fail to fit the latents.")
+        return dict(latent_space="vit", normalization_fitted=False, noise_shift=float(shift),
+                    decoder_noise_std=float(settings["decoder_noise_std"]))
 
     # -- samples and scores -----------------------------------------------------------------
 

@@ -519,15 +519,27 @@ class ImageAdapter(_ModalityAdapter):
 
     # -- latents --------------------------------------------------------------------------
 
+    def encoder_states(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """The ViT's patch states [B, N, D_vit] of normalised images [B, C, H, W] (CLS dropped),
+        before any latent normalisation."""
+        if self.encoder is None:
+            raise ValueError("Pixel latents have no encoder states (latent_space='pixels').")
+        with self._encoder_context():
+            h = self.encoder(pixel_values=pixel_values).last_hidden_state  # (B, 1 + N, D_vit)
+        return h[:, -self.grid**2 :]  # drop the CLS token, keep the N patch states
+
     def _encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """[B, C, H, W] normalised -> latents [B, N, Dl]."""
+        cfg = self.modality_config
         if self.encoder is None:
             h = self.patchify(pixel_values)  # (B, N, C p^2)
         else:
-            with self._encoder_context():
-                h = self.encoder(pixel_values=pixel_values).last_hidden_state  # (B, 1 + N, D_vit)
-            h = h[:, -self.grid**2 :]  # drop the CLS token, keep the N patch states
-        return self.to_shared(h * self.modality_config.latent_scale)
+            h = self.encoder_states(pixel_values)  # (B, N, D_vit)
+            if cfg.latent_mean is not None:  # RAE's per-channel normalisation (fit_normalization)
+                mean = torch.tensor(cfg.latent_mean, device=h.device, dtype=h.dtype)
+                std = torch.tensor(cfg.latent_std, device=h.device, dtype=h.dtype)
+                h = (h - mean) / std
+        return self.to_shared(h * cfg.latent_scale)
 
     def _decode_images(self, latents: torch.Tensor) -> torch.Tensor:
         """latents [B, N, Dl] -> normalised pixels [B, C, H, W]."""
@@ -556,10 +568,19 @@ class ImageAdapter(_ModalityAdapter):
         return (x * std + mean).clamp(0, 1)
 
     def recon_loss(self, batch, x0: torch.Tensor) -> Optional[torch.Tensor]:
-        """MSE of the learned decoder on normalised pixels (ViT latents; None for pixel patches)."""
+        """MSE of the learned decoder on normalised pixels (ViT latents; None for pixel patches).
+
+        In training, with `decoder_noise_std` tau > 0, the decoder reads noise-augmented latents
+        `x0 + sigma * latent_scale * eps`, `sigma ~ |N(0, tau^2)|` per example (RAE, Sec. 3), so
+        that it learns to decode latents near, not only on, the encoder's outputs.
+        """
         if self.encoder is None:
             return None
         target = _get(batch, "pixel_values", self.modality)
+        tau = self.modality_config.decoder_noise_std
+        if self.training and tau > 0:
+            sigma = torch.randn(x0.shape[0], *([1] * (x0.dim() - 1)), device=x0.device, dtype=x0.dtype).abs() * tau  # (B, 1, 1)
+            x0 = x0 + sigma * self.modality_config.latent_scale * torch.randn_like(x0)
         return F.mse_loss(self.decode_normalized(x0).float(), target.float())
 
 

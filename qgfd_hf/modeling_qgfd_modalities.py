@@ -259,7 +259,10 @@ class ImageQGFDDiffusionModel(QGFDPreTrainedModel):
     - `data_to_latents({"pixel_values"})` / `image_to_latents(pixel_values)`: normalised
       images [B, C, H, W] (as the image processor returns them) -> x0 [B, N, latent_dim];
     - `decode_latents(latents)` -> images [B, C, H, W] in [0, 1];
-    - `compute_loss` adds the decoder's reconstruction loss (ViT latents).
+    - `compute_loss` adds the decoder's reconstruction loss (ViT latents);
+    - `fit_normalization(images)` fits the statistics from training images (pixels: per-channel
+      mean and std; ViT latents: the per-channel latent mean and std; then the latent scale);
+      a config with `normalization_fitted=False` refuses to train or sample before it.
 
     Example:
         >>> model = ImageQGFDDiffusionModel(QGFDImageConfig(latent_space="pixels", image_size=8, patch_size=2,
@@ -272,6 +275,7 @@ class ImageQGFDDiffusionModel(QGFDPreTrainedModel):
     config_class = QGFDImageConfig
     main_input_name = "pixel_values"
     _adapter_class = ImageAdapter
+    _data_name = "images"  # what `fit_normalization` takes, for its messages
 
     def __init__(self, config: QGFDImageConfig):
         super().__init__(config)
@@ -282,6 +286,7 @@ class ImageQGFDDiffusionModel(QGFDPreTrainedModel):
 
     def image_to_latents(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """x0 [B, N, latent_dim] of normalised images [B, C, H, W]."""
+        self._check_fitted()
         return self.adapter.image_to_latents(pixel_values)
 
     @property
@@ -292,6 +297,74 @@ class ImageQGFDDiffusionModel(QGFDPreTrainedModel):
             return None
         bound = max(max(abs(0 - m), abs(1 - m)) / s for m, s in zip(cfg.image_mean, cfg.image_std))
         return float(bound * cfg.latent_scale)
+
+    # -- fitted statistics ----------------------------------------------------------------
+
+    def _check_data(self, data: torch.Tensor) -> None:
+        self.adapter.check_images(data)
+
+    @torch.no_grad()
+    def fit_normalization(self, data: torch.Tensor) -> None:
+        """Fit the statistics from training images [N, C, H, W] (clips [N, F, C, H, W] for
+        video) in [0, 1] (not normalised).
+
+        1. Pixel latents: `image_mean` / `image_std` become the data's per-channel mean and std
+           (so latents have about unit spread); the model's processor, if any, takes them too.
+           ViT latents keep the ViT's pixel normalisation; `latent_mean` / `latent_std` become
+           the per-channel mean and std of the ViT's patch states (RAE's normalisation).
+        2. `latent_scale` gives the latents std 1 / `noise_shift` (`fit_latent_scale`, then
+           divided by the shift: the shifted schedule).
+        `normalization_fitted` becomes True.
+        """
+        cfg = self.config
+        self._check_data(data)
+        if data.shape[0] < 2 or float(data.min()) < 0 or float(data.max()) > 1:
+            raise ValueError(f"`fit_normalization` needs at least 2 {self._data_name} in [0, 1], got {data.shape[0]} "
+                             f"in [{float(data.min())}, {float(data.max())}].")
+        data = data.float()
+        if cfg.latent_space == "pixels":
+            x = data.movedim(-3, 0).reshape(cfg.num_channels, -1)  # (C, everything else)
+            std = x.std(1)
+            if bool((std < 1e-6).any()):
+                raise ValueError(f"The {self._data_name} are constant in channel(s) {(std < 1e-6).nonzero().flatten().tolist()}; cannot fit a pixel std.")
+            cfg.image_mean, cfg.image_std = x.mean(1).tolist(), std.tolist()
+            if self.processor is not None and hasattr(self.processor, "image_mean"):
+                self.processor.image_mean, self.processor.image_std = list(cfg.image_mean), list(cfg.image_std)
+        mean = torch.tensor(cfg.image_mean).view(-1, 1, 1)
+        std = torch.tensor(cfg.image_std).view(-1, 1, 1)
+        normalised = (data - mean) / std  # pixel_values, as the collator makes them
+        if cfg.latent_space == "vit":
+            cfg.latent_mean = cfg.latent_std = None
+            frames = normalised.reshape(-1, *normalised.shape[-3:])  # (N [* F], C, H, W)
+            h = torch.cat([self.adapter.encoder_states(f.to(self.device, self.dtype)).float().flatten(0, 1)
+                           for f in frames.split(256)])  # (N * tokens, D_vit)
+            lat_std = h.std(0)
+            if bool((lat_std < 1e-6).any()):
+                raise ValueError(f"The ViT's patch states are constant in {int((lat_std < 1e-6).sum())} channel(s); cannot normalise them.")
+            cfg.latent_mean, cfg.latent_std = h.mean(0).tolist(), lat_std.tolist()
+        cfg.latent_scale = 1.0
+        cfg.normalization_fitted = True
+        self.fit_latent_scale({"pixel_values": normalised[:512].to(self.device, self.dtype)})
+        cfg.latent_scale = float(cfg.latent_scale / cfg.noise_shift)  # SNR(t) x 1 / noise_shift^2
+
+    def _check_fitted(self) -> None:
+        if self.config.normalization_fitted is False:
+            raise ValueError(
+                f"This {self.config.modality} model's normalisation was never fitted (config.normalization_fitted=False): call "
+                f"`model.fit_normalization(training_{self._data_name})` before training or sampling (qgfd-hf train does it)."
+            )
+
+    def data_to_latents(self, batch) -> torch.Tensor:
+        self._check_fitted()
+        return super().data_to_latents(batch)
+
+    def decode_latents(self, latents: torch.Tensor):
+        self._check_fitted()
+        return super().decode_latents(latents)
+
+    def diffusion_sample(self, *args, **kwargs) -> torch.Tensor:
+        self._check_fitted()
+        return super().diffusion_sample(*args, **kwargs)
 
 
 class VideoQGFDDiffusionModel(ImageQGFDDiffusionModel):
@@ -316,54 +389,10 @@ class VideoQGFDDiffusionModel(ImageQGFDDiffusionModel):
 
     config_class = QGFDVideoConfig
     _adapter_class = VideoAdapter
+    _data_name = "clips"
 
-    @torch.no_grad()
-    def fit_normalization(self, clips: torch.Tensor) -> None:
-        """Fit the statistics from training clips [N, F, C, H, W] in [0, 1] (not normalised).
-
-        Pixel latents: `image_mean` / `image_std` become the clips' per-channel mean and std
-        (so latents have about unit spread). ViT latents keep the ViT's normalisation. Then
-        `latent_scale` is set to give the latents std 1 / `noise_shift` (unit std by default;
-        `fit_latent_scale`, then divided by the shift: the shifted schedule). The model's
-        processor, if any, takes the same mean and std; `normalization_fitted` becomes True.
-        """
-        cfg = self.config
-        self.adapter.check_video(clips)
-        if clips.shape[0] < 2 or float(clips.min()) < 0 or float(clips.max()) > 1:
-            raise ValueError(f"`fit_normalization` needs at least 2 clips in [0, 1], got {clips.shape[0]} in [{float(clips.min())}, {float(clips.max())}].")
-        if cfg.latent_space == "pixels":
-            x = clips.float().transpose(0, 2).reshape(cfg.num_channels, -1)  # (C, N*F*H*W)
-            std = x.std(1)
-            if bool((std < 1e-6).any()):
-                raise ValueError(f"The clips are constant in channel(s) {(std < 1e-6).nonzero().flatten().tolist()}; cannot fit a pixel std.")
-            cfg.image_mean, cfg.image_std = x.mean(1).tolist(), std.tolist()
-            if self.processor is not None and hasattr(self.processor, "image_mean"):
-                self.processor.image_mean, self.processor.image_std = list(cfg.image_mean), list(cfg.image_std)
-        cfg.latent_scale = 1.0
-        cfg.normalization_fitted = True
-        mean = torch.tensor(cfg.image_mean).view(1, 1, -1, 1, 1)
-        std = torch.tensor(cfg.image_std).view(1, 1, -1, 1, 1)
-        self.fit_latent_scale({"pixel_values": ((clips[:512].float() - mean) / std).to(self.device, self.dtype)})
-        cfg.latent_scale = float(cfg.latent_scale / cfg.noise_shift)  # SNR(t) x 1 / noise_shift^2
-
-    def _check_fitted(self) -> None:
-        if self.config.normalization_fitted is False:
-            raise ValueError(
-                "This video model's normalisation was never fitted (config.normalization_fitted=False): call "
-                "`model.fit_normalization(training_clips)` before training or sampling (qgfd-hf train does it)."
-            )
-
-    def data_to_latents(self, batch) -> torch.Tensor:
-        self._check_fitted()
-        return super().data_to_latents(batch)
-
-    def decode_latents(self, latents: torch.Tensor):
-        self._check_fitted()
-        return super().decode_latents(latents)
-
-    def diffusion_sample(self, *args, **kwargs) -> torch.Tensor:
-        self._check_fitted()
-        return super().diffusion_sample(*args, **kwargs)
+    def _check_data(self, data: torch.Tensor) -> None:
+        self.adapter.check_video(data)
 
     def video_to_latents(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """x0 [B, F * N, latent_dim] of normalised clips [B, F, C, H, W]."""
