@@ -96,6 +96,8 @@ def summarise(task: str, m: dict) -> dict:
         row["FD (lower=better)"] = demo["samples"]["fd"]
         row["confidence"] = demo["samples"]["confidence"]
         row["classes"] = demo["samples"]["classes_present"]
+        if "class_agreement" in demo["samples"]:  # a class-conditional demo (the default since issue 13)
+            row["agreement with the requested class"] = demo["samples"]["class_agreement"]
         row["FD Gaussian baseline"] = demo["baseline_gaussian"]["fd"]
     else:
         row["exact match"] = demo["exact_match"]
@@ -123,6 +125,33 @@ def table(task: str, results: dict) -> str:
     return "\n".join(lines)
 
 
+def paired_table(task: str, results: dict) -> str:
+    """Each arm against the first, seed by seed (the same seeds in the same order): the mean
+    difference of every metric with its 95% t-interval, the paired t-test's p and wins / ties /
+    losses (a "win" is a larger value: for FD and the loss, a larger value is worse)."""
+    from qgfd_hf.benchmarks_qgfd import paired_comparison
+
+    arms = list(results)
+    if len(arms) < 2 or len(results[arms[0]]) < 2:
+        return ""
+    base = arms[0]
+    cols = [c for c in results[base][0] if c not in ("trainable params (M)", "classes", "FD Gaussian baseline")]
+    lines = [f"Paired against {base} ({task}; a - {base}: mean [95% t-interval] p (larger/equal/smaller over seeds)):", "",
+             f"| {task} arm | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+    for arm in arms[1:]:
+        cells = []
+        for c in cols:
+            a, b = [r[c] for r in results[arm]], [r[c] for r in results[base]]
+            if any(v is None for v in a + b):
+                cells.append("n/a")
+                continue
+            d = paired_comparison(a, b)
+            cells.append(f"{d['mean_diff']:+.4g} [{d['ci_low']:+.3g}, {d['ci_high']:+.3g}] p={d['p_value']:.2g} "
+                         f"({d['wins']}/{d['ties']}/{d['losses']})")
+        lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
@@ -143,6 +172,9 @@ def main(argv=None) -> int:
     for task in args.tasks:
         results = {arm: [summarise(task, run_one(task, arm, s, args)) for s in args.seeds] for arm in args.arms}
         sections.append(table(task, results))
+        paired = paired_table(task, results)
+        if paired:
+            sections.append(paired)
     text = "\n\n".join(sections) + "\n"
     print(text)
     if args.out:
