@@ -32,6 +32,19 @@ def _grads(tensors):
     return [t.grad.clone() for t in tensors]
 
 
+def _assert_compiled_step_matches_eager(loss_fn, model, params, *inputs):
+    """`loss_fn(*inputs)` compiled with `fullgraph=True` (aot_eager) gives eager's loss and gradients."""
+    eager = loss_fn(*inputs)
+    eager.backward()
+    want = _grads(params)
+    model.zero_grad(set_to_none=True)
+    compiled = torch.compile(loss_fn, fullgraph=True, backend="aot_eager")(*inputs)
+    compiled.backward()
+    torch.testing.assert_close(compiled, eager)
+    for got, exp in zip(_grads(params), want):
+        torch.testing.assert_close(got, exp, atol=1e-6, rtol=1e-5)
+
+
 KERNEL_CASES = {
     # graph="attention", a padding-style bool mask, T = 2, a learnable per-head alpha (a tensor).
     "attention-mask-learnable": lambda alpha: dict(steps=2, alpha=alpha, graph="attention", attn_mask=torch.rand(2, 1, 16, 16, generator=torch.Generator().manual_seed(1)) > 0.2),
@@ -95,15 +108,7 @@ def test_patched_llama_training_forward_compiles_fullgraph():
         return model(input_ids=ids, attention_mask=mask, labels=ids, use_cache=False).loss
 
     params = [p for p in model.parameters() if p.requires_grad]
-    eager = loss_fn(ids, mask)
-    eager.backward()
-    want = _grads(params)
-    model.zero_grad(set_to_none=True)
-    compiled = torch.compile(loss_fn, fullgraph=True, backend="aot_eager")(ids, mask)
-    compiled.backward()
-    torch.testing.assert_close(compiled, eager)
-    for got, exp in zip(_grads(params), want):
-        torch.testing.assert_close(got, exp, atol=1e-6, rtol=1e-5)
+    _assert_compiled_step_matches_eager(loss_fn, model, params, ids, mask)
 
 
 def test_patched_vit_and_static_cache_decoding_have_no_graph_breaks():
@@ -145,15 +150,7 @@ def test_denoiser_training_step_compiles_fullgraph(kind):
         return model.compute_loss(batch)["loss"]
 
     params = [p for p in model.parameters() if p.requires_grad]
-    eager = loss_fn(batch)
-    eager.backward()
-    want = _grads(params)
-    model.zero_grad(set_to_none=True)
-    compiled = torch.compile(loss_fn, fullgraph=True, backend="aot_eager")(batch)
-    compiled.backward()
-    torch.testing.assert_close(compiled, eager)
-    for got, exp in zip(_grads(params), want):
-        torch.testing.assert_close(got, exp, atol=1e-6, rtol=1e-5)
+    _assert_compiled_step_matches_eager(loss_fn, model, params, batch)
 
 
 def _tiny_gpt2():
