@@ -640,7 +640,7 @@ class AudioTask(ModalityTask):
         group.add_argument("--audio-label-column", default=None, help="audio csv: the column of labels (default 'label', if present)")
 
     def settings(self, args, for_demo: bool = False) -> Dict[str, object]:
-        s = dict(self.defaults)
+        s = super().settings(args, for_demo)
         for flag in ("sampling_rate", "clip_seconds", "frame_size"):
             if getattr(args, flag, None) is not None:
                 s[flag] = getattr(args, flag)

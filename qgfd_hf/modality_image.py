@@ -168,9 +168,7 @@ class ImageTask(ModalityTask):
     )
 
     def settings(self, args, for_demo: bool = False):
-        s = dict(self.defaults)
-        if getattr(args, "data_dir", None) is not None or getattr(args, "dataset", None) not in (None, "digits"):
-            s["class_conditional"] = False  # labelled digits by default; other data: --class-conditional
+        s = super().settings(args, for_demo)  # class-conditional on the digits only
         if self._latent_space(args) == "vit":
             s.update(VIT_DEFAULTS)
         return s

@@ -105,8 +105,14 @@ class ModalityTask:
         """Add this modality's own flags to an argparse group (names must not clash across tasks)."""
 
     def settings(self, args, for_demo: bool = False) -> Dict[str, Any]:
-        """The defaults for this run (a copy); tasks may adapt them to the data source."""
-        return dict(self.defaults)
+        """The defaults for this run (a copy); tasks may adapt them to the data source. A task's
+        `class_conditional` default holds for its demo data (`datasets[0]`, labelled) only: other
+        data (a folder, another dataset) needs `--class-conditional`."""
+        s = dict(self.defaults)
+        other_data = getattr(args, "data_dir", None) is not None or getattr(args, "dataset", None) not in (None, self.datasets[0])
+        if s.get("class_conditional") and other_data:
+            s["class_conditional"] = False
+        return s
 
     def load_data(self, args, settings: Dict[str, Any]) -> TaskData:
         raise NotImplementedError

@@ -587,12 +587,6 @@ class VideoTask(ModalityTask):
         num_samples=360, sampler="ddim", num_inference_steps=50, guidance_scale=1.0,
     )
 
-    def settings(self, args, for_demo: bool = False):
-        s = dict(self.defaults)
-        if getattr(args, "data_dir", None) is not None or getattr(args, "dataset", None) not in (None, "moving_digits"):
-            s["class_conditional"] = False  # labelled moving digits by default; other data: --class-conditional
-        return s
-
     def add_arguments(self, group) -> None:
         group.add_argument("--num-frames", type=int, default=None, help="video: frames per clip (default: the data's; moving digits 4)")
         group.add_argument("--frame-side", type=int, default=None, help="video: frame side in pixels (default: the data's; moving digits 16)")

@@ -370,6 +370,7 @@ def test_train_save_automodel_pipeline_and_sample_from_files_on_disk(tmp_path, c
     cfg = model.config
     assert cfg.normalization_fitted is True and cfg.position_grid == [3, 2, 2] and cfg.image_mean[0] != 0.5
     assert cfg.tubelet_frames == 1  # the task's default tubelets span gcd(3, 4) = 1 frame
+    assert cfg.num_classes is None  # class-conditional by default on the moving digits only; folders: --class-conditional
     frames = pipeline("qgfd-diffusion", model=str(out / "model"))(num_samples=2, num_inference_steps=2, seed=0, progress_bar=False)
     assert frames[0]["frames"].shape == (3, 8, 8, 1) and frames[0]["frames"].dtype == np.uint8
     code, stdout, err = _run(["sample", str(out / "model"), "--num-samples", "3", "--num-inference-steps", "2", "--no-progress",
