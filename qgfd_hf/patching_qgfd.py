@@ -259,6 +259,11 @@ class _QGFDShadowLayerMixin:
             shadow = StaticLayer(max_cache_len=self.max_cache_len)
         return shadow
 
+    def _qgfd_start_shadows(self, steps: int) -> None:
+        """Start keeping this layer's propagated values: one empty shadow layer per QGFD step.
+        Only before the layer's first tokens (a shadow must hold every token the layer holds)."""
+        self._qgfd_shadows = [self._qgfd_new_shadow() for _ in range(steps)]
+
     def _qgfd_seq_length(self) -> int:
         return int(self.get_seq_length())
 
@@ -377,7 +382,7 @@ def prepare_qgfd_cache(model: nn.Module, cache) -> None:
         shadowed = _qgfd_shadow_layer(layer)
         steps = module._modules["qgfd_alpha"].settings.steps
         if shadowed is not None and shadowed._qgfd_shadows is None and steps > 0 and shadowed._qgfd_seq_length() == 0:
-            shadowed._qgfd_shadows = [shadowed._qgfd_new_shadow() for _ in range(steps)]
+            shadowed._qgfd_start_shadows(steps)
 
 
 def _has_hook(module: nn.Module) -> bool:
@@ -1031,7 +1036,7 @@ def qgfd_attention_forward(
     elif layer is not None and _qgfd_shadow_layer(layer) is not None:
         shadowed = _qgfd_shadow_layer(layer)
         if shadowed._qgfd_shadows is None and shadowed._qgfd_seq_length() == Lq:  # this call's tokens are its first
-            shadowed._qgfd_shadows = [shadowed._qgfd_new_shadow() for _ in range(settings.steps)]
+            shadowed._qgfd_start_shadows(settings.steps)
         if shadowed._qgfd_shadows is not None:
             kernel_kwargs["extend"] = _shadow_extend(shadowed._qgfd_shadows, module, Lk)
             kernel_kwargs["query_positions"] = shadowed._qgfd_query_positions(Lq, Lk, query.device)
