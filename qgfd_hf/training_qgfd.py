@@ -659,8 +659,8 @@ class QGFDTrainer:
     def _make_accelerator(self) -> Accelerator:
         a = self.args
         handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)]
-        deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
-        if deepspeed and not _has_accelerator_device():
+        asked = [name for name in ("FSDP", "DEEPSPEED") if os.environ.get(f"ACCELERATE_USE_{name}", "false").lower() == "true"]
+        if "DEEPSPEED" in asked and not _has_accelerator_device():
             # DeepSpeed on CPUs: accelerate 1.15 finds no process-group backend without a GPU-type device,
             # and then gives every process num_processes=1 and rank 0 while DeepSpeed's own group
             # has them all; with the backend named, both agree (DeepSpeed's CPU accelerator uses gloo).
@@ -674,7 +674,6 @@ class QGFDTrainer:
             log_with=None if a.report_to == "none" else a.report_to.split(","),
             project_dir=os.path.join(a.output_dir, "logs"),
         )
-        asked = [name for name in ("FSDP", "DEEPSPEED") if os.environ.get(f"ACCELERATE_USE_{name}", "false").lower() == "true"]
         if asked and str(accelerator.distributed_type).split(".")[-1] not in asked:
             # accelerate 1.15 builds FSDP only on GPU-type devices, and DeepSpeed not with ACCELERATE_USE_CPU=1;
             # it runs DDP instead, without a word.
