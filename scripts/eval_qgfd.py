@@ -266,11 +266,11 @@ def run_shared(args):
     done = set()
     if os.path.exists(path):
         with open(path) as f:
-            done = {(r["schedule"], r["attention"], r["seed"]) for r in map(json.loads, f)}
+            done = {(r["schedule"], r["attention"], r["seed"], r["steps_per_modality"]) for r in map(json.loads, f)}
     for seed in args.seeds:
         for attention in SHARED_QGFD:
             for schedule in ("sequential", "joint"):
-                if (schedule, attention, seed) in done:
+                if (schedule, attention, seed, args.steps) in done:
                     continue
                 model, tokenizer = build_shared(seed, attention)
                 cfg = model.config.modality_config("image")
@@ -293,12 +293,12 @@ def run_shared(args):
 
 
 def shared_table(out_dir):
+    """One table per budget (steps per modality): runs at different budgets are never pooled."""
     path = os.path.join(out_dir, "shared.jsonl")
     if not os.path.exists(path):
         return None
     with open(path) as f:
         rs = [json.loads(line) for line in f if line.strip()]
-    steps = rs[0]["steps_per_modality"]
 
     def cell(values):
         values = [v for v in values if v is not None]
@@ -306,26 +306,29 @@ def shared_table(out_dir):
             return "-"
         return f"{np.mean(values):.3f} +- {np.std(values, ddof=1) if len(values) > 1 else 0:.3f}"
 
-    lines = ["## Shared denoiser: sequential against joint training\n",
-             f"{steps} optimizer steps per modality (sequential: {steps} text, then {steps} image; joint: {2 * steps} "
-             "alternating text and image batches); mean +- std over seeds "
-             f"{sorted(set(r['seed'] for r in rs))}. Text: exact match on 200 held-out reversal pairs; images: FD "
-             "(lower is better) and classifier confidence of 100 DDIM-50 samples; held-out text loss: the x0 diffusion "
-             "loss on the 200 held-out pairs with fixed noise (lower is better).\n",
-             "| schedule | attention | seeds | text EM after text phase | text EM at the end | held-out text loss after "
-             "text phase | held-out text loss at the end | image FD at the end | image confidence | CPU s |",
-             "|---|---|---:|---|---|---|---|---|---|---:|"]
-    for schedule in ("sequential", "joint"):
-        for attention in SHARED_QGFD:
-            g = [r for r in rs if r["schedule"] == schedule and r["attention"] == attention]
-            if not g:
-                continue
-            lines.append(f"| {schedule} | {attention} | {len(g)} | "
-                         f"{cell([r.get('after_text_phase', {}).get('text_exact_match') for r in g])} | "
-                         f"{cell([r['final']['text_exact_match'] for r in g])} | "
-                         f"{cell([r.get('after_text_phase', {}).get('text_heldout_loss') for r in g])} | "
-                         f"{cell([r['final']['text_heldout_loss'] for r in g])} | {cell([r['final']['image_fd'] for r in g])} | "
-                         f"{cell([r['final']['image_confidence'] for r in g])} | {np.mean([r['cpu_s'] for r in g]):.0f} |")
+    lines = ["## Shared denoiser: sequential against joint training\n"]
+    for steps in sorted({r["steps_per_modality"] for r in rs}):
+        at = [r for r in rs if r["steps_per_modality"] == steps]
+        lines += [f"### {steps} optimizer steps per modality\n",
+                  f"Sequential: {steps} text, then {steps} image; joint: {2 * steps} alternating text and image batches; "
+                  f"mean +- std over seeds {sorted(set(r['seed'] for r in at))}. Text: exact match on 200 held-out "
+                  "reversal pairs; images: FD (lower is better) and classifier confidence of 100 DDIM-50 samples; held-out "
+                  "text loss: the x0 diffusion loss on the 200 held-out pairs with fixed noise (lower is better).\n",
+                  "| schedule | attention | seeds | text EM after text phase | text EM at the end | held-out text loss after "
+                  "text phase | held-out text loss at the end | image FD at the end | image confidence | CPU s |",
+                  "|---|---|---:|---|---|---|---|---|---|---:|"]
+        for schedule in ("sequential", "joint"):
+            for attention in SHARED_QGFD:
+                g = [r for r in at if r["schedule"] == schedule and r["attention"] == attention]
+                if not g:
+                    continue
+                lines.append(f"| {schedule} | {attention} | {len(g)} | "
+                             f"{cell([r.get('after_text_phase', {}).get('text_exact_match') for r in g])} | "
+                             f"{cell([r['final']['text_exact_match'] for r in g])} | "
+                             f"{cell([r.get('after_text_phase', {}).get('text_heldout_loss') for r in g])} | "
+                             f"{cell([r['final']['text_heldout_loss'] for r in g])} | {cell([r['final']['image_fd'] for r in g])} | "
+                             f"{cell([r['final']['image_confidence'] for r in g])} | {np.mean([r['cpu_s'] for r in g]):.0f} |")
+        lines.append("")
     return "\n".join(lines) + "\n"
 
 

@@ -275,3 +275,19 @@ def test_eval_script_unseen_accuracy():
     assert ev.unseen_accuracy({"accuracy": 0.5, "test_in_train": 0.0}) == (0.5, True)
     assert ev.unseen_cell([{"accuracy": 1.0, "test_in_train": 0.5}, {"accuracy": 0.8, "accuracy_unseen": 0.6}]) == ">= 0.800"
     assert ev.unseen_cell([{"accuracy": 0.8, "accuracy_unseen": 0.6}]) == "0.600"
+
+
+def test_eval_script_shared_table_keeps_budgets_apart(tmp_path):
+    import json
+
+    ev = _eval_script()
+    scores = {"text_exact_match": 0.5, "text_heldout_loss": 0.2, "image_fd": 9.0, "image_confidence": 0.7}
+    with open(tmp_path / "shared.jsonl", "w") as f:
+        for steps, em in ((300, 0.0), (3000, 0.9)):
+            for seed in (0, 1):
+                f.write(json.dumps({"schedule": "joint", "attention": "softmax", "seed": seed, "steps_per_modality": steps,
+                                    "final": dict(scores, text_exact_match=em), "cpu_s": 1.0}) + "\n")
+    table = ev.shared_table(str(tmp_path))
+    assert table.count("### ") == 2 and "### 300 optimizer steps" in table and "### 3000 optimizer steps" in table
+    rows = [line for line in table.splitlines() if line.startswith("| joint")]
+    assert len(rows) == 2 and "| 0.000 +- 0.000 |" in rows[0] and "| 0.900 +- 0.000 |" in rows[1]
