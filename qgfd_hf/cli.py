@@ -289,6 +289,8 @@ def _describe_model(model) -> str:
         f"latents {cfg.num_latent_tokens()} x {cfg.latent_dim}; {qgfd}; {cfg.prediction_type} prediction, {cfg.beta_schedule} schedule"
         + (f"; class-conditional ({cfg.num_classes} classes, label dropout {cfg.cond_dropout_prob})"
            if getattr(cfg, "num_classes", None) is not None else "")
+        + (f"; motion compensation {cfg.motion_compensation} (frames centred, shifts in the latent)"
+           if getattr(cfg, "motion_compensation", None) is not None else "")
     )
 
 

@@ -49,6 +49,7 @@ PRETRAINED_STACKS = {
 }
 IMAGE_LATENT_SPACES = ("vit", "pixels")
 AUDIO_LATENT_SPACES = ("waveform", "mdct", "spectrogram", "wav2vec2")
+VIDEO_MOTION_COMPENSATION = (None, "centroid")
 
 # The QGFD attention settings of the denoiser: config name -> `QGFDSettings` field.
 QGFD_FIELDS = {
@@ -849,6 +850,19 @@ class QGFDVideoConfig(QGFDImageConfig):
             `[num_frames / tubelet_frames, rows, columns]` of patches (frame index plus 2-D
             patch place; see `QGFDConfig`). None gives the 1-D positions over the tokens of
             models saved before this field existed; such a folder now loads with `"auto"` (retrain it).
+        motion_compensation (`str`, *optional*): None (default), or `"centroid"` (pixel latents
+            only): global motion compensation. Every frame is shifted by whole pixels, black
+            (pixel value 0) shifted in, so that its intensity centroid sits at the frame's centre;
+            the shifts (2 per frame, rows then columns) are appended to every token,
+            `[B, L, T * C p^2 + 2 F]`, divided by `motion_scale` (times `latent_scale`), and
+            decoding shifts the frames back (by the shifts' mean over the tokens, rounded). A
+            clip whose content moves rigidly then has the same patches in every frame, so the
+            denoiser generates one image and one trajectory. Exact for one bright object on a
+            black background that stays inside the frame (the demo's moving digits); content
+            shifted out of the frame is lost, and for other video the centroid is a poor
+            motion estimate.
+        motion_scale (`float`, defaults to 1.0): the shifts' divisor (pixels per latent unit);
+            `VideoQGFDDiffusionModel.fit_normalization` fits it (the shifts' std in the training clips).
         **kwargs: `QGFDImageConfig` arguments (per frame), among them `noise_shift` (the
             shifted schedule: s > 1 spends more of training and sampling at the noise levels
             where a clip's layout is decided) and `normalization_fitted` (fitted from training
@@ -868,9 +882,12 @@ class QGFDVideoConfig(QGFDImageConfig):
     model_type = "qgfd_video"
     _fixed_modality = "video"
 
-    def __init__(self, num_frames: int = 8, tubelet_frames: int = 1, position_grid="auto", **kwargs):
+    def __init__(self, num_frames: int = 8, tubelet_frames: int = 1, position_grid="auto", motion_compensation: Optional[str] = None,
+                 motion_scale: float = 1.0, **kwargs):
         self.num_frames = num_frames
         self.tubelet_frames = tubelet_frames
+        self.motion_compensation = motion_compensation
+        self.motion_scale = motion_scale
         super().__init__(position_grid=position_grid, **kwargs)
 
     def _validate_modality(self):
@@ -881,10 +898,20 @@ class QGFDVideoConfig(QGFDImageConfig):
         if self.tubelet_frames > 1 and self.latent_space != "pixels":
             raise ValueError(f'`tubelet_frames`={self.tubelet_frames} needs latent_space="pixels" (a ViT encodes single frames); '
                              f"got latent_space={self.latent_space!r}. Use tubelet_frames=1.")
+        _check_choice("motion_compensation", self.motion_compensation, VIDEO_MOTION_COMPENSATION)
+        if self.motion_compensation is not None and self.latent_space != "pixels":
+            raise ValueError(f'`motion_compensation`={self.motion_compensation!r} needs latent_space="pixels" (it shifts the '
+                             f"frames' pixels); got latent_space={self.latent_space!r}. Use motion_compensation=None.")
+        _check_float("motion_scale", self.motion_scale, 0.0, None, low_open=True)
         super()._validate_modality()
 
+    @property
+    def motion_channels(self) -> int:
+        """Channels of a token that hold the clip's shifts (2 F with motion compensation, else 0)."""
+        return 2 * self.num_frames if self.motion_compensation is not None else 0
+
     def _patch_latent_width(self) -> int:
-        return self.tubelet_frames * super()._patch_latent_width()
+        return self.tubelet_frames * super()._patch_latent_width() + self.motion_channels
 
     def num_latent_tokens(self) -> int:
         return self.num_frames // self.tubelet_frames * super().num_latent_tokens()

@@ -91,6 +91,8 @@ class ModalityTask:
         data_help: what `--data-dir` / `--data-files` take for this modality.
         defaults: the one table of settings (model sizes, diffusion, training, sampling) used by
             `train` and `demo` alike; flags override them.
+        demo_data_only: settings whose default holds for the demo data (`datasets[0]`) only,
+            with the value other data gets instead (`settings`).
     """
 
     name: str = ""
@@ -98,6 +100,7 @@ class ModalityTask:
     datasets: Tuple[str, ...] = ()
     data_help: str = ""
     defaults: Dict[str, Any] = {}
+    demo_data_only: Dict[str, Any] = {"class_conditional": False}  # other data: --class-conditional
 
     # -- data and model ---------------------------------------------------------------------
 
@@ -105,13 +108,14 @@ class ModalityTask:
         """Add this modality's own flags to an argparse group (names must not clash across tasks)."""
 
     def settings(self, args, for_demo: bool = False) -> Dict[str, Any]:
-        """The defaults for this run (a copy); tasks may adapt them to the data source. A task's
-        `class_conditional` default holds for its demo data (`datasets[0]`, labelled) only: other
-        data (a folder, another dataset) needs `--class-conditional`."""
+        """The defaults for this run (a copy); tasks may adapt them to the data source. The
+        defaults named in `demo_data_only` (a task's `class_conditional`, say) hold for its demo
+        data (`datasets[0]`) only: other data (a folder, another dataset) gets the value given
+        there, and asks for more with the flag (`--class-conditional`)."""
         s = dict(self.defaults)
         other_data = getattr(args, "data_dir", None) is not None or getattr(args, "dataset", None) not in (None, self.datasets[0])
-        if s.get("class_conditional") and other_data:
-            s["class_conditional"] = False
+        if other_data:
+            s.update({k: v for k, v in self.demo_data_only.items() if k in s})
         return s
 
     def load_data(self, args, settings: Dict[str, Any]) -> TaskData:

@@ -566,6 +566,7 @@ class VideoTask(ModalityTask):
     datasets = ("moving_digits",)
     data_help = ("video: a folder of clips (a sub-folder of frame images per clip, or .npy/.npz arrays [F, H, W], "
                  "[F, C, H, W] or [F, H, W, C]), labels from parent folder names or metadata.csv")
+    demo_data_only = {"class_conditional": False, "motion_compensation": None}
     defaults = dict(
         # model: 4x4-pixel patches of every 16x16 frame, a token = one patch place over 4 frames
         # (tubelets; None: gcd(frames, 4)) -> 16 tokens of width 64; positions factorised over
@@ -574,6 +575,9 @@ class VideoTask(ModalityTask):
         num_timesteps=1000, beta_schedule="cosine", prediction_type="v",
         qgfd_steps=1, qgfd_alpha=0.5, qgfd_warmup_steps=200,
         tubelet_frames=None, noise_shift=1.0,
+        # global motion compensation (QGFDVideoConfig.motion_compensation): the moving digits drift
+        # rigidly, so centred frames make a clip one image and one trajectory; other data: none
+        motion_compensation="centroid",
         # the demo's data: 3 clips per training digit (4311 clips), 1 per held-out digit (360)
         num_frames=4, frame_size=16, train_clips_per_digit=3,
         # training: 1500 steps of 64 clips, about 4 CPU minutes in all
@@ -595,6 +599,10 @@ class VideoTask(ModalityTask):
                            help="video: frames per token (tubelets: one patch place over T frames; default gcd(frames, 4); 1 = a token per frame's patch)")
         group.add_argument("--noise-shift", type=float, default=None,
                            help="video: shift of the noise schedule (latents get std 1 / shift: SNR / shift^2; default: the task's)")
+        group.add_argument("--motion-compensation", default=None, choices=("none", "centroid"),
+                           help="video: centroid = frames centred on their intensity centroid, the shifts in the latent (one "
+                                "bright object on black that moves rigidly; default on the moving digits); none = raw frames "
+                                "(default for other data)")
         group.add_argument("--frame-positions", default=None, choices=("grid", "1d"),
                            help="video: the denoiser's positions: grid (frame, row, column; default) or 1d (over the F x N tokens)")
 
@@ -637,9 +645,12 @@ class VideoTask(ModalityTask):
         F, C, S = data.info["num_frames"], data.info["num_channels"], data.info["frame_size"]
         pick = lambda flag: getattr(args, flag, None) if getattr(args, flag, None) is not None else settings[flag]
         kwargs = dict(num_frames=F, normalization_fitted=False, noise_shift=pick("noise_shift"))
+        motion = pick("motion_compensation")
+        motion = None if motion == "none" else motion
         if args.backbone is not None and args.denoiser != "pretrained":  # ViT latents of every frame
-            if args.frame_patch_size is not None or args.tubelet_frames is not None:
-                raise ValueError("With ViT latents the tokens are the ViT's patches of single frames; drop --frame-patch-size / --tubelet-frames.")
+            if args.frame_patch_size is not None or args.tubelet_frames is not None or getattr(args, "motion_compensation", None) not in (None, "none"):
+                raise ValueError("With ViT latents the tokens are the ViT's patches of single frames; drop --frame-patch-size / "
+                                 "--tubelet-frames / --motion-compensation.")
             kwargs.update(latent_space="vit")
         else:
             tubelet = pick("tubelet_frames") or math.gcd(F, 4)  # None: tokens over up to 4 frames
@@ -649,7 +660,7 @@ class VideoTask(ModalityTask):
             patch = args.frame_patch_size or (settings["patch_size"] if S <= 16 else max(S // 4, 1))
             if S % patch:
                 raise ValueError(f"--frame-patch-size {patch} must divide the frame side {S}.")
-            kwargs.update(latent_space="pixels", image_size=S, num_channels=C, patch_size=patch)
+            kwargs.update(latent_space="pixels", image_size=S, num_channels=C, patch_size=patch, motion_compensation=motion)
         if args.frame_positions == "1d":
             kwargs["position_grid"] = None
         kwargs.update(diffusion_values(args, settings))

@@ -611,19 +611,58 @@ class VideoAdapter(ImageAdapter):
 
     def video_to_latents(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """x0 [B, F * N, Dl] of normalised clips [B, F, C, H, W] (tubelets of T frames:
-        [B, F / T * N, T * C p^2], a token = one patch place over T consecutive frames)."""
+        [B, F / T * N, T * C p^2], a token = one patch place over T consecutive frames; with
+        `motion_compensation`, the frames centred first and their shifts appended to every token)."""
         self.check_video(pixel_values)
+        cfg = self.modality_config
         B, Fr = pixel_values.shape[:2]
-        T = self.modality_config.tubelet_frames
-        frames = pixel_values.reshape(B * Fr, *pixel_values.shape[2:])  # (B*F, C, H, W)
-        if T == 1:
-            lat = self._encode_images(frames)  # (B*F, N, Dl)
+        T = cfg.tubelet_frames
+        if T == 1 and cfg.motion_compensation is None:
+            lat = self._encode_images(pixel_values.reshape(B * Fr, *pixel_values.shape[2:]))  # (B*F, N, Dl)
             return lat.reshape(B, Fr * lat.shape[1], lat.shape[2])  # (B, F*N, Dl)
-        h = self.patchify(frames)  # (B*F, N, C p^2); tubelets are pixel latents only (config)
+        if cfg.motion_compensation is not None:
+            mean, std = self._stats(pixel_values)  # (1, C, 1, 1)
+            shifts = self.centroid_shifts(pixel_values * std[:, None] + mean[:, None])  # (B, F, 2)
+            pixel_values = self.shift_frames(pixel_values, shifts, -mean / std)
+        h = self.patchify(pixel_values.reshape(B * Fr, *pixel_values.shape[2:]))  # (B*F, N, C p^2); pixel latents only (config)
         N, Dp = h.shape[1:]
         h = h.reshape(B, Fr // T, T, N, Dp).transpose(2, 3)  # (B, F/T, N, T, C p^2)
         h = h.reshape(B, Fr // T * N, T * Dp)  # (B, F/T*N, T*C p^2)
-        return self.to_shared(h * self.modality_config.latent_scale)
+        if cfg.motion_compensation is not None:
+            motion = shifts.to(h.dtype).reshape(B, 1, 2 * Fr) / cfg.motion_scale  # (B, 1, 2F)
+            h = torch.cat([h, motion.expand(B, h.shape[1], 2 * Fr)], -1)  # (B, L, T*C p^2 + 2F)
+        return self.to_shared(h * cfg.latent_scale)
+
+    # -- global motion compensation (config.motion_compensation) ---------------------------
+
+    def centroid_shifts(self, clips: torch.Tensor) -> torch.Tensor:
+        """Whole-pixel shifts [B, F, 2] (rows, columns) that move each frame's intensity centroid
+        (channels summed) to the frame's centre, of clips [B, F, C, H, W] in [0, 1]; 0 for a black
+        frame."""
+        S = clips.shape[-1]
+        mass_map = clips.float().clamp(min=0).sum(2)  # (B, F, H, W)
+        grid = torch.arange(S, dtype=torch.float32, device=clips.device)
+        mass = mass_map.sum((-2, -1))  # (B, F)
+        safe = torch.where(mass > 0, mass, torch.ones_like(mass))
+        centre = (S - 1) / 2
+        com = torch.stack([(mass_map.sum(-1) * grid).sum(-1), (mass_map.sum(-2) * grid).sum(-1)], -1) / safe[..., None]  # (B, F, 2)
+        com = torch.where((mass > 0)[..., None], com, torch.full_like(com, centre))
+        # halves round up (not to even), so that a rigid drift by whole pixels centres every frame alike
+        return torch.floor(centre - com + 0.5).clamp(-(S - 1), S - 1).long()  # (B, F, 2)
+
+    @staticmethod
+    def shift_frames(clips: torch.Tensor, shifts: torch.Tensor, fill: torch.Tensor) -> torch.Tensor:
+        """Clips [B, F, C, H, W] with frame (b, f) moved by `shifts[b, f]` (rows, columns; whole
+        pixels), `fill` [1, C, 1, 1] (per channel) shifted in."""
+        B, Fr, C, S, _ = clips.shape
+        x = (clips - fill[:, None]).reshape(B * Fr, C, S, S)
+        padded = torch.nn.functional.pad(x, (S, S, S, S)).permute(0, 2, 3, 1)  # (B*F, 3S, 3S, C), zeros around
+        d = shifts.reshape(B * Fr, 2).to(clips.device)
+        ar = torch.arange(S, device=clips.device)
+        rows = (S - d[:, 0])[:, None] + ar  # (B*F, S): out[i] = in[i - shift]
+        cols = (S - d[:, 1])[:, None] + ar
+        out = padded[torch.arange(B * Fr, device=clips.device)[:, None, None], rows[:, :, None], cols[:, None, :]]  # (B*F, S, S, C)
+        return out.permute(0, 3, 1, 2).reshape(B, Fr, C, S, S) + fill[:, None]
 
     def image_to_latents(self, pixel_values):
         raise ValueError("A video adapter takes clips [B, F, C, H, W]: use video_to_latents.")
@@ -634,17 +673,27 @@ class VideoAdapter(ImageAdapter):
 
     def decode_normalized(self, latents: torch.Tensor) -> torch.Tensor:
         """Normalised clips [B, F, C, H, W]."""
-        B, Fr = latents.shape[0], self.modality_config.num_frames
-        T = self.modality_config.tubelet_frames
-        if T == 1:
+        cfg = self.modality_config
+        B, Fr = latents.shape[0], cfg.num_frames
+        T = cfg.tubelet_frames
+        if T == 1 and cfg.motion_compensation is None:
             frames = latents.reshape(B * Fr, latents.shape[1] // Fr, latents.shape[2])  # (B*F, N, Dl)
-            x = self._decode_images(frames)  # (B*F, C, H, W)
-        else:  # the inverse of video_to_latents' tubelets
-            h = self.from_shared(latents) / self.modality_config.latent_scale  # (B, F/T*N, T*C p^2)
-            N = self.grid**2
-            h = h.reshape(B, Fr // T, N, T, h.shape[-1] // T).transpose(2, 3)  # (B, F/T, T, N, C p^2)
-            x = self.unpatchify(h.reshape(B * Fr, N, h.shape[-1]))  # (B*F, C, H, W)
-        return x.reshape(B, Fr, *x.shape[1:])  # (B, F, C, H, W)
+            return self._decode_images(frames).reshape(B, Fr, self.num_channels, self.image_size, self.image_size)
+        # the inverse of video_to_latents' tubelets
+        h = self.from_shared(latents) / cfg.latent_scale  # (B, F/T*N, T*C p^2 [+ 2F])
+        M = cfg.motion_channels
+        if M:
+            motion, h = h[..., -M:].mean(1), h[..., :-M]  # (B, 2F): the tokens' copies, averaged
+            S = self.image_size
+            shifts = torch.round(motion.float() * cfg.motion_scale).clamp(-(S - 1), S - 1).long().reshape(B, Fr, 2)
+        N = self.grid**2
+        h = h.reshape(B, Fr // T, N, T, h.shape[-1] // T).transpose(2, 3)  # (B, F/T, T, N, C p^2)
+        x = self.unpatchify(h.reshape(B * Fr, N, h.shape[-1]))  # (B*F, C, H, W)
+        x = x.reshape(B, Fr, *x.shape[1:])  # (B, F, C, H, W)
+        if M:
+            mean, std = self._stats(x)
+            x = self.shift_frames(x, -shifts, -mean / std)  # the frames back on their trajectories
+        return x
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """Clips [B, F, C, H, W] in [0, 1]."""

@@ -296,6 +296,8 @@ class ImageQGFDDiffusionModel(QGFDPreTrainedModel):
         if cfg.latent_space != "pixels":
             return None
         bound = max(max(abs(0 - m), abs(1 - m)) / s for m, s in zip(cfg.image_mean, cfg.image_std))
+        if getattr(cfg, "motion_channels", 0):  # video shifts: at most S - 1 pixels
+            bound = max(bound, (cfg.image_size - 1) / cfg.motion_scale)
         return float(bound * cfg.latent_scale)
 
     # -- fitted statistics ----------------------------------------------------------------
@@ -393,6 +395,19 @@ class VideoQGFDDiffusionModel(ImageQGFDDiffusionModel):
 
     def _check_data(self, data: torch.Tensor) -> None:
         self.adapter.check_video(data)
+
+    @torch.no_grad()
+    def fit_normalization(self, data: torch.Tensor) -> None:
+        """As `ImageQGFDDiffusionModel.fit_normalization`, from training clips [N, F, C, H, W] in
+        [0, 1]; with `motion_compensation`, `motion_scale` first becomes the std of the clips'
+        shifts (1 where they do not vary)."""
+        cfg = self.config
+        if cfg.motion_compensation is not None:
+            self._check_data(data)
+            shifts = torch.cat([self.adapter.centroid_shifts(chunk) for chunk in data.split(1024)]).float()  # (N, F, 2)
+            std = float(shifts.std()) if shifts.numel() > 1 else 0.0
+            cfg.motion_scale = std if std > 1e-6 else 1.0
+        super().fit_normalization(data)
 
     def video_to_latents(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """x0 [B, F * N, latent_dim] of normalised clips [B, F, C, H, W]."""

@@ -336,6 +336,48 @@ def test_tubelet_tokens_hold_one_patch_over_several_frames_and_round_trip(tmp_pa
                         "patch_size": 4, "num_channels": 1, "hidden_size": 32}, **SMALL)
 
 
+def test_motion_compensation_centres_the_frames_and_keeps_the_shifts_in_the_latent(tmp_path):
+    digits = np.random.default_rng(0).random((6, 8, 8)).astype(np.float32)
+    clips = torch.from_numpy(make_moving_digits(digits, np.arange(6), clips_per_image=2, num_frames=4, frame_size=16, seed=1)["pixel_values"])
+    kw = dict(num_frames=4, latent_space="pixels", image_size=16, patch_size=4, num_channels=1, normalization_fitted=False, **SMALL)
+    cfg = QGFDVideoConfig(tubelet_frames=4, motion_compensation="centroid", **kw)
+    assert (cfg.num_latent_tokens(), cfg.latent_dim, cfg.motion_channels) == (16, 4 * 16 + 2 * 4, 8)
+    model = VideoQGFDDiffusionModel(cfg)
+    model.fit_normalization(clips)
+    shifts = model.adapter.centroid_shifts(clips)  # (B, F, 2)
+    assert cfg.motion_scale == pytest.approx(float(shifts.float().std()))
+    # a rigid drift: the centred frames are one image, so every tubelet token holds one patch 4 times
+    centred = model.adapter.shift_frames(clips, shifts, torch.zeros(1, 1, 1, 1))
+    assert torch.equal(centred, centred[:, :1].expand_as(centred)) and torch.allclose(centred.sum((2, 3, 4)), clips.sum((2, 3, 4)))
+    x = (clips - cfg.image_mean[0]) / cfg.image_std[0]
+    x0 = model.video_to_latents(x)
+    pixels, motion = x0[..., :64], x0[..., 64:]
+    assert torch.allclose(pixels, pixels[..., :16].repeat(1, 1, 4))
+    assert torch.allclose(motion, (shifts.float().reshape(12, 1, 8) / cfg.motion_scale * cfg.latent_scale).expand(12, 16, 8))
+    assert float(x0.std()) == pytest.approx(1.0, rel=1e-3)
+    assert torch.allclose(model.decode_latents(x0), clips, atol=1e-6)  # exact: the digits stay inside the frame
+    assert model.sample_clip_value >= float(x0.abs().max())
+    # decoding rounds the shifts' mean over the tokens: a small error on them moves nothing
+    assert torch.allclose(model.decode_latents(x0 + torch.cat([torch.zeros_like(pixels), 0.1 * torch.randn_like(motion)], -1)), clips, atol=1e-6)
+    assert torch.isfinite(model.compute_loss({"pixel_values": x})["loss"])
+    model.save_pretrained(tmp_path / "m")
+    loaded = VideoQGFDDiffusionModel.from_pretrained(tmp_path / "m")
+    assert loaded.config.motion_compensation == "centroid" and loaded.config.motion_scale == cfg.motion_scale
+    assert torch.allclose(loaded.decode_latents(x0), clips, atol=1e-6)
+    # per-frame tokens take it too; a black frame is not moved
+    per_frame = VideoQGFDDiffusionModel(QGFDVideoConfig(motion_compensation="centroid", **kw))
+    per_frame.fit_normalization(clips)
+    assert per_frame.video_to_latents(x).shape == (12, 64, 16 + 8)
+    assert torch.equal(per_frame.adapter.centroid_shifts(torch.zeros(1, 4, 1, 16, 16)), torch.zeros(1, 4, 2, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"Unknown motion_compensation 'flow'; allowed: None, 'centroid'"):
+        QGFDVideoConfig(motion_compensation="flow", **kw)
+    with pytest.raises(ValueError, match=r"`motion_scale` must lie in \(0.0, inf\), got 0"):
+        QGFDVideoConfig(motion_compensation="centroid", motion_scale=0, **kw)
+    with pytest.raises(ValueError, match=r'`motion_compensation`=\'centroid\' needs latent_space="pixels"'):
+        QGFDVideoConfig(num_frames=2, motion_compensation="centroid", latent_space="vit", backbone_config={"model_type": "vit",
+                        "image_size": 8, "patch_size": 4, "num_channels": 1, "hidden_size": 32}, **SMALL)
+
+
 def test_noise_shift_scales_the_fitted_latents():
     kw = dict(num_frames=2, latent_space="pixels", image_size=8, patch_size=4, num_channels=1, normalization_fitted=False, **SMALL)
     clips = torch.rand(6, 2, 1, 8, 8)
@@ -371,6 +413,7 @@ def test_train_save_automodel_pipeline_and_sample_from_files_on_disk(tmp_path, c
     assert cfg.normalization_fitted is True and cfg.position_grid == [3, 2, 2] and cfg.image_mean[0] != 0.5
     assert cfg.tubelet_frames == 1  # the task's default tubelets span gcd(3, 4) = 1 frame
     assert cfg.num_classes is None  # class-conditional by default on the moving digits only; folders: --class-conditional
+    assert cfg.motion_compensation is None  # so is motion compensation
     frames = pipeline("qgfd-diffusion", model=str(out / "model"))(num_samples=2, num_inference_steps=2, seed=0, progress_bar=False)
     assert frames[0]["frames"].shape == (3, 8, 8, 1) and frames[0]["frames"].dtype == np.uint8
     code, stdout, err = _run(["sample", str(out / "model"), "--num-samples", "3", "--num-inference-steps", "2", "--no-progress",
@@ -394,6 +437,9 @@ def test_pretrained_vit_stack_as_the_video_denoiser(tmp_path, capsys):
     assert code == 0, err
     config = AutoConfig.from_pretrained(str(out / "model"))
     assert config.denoiser == "pretrained" and config.latent_space == "pixels" and config.num_frames == 3
+    # ViT latents encode single frames: no motion compensation
+    _refused(["train", "--modality", "video", "--data-dir", str(d), "--backbone", str(vit), "--motion-compensation", "centroid"],
+             capsys, tmp_path, "drop --frame-patch-size / --tubelet-frames / --motion-compensation")
 
 
 def test_demo_code_path_on_a_tiny_budget(tmp_path, capsys):
@@ -410,7 +456,9 @@ def test_demo_code_path_on_a_tiny_budget(tmp_path, capsys):
     assert set(demo["targets"]) == {"fd_below_gaussian", "confidence_above_gaussian", "consistent_above_gaussian", "consistent_at_least_0.8"}
     assert np.load(out / "samples.npy").shape == (12, 2, 1, 12, 12)
     cfg = json.loads((out / "model" / "config.json").read_text())
-    assert cfg["tubelet_frames"] == 2 and cfg["latent_dim"] == 32 and cfg["position_grid"] == [1, 3, 3]  # gcd(2, 4) frames a token
+    # gcd(2, 4) frames a token; the moving digits' motion compensation adds 2 shifts per frame
+    assert cfg["tubelet_frames"] == 2 and cfg["latent_dim"] == 32 + 4 and cfg["position_grid"] == [1, 3, 3]
+    assert cfg["motion_compensation"] == "centroid" and "motion compensation centroid" in stdout
     assert (out / "samples.png").exists() and "clips keeping one digit class" in (out / "model" / "README.md").read_text()
 
 
