@@ -248,6 +248,33 @@ def test_class_conditional_scores_and_class_gaussian(evaluator_and_data):
     assert targets["fd_below_gaussian"] and targets["consistent_at_least_0.8"]  # real clips pass
 
 
+def test_gaussian_baselines_in_a_latent_space(evaluator_and_data):
+    ev, train, test = evaluator_and_data
+    S = train["pixel_values"].shape[-1]
+    identity = (lambda clips: np.asarray(clips).reshape(len(clips), -1), lambda flat: np.clip(flat, 0, 1).reshape(-1, 2, 1, S, S))
+    labels = test["label"][:50]
+    # the pixels as the "latent space": the same Gaussians, draw for draw
+    assert np.allclose(ev.gaussian_samples(50, seed=3, codec=identity), ev.gaussian_samples(50, seed=3))
+    assert np.allclose(ev.gaussian_samples(50, seed=3, labels=labels, codec=identity), ev.gaussian_samples(50, seed=3, labels=labels))
+    result = ev.evaluate(test["pixel_values"][:50], requested_labels=labels, codec=identity)
+    assert result["baseline_latent_class_gaussian"] == result["baseline_class_gaussian"]
+    assert result["baseline_latent_gaussian"] == result["baseline_gaussian"]
+    targets = video_targets_met(result)
+    assert {"fd_below_latent_gaussian", "confidence_above_latent_gaussian", "consistent_above_latent_gaussian"} <= set(targets)
+    assert targets["fd_below_latent_gaussian"] and targets["consistent_above_latent_gaussian"]  # real clips beat it
+    # a model's motion-compensated latent space: encode / decode round-trips the clips
+    from qgfd_hf.modality_video import latent_codec
+
+    cfg = QGFDVideoConfig(num_frames=2, tubelet_frames=2, motion_compensation="centroid", latent_space="pixels", image_size=S,
+                          patch_size=4, num_channels=1, normalization_fitted=False, **SMALL)
+    model = VideoQGFDDiffusionModel(cfg).eval()
+    model.fit_normalization(torch.from_numpy(train["pixel_values"][:200]))
+    encode, decode = latent_codec(model, batch_size=64)
+    flat = encode(test["pixel_values"][:100])
+    assert flat.shape == (100, cfg.num_latent_tokens() * cfg.latent_dim)
+    assert np.allclose(decode(flat), test["pixel_values"][:100], atol=1e-5)
+
+
 def test_frame_strip_puts_real_clips_beside_samples(tmp_path):
     clips = np.random.default_rng(0).random((5, 3, 1, 8, 8))
     path = save_frame_strip(clips, str(tmp_path / "s.png"), real=clips[:4], cell=10, pad=2)
@@ -453,7 +480,11 @@ def test_demo_code_path_on_a_tiny_budget(tmp_path, capsys):
     m = demo["metrics"]
     assert m["samples"]["num_clips"] == m["baseline_gaussian"]["num_clips"] == m["baseline_class_gaussian"]["num_clips"] == 12
     assert 0 <= m["samples"]["class_agreement"] <= 1 and -1 <= m["samples"]["shift_match"] <= 1 and m["guidance_scale"] == 1.0
-    assert set(demo["targets"]) == {"fd_below_gaussian", "confidence_above_gaussian", "consistent_above_gaussian", "consistent_at_least_0.8"}
+    assert set(demo["targets"]) == {"fd_below_gaussian", "confidence_above_gaussian", "consistent_above_gaussian", "consistent_at_least_0.8",
+                                    "fd_below_latent_gaussian", "confidence_above_latent_gaussian", "consistent_above_latent_gaussian"}
+    # motion-compensated latents are not pixels: the Gaussians are fitted there too
+    assert m["baseline_latent_class_gaussian"]["num_clips"] == m["baseline_latent_gaussian"]["num_clips"] == 12
+    assert "latent class Gauss." in stdout
     assert np.load(out / "samples.npy").shape == (12, 2, 1, 12, 12)
     cfg = json.loads((out / "model" / "config.json").read_text())
     # gcd(2, 4) frames a token; the moving digits' motion compensation adds 2 shifts per frame
