@@ -540,6 +540,52 @@ def grid_tables(runs):
     return "\n".join(out)
 
 
+FACTORS = (("graph", lambda r: r["graph"]), ("mix", lambda r: r["mix"]), ("T", lambda r: r["steps"]),
+           ("alpha", lambda r: "learned" if r["learnable_alpha"] else f"fixed {r['alpha']:g}"), ("depth", lambda r: r["depth"]))
+
+
+def factor_tables(runs, min_arms=24):
+    """Main effects of the QGFD factors (graph, mix, T, alpha mode, depth) for each setting whose
+    QGFD arms form a factorial (at least `min_arms` arms): per factor and level, the mean test
+    accuracy over the runs at that level, balanced (only combinations of the other factors that
+    were run at every level of this one, on the same seeds), beside softmax at each depth."""
+    out = []
+    for task in dict.fromkeys(r["setting"] for r in runs):
+        rs = [r for r in runs if r["setting"] == task]
+        qgfd = [r for r in rs if r["steps"] > 0]
+        if len({r["arm"] for r in qgfd}) < min_arms:
+            continue
+        out += [f"### Main effects: {task}\n",
+                f"{len({r['arm'] for r in qgfd})} QGFD arms; per factor, the mean accuracy (and its std over runs) at each level "
+                "over the runs whose other factors (and seed) were run at every level of this one, so each level averages "
+                "the same combinations. At T = 1 the two mixes are the same operator (c_0 = 1 - alpha, c_1 = alpha), so "
+                "the recurrent mix was run at T = 2, 3 only and the mix compares T = 2, 3.\n",
+                "| factor | level | runs | mean accuracy | std | best arm at this level (mean over seeds) |", "|---|---|---:|---:|---:|---|"]
+        for name, key in FACTORS:
+            others = [k for n, k in FACTORS if n != name]
+            levels = sorted({key(r) for r in qgfd}, key=str)
+            cells = {}
+            for r in qgfd:
+                cells.setdefault((tuple(k(r) for k in others), r["seed"]), {}).setdefault(key(r), []).append(r["accuracy"])
+            full = {c: v for c, v in cells.items() if len(v) == len(levels)}
+            for level in levels:
+                acc = [a for v in full.values() for a in v[level]]
+                if not acc:
+                    continue
+                by_arm = {}
+                for r in qgfd:
+                    if key(r) == level:
+                        by_arm.setdefault(r["arm"], []).append(r["accuracy"])
+                best = max(by_arm, key=lambda a: np.mean(by_arm[a]))
+                out.append(f"| {name} | {level} | {len(acc)} | {np.mean(acc):.3f} | {np.std(acc, ddof=1) if len(acc) > 1 else 0:.3f} | "
+                           f"{best} ({np.mean(by_arm[best]):.3f}) |")
+        for r_arm in sorted({r["arm"] for r in rs if r["steps"] == 0}):
+            acc = [r["accuracy"] for r in rs if r["arm"] == r_arm]
+            out.append(f"| softmax | {r_arm} | {len(acc)} | {np.mean(acc):.3f} | {np.std(acc, ddof=1) if len(acc) > 1 else 0:.3f} | |")
+        out.append("")
+    return "\n".join(out)
+
+
 def plot_grid(runs, plot_dir):
     import matplotlib
 
@@ -607,6 +653,9 @@ def run_report(args):
                         f"{runs[0]['num_heads']} heads, fresh training examples; each table names its task and budget "
                         "(steps, peak learning rate, batch, width), and runs at different budgets are never pooled.\n")
         sections.append(grid_tables(runs))
+        factors = factor_tables(runs)
+        if factors:
+            sections.append(factors)
         for p in plot_grid(runs, args.plot_dir):
             sections.append(f"![{os.path.basename(p)}]({os.path.relpath(p, os.path.dirname(os.path.abspath(args.out)))})\n")
     for table in (shared_table(args.out_dir), finetune_table(args.out_dir)):

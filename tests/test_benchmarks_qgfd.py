@@ -291,3 +291,28 @@ def test_eval_script_shared_table_keeps_budgets_apart(tmp_path):
     assert table.count("### ") == 2 and "### 300 optimizer steps" in table and "### 3000 optimizer steps" in table
     rows = [line for line in table.splitlines() if line.startswith("| joint")]
     assert len(rows) == 2 and "| 0.000 +- 0.000 |" in rows[0] and "| 0.900 +- 0.000 |" in rows[1]
+
+
+def test_eval_script_factor_tables_balance_the_levels():
+    ev = _eval_script()
+    setting = "toy, 3 steps (lr 0.003, batch 8, width 8)"
+    runs = []
+    for graph in ("attention", "keys"):
+        for steps in (1, 2):
+            for seed in (0, 1):
+                if (graph, steps, seed) == ("keys", 2, 1):
+                    continue  # a run that is missing: its partner (attention, T=2, seed 1) leaves the graph comparison
+                runs.append({"setting": setting, "arm": f"{graph}-seed-T{steps}-learn-d1", "steps": steps, "graph": graph, "mix": "seed",
+                             "learnable_alpha": True, "alpha": 0.5, "depth": 1, "seed": seed,
+                             "accuracy": 0.5 + 0.1 * (graph == "keys") + 0.01 * steps + 0.001 * seed})
+    runs.append({"setting": setting, "arm": "softmax-d1", "steps": 0, "graph": "attention", "mix": "seed", "learnable_alpha": False,
+                 "alpha": 0.5, "depth": 1, "seed": 0, "accuracy": 0.9})
+    table = ev.factor_tables(runs, min_arms=4)
+    rows = {tuple(c.strip() for c in line.split("|")[1:3]): line.split("|")[3:5] for line in table.splitlines() if line.startswith("| ")}
+    # graph: the 3 complete (T, seed) cells; attention 0.511, 0.521, 0.512 -> 0.5147; keys the same + 0.1
+    assert rows[("graph", "attention")][0].strip() == "3" and float(rows[("graph", "attention")][1]) == pytest.approx(0.5147, abs=1e-3)
+    assert float(rows[("graph", "keys")][1]) == pytest.approx(0.6147, abs=1e-3)
+    # T: the (graph, seed) cells with both T; (keys, seed 1) has T = 1 only: T = 2 is 0.520, 0.521, 0.620
+    assert rows[("T", "2")][0].strip() == "3" and float(rows[("T", "2")][1]) == pytest.approx(0.5537, abs=1e-3)
+    assert ("softmax", "softmax-d1") in rows
+    assert ev.factor_tables(runs, min_arms=5) == ""  # 4 QGFD arms: not a factorial to summarise
