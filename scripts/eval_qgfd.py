@@ -586,6 +586,9 @@ def factor_tables(runs, min_arms=24):
     return "\n".join(out)
 
 
+MAX_PLOT_LINES = 6  # QGFD lines per panel; a factorial's panel shows its best ones
+
+
 def plot_grid(runs, plot_dir):
     import matplotlib
 
@@ -613,6 +616,13 @@ def plot_grid(runs, plot_dir):
                 for name in list(groups):
                     if not name.startswith("softmax"):
                         groups[name] = groups[name] + groups.get(f"softmax-d{name.rsplit('-d', 1)[1]}", [])
+            title = task.replace(" (", "\n(")
+            qgfd_lines = [n for n, g in groups.items() if not n.startswith("softmax") and (key == "depth" or len({r[key] for r in g}) > 1)]
+            if len(qgfd_lines) > MAX_PLOT_LINES:  # a factorial: the best lines, the rest in the main-effects table
+                mean_acc = lambda n: np.mean([r["accuracy"] for r in groups[n] if r["steps"] > 0])
+                keep = set(sorted(qgfd_lines, key=mean_acc, reverse=True)[:MAX_PLOT_LINES])
+                groups = {n: g for n, g in groups.items() if n.startswith("softmax") or n in keep}
+                title += f"\n(the {MAX_PLOT_LINES} best of {len(qgfd_lines)} QGFD lines; all: main-effects table)"
             single = 0
             for name, g in groups.items():
                 xs = sorted(set(r[key] for r in g))
@@ -627,7 +637,7 @@ def plot_grid(runs, plot_dir):
                 ax.errorbar(xs, means, yerr=[[m - c["ci_low"] for m, c in zip(means, cis)], [c["ci_high"] - m for m, c in zip(means, cis)]],
                             capsize=3, label=f"{name} (n={min(c['n'] for c in cis)})", **style)
             ax.axhline(rs[0]["majority_accuracy"], color="grey", ls=":", lw=1)
-            ax.set_title(task.replace(" (", "\n("), fontsize=8)
+            ax.set_title(title, fontsize=8)
             ax.set_ylim(0, 1.02)  # accuracy; a 2-seed t-interval can reach past 1
             ax.set_xlabel(x_name)
             ax.set_ylabel("test accuracy")
