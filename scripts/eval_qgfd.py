@@ -549,17 +549,22 @@ def factor_tables(runs, min_arms=24):
     QGFD arms form a factorial (at least `min_arms` arms): per factor and level, the mean test
     accuracy over the runs at that level, balanced (only combinations of the other factors that
     were run at every level of this one, on the same seeds), beside softmax at each depth."""
+    def mean_std(acc):
+        return f"{len(acc)} | {np.mean(acc):.3f} | {np.std(acc, ddof=1) if len(acc) > 1 else 0:.3f}"
+
     out = []
     for task in dict.fromkeys(r["setting"] for r in runs):
         rs = [r for r in runs if r["setting"] == task]
         qgfd = [r for r in rs if r["steps"] > 0]
         if len({r["arm"] for r in qgfd}) < min_arms:
             continue
+        no_recurrent_t1 = not any(r["mix"] == "recurrent" and r["steps"] == 1 for r in qgfd)
         out += [f"### Main effects: {task}\n",
                 f"{len({r['arm'] for r in qgfd})} QGFD arms; per factor, the mean accuracy (and its std over runs) at each level "
                 "over the runs whose other factors (and seed) were run at every level of this one, so each level averages "
-                "the same combinations. At T = 1 the two mixes are the same operator (c_0 = 1 - alpha, c_1 = alpha), so "
-                "the recurrent mix was run at T = 2, 3 only and the mix compares T = 2, 3.\n",
+                "the same combinations."
+                + (" At T = 1 the two mixes are the same operator (c_0 = 1 - alpha, c_1 = alpha), so the recurrent mix was "
+                   "run at T = 2, 3 only and the mix compares T = 2, 3." if no_recurrent_t1 else "") + "\n",
                 "| factor | level | runs | mean accuracy | std | best arm at this level (mean over seeds) |", "|---|---|---:|---:|---:|---|"]
         for name, key in FACTORS:
             others = [k for n, k in FACTORS if n != name]
@@ -577,11 +582,9 @@ def factor_tables(runs, min_arms=24):
                     if key(r) == level:
                         by_arm.setdefault(r["arm"], []).append(r["accuracy"])
                 best = max(by_arm, key=lambda a: np.mean(by_arm[a]))
-                out.append(f"| {name} | {level} | {len(acc)} | {np.mean(acc):.3f} | {np.std(acc, ddof=1) if len(acc) > 1 else 0:.3f} | "
-                           f"{best} ({np.mean(by_arm[best]):.3f}) |")
+                out.append(f"| {name} | {level} | {mean_std(acc)} | {best} ({np.mean(by_arm[best]):.3f}) |")
         for r_arm in sorted({r["arm"] for r in rs if r["steps"] == 0}):
-            acc = [r["accuracy"] for r in rs if r["arm"] == r_arm]
-            out.append(f"| softmax | {r_arm} | {len(acc)} | {np.mean(acc):.3f} | {np.std(acc, ddof=1) if len(acc) > 1 else 0:.3f} | |")
+            out.append(f"| softmax | {r_arm} | {mean_std([r['accuracy'] for r in rs if r['arm'] == r_arm])} | |")
         out.append("")
     return "\n".join(out)
 
