@@ -19,6 +19,10 @@ How `qgfd_hf` is kept out, whether or not it is pip-installed (editable or not):
 - the process starts in a fresh temporary folder, with ``PYTHONPATH`` removed from its
   environment.
 
+The process computes with the same number of torch threads as the calling process (when that one
+has imported torch): results are then bitwise comparable, since a reduction's order depends on the
+thread count. ``env`` can still set ``OMP_NUM_THREADS``.
+
 The process also gets its own ``HF_HOME`` and ``HF_MODULES_CACHE`` (where
 `trust_remote_code` copies model code) in a temporary folder, and cannot use the network:
 ``HF_HUB_OFFLINE=1`` and a socket guard refuses anything but loopback. To let it download
@@ -91,6 +95,11 @@ def run_without_qgfd_hf(
         script = Path(tmp) / "snippet.py"
         script.write_text(_PRELUDE.format(repo=str(REPO_ROOT)) + textwrap.dedent(code), encoding="utf-8")
         child_env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        torch = sys.modules.get("torch")
+        if torch is not None:
+            # The child computes with this process's intra-op thread count: a matmul's reduction
+            # order depends on it, so a bitwise comparison between the two needs the same count.
+            child_env["OMP_NUM_THREADS"] = str(torch.get_num_threads())
         child_env.update(
             HF_HOME=str(Path(tmp) / "hf_home"),
             HF_MODULES_CACHE=str(Path(tmp) / "hf_modules"),

@@ -34,6 +34,21 @@ def test_qgfd_hf_cannot_be_imported_there_though_it_can_here():
     assert str(REPO_ROOT) not in path and "" not in path
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_the_child_computes_with_this_process_thread_count(threads):
+    """A matmul's reduction order depends on the thread count: the child must use this process's,
+    or a bitwise comparison between the two fails depending on what earlier tests set."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        out = run_without_qgfd_hf("import torch; print(torch.get_num_threads())")
+    finally:
+        torch.set_num_threads(before)
+    assert out.split()[-1] == str(threads)
+
+
 def test_failure_shows_the_childs_traceback():
     with pytest.raises(AssertionError, match="ZeroDivisionError"):
         run_without_qgfd_hf("1 / 0")
