@@ -69,7 +69,8 @@ SUPPORTED = (
     "soft-capping: T5 / mT5 / UMT5 (encoder and decoder self-attention; cross-attention stays plain), ViT, "
     "DeiT, DINOv2, CLIP, SigLIP, Wav2Vec2, HuBERT, WavLM and GPT-Neo (module-level), Llama-style decoders (Llama, Mistral, Qwen2/3, Gemma, "
     "Gemma3, Phi3, ...), GPT-2, GPT-NeoX, GPTBigCode, OPT, BERT-style encoders, Bart-style encoder-decoders. "
-    "Not supported (their attention bypasses the interface): BLOOM, Falcon, XGLM, DeBERTa-v2, MPNet, LongT5."
+    "Architectures whose attention bypasses the interface are refused; which ones do depends on the "
+    "transformers release (docs/patching.md lists what was measured)."
 )
 
 # Call keywords under which attention layers receive their cache, and the encoder states of cross-attention.
