@@ -24,9 +24,30 @@ def quickstart_blocks():
 def test_readme_names_its_commands():
     text = README.read_text(encoding="utf-8")
     assert "qgfd-hf demo" in text
-    test_command = 'pip install torch==2.13.0 -e ".[test]" && python -m pytest -q'
+    test_command = 'pip install torch==2.13.0 -c constraints.txt -e ".[test]" && python -m pytest -q'
     assert test_command in text
     assert test_command in (README.parent / ".ci" / "run").read_text()  # CI runs the README's command
+    assert "pip install torch==2.13.0 -c constraints.txt -e . && qgfd-hf demo" in text
+
+
+def test_constraints_pin_what_the_tests_need():
+    """constraints.txt pins one version of transformers, and that version satisfies setup.py's range
+    (the supported range is what CI tests); every line is a `name==version` pin."""
+    from packaging.requirements import Requirement
+
+    lines = [l for l in (README.parent / "constraints.txt").read_text().splitlines() if l and not l.startswith("#")]
+    pins = {}
+    for line in lines:
+        req = Requirement(line)
+        (spec,) = req.specifier
+        assert spec.operator == "==", line
+        pins[req.name.lower()] = spec.version
+    assert "torch" not in pins  # the platform's build, installed first
+    setup = (README.parent / "setup.py").read_text()
+    for name in ("transformers", "accelerate", "datasets", "numpy", "pytest", "hypothesis"):
+        assert name in pins, name
+    lower = re.search(r'"transformers>=([0-9.]+)"', setup).group(1)
+    assert pins["transformers"].split(".")[:2] == lower.split(".")[:2]
 
 
 @pytest.mark.slow
