@@ -41,7 +41,6 @@ from .configuration_qgfd import (  # the modality configs are used by the docstr
 )
 from .attention_qgfd import value_checks_enabled
 from .modeling_qgfd import EncoderBlock, check_float_tensor, sinusoidal_embedding
-from .patching_qgfd import patch_model  # also registers the "qgfd" attention implementation
 
 logger = logging.get_logger(__name__)
 
@@ -61,6 +60,11 @@ def build_encoder(modality: str, backbone_config: PretrainedConfig) -> nn.Module
     (Wav2Vec2Model and friends).
     """
     import transformers
+
+    # The first transformers model a QGFD model builds registers "qgfd" with transformers and installs
+    # its hooks (a saved config may ask for "qgfd"); a model without one, such as a pixel-space image
+    # model, leaves transformers as it was, also when loaded with trust_remote_code.
+    from . import patching_qgfd  # noqa: F401
 
     model_type = getattr(backbone_config, "model_type", "")
     if modality == "text" and model_type in _T5_ENCODERS:
@@ -86,6 +90,8 @@ def maybe_patch_encoder(encoder: nn.Module, settings: Optional[dict]) -> None:
     """QGFD-patch the encoder's own self-attention when `backbone_qgfd` asks for it."""
     if not settings:
         return
+    from .patching_qgfd import patch_model
+
     patch_model(encoder, **settings)
 
 

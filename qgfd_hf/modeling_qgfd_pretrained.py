@@ -58,7 +58,6 @@ from transformers.utils import logging
 from .configuration_qgfd import PRETRAINED_STACKS, qgfd_settings
 from .modeling_qgfd import TimestepEmbedding, _zero_init, check_condition, check_float_tensor, check_timesteps, modulate
 from .modeling_qgfd_adapters import build_encoder, load_pretrained_encoder
-from .patching_qgfd import patch_model
 
 logger = logging.get_logger(__name__)
 
@@ -309,6 +308,8 @@ class PretrainedDenoiser(nn.Module):
         self._backbone_config = copy.deepcopy(backbone_config)  # for `load_pretrained_stack` (unpatched)
 
         # The stack: its own copy of the backbone config, so patching it leaves the encoder's alone.
+        from .patching_qgfd import patch_model  # registers "qgfd" and installs the hooks (see build_encoder)
+
         self.stack = self.family.build(backbone_config)
         patch_model(self.stack, **qgfd_settings(config).to_dict())
         self.width = width = self.family.width(self.stack.config)

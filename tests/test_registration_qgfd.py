@@ -157,3 +157,65 @@ def test_a_saved_folder_loads_and_samples_with_transformers_imported_first(tmp_p
         print(qgfd_hf.is_qgfd_patched(t5))
     """)
     assert out.strip().splitlines()[-3:] == ["qgfd_hf.modeling_qgfd_modalities ImageQGFDDiffusionModel", "(8, 8)", "True"]
+
+
+# The transformers methods qgfd_hf wraps for QGFD-patched transformers models (patching_qgfd,
+# patching_config_qgfd): a model that patches none must leave them as they are.
+WRAPPED = {
+    "PreTrainedModel": ("post_init", "set_attn_implementation", "_initialize_weights", "get_correct_attn_implementation"),
+    "PreTrainedConfig": ("to_dict", "validate_output_attentions"),
+    "GenerationMixin": ("_prepare_cache_for_generation",),
+}
+
+
+def test_loading_a_saved_pixel_model_with_remote_code_leaves_transformers_alone(tmp_path):
+    """A pixel-space image model contains no transformers model: loading it with trust_remote_code
+    where qgfd_hf cannot be imported, and sampling it, must not wrap any transformers method."""
+    from helpers_subprocess import run_without_qgfd_hf
+
+    from qgfd_hf import ImageQGFDDiffusionModel, QGFDImageConfig
+
+    config = QGFDImageConfig(latent_space="pixels", image_size=8, patch_size=2, num_channels=1, d_model=32,
+                             num_heads=4, num_layers=1, d_ff=32)
+    ImageQGFDDiffusionModel(config).save_pretrained(tmp_path / "model")
+    out = run_without_qgfd_hf(f"""
+        import json, torch, transformers
+        from transformers import AutoModel, GenerationMixin, PreTrainedConfig, PreTrainedModel
+        owners = dict(PreTrainedModel=PreTrainedModel, PreTrainedConfig=PreTrainedConfig, GenerationMixin=GenerationMixin)
+        wrapped = {json.dumps(WRAPPED)}
+        def methods():
+            return {{f"{{o}}.{{n}}": owners[o].__dict__[n] for o, names in wrapped.items() for n in names}}
+        before = methods()
+        model = AutoModel.from_pretrained({str(tmp_path / "model")!r}, trust_remote_code=True).eval()
+        with torch.no_grad():
+            model.diffusion_sample(num_samples=2, num_inference_steps=2, generator=torch.Generator().manual_seed(0))
+        after = methods()
+        print(json.dumps(dict(module=type(model).__module__,
+                              changed=sorted(k for k in before if before[k] is not after[k]),
+                              patching=sorted(m for m in __import__("sys").modules if "patching_qgfd" in m or "patching_config_qgfd" in m))))
+    """)
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["module"].startswith("transformers_modules.")
+    assert result["changed"] == [], f"loading a pixel model wrapped {result['changed']}"
+    assert result["patching"] == []
+
+
+def test_a_remote_code_model_with_a_transformers_encoder_still_gets_qgfd(tmp_path):
+    """The other side: a model that builds a QGFD-patched transformers encoder (ViT latents with
+    `backbone_qgfd`) imports the patching code when it builds it, and runs QGFD there."""
+    from helpers_subprocess import run_without_qgfd_hf
+
+    from qgfd_hf import ImageQGFDDiffusionModel, QGFDImageConfig
+
+    vit = dict(model_type="vit", image_size=8, patch_size=2, num_channels=1, hidden_size=16, num_hidden_layers=1,
+               num_attention_heads=2, intermediate_size=32)
+    config = QGFDImageConfig(latent_space="vit", backbone_config=vit, backbone_qgfd={"steps": 1, "alpha": 0.5},
+                             normalization_fitted=False, d_model=32, num_heads=4, num_layers=1, d_ff=32)
+    ImageQGFDDiffusionModel(config).save_pretrained(tmp_path / "model")
+    out = run_without_qgfd_hf(f"""
+        from transformers import AutoModel
+        model = AutoModel.from_pretrained({str(tmp_path / "model")!r}, trust_remote_code=True)
+        encoder = model.adapter.encoder
+        print(encoder.config._attn_implementation)
+    """)
+    assert out.split()[-1] == "qgfd"
