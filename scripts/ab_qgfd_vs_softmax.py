@@ -2,7 +2,7 @@
 with QGFD, at the same budget, over several seeds.
 
 Each run is one `qgfd-hf demo` (same data, model size, optimizer, steps, sampler and metrics as
-the README's main job), in its own process, with only the attention settings changed:
+the main job in docs/demos.md), in its own process, with only the attention settings changed:
 
     softmax        --qgfd-alpha 0                                   (plain attention, exactly)
     qgfd-seed      the demo's QGFD: graph=attention, mix=seed, steps=1, alpha=0.5
