@@ -1,10 +1,9 @@
 """qgfd_hf: QGFD (Query Graph Flow Diffusion) attention for Hugging Face models and diffusion.
 
-`import qgfd_hf` is cheap: the public names below are imported from their module on first use
-(PEP 562, as transformers' `_LazyModule` does), and what the package registers with transformers
-(the configs and models with the Auto classes, the `"qgfd-diffusion"` pipeline, the `"qgfd"`
-attention implementation and its hooks) is registered as soon as the transformers module it
-concerns is imported, in any import order (`registration_qgfd`).
+`import qgfd_hf` registers QGFD with transformers through its public API (`registration_qgfd`):
+the `"qgfd"` attention implementation, the configs and models with the Auto classes, and the
+`"qgfd-diffusion"` pipeline. The public names below come from their modules on first use (PEP 562);
+the training side (`qgfd_hf.training_qgfd`, the modality tasks, the CLI) is imported only when used.
 """
 
 import importlib
@@ -113,6 +112,6 @@ def __dir__():
     return sorted(set(globals()) | set(__all__))
 
 
-from . import registration_qgfd  # noqa: E402 (after the names above: a registration may import submodules now)
+from .registration_qgfd import register  # noqa: E402
 
-registration_qgfd.install()
+register()

@@ -1306,8 +1306,8 @@ for _cls in (QGFDTextConfig, QGFDImageConfig, QGFDAudioConfig, QGFDVideoConfig, 
 
 
 def register_qgfd_configs() -> None:
-    """Register every QGFD config with `AutoConfig` (`qgfd_hf` calls it as soon as transformers'
-    `AutoConfig` is imported, see `registration_qgfd`; the models follow with `AutoModel`)."""
+    """Register every QGFD config with `AutoConfig` (`import qgfd_hf` calls it through
+    `register_qgfd_auto_classes`, see `registration_qgfd`)."""
     for cls in (QGFDConfig, QGFDTextConfig, QGFDImageConfig, QGFDAudioConfig, QGFDVideoConfig, QGFDTabularConfig, QGFDSharedConfig):
         AutoConfig.register(cls.model_type, cls, exist_ok=True)
 

@@ -1013,7 +1013,7 @@ for _model_cls in ALL_MODEL_CLASSES.values():
 
 def register_qgfd_auto_classes() -> None:
     """Register every QGFD config with `AutoConfig` and every model with `AutoModel`
-    (`qgfd_hf` calls it as soon as transformers' `AutoModel` is imported, see `registration_qgfd`)."""
+    (`import qgfd_hf` calls it, see `registration_qgfd`)."""
     from transformers import AutoModel
 
     from .configuration_qgfd import register_qgfd_configs

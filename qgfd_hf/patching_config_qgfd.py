@@ -6,9 +6,10 @@
   or config reloads with the implementation it had when saved;
 - `output_attentions = True` is accepted for "qgfd" (QGFD returns its own weights).
 
-This file imports only `transformers.configuration_utils` (no torch, no model classes), so that
-`qgfd_hf` can install these wrappers as soon as transformers' configs exist, before any config is
-made or saved (`registration_qgfd`), while the model half waits for `transformers.modeling_utils`.
+This file imports only `transformers.configuration_utils` (no torch, no model classes). The wrappers
+are installed with the model half (`patching_qgfd.install_transformers_hooks`), when `"qgfd"` is
+registered: on `import qgfd_hf` (`registration_qgfd`), or when a saved model loaded with
+`trust_remote_code` builds a transformers model.
 """
 
 from __future__ import annotations

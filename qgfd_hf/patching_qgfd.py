@@ -877,10 +877,9 @@ def install_transformers_hooks() -> None:
     accepts True for "qgfd"; `PreTrainedModel._initialize_weights` starts a learnable alpha that a
     checkpoint lacks at its initial value; `GenerationMixin._prepare_cache_for_generation` readies the
     cache of a QGFD model's `generate()` for compiled calls (`prepare_qgfd_cache`). For models and configs that never use "qgfd" each
-    wrapper only calls the original. Runs when this file is imported (`qgfd_hf` imports it as soon as
-    `transformers.modeling_utils` is imported, see `registration_qgfd`; the config half,
-    `patching_config_qgfd`, already when transformers' configs are); calling it again is harmless
-    (the originals are wrapped once, by the most recent import)."""
+    wrapper only calls the original. Runs when this file is imported (on `import qgfd_hf`, see
+    `registration_qgfd`, or when a saved model loaded with `trust_remote_code` builds a transformers
+    model); calling it again is harmless (the originals are wrapped once, by the most recent import)."""
     targets = {
         "post_init": _post_init,
         "set_attn_implementation": _set_attn_implementation,

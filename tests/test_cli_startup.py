@@ -1,5 +1,6 @@
-"""`qgfd-hf --help` (and `train --help`, `sample --help`, `demo --help`, `--version`) import neither torch
-nor transformers; the defaults the help shows are the trainer's. (Their time: scripts/bench_startup.py.)"""
+"""`qgfd-hf --help` (and `train --help`, `sample --help`, `demo --help`, `--version`) work without building
+anything (no training data loaded: `datasets` is not imported); the defaults the help shows are the trainer's.
+(`import qgfd_hf` imports torch and transformers to register with them; the time: scripts/bench_startup.py.)"""
 
 import dataclasses
 import json
@@ -10,7 +11,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_help_and_version_import_no_torch_or_transformers():
+def test_help_and_version_load_no_training_data():
     code = """
 import contextlib, io, json, sys
 from qgfd_hf.cli import main
@@ -23,7 +24,7 @@ for argv in (["--help"], ["train", "--help"], ["sample", "--help"], ["demo", "--
         except SystemExit as e:
             assert e.code == 0, (argv, e.code)
     texts[" ".join(argv)] = out.getvalue()
-heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "transformers", "accelerate", "datasets"))
+heavy = sorted(m for m in sys.modules if m.split(".")[0] == "datasets")
 print(json.dumps({"heavy": heavy, "texts": texts}))
 """
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)

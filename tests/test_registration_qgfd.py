@@ -1,4 +1,4 @@
-"""`import qgfd_hf` is lazy, and what it registers with transformers is there in every import order.
+"""What `import qgfd_hf` registers with transformers is there in every import order, through public API only.
 
 Each case runs in a fresh process (the test process has imported everything already): a prelude
 that imports qgfd_hf and transformers' modules in some order, then `CHECK`, which prints what is
@@ -34,7 +34,6 @@ from transformers.models.auto.modeling_auto import MODEL_MAPPING
 from transformers.pipelines import PIPELINE_REGISTRY
 import qgfd_hf
 
-# The models register on the first Auto model call (registration_qgfd): make one, as a user would.
 config = CONFIG_MAPPING["qgfd_image"](latent_space="pixels", image_size=8, patch_size=2, num_channels=1, d_model=32, num_heads=4, num_layers=1, d_ff=32)
 from transformers import AutoModel
 model_class = type(AutoModel.from_config(config)).__name__
@@ -92,33 +91,32 @@ def test_every_import_order_registers_everything(order):
     assert json.loads(out.strip().splitlines()[-1]) == EXPECTED
 
 
-def test_import_is_lazy_and_each_registration_waits_for_its_module():
+def test_import_adds_no_import_hook_and_leaves_lazy_auto_mapping_alone():
+    """`import qgfd_hf` registers through transformers' public API only: no `sys.meta_path` entry, no
+    wrapped method of transformers' private `_LazyAutoMapping`; and everything is registered at once."""
     out = run_fresh("""
         import json, sys
-        heavy = ("torch", "transformers", "transformers.modeling_utils", "transformers.pipelines")
+        from transformers.models.auto.auto_factory import _LazyAutoMapping
+        finders = list(sys.meta_path)
+        mapping = dict(vars(_LazyAutoMapping))
         import qgfd_hf
-        after_import = [m for m in heavy if m in sys.modules]
-        from transformers import AutoConfig, T5Config
+        from transformers import AttentionInterface
         from transformers.models.auto.configuration_auto import CONFIG_MAPPING
-        # A config that says "qgfd" is saved with it (PreTrainedConfig.to_dict is wrapped) and may
-        # return attentions, before any model class (transformers.modeling_utils) exists.
-        config = T5Config(d_model=8, d_kv=2, d_ff=8, num_layers=1, num_heads=4, vocab_size=10, attn_implementation="qgfd", output_attentions=True)
-        print(json.dumps({
-            "after_import": after_import,
-            "qgfd_types": sorted(t for t in CONFIG_MAPPING._extra_content if t.startswith("qgfd")),
-            "saved_attn_implementation": config.to_dict().get("attn_implementation"),
-            "modeling_utils": "transformers.modeling_utils" in sys.modules,
-        }))
         from transformers.models.auto.modeling_auto import MODEL_MAPPING
-        found = MODEL_MAPPING[CONFIG_MAPPING["qgfd_video"]].__name__  # the first lookup registers the models
-        print(json.dumps({"found": found, "modeling_utils": "transformers.modeling_utils" in sys.modules}))
+        from transformers.pipelines import PIPELINE_REGISTRY
+        print(json.dumps({
+            "new_finders": [repr(f) for f in sys.meta_path if f not in finders and
+                            getattr(f, "__module__", type(f).__module__).startswith("qgfd_hf")],
+            "changed": sorted(k for k, v in vars(_LazyAutoMapping).items() if mapping.get(k) is not v),
+            "registered": ["qgfd" in AttentionInterface().valid_keys(), "qgfd_video" in CONFIG_MAPPING,
+                           "qgfd-diffusion" in PIPELINE_REGISTRY.get_supported_tasks(),
+                           MODEL_MAPPING[CONFIG_MAPPING["qgfd_video"]].__name__],
+        }))
     """)
-    got, then = (json.loads(line) for line in out.strip().splitlines()[-2:])
-    assert got["after_import"] == []
-    assert got["qgfd_types"] == ["qgfd", "qgfd_audio", "qgfd_image", "qgfd_shared", "qgfd_tabular", "qgfd_text", "qgfd_video"]
-    assert got["saved_attn_implementation"] == "qgfd"
-    assert got["modeling_utils"] is False  # T5Config imports modeling_auto (its docstring), not the models
-    assert then == {"found": "VideoQGFDDiffusionModel", "modeling_utils": True}
+    got = json.loads(out.strip().splitlines()[-1])
+    assert got["new_finders"] == []
+    assert got["changed"] == []
+    assert got["registered"] == [True, True, True, "VideoQGFDDiffusionModel"]
 
 
 def test_public_names_resolve_lazily():
