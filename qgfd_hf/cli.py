@@ -513,9 +513,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     datasets.disable_progress_bars()
     try:
         return COMMANDS[args.command](args)
-    except (ValueError, OSError) as e:
-        # Bad input (data, flags) or a fault of the machine (a full disk): one clear line, no
-        # traceback; the exit status is 2 like argparse's. QGFD_HF_TRACEBACK=1 shows the traceback.
+    except (ValueError, OSError, FloatingPointError) as e:
+        # Bad input (data, flags), a fault of the machine (a full disk) or a run that diverged (a
+        # non-finite or exploding loss, non-finite samples): one clear line, no traceback; the exit
+        # status is 2 like argparse's. QGFD_HF_TRACEBACK=1 shows the traceback.
         if os.environ.get("QGFD_HF_TRACEBACK"):
             raise
         print(f"qgfd-hf {args.command}: error: {e}", file=sys.stderr, flush=True)

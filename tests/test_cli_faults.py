@@ -1,8 +1,10 @@
 """Bad values refused where they enter, and faults that end in one clear message (issue 12):
 typo config fields, empty csv cells, dropped rows and unknown words reported, `sample` on folders
-that are not QGFD models, a plain transformers model in the pipeline, out-of-range seeds."""
+that are not QGFD models, a plain transformers model in the pipeline, out-of-range seeds. Issue 21:
+a diverging run stops without a model."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -100,3 +102,23 @@ def test_sample_never_overwrites_earlier_samples(tmp_path, capsys):
     assert _cli(args, capsys)[0] == 0
     assert (tmp_path / "samples.png").read_bytes() == b"the demo's grid"
     assert (tmp_path / "sample-seed0.png").is_file() and (tmp_path / "sample-seed0-1.png").is_file()
+
+
+# ----------------------------------------------------------------------------------------
+# Issue 21: the last silent cases
+# ----------------------------------------------------------------------------------------
+
+
+def test_a_diverging_run_stops_without_saving_a_model(tmp_path, capsys):
+    """lr 1e12: the first step's loss is O(1), the second ~1e26 yet finite; the run stops there."""
+    out = tmp_path / "run"
+    code, stdout, err = _cli(["train", "--modality", "image", "--dataset", "digits", "--preset", "tiny", "--batch-size", "8",
+                              "--max-steps", "6", "--log-every", "3", "--checkpoint-every", "1", "--warmup-steps", "0",
+                              "--learning-rate", "1e12", "--no-progress", "--output-dir", str(out)], capsys)
+    assert code == 2 and "Traceback" not in err
+    assert re.search(r"The training loss diverged: \S+ at step 2, more than 1000 times the first step's \(0\.\d+\), with learning rate 1e\+12", err)
+    assert "no final model was saved; no checkpoint was written before it (checkpoint-00000001 holds the weights that gave this loss)" in err
+    assert "final loss" not in stdout and not (out / "model").exists() and not (out / "metrics.json").exists()
+    stopped = json.loads((out / "run.json").read_text())["stopped"]
+    assert stopped["step"] == 2 and stopped["reason"] == "loss diverged" and stopped["learning_rate"] == 1e12
+    assert stopped["losses"]["loss"] > 1000 * stopped["initial_loss"]
