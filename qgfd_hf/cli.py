@@ -221,8 +221,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timestep-spacing", default=None, choices=("linspace", "leading", "trailing"), help="as diffusers (default linspace)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output", default=None,
-                   help="where the samples go, as a path without or with extension (default: sample-seed<SEED> beside the "
-                        "model folder, never overwriting earlier samples)")
+                   help="the file the samples go to, exactly as given; its suffix says what is written ("
+                        + "; ".join(f"{n}: {', '.join(get_task(n).output_suffixes)}" for n in modalities)
+                        + "; other files of the samples go beside it, named after it) (default: sample-seed<SEED> beside the "
+                        "model folder, never overwriting earlier samples; text: printed only)")
     p.add_argument("--threads", type=int, default=1, help="CPU threads for torch (default 1: robust when cores are shared)")
     p.add_argument("--no-progress", action="store_true")
 
@@ -371,8 +373,10 @@ def cmd_sample(args) -> int:
         raise ValueError(f"{args.model!r} is not a QGFD diffusion model folder (config modality {modality!r}; allowed: {', '.join(task_names())}).")
     if args.condition and not getattr(config, "conditional", False):
         raise ValueError(f"This {modality} model is unconditional; drop --condition (use --num-samples).")
+    task = get_task(modality)
+    task.check_output(args)  # a bad --output before anything else (sample_output checks it again where it writes)
     t0 = time.time()
-    lines = get_task(modality).sample_command(args.model, args)
+    lines = task.sample_command(args.model, args)
     for line in lines:
         _say(line)
     _say(f"({time.time() - t0:.1f}s)")
