@@ -215,9 +215,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--class-label", type=int, nargs="+", default=None, metavar="K",
                    help="class-conditional models (tables: the label column's category index): the class of the samples; several are cycled over --num-samples")
     p.add_argument("--guidance-scale", type=float, default=None,
-                   help="classifier-free guidance scale (default 1 = none; other scales need a model trained with --cond-dropout-prob > 0)")
-    p.add_argument("--num-inference-steps", type=int, default=50)
-    p.add_argument("--sampler", default="ddim", choices=("ddim", "ddpm", "dpmsolver++"))
+                   help="classifier-free guidance scale (default: the modality's, 1 = none; other scales need a model trained with "
+                        "--cond-dropout-prob > 0)")
+    p.add_argument("--num-inference-steps", type=int, default=None,
+                   help="denoising steps (default: the modality's with its sampler, as the demo samples; with another --sampler, "
+                        "the pipeline's: all T for ddpm, 50 for ddim, 20 for dpmsolver++)")
+    p.add_argument("--sampler", default=None, choices=("ddim", "ddpm", "dpmsolver++"), help="the sampler")
     p.add_argument("--timestep-spacing", default=None, choices=("linspace", "leading", "trailing"), help="as diffusers (default linspace)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output", default=None,
@@ -375,12 +378,47 @@ def cmd_sample(args) -> int:
         raise ValueError(f"This {modality} model is unconditional; drop --condition (use --num-samples).")
     task = get_task(modality)
     task.check_output(args)  # a bad --output before anything else (sample_output checks it again where it writes)
+    _say(_resolve_sampling(args, config, task))
     t0 = time.time()
     lines = task.sample_command(args.model, args)
     for line in lines:
         _say(line)
     _say(f"({time.time() - t0:.1f}s)")
     return 0
+
+
+def _resolve_sampling(args, config, task) -> str:
+    """`sample`'s sampler, steps and guidance scale, written into `args`: the flags where given,
+    else the modality's defaults (those its demo samples with and `train --help` lists; the
+    steps only with the modality's own sampler, else the pipeline's for the sampler asked for).
+    Returns the line that says what is used."""
+    from .pipeline_qgfd_diffusion import default_num_inference_steps
+
+    d, T = task.defaults, int(config.num_timesteps)
+    if args.sampler is None:
+        args.sampler = d.get("sampler", "ddim")
+    if args.num_inference_steps is None:
+        steps = d.get("num_inference_steps") if args.sampler == d.get("sampler") else None
+        if steps is None:
+            steps = default_num_inference_steps(args.sampler, T)
+        # A default above what this model's T allows is lowered to that bound (a flag never is).
+        args.num_inference_steps = min(steps, T - 1 if args.sampler == "dpmsolver++" else T)
+    if args.guidance_scale is None and "guidance_scale" in d:
+        args.guidance_scale = d["guidance_scale"]
+    K, label_column = getattr(config, "num_classes", None), getattr(config, "label_column", None)
+    if getattr(config, "conditional", False):
+        labels = "none (conditioned on the --condition texts)"
+    elif args.class_label:  # the model checks them
+        labels = ", ".join(map(str, args.class_label)) + (" (cycled over the samples)" if len(args.class_label) > 1 else "")
+    elif label_column is not None:
+        labels = f"none: the label column {label_column!r} is sampled with the rest (--class-label K for a category)"
+    elif K is not None:
+        labels = f"none: the null label, unconditional samples (--class-label K, 0 <= K < {K}, for a class)"
+    else:
+        labels = "none (the model has no classes)"
+    scale = 1.0 if args.guidance_scale is None else args.guidance_scale
+    return (f"Sampling with {args.sampler}, {args.num_inference_steps} steps, guidance scale {scale:g}, class labels {labels} "
+            f"(seed {args.seed})")
 
 
 def _set_threads(threads: Optional[int]) -> None:

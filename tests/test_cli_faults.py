@@ -1,7 +1,8 @@
 """Bad values refused where they enter, and faults that end in one clear message (issue 12):
 typo config fields, empty csv cells, dropped rows and unknown words reported, `sample` on folders
 that are not QGFD models, a plain transformers model in the pipeline, out-of-range seeds. Issue 21:
-a diverging run stops without a model, and `sample --output` writes the path asked for or refuses it."""
+a diverging run stops without a model, `sample --output` writes the path asked for or refuses it,
+and `sample` uses the modality's own sampler defaults and says which."""
 
 import argparse
 import json
@@ -197,3 +198,22 @@ def test_text_sample_writes_its_output_where_asked(tmp_path, capsys):
     assert code == 0, err
     rows = [json.loads(line) for line in (tmp_path / "s.jsonl").read_text().splitlines()]
     assert [r["source"] for r in rows] == ["hello world"] and str(tmp_path / "s.jsonl") in stdout
+
+
+def test_sample_uses_the_modalitys_defaults_and_says_which(tmp_path, capsys):
+    from qgfd_hf import ImageQGFDDiffusionModel, QGFDImageConfig
+    from test_modeling_qgfd import TINY
+
+    d = get_task("image").defaults  # those the image demo samples with, and `train --help` lists
+    torch.manual_seed(0)
+    cfg = QGFDImageConfig(latent_space="pixels", image_size=8, patch_size=2, num_channels=1, num_timesteps=200, num_classes=3, **TINY)
+    ImageQGFDDiffusionModel(cfg).save_pretrained(tmp_path / "model")
+    base = ["sample", str(tmp_path / "model"), "--num-samples", "2", "--no-progress"]
+    code, stdout, err = _cli(base, capsys)
+    assert code == 0, err
+    assert (f"Sampling with {d['sampler']}, {d['num_inference_steps']} steps, guidance scale {d['guidance_scale']:g}, "
+            "class labels none: the null label, unconditional samples") in stdout
+    code, stdout, _ = _cli(base + ["--sampler", "ddim", "--class-label", "1", "2"], capsys)
+    assert "Sampling with ddim, 50 steps, guidance scale 1, class labels 1, 2 (cycled over the samples)" in stdout  # the pipeline's DDIM default
+    code, stdout, _ = _cli(base + ["--num-inference-steps", "3", "--guidance-scale", "2", "--class-label", "0"], capsys)
+    assert f"Sampling with {d['sampler']}, 3 steps, guidance scale 2, class labels 0 " in stdout
