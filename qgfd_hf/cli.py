@@ -215,14 +215,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--class-label", type=int, nargs="+", default=None, metavar="K",
                    help="class-conditional models (tables: the label column's category index): the class of the samples; several are cycled over --num-samples")
     p.add_argument("--guidance-scale", type=float, default=None,
-                   help="classifier-free guidance scale (default 1 = none; other scales need a model trained with --cond-dropout-prob > 0)")
-    p.add_argument("--num-inference-steps", type=int, default=50)
-    p.add_argument("--sampler", default="ddim", choices=("ddim", "ddpm", "dpmsolver++"))
+                   help="classifier-free guidance scale (default: the modality's, 1 = none; other scales need a model trained with "
+                        "--cond-dropout-prob > 0)")
+    p.add_argument("--num-inference-steps", type=int, default=None,
+                   help="denoising steps (default: the modality's with its sampler, as the demo samples; with another --sampler, "
+                        "the pipeline's: all T for ddpm, 50 for ddim, 20 for dpmsolver++)")
+    p.add_argument("--sampler", default=None, choices=("ddim", "ddpm", "dpmsolver++"), help="the sampler")
     p.add_argument("--timestep-spacing", default=None, choices=("linspace", "leading", "trailing"), help="as diffusers (default linspace)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output", default=None,
-                   help="where the samples go, as a path without or with extension (default: sample-seed<SEED> beside the "
-                        "model folder, never overwriting earlier samples)")
+                   help="the file the samples go to, exactly as given; its suffix says what is written ("
+                        + "; ".join(f"{n}: {', '.join(get_task(n).output_suffixes)}" for n in modalities)
+                        + "; other files of the samples go beside it, named after it) (default: sample-seed<SEED> beside the "
+                        "model folder, never overwriting earlier samples; text: printed only)")
     p.add_argument("--threads", type=int, default=1, help="CPU threads for torch (default 1: robust when cores are shared)")
     p.add_argument("--no-progress", action="store_true")
 
@@ -371,12 +376,49 @@ def cmd_sample(args) -> int:
         raise ValueError(f"{args.model!r} is not a QGFD diffusion model folder (config modality {modality!r}; allowed: {', '.join(task_names())}).")
     if args.condition and not getattr(config, "conditional", False):
         raise ValueError(f"This {modality} model is unconditional; drop --condition (use --num-samples).")
+    task = get_task(modality)
+    task.check_output(args)  # a bad --output before anything else (sample_output checks it again where it writes)
+    _say(_resolve_sampling(args, config, task))
     t0 = time.time()
-    lines = get_task(modality).sample_command(args.model, args)
+    lines = task.sample_command(args.model, args)
     for line in lines:
         _say(line)
     _say(f"({time.time() - t0:.1f}s)")
     return 0
+
+
+def _resolve_sampling(args, config, task) -> str:
+    """`sample`'s sampler, steps and guidance scale, written into `args`: the flags where given,
+    else the modality's defaults (those its demo samples with and `train --help` lists; the
+    steps only with the modality's own sampler, else the pipeline's for the sampler asked for).
+    Returns the line that says what is used."""
+    from .pipeline_qgfd_diffusion import default_num_inference_steps
+
+    d, T = task.defaults, int(config.num_timesteps)
+    if args.sampler is None:
+        args.sampler = d.get("sampler", "ddim")
+    if args.num_inference_steps is None:
+        steps = d.get("num_inference_steps") if args.sampler == d.get("sampler") else None
+        if steps is None:
+            steps = default_num_inference_steps(args.sampler, T)
+        # A default above what this model's T allows is lowered to that bound (a flag never is).
+        args.num_inference_steps = min(steps, T - 1 if args.sampler == "dpmsolver++" else T)
+    if args.guidance_scale is None and "guidance_scale" in d:
+        args.guidance_scale = d["guidance_scale"]
+    K, label_column = getattr(config, "num_classes", None), getattr(config, "label_column", None)
+    if getattr(config, "conditional", False):
+        labels = "none (conditioned on the --condition texts)"
+    elif args.class_label:  # the model checks them
+        labels = ", ".join(map(str, args.class_label)) + (" (cycled over the samples)" if len(args.class_label) > 1 else "")
+    elif label_column is not None:
+        labels = f"none: the label column {label_column!r} is sampled with the rest (--class-label K for a category)"
+    elif K is not None:
+        labels = f"none: the null label, unconditional samples (--class-label K, 0 <= K < {K}, for a class)"
+    else:
+        labels = "none (the model has no classes)"
+    scale = 1.0 if args.guidance_scale is None else args.guidance_scale
+    return (f"Sampling with {args.sampler}, {args.num_inference_steps} steps, guidance scale {scale:g}, class labels {labels} "
+            f"(seed {args.seed})")
 
 
 def _set_threads(threads: Optional[int]) -> None:
@@ -419,7 +461,6 @@ def cmd_demo(args) -> int:
     if not trainer.accelerator.is_main_process:  # under `accelerate launch`, one process samples and scores
         return 0
     model_dir = os.path.join(output_dir, "model")
-    t_train = time.time() - t0
     t = time.time()
     samples = task.generate(model_dir, data, settings, args)
     t_sample = time.time() - t
@@ -429,7 +470,9 @@ def cmd_demo(args) -> int:
     result["sampling"] = {k: settings.get(k) for k in ("num_samples", "sampler", "num_inference_steps") if k in settings}
     result["sampling"]["seconds"] = round(t_sample, 1)
     result["files"] = task.write_samples(samples, data, output_dir)
-    result["seconds"] = {"train": round(t_train, 1), "total": round(time.time() - t0, 1)}
+    # "train": the trainer's own measure (its loop, checkpoints included), the one the "final loss"
+    # line prints too; "total" also holds loading the data, building and saving the model.
+    result["seconds"] = {"train": round(train_metrics["train_runtime_s"], 1), "total": round(time.time() - t0, 1)}
     metrics_path = os.path.join(output_dir, "metrics.json")
     with open(metrics_path) as f:
         metrics = json.load(f)
@@ -474,7 +517,7 @@ def _record_in_model_card(trainer, model_dir, recorded: dict) -> None:
 
 
 def _print_paths(output_dir, metrics) -> None:
-    _say(f"  final loss      {metrics.get('final_loss'):.4f} after {metrics['global_step']} steps ({metrics['train_runtime_s']:.0f}s)")
+    _say(f"  final loss      {metrics.get('final_loss'):.4f} after {metrics['global_step']} steps (training {metrics['train_runtime_s']:.0f}s)")
     _say(f"  model           {os.path.abspath(os.path.join(output_dir, 'model'))}")
     _say(f"  loss curve      {os.path.abspath(os.path.join(output_dir, 'loss.png'))}")
     _say(f"  metrics         {os.path.abspath(os.path.join(output_dir, 'metrics.json'))}")
@@ -483,7 +526,8 @@ def _print_paths(output_dir, metrics) -> None:
 
 def _print_demo(task, result, output_dir, train_metrics) -> None:
     _say("")
-    _say(f"Done in {result['seconds']['total']:.0f}s (training {result['seconds']['train']:.0f}s).")
+    _say(f"Done in {result['seconds']['total']:.0f}s (training {train_metrics['train_runtime_s']:.0f}s, sampling {result['sampling']['seconds']:.0f}s, "
+         f"scoring {result['eval_seconds']:.0f}s; the rest loads the data and builds and saves the model).")
     for line in task.report_lines(result):
         _say(line)
     met = result["targets"]
@@ -513,9 +557,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     datasets.disable_progress_bars()
     try:
         return COMMANDS[args.command](args)
-    except (ValueError, OSError) as e:
-        # Bad input (data, flags) or a fault of the machine (a full disk): one clear line, no
-        # traceback; the exit status is 2 like argparse's. QGFD_HF_TRACEBACK=1 shows the traceback.
+    except (ValueError, OSError, FloatingPointError) as e:
+        # Bad input (data, flags), a fault of the machine (a full disk) or a run that diverged (a
+        # non-finite or exploding loss, non-finite samples): one clear line, no traceback; the exit
+        # status is 2 like argparse's. QGFD_HF_TRACEBACK=1 shows the traceback.
         if os.environ.get("QGFD_HF_TRACEBACK"):
             raise
         print(f"qgfd-hf {args.command}: error: {e}", file=sys.stderr, flush=True)

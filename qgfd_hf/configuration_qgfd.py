@@ -438,6 +438,9 @@ class QGFDConfig(PretrainedConfig):
             # installed, "qgfd-diffusion" is registered already; keeping the entry would make
             # transformers ask for `trust_remote_code` (see QGFDPreTrainedModel.save_pretrained).
             kwargs.pop("custom_pipelines", None)
+        # What a saved model's weights were trained for (written by the model's save_pretrained,
+        # checked below); not kept: a config changed afterwards must not carry a stale record.
+        saved_latent_tokens = kwargs.pop("saved_latent_tokens", None)
         _check_known_kwargs(type(self), kwargs)
         super().__init__(**kwargs)
         self._validate_common()
@@ -445,6 +448,8 @@ class QGFDConfig(PretrainedConfig):
         self._validate_conditioning()
         self._validate_position_grid()
         self._validate_denoiser()
+        self._validate_positions()
+        self._check_saved_latent_tokens(saved_latent_tokens)
 
     # -- validation ---------------------------------------------------------------------
 
@@ -545,6 +550,45 @@ class QGFDConfig(PretrainedConfig):
                 f"denoiser='pretrained' takes the timestep through adaLN-Zero; time_conditioning must be 'adaln', "
                 f"got {self.time_conditioning!r}."
             )
+
+    def _validate_positions(self):
+        """Learned 1-D positions are a table of `max_position_embeddings` rows, one per latent
+        token: latents longer than the table are refused here, not at the first forward pass."""
+        if self.denoiser != "qgfd" or self.position_embedding != "learned" or self.position_grid is not None:
+            return
+        for modality, length in self.latent_token_counts().items():
+            if length > self.max_position_embeddings:
+                raise ValueError(
+                    f"{modality} latents of {length} tokens need {length} learned positions, but `max_position_embeddings`="
+                    f"{self.max_position_embeddings}; pass max_position_embeddings >= {length}, or "
+                    "position_embedding='sinusoidal' (no table, any length)."
+                )
+
+    def _check_saved_latent_tokens(self, saved):
+        """A saved model's `config.json` records the latent lengths its weights were saved with
+        (`saved_latent_tokens`, {modality: L}); a config whose fields now give another length (an
+        edited `image_size`, `seq_len`, `num_frames`, ...) is refused: the weights would load (a
+        patch is position-free up to its embedding) and sample at a size they were never trained for."""
+        if saved is None:
+            return
+        if not isinstance(saved, dict):
+            raise ValueError(f"`saved_latent_tokens` must be a dict {{modality: latent tokens}}, got {saved!r}.")
+        now = self.latent_token_counts()
+        diffs = [f"{m}: {now.get(m)} latent tokens from this config's fields, {n} in the saved weights' record"
+                 for m, n in saved.items() if now.get(m) != n]
+        if diffs:
+            raise ValueError(
+                f"This {type(self).__name__} does not describe the model that was saved ({'; '.join(diffs)}): a field that sets the "
+                "latent length (image_size, patch_size, seq_len, num_frames, clip length, columns, ...) differs from the one the "
+                "weights were trained with (config.json edited?). Restore that value; a model for another size has to be trained."
+            )
+
+    def latent_token_counts(self) -> Dict[str, int]:
+        """{modality: L}, the latent length of each modality this config serves that has a fixed one."""
+        try:
+            return {self.modality: self.num_latent_tokens()}
+        except NotImplementedError:
+            return {}
 
     def _resolve_latent_dim(self, width: int, what: str):
         """latent_dim is fixed by the encoder: take it when None, refuse a different value."""
@@ -1298,6 +1342,9 @@ class QGFDSharedConfig(QGFDConfig):
 
     def num_latent_tokens(self, modality: Optional[str] = None) -> int:
         return self.modality_config(modality or self.modalities[0]).num_latent_tokens()
+
+    def latent_token_counts(self) -> Dict[str, int]:
+        return {m: n for m in self.modalities for n in self.modality_config(m).latent_token_counts().values()}
 
 
 QGFDConfig.register_for_auto_class()

@@ -606,6 +606,8 @@ class AudioTask(ModalityTask):
     summary = "audio clips: generated sound classes, a folder of wav/flac files, or csv files of paths"
     datasets = ("sounds",)
     data_help = "audio: a folder of wav/flac files (datasets' audiofolder: sub-folder = label), or csv files with a path column"
+    output_suffixes = {".png": "log-mel spectrograms, with the clips in NAME_wav/",
+                       ".wav": "one clip (--num-samples 1), with its spectrogram beside it as NAME.png"}
     defaults = dict(
         # data: 8 kHz, 0.5 s clips (the demo's generated sounds; folders and csv files are resampled and cut to it)
         sampling_rate=8000, clip_seconds=0.5, num_per_class=200, num_heldout_per_class=30,
@@ -824,11 +826,25 @@ class AudioTask(ModalityTask):
     def sample_hint(self, model_dir: str) -> str:
         return f"qgfd-hf sample {model_dir} --num-samples 20"
 
+    def check_output(self, args) -> str:
+        suffix = super().check_output(args)
+        n = getattr(args, "num_samples", None) or 1
+        if suffix == ".wav" and n != 1:
+            stem = os.path.splitext(args.output)[0]
+            raise ValueError(f"--output {args.output!r} names one .wav file, but {n} samples are asked for: pass --num-samples 1, "
+                             f"or --output {stem}.png (spectrograms, with the clips in {stem}_wav/).")
+        return suffix
+
     def sample_command(self, model, args) -> List[str]:
         from transformers import AutoConfig
 
+        out_dir, prefix, suffix = sample_output(model, args, self)  # refused before sampling
         waves = self.sample_saved(model, args)
         rate = int(AutoConfig.from_pretrained(model).sampling_rate)
-        out_dir, prefix = sample_output(model, args)
-        paths = write_audio_samples(waves, rate, out_dir, prefix=prefix, max_wavs=len(waves))
+        if suffix == ".wav":  # one clip, exactly where --output says
+            os.makedirs(out_dir, exist_ok=True)
+            paths = {"wav file": write_wav(os.path.join(out_dir, prefix + suffix), waves[0], rate),
+                     "spectrogram": save_spectrograms(os.path.join(out_dir, prefix + ".png"), waves[:1], rate)}
+        else:
+            paths = write_audio_samples(waves, rate, out_dir, prefix=prefix, max_wavs=len(waves))
         return [f"{len(waves)} samples at {rate} Hz:"] + [f"  {what:15s} {os.path.abspath(p)}" for what, p in paths.items()]

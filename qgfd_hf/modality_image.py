@@ -150,6 +150,7 @@ class ImageTask(ModalityTask):
     summary = "images: digits (scikit-learn), an image folder, or a Hub dataset"
     datasets = ("digits", "cifar10")
     data_help = "image: a local image folder (datasets' imagefolder)"
+    output_suffixes = {".png": "a grid of the samples"}
     defaults = dict(
         # model: pixel patches (the digits: 2x2 patches -> 16 tokens of width 4; 0.2 M parameters)
         d_model=64, num_heads=4, num_layers=3, d_ff=128,

@@ -93,6 +93,8 @@ class ModalityTask:
             `train` and `demo` alike; flags override them.
         demo_data_only: settings whose default holds for the demo data (`datasets[0]`) only,
             with the value other data gets instead (`settings`).
+        output_suffixes: the file types `qgfd-hf sample --output PATH` may name, each with what
+            it writes (the first one is the default); `check_output` refuses any other.
     """
 
     name: str = ""
@@ -101,6 +103,7 @@ class ModalityTask:
     data_help: str = ""
     defaults: Dict[str, Any] = {}
     demo_data_only: Dict[str, Any] = {"class_conditional": False}  # other data: --class-conditional
+    output_suffixes: Dict[str, str] = {}
 
     # -- data and model ---------------------------------------------------------------------
 
@@ -154,10 +157,26 @@ class ModalityTask:
         """The `qgfd-hf sample` command line the demo and `train` print at the end."""
         return f"qgfd-hf sample {model_dir} --num-samples 16"
 
+    def check_output(self, args) -> str:
+        """The file type (suffix) that `qgfd-hf sample` writes: that of `--output PATH`, else the
+        task's default. A path whose suffix is not one of `output_suffixes` (or that has none;
+        `.PNG` is not `.png`) is refused with a ValueError naming the path and the allowed
+        suffixes: the samples go exactly where `--output` says, never to a name changed behind
+        the user's back."""
+        path = getattr(args, "output", None)
+        if not path:
+            return next(iter(self.output_suffixes))
+        suffix = os.path.splitext(path)[1]
+        if suffix not in self.output_suffixes:
+            allowed = "; ".join(f"{k} ({v})" for k, v in self.output_suffixes.items())
+            got = f"has the suffix {suffix!r}" if suffix else "has no suffix"
+            raise ValueError(f"--output {path!r} {got}, which {self.name} samples cannot be written as; allowed: {allowed}.")
+        return suffix
+
     def sample_command(self, model: str, args) -> List[str]:
         """`qgfd-hf sample`: sample the saved model, write the samples, return the lines to print."""
+        out_dir, prefix, _ = sample_output(model, args, self)  # a bad --output is refused before sampling
         samples = self.sample_saved(model, args)
-        out_dir, prefix = sample_output(model, args)
         paths = self.write_samples(samples, None, out_dir, prefix=prefix)
         return [f"{len(samples)} samples:"] + [f"  {what:15s} {os.path.abspath(p)}" for what, p in paths.items()]
 
@@ -302,13 +321,15 @@ def diffusion_values(args, settings: dict) -> dict:
     return values
 
 
-def sample_output(model: str, args) -> Tuple[str, str]:
-    """(folder, file prefix) for `qgfd-hf sample`: `--output PATH` (its extension dropped), else
-    `sample-seed<S>` beside the model folder; an existing prefix gets `-1`, `-2`, ... so that no
-    earlier samples (the demo's among them) are overwritten."""
+def sample_output(model: str, args, task: ModalityTask) -> Tuple[str, str, str]:
+    """(folder, file prefix, suffix) for `qgfd-hf sample`: `--output PATH` as given (its suffix
+    checked by `task.check_output`), else `sample-seed<S>` beside the model folder with the task's
+    default suffix; that prefix gets `-1`, `-2`, ... when taken, so that no earlier samples (the
+    demo's among them) are overwritten."""
+    suffix = task.check_output(args)
     if getattr(args, "output", None):
         out_dir, name = os.path.split(os.path.abspath(args.output))
-        return out_dir, os.path.splitext(name)[0]
+        return out_dir, name[: len(name) - len(suffix)], suffix
     out_dir = os.path.dirname(os.path.abspath(model.rstrip("/\\"))) if os.path.isdir(model) else os.getcwd()
     base = prefix = f"sample-seed{args.seed}"
     taken = lambda p: os.path.isdir(out_dir) and any(f == p or f.startswith(p + ".") or f.startswith(p + "_") for f in os.listdir(out_dir))
@@ -316,7 +337,7 @@ def sample_output(model: str, args) -> Tuple[str, str]:
     while taken(prefix):
         i += 1
         prefix = f"{base}-{i}"
-    return out_dir, prefix
+    return out_dir, prefix, suffix
 
 
 __all__ = ["ModalityTask", "TaskData", "class_conditioning", "demo_class_guidance", "diffusion_values", "guidance_kwargs", "with_class_labels", "get_task", "pipeline_samples", "register_task", "task_names"]

@@ -527,6 +527,9 @@ class TabularTask(ModalityTask):
     summary = "tables: scikit-learn breast cancer / wine, or your csv / parquet / json"
     datasets = tuple(SKLEARN_TABLES)
     data_help = "tabular: csv / parquet / json tables (numeric and categorical columns; --label-column)"
+    # the formats tables are read from (TABLE_FORMATS), so that samples can be fed back as --data-files
+    output_suffixes = {".csv": "the sampled rows", ".parquet": "the sampled rows", ".json": "the sampled rows, a JSON list of records",
+                       ".jsonl": "the sampled rows, a JSON line each"}
     defaults = dict(
         # one token per column, each a scalar (a quantile-normalised value, or a +-1 code of a
         # binary category): 31 tokens of width 1 for breast cancer; 0.27 M parameters
@@ -619,12 +622,21 @@ class TabularTask(ModalityTask):
         scores = evaluator.evaluate(samples)
         return {"metrics": scores, "targets": tabular_targets_met(scores)}
 
-    def write_samples(self, samples, data, output_dir, prefix="samples"):
+    def write_samples(self, samples, data, output_dir, prefix="samples", suffix=".csv"):
+        """The rows as `{prefix}{suffix}` (csv, parquet, json or jsonl: `output_suffixes`), and
+        `{prefix}_marginals.png` / `{prefix}_correlations.png` beside them."""
         os.makedirs(output_dir, exist_ok=True)
         columns = _columns_of_frame(samples, data)
         real = data.train.to_pandas() if data is not None else None
-        paths = {"samples": os.path.join(output_dir, f"{prefix}.csv")}
-        samples.to_csv(paths["samples"], index=False)
+        paths = {"samples": os.path.join(output_dir, f"{prefix}{suffix}")}
+        if suffix == ".csv":
+            samples.to_csv(paths["samples"], index=False)
+        elif suffix == ".parquet":
+            samples.to_parquet(paths["samples"], index=False)
+        elif suffix in (".json", ".jsonl"):
+            samples.to_json(paths["samples"], orient="records", lines=suffix == ".jsonl")
+        else:
+            raise ValueError(f"Tables are written as {', '.join(self.output_suffixes)}, got {suffix!r}.")
         paths["marginals"] = save_marginals_png(samples, real, columns, os.path.join(output_dir, f"{prefix}_marginals.png"))
         if real is not None and sum(c["kind"] != "category" for c in columns) >= 2:
             paths["correlations"] = save_correlations_png(samples, real, columns, os.path.join(output_dir, f"{prefix}_correlations.png"))
@@ -675,12 +687,12 @@ class TabularTask(ModalityTask):
     def sample_command(self, model, args) -> List[str]:
         from transformers import AutoConfig
 
+        out_dir, prefix, suffix = sample_output(model, args, self)  # refused before sampling
         columns = AutoConfig.from_pretrained(model).columns
         out = pipeline_samples(model, num_samples=args.num_samples, num_inference_steps=args.num_inference_steps, sampler=args.sampler,
                                seed=args.seed, progress=not args.no_progress, output_type="data", **guidance_kwargs(args))
         samples = rows_to_frame([o["row"] for o in out], columns)
-        out_dir, prefix = sample_output(model, args)
-        paths = self.write_samples(samples, None, out_dir, prefix=prefix)
+        paths = self.write_samples(samples, None, out_dir, prefix=prefix, suffix=suffix)
         return [f"{len(samples)} sampled rows:"] + [f"  {what:15s} {os.path.abspath(p)}" for what, p in paths.items()]
 
 

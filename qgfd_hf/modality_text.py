@@ -17,7 +17,7 @@ import json
 import os
 from typing import Dict, List
 
-from .modality_qgfd import ModalityTask, TaskData, diffusion_values, guidance_kwargs, pipeline_samples, register_task
+from .modality_qgfd import ModalityTask, TaskData, diffusion_values, guidance_kwargs, pipeline_samples, register_task, sample_output
 
 
 @register_task
@@ -26,6 +26,7 @@ class TextTask(ModalityTask):
     summary = "text pairs (source -> target): the generated reversal task, MRPC, or your csv/json/parquet"
     datasets = ("reversal", "mrpc")
     data_help = "text: local csv/json/parquet with sentence1, sentence2, label (MRPC's columns)"
+    output_suffixes = {".jsonl": "a JSON line per source text: its source and sample (the samples are printed as well)"}
     defaults = dict(
         # denoiser over the token embeddings of a small random T5 (no download), conditioned on
         # the T5 encoder's states of the source sequence
@@ -154,7 +155,14 @@ class TextTask(ModalityTask):
     def sample_command(self, model, args) -> List[str]:
         if not args.condition:
             raise ValueError("This text model is conditional: give --condition with the source text(s).")
+        self.check_output(args)  # before sampling
         outs = pipeline_samples(model, args.condition, num_inference_steps=args.num_inference_steps, sampler=args.sampler,
                                 seed=args.seed, progress=not args.no_progress, timestep_spacing=getattr(args, "timestep_spacing", None),
                                 **guidance_kwargs(args))
-        return [f"{src!r} -> {group[0]['generated_text']!r}" for src, group in zip(args.condition, outs)]
+        lines = [f"{src!r} -> {group[0]['generated_text']!r}" for src, group in zip(args.condition, outs)]
+        if getattr(args, "output", None):  # written only where asked for; the printout is the default
+            out_dir, prefix, _ = sample_output(model, args, self)
+            rows = [{"source": src, "sample": group[0]["generated_text"]} for src, group in zip(args.condition, outs)]
+            paths = self.write_samples(rows, None, out_dir, prefix=prefix)
+            lines += [f"  {what:15s} {os.path.abspath(p)}" for what, p in paths.items()]
+        return lines

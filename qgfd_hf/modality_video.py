@@ -619,6 +619,8 @@ class VideoTask(ModalityTask):
     data_help = ("video: a folder of clips (a sub-folder of frame images per clip, or .npy/.npz arrays [F, H, W], "
                  "[F, C, H, W] or [F, H, W, C]), labels from parent folder names or metadata.csv")
     demo_data_only = {"class_conditional": False, "motion_compensation": None}
+    output_suffixes = {".png": "the frame strip, with the clips beside it as NAME.npy",
+                       ".npy": "the clips [N, F, C, H, W], with the frame strip beside it as NAME.png"}
     defaults = dict(
         # model: 4x4-pixel patches of every 16x16 frame, a token = one patch place over 4 frames
         # (tubelets; None: gcd(frames, 4)) -> 16 tokens of width 64; positions factorised over

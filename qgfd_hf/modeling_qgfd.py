@@ -919,10 +919,14 @@ class QGFDPreTrainedModel(PreTrainedModel):
                 "type": "multimodal",
             }
         }
+        # The latent lengths these weights were trained for: loading refuses a config.json whose
+        # fields give other ones (QGFDConfig._check_saved_latent_tokens); the config drops it on load.
+        self.config.saved_latent_tokens = self.config.latent_token_counts()
         try:
             super().save_pretrained(save_directory, *args, **kwargs)
         finally:
             del self.config.custom_pipelines
+            del self.config.saved_latent_tokens
         if not kwargs.get("is_main_process", True):
             return
         processor = processor if processor is not None else self.processor

@@ -29,6 +29,16 @@ OUTPUT_TYPES = ("data", "np", "latent")
 PIPELINE_TASK = "qgfd-diffusion"
 
 
+def default_num_inference_steps(sampler, num_timesteps: int) -> int:
+    """The denoising steps a sampler takes when `num_inference_steps` is not given: all T for
+    `"ddpm"`, min(20, T - 1) for `"dpmsolver++"` (it places n + 1 grid points on the T timesteps),
+    else (DDIM, a diffusers scheduler) min(50, T)."""
+    T = num_timesteps
+    if sampler == "ddpm":
+        return T
+    return min(20, T - 1) if sampler == "dpmsolver++" else min(50, T)
+
+
 class QGFDDiffusionPipeline(Pipeline):
     """Sample from a QGFD diffusion model: strings, PIL images, waveforms, video frames or table rows.
 
@@ -238,9 +248,8 @@ class QGFDDiffusionPipeline(Pipeline):
         T = schedule.num_timesteps
         if num_inference_steps is not None and num_inference_steps > T:
             raise ValueError(f"`num_inference_steps` must be in [1, {T}] (the trained steps), got {num_inference_steps}.")
-        if num_inference_steps is None and sampler != "ddpm":
-            # DPM-Solver++ places n + 1 grid points on the T timesteps: at most T - 1 steps.
-            num_inference_steps = min(20, T - 1) if sampler == "dpmsolver++" else min(50, T)
+        if num_inference_steps is None and sampler != "ddpm":  # DDPM: None is all T steps
+            num_inference_steps = default_num_inference_steps(sampler, T)
         if seed is not None:
             generator = torch.Generator().manual_seed(seed)
         cond = model_inputs["cond_inputs"]

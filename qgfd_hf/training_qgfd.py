@@ -14,6 +14,10 @@ turns into that `batch`. What it does each optimizer step, in order:
 5. Every `checkpoint_every` steps: `accelerator.save_state` into a temporary folder that is
    then renamed into place, so a kill never leaves a half-written checkpoint; keep the last N.
 
+At every log and before every checkpoint the losses of the steps since are read on the host: a
+non-finite loss, or one above `DIVERGENCE_FACTOR` times the first step's, stops the run with a
+`LossDivergedError` (recorded in `run.json`), and no final model is saved.
+
 At the end the EMA weights are copied into the model and saved with `save_pretrained`
 (also written to a temporary folder, then renamed), beside `metrics.json` and `loss.png`.
 
@@ -104,6 +108,18 @@ class CheckpointWriteError(OSError):
     """A checkpoint or the final model could not be written (a full disk, a lost mount); the
     earlier checkpoints are intact, and the message says which one `--resume` continues from."""
 
+
+class LossDivergedError(FloatingPointError):
+    """The training loss became non-finite, or exploded to more than `DIVERGENCE_FACTOR` times
+    its first step's (a learning rate far too high); the run stops without a final model, and
+    the message names the step, the loss, the learning rate and the newest checkpoint."""
+
+
+# A loss this many times the first step's (at least 1) is a diverged run, not a noisy one: a
+# diffusion loss starts near the data's variance (about 1 for normalised latents) and a healthy
+# run only goes down from there. The first step's loss is the one measure of the initial
+# weights: with a learning rate far too high, the second step's loss may already be 1e20.
+DIVERGENCE_FACTOR = 1e3
 
 LR_SCHEDULES = ("cosine", "linear", "constant")
 MIXED_PRECISIONS = ("no", "fp16", "bf16")
@@ -341,11 +357,13 @@ class EMAModel:
 
 @dataclass
 class TrainerState:
-    """The bookkeeping a resumed run needs: the optimizer step and the loss history."""
+    """The bookkeeping a resumed run needs: the optimizer step, the loss history, and the
+    first step's loss (the scale `DIVERGENCE_FACTOR` is measured against)."""
 
     global_step: int = 0
     log_history: List[dict] = field(default_factory=list)
     train_seconds: float = 0.0
+    initial_loss: Optional[float] = None
 
     def state_dict(self) -> dict:
         return asdict(self)
@@ -354,6 +372,8 @@ class TrainerState:
         self.global_step = int(state["global_step"])
         self.log_history = list(state["log_history"])
         self.train_seconds = float(state.get("train_seconds", 0.0))
+        initial = state.get("initial_loss")  # absent in earlier checkpoints: the next step's loss is taken
+        self.initial_loss = None if initial is None else float(initial)
 
 
 class _LossModule(nn.Module):
@@ -387,6 +407,11 @@ def list_checkpoints(checkpoint_dir: str) -> List[str]:
         if m and os.path.isdir(os.path.join(checkpoint_dir, name)):
             found.append((int(m.group(1)), os.path.join(checkpoint_dir, name)))
     return [path for _, path in sorted(found)]
+
+
+def _checkpoint_step(path: str) -> int:
+    """The optimizer step of a `list_checkpoints` path."""
+    return int(os.path.basename(path)[len(CHECKPOINT_PREFIX):])
 
 
 def last_checkpoint(checkpoint_dir: str) -> Optional[str]:
@@ -852,7 +877,7 @@ class QGFDTrainer:
                         accelerator.log({f"train/{k}": v for k, v in record.items() if k != "step"}, step=record["step"])
                     window = {}
                 if a.checkpoint_every and self.state.global_step % a.checkpoint_every == 0:
-                    self._read_window(window)  # never checkpoint weights a non-finite loss has stepped
+                    self._read_window(window)  # never checkpoint weights a non-finite or diverged loss has stepped
                     self.state.train_seconds = time.time() - t_start
                     self.save_checkpoint()
                 if a.sample_every and self.state.global_step % a.sample_every == 0:
@@ -872,19 +897,70 @@ class QGFDTrainer:
 
     def _read_window(self, window: Dict[str, List[torch.Tensor]]) -> Dict[str, float]:
         """The logging window's mean losses over its steps and over the processes, read on the host
-        (one read per log or checkpoint, not per step); FloatingPointError on a non-finite loss."""
+        (one read per log or checkpoint, not per step); `LossDivergedError` on the first step whose
+        loss is non-finite or above `DIVERGENCE_FACTOR` x the first step's (`_stop_diverged`)."""
         if not window:
             return {}
         keys = list(window)
         per_step = torch.stack([torch.stack(window[key]) for key in keys])  # (keys, steps)
         per_step = self.accelerator.reduce(per_step, reduction="mean")  # mean over processes
         values = per_step.double().cpu()
-        if not torch.isfinite(values).all():
-            first = int((~torch.isfinite(values)).any(0).nonzero()[0])
+        loss = values[keys.index("loss")] if "loss" in keys else None  # (steps,)
+        if loss is not None and self.state.initial_loss is None and math.isfinite(float(loss[0])):
+            self.state.initial_loss = float(loss[0])  # the first step's: the loss of the initial weights
+        bad = ~torch.isfinite(values).all(0)  # (steps,)
+        limit = None
+        if loss is not None and self.state.initial_loss is not None:
+            limit = DIVERGENCE_FACTOR * max(abs(self.state.initial_loss), 1.0)
+            bad |= loss > limit
+        if bad.any():
+            first = int(bad.nonzero()[0])
             step = self.state.global_step - values.shape[1] + 1 + first
-            bad = {key: float(values[i, first]) for i, key in enumerate(keys)}
-            raise FloatingPointError(f"Non-finite loss {bad} at step {step}.")
+            self._stop_diverged(step, {key: float(values[i, first]) for i, key in enumerate(keys)}, limit)
         return {key: float(values[i].mean()) for i, key in enumerate(keys)}
+
+    def _stop_diverged(self, step: int, losses: Dict[str, float], limit: Optional[float]) -> None:
+        """Stop a run whose loss at `step` is non-finite or above `limit`: record the event in
+        `run.json` (and in `metrics.json` where an earlier part of the run wrote one), then raise
+        `LossDivergedError` naming the step, the loss, the learning rate and the newest checkpoint.
+        No final model is saved; every checkpoint was written after a check of the losses before it."""
+        a = self.args
+        finite = all(math.isfinite(v) for v in losses.values())
+        if finite:
+            what = (f"The training loss diverged: {losses['loss']:.4g} at step {step}, more than {DIVERGENCE_FACTOR:g} times "
+                    f"the first step's ({self.state.initial_loss:.4g})")
+        else:
+            what = f"Non-finite loss {losses} at step {step}"
+        # The loss at step s measures the weights after s - 1 updates: checkpoint s - 1 holds the
+        # weights that gave the bad loss, and those before it weights whose loss was checked.
+        checkpoints = list_checkpoints(a.checkpoint_dir)
+        before = [p for p in checkpoints if _checkpoint_step(p) <= step - 2]
+        last = before[-1] if before else None
+        where = f"the newest checkpoint from before it is {last}" if last else "no checkpoint was written before it"
+        after = [os.path.basename(p) for p in checkpoints if _checkpoint_step(p) > step - 2]
+        if after:
+            where += f" ({', '.join(after)} hold{'s' if len(after) == 1 else ''} the weights that gave this loss)"
+        message = (f"{what}, with learning rate {a.learning_rate:g} ({a.lr_schedule}, {a.warmup_steps} warm-up steps). "
+                   f"Training stopped and no final model was saved; {where}. Lower the learning rate (--learning-rate) "
+                   "or check the data, and start a new run (another --output-dir, or --overwrite-output-dir).")
+        event = {"step": step, "losses": losses, "reason": "non-finite loss" if not finite else "loss diverged",
+                 "initial_loss": self.state.initial_loss, "limit": limit, "learning_rate": a.learning_rate,
+                 "last_checkpoint": last, "message": message}
+        if self.accelerator.is_main_process:
+            for name in (RUN_FILE, "metrics.json"):
+                path = os.path.join(a.output_dir, name)
+                if not os.path.isfile(path):
+                    continue
+                try:
+                    with open(path) as f:
+                        record = json.load(f)
+                    record["stopped"] = event
+                    with open(path + ".tmp", "w") as f:
+                        json.dump(record, f, indent=2, default=str)
+                    os.replace(path + ".tmp", path)
+                except (OSError, ValueError) as e:  # the error below matters more than the record
+                    logger.warning(f"Could not record the stop in {path}: {e}")
+        raise LossDivergedError(message)
 
     def _claim_output_dir(self, record: dict, new_run: bool) -> None:
         """A new run: remove an earlier run's outputs when `overwrite_output_dir` is set (the
@@ -895,8 +971,9 @@ class QGFDTrainer:
             if os.path.isfile(path):
                 with open(path) as f:
                     saved = json.load(f)
-                if saved.get("max_steps") != a.max_steps:
+                if saved.get("max_steps") != a.max_steps or "stopped" in saved:
                     saved["max_steps"] = a.max_steps
+                    saved.pop("stopped", None)  # an earlier stop (`_stop_diverged`) no longer describes the run
                     with open(path + ".tmp", "w") as f:
                         json.dump(saved, f, indent=2)
                     os.replace(path + ".tmp", path)

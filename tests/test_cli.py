@@ -3,6 +3,7 @@ end-to-end runs of `demo` (image and text), `train` (image folder, resume) and `
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -110,6 +111,11 @@ def test_image_demo_end_to_end_then_sample(tmp_path, capsys):
     assert set(demo["targets"]) == {"fd_below_gaussian", "confidence_at_least_0.85", "all_10_classes"}
     # The printout names the paths and the baselines.
     assert "Frechet distance" in stdout and "Gaussian" in stdout and str(out / "samples.png") in stdout
+    # "Done in ..." and "final loss ..." report one measured training time (issue 21), the trainer's.
+    done = re.search(r"Done in \d+s \(training (\d+)s, sampling \d+s, scoring \d+s;", stdout)
+    final = re.search(r"final loss +\S+ after 4 steps \(training (\d+)s\)", stdout)
+    assert done and final and done.group(1) == final.group(1), stdout
+    assert demo["seconds"]["train"] == round(metrics["train_runtime_s"], 1)
     card = (out / "model" / "README.md").read_text()
     assert "Frechet distance to held-out digits" in card and "load_digits" in card
     model = AutoModel.from_pretrained(str(out / "model"))

@@ -295,9 +295,16 @@ def test_saved_folder_loads_without_qgfd_hf(tmp_path):
     text.eval().save_pretrained(tmp_path / "text")
     torch.save(batch["cond_input_ids"], tmp_path / "ids.pt")
     expected_cond = text.encode_condition(input_ids=batch["cond_input_ids"])[0]
+    # The saved code refuses a config.json edited to another latent shape there too (issue 21).
+    build("pixels")[0].save_pretrained(tmp_path / "edited")
+    _edit_config(tmp_path / "edited", image_size=16)
     out = run_without_qgfd_hf(f"""
         import torch
         from transformers import AutoModel
+        try:
+            AutoModel.from_pretrained({str(tmp_path / "edited")!r}, trust_remote_code=True)
+        except ValueError as e:
+            print("refused:", "64 latent tokens" in str(e) and "16 in the saved" in str(e))
         model = AutoModel.from_pretrained({str(tmp_path / "model")!r}, trust_remote_code=True).eval()
         x_t = torch.load({str(tmp_path / "x_t.pt")!r})
         torch.save(model.denoise(x_t, torch.tensor([3, 700]), modality="image"), {str(tmp_path / "out.pt")!r})
@@ -308,6 +315,7 @@ def test_saved_folder_loads_without_qgfd_hf(tmp_path):
     """)
     assert out.split()[-2].startswith("transformers_modules.") and out.split()[-1] == "SharedQGFDDiffusionModel"
     assert out.split()[-3] == "qgfd"
+    assert "refused: True" in out
     torch.testing.assert_close(torch.load(tmp_path / "out.pt"), expected, rtol=0, atol=0)
     torch.testing.assert_close(torch.load(tmp_path / "cond.pt"), expected_cond, rtol=0, atol=0)
 
@@ -854,3 +862,45 @@ def test_bad_config_values_raise():
     with pytest.raises(ValueError, match="latent_dim"):
         # DiffusionConfig's latent_dim (512) is not the tiny ViT's width (32): say so, do not guess.
         create_qgfd_diffusion_model("image", vit_config(), DiffusionConfig(**TINY))
+
+
+# ----------------------------------------------------------------------------------------
+# Issue 21: shapes that do not fit the weights are refused with the numbers
+# ----------------------------------------------------------------------------------------
+
+
+def _edit_config(folder, **fields):
+    path = os.path.join(folder, "config.json")
+    with open(path) as f:
+        cfg = json.load(f)
+    cfg.update(fields)
+    with open(path, "w") as f:
+        json.dump(cfg, f)
+
+
+def test_learned_positions_longer_than_the_table_are_refused(tmp_path):
+    with pytest.raises(ValueError, match=r"text latents of 2000 tokens need 2000 learned positions, but `max_position_embeddings`=1024"):
+        create_qgfd_diffusion_model("text", t5_config(), None, tokenizer=make_tokenizer(), seq_len=2000, position_embedding="learned", **TINY)
+    # The same where a saved config.json asks for more tokens than its table holds.
+    TextQGFDDiffusionModel(QGFDTextConfig(backbone_config=t5_config(), seq_len=6, position_embedding="learned",
+                                          max_position_embeddings=8, **TINY)).save_pretrained(tmp_path)
+    _edit_config(tmp_path, seq_len=12)
+    with pytest.raises(ValueError, match=r"12 tokens need 12 learned positions, but `max_position_embeddings`=8"):
+        AutoModel.from_pretrained(tmp_path)
+
+
+def test_a_config_edited_to_another_latent_shape_is_refused_at_load(tmp_path):
+    """Pixel patches are position-free: 8x8 weights would load, and sample, as a 16x16 model."""
+    torch.manual_seed(0)
+    model, _ = build("pixels")
+    model.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["saved_latent_tokens"] == {"image": 16}
+    assert AutoModel.from_pretrained(tmp_path).latent_shape(1) == (1, 16, 4)  # unedited: loads
+    _edit_config(tmp_path, image_size=16)
+    for load in (AutoModel.from_pretrained, AutoConfig.from_pretrained):
+        with pytest.raises(ValueError, match=r"image: 64 latent tokens from this config's fields, 16 in the saved weights' record"):
+            load(tmp_path)
+    # The record is not kept on the loaded config: one changed afterwards never carries a stale one.
+    _edit_config(tmp_path, image_size=8)
+    loaded = AutoModel.from_pretrained(tmp_path)
+    assert not hasattr(loaded.config, "saved_latent_tokens") and "saved_latent_tokens" not in loaded.config.to_dict()
