@@ -13,9 +13,8 @@ wall time to `import torch, transformers` measured in the same run. The rows:
 - `import torch, transformers`: the floor of the import target (transformers imports lazily);
 - `import qgfd_hf`, and `import torch, transformers, qgfd_hf`;
 - `from transformers import PreTrainedModel, Pipeline, AutoModel`, without and after
-  `import qgfd_hf`: the transformers modules qgfd_hf registers with (what `import qgfd_hf` cost
-  before its registrations became lazy, see qgfd_hf/registration_qgfd.py), and what the
-  registrations add when they are imported;
+  `import qgfd_hf`: the transformers modules whose public registries qgfd_hf registers with on
+  import (qgfd_hf/registration_qgfd.py), so what any use of a transformers model costs anyway;
 - `qgfd-hf --help` (the console script's code, `qgfd_hf.cli:main`), `train --help`, `python -m qgfd_hf --help`.
 
 The targets (issue 15): `import qgfd_hf` <= `import torch, transformers` + 0.5 s; `qgfd-hf --help`
