@@ -51,17 +51,31 @@ _CONFIG_METHODS = ("to_dict", "validate_output_attentions", "output_attentions")
 
 
 def _post_init(self, *args, **kwargs):
-    """`PreTrainedModel.post_init`, then QGFD on the layers whose config says "qgfd" (so a model built
-    from such a config, or loaded with `attn_implementation="qgfd"`, is ready before its first call)."""
+    """`PreTrainedModel.post_init`, then QGFD on the layers whose config says "qgfd" (`_sync`), or a refusal.
+
+    Prevents: a model built or loaded with `attn_implementation="qgfd"` would get its `qgfd_alpha`
+    submodules only at its first forward, after its weights are loaded: `from_pretrained` drops a
+    learned alpha as an UNEXPECTED key and the first forward raises (a learnable alpha cannot be
+    created there); attention layers that bypass the interface inside a model that otherwise uses it
+    (LongT5's encoder) would run plain, silently. transformers has no public "model built" hook;
+    `post_init` is the last call of every model's `__init__`, on every route (`Model(config)`,
+    `from_config`, `from_pretrained`). Test: `test_post_init_prepares_layers_so_a_learned_alpha_loads`."""
     result = _ORIGINALS["post_init"](self, *args, **kwargs)
     _sync(self)
     return result
 
 
-
 def _set_attn_implementation(self, attn_implementation, *args, **kwargs):
     """`PreTrainedModel.set_attn_implementation`, then QGFD state put on (or taken off) the layers;
-    on a refusal the model is left exactly as it was."""
+    on a refusal the model is left exactly as it was.
+
+    Prevents: the original only changes the configs (it does not call `post_init`), so
+    `set_attn_implementation("qgfd")` with a learnable alpha gives the optimizer no parameter and the
+    first forward raises; switching away would leave the `qgfd_alpha` submodules (and a learnable
+    alpha's parameter, saved into the checkpoint) on the layers; a refused switch (a bypassing
+    layer) would leave the configs saying "qgfd"; GPT-Neo and WavLM (which transformers cannot switch,
+    it only warns) would stay as they are. `patch_model` goes through this method too.
+    Test: `test_set_attn_implementation_prepares_layers_at_once`."""
     snapshot = _snapshot(self)
     try:
         result = _ORIGINALS["set_attn_implementation"](self, attn_implementation, *args, **kwargs)
@@ -83,9 +97,14 @@ def _set_attn_implementation(self, attn_implementation, *args, **kwargs):
 
 def _get_correct_attn_implementation(self, requested_attention, *args, **kwargs):
     """`PreTrainedModel.get_correct_attn_implementation` (every route that chooses an implementation
-    passes here, before the layers are built), refusing "qgfd" for a model class whose attention
-    does not go through the interface at all (BLOOM, Falcon, GPT-Neo, ...: some of them would fail
-    building their layers with a bare `KeyError: 'qgfd'`)."""
+    passes here, before the layers are built): refuses "qgfd" for a model class whose attention does
+    not go through the interface at all, and readies GPT-Neo's module-level QGFD.
+
+    Prevents: model classes that pick their attention class by implementation name fail to build with
+    a bare `KeyError: 'qgfd'` (Data2VecVision, SAM, ... instead of a `ValueError` naming the
+    architecture; GPT-Neo instead of a QGFD model: `_prepare_gpt_neo` adds its table entry). Models
+    that do build (BLOOM, XGLM) are refused by `_sync` in `post_init` anyway.
+    Test: `test_get_correct_attn_implementation_refuses_and_prepares_before_layers_are_built`."""
     if (
         requested_attention == ATTN_IMPLEMENTATION
         and not type(self)._can_set_attn_implementation()
@@ -107,7 +126,13 @@ def _get_correct_attn_implementation(self, requested_attention, *args, **kwargs)
 
 
 def _initialize_weights(self, module, *args, **kwargs):
-    """A learnable alpha missing from a checkpoint starts at `settings.alpha`, like a fresh one."""
+    """`PreTrainedModel._initialize_weights`: a learnable alpha missing from a checkpoint starts at
+    `settings.alpha`, like a fresh one.
+
+    Prevents: `from_pretrained` builds the model without memory and initialises only the weights the
+    checkpoint lacks, through the model class's own `_init_weights`, which does not know `QGFDAlpha`:
+    a plain checkpoint loaded with `learnable_alpha=True` would keep an uninitialised logit (any
+    alpha). Test: `test_initialize_weights_starts_a_missing_learnable_alpha_at_its_value`."""
     if isinstance(module, QGFDAlpha):
         if module.logit is not None and not getattr(module.logit, "_is_hf_initialized", False):
             module.reset_parameters()
@@ -117,8 +142,14 @@ def _initialize_weights(self, module, *args, **kwargs):
 
 def _prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs):
     """`GenerationMixin._prepare_cache_for_generation`, then the cache `generate()` will use made
-    ready for QGFD (`prepare_qgfd_cache`) before any compiled call: a compiled prefill
-    (`prefill_chunk_size` with `compile_config`) then traces without a graph break."""
+    ready for QGFD (`prepare_qgfd_cache`) before any compiled call.
+
+    Prevents: a compiled first call on the fresh cache `generate()` builds (the prefill chunks of
+    `prefill_chunk_size` with `compile_config`) converts each cache layer inside the compiled region
+    (a `__class__` assignment Dynamo cannot trace): a graph break, an error under `fullgraph=True`.
+    Passing a cache readied by `prepare_qgfd_cache` as `past_key_values` works without it, but
+    `cache_implementation="static"` makes `generate()` build its own.
+    Test: `test_prepare_cache_for_generation_lets_a_compiled_prefill_trace_as_one_graph`."""
     result = _ORIGINALS["_prepare_cache_for_generation"](self, generation_config, model_kwargs, *args, **kwargs)
     cache = model_kwargs.get("cache", model_kwargs.get("past_key_values"))
     if cache is not None:
@@ -133,8 +164,14 @@ def _prepare_cache_for_generation(self, generation_config, model_kwargs, *args, 
 
 def _to_dict(self):
     """`PreTrainedConfig.to_dict`, plus the attention implementation of a config that runs QGFD or
-    carries QGFD settings: transformers does not serialise it, so a folder saved from a QGFD model
-    (loaded, patched, or switched away again) reloads with the implementation it had when saved."""
+    carries QGFD settings, so a folder saved from a QGFD model (loaded, patched, or switched away
+    again) or config reloads with the implementation it had when saved.
+
+    Prevents: transformers drops `_attn_implementation_internal` from `config.json`, so a saved QGFD
+    model loads back as plain `sdpa`, silently. Loading needs no wrapper: `"attn_implementation":
+    "qgfd"` in `config.json` is honoured by `from_pretrained` once "qgfd" is registered; only writing
+    it does (docs/patching.md: a plain `attn_implementation` attribute instead survives one save only).
+    Test: `test_to_dict_saves_the_qgfd_implementation`."""
     out = _ORIGINALS["to_dict"](self)
     implementation = self.__dict__.get("_attn_implementation_internal")
     if isinstance(implementation, str) and (implementation == ATTN_IMPLEMENTATION or "qgfd" in self.__dict__):
@@ -143,7 +180,11 @@ def _to_dict(self):
 
 
 def _set_output_attentions(self, value):
-    """`config.output_attentions = True` is allowed for "qgfd" (QGFD returns its own weights)."""
+    """The `PreTrainedConfig.output_attentions` setter: `config.output_attentions = True` is allowed
+    for "qgfd" (QGFD returns its own weights).
+
+    Prevents: transformers raises a `ValueError` for any implementation but "eager".
+    Test: `test_output_attentions_setter_accepts_true_for_qgfd`."""
     if value and self._attn_implementation == ATTN_IMPLEMENTATION:
         self._output_attentions = value
         return
@@ -151,6 +192,11 @@ def _set_output_attentions(self, value):
 
 
 def _validate_output_attentions(self):
+    """`PreTrainedConfig.validate_output_attentions` (a `@strict` class validator), passing for "qgfd".
+
+    Prevents: a config with `attn_implementation="qgfd"` and `output_attentions=True` fails validation
+    when it is made: it cannot be built, nor loaded from a folder saved with it.
+    Test: `test_validate_output_attentions_accepts_a_qgfd_config_that_returns_weights`."""
     if self._attn_implementation == ATTN_IMPLEMENTATION:
         return None
     return _ORIGINALS["validate_output_attentions"](self)
@@ -217,7 +263,7 @@ def install_transformers_hooks() -> None:
     saved = getattr(PreTrainedModel, "_qgfd_originals", None)
     if saved is None:
         # The config originals are kept here too, as qgfd_hf 0.1.0's copies of patching_qgfd.py expect.
-        saved = {name: getattr(PreTrainedModel, name) for name in targets}
+        saved = {name: getattr(PreTrainedModel, name) for name in _MODEL_METHODS}
         saved.update(config_originals())
         PreTrainedModel._qgfd_originals = saved
     _ORIGINALS.update(saved)
