@@ -34,7 +34,14 @@ from transformers.cache_utils import DynamicLayer
 from transformers.masking_utils import AttentionMaskInterface
 
 import qgfd_hf
-from qgfd_hf import patching_qgfd
+from qgfd_hf import (
+    patching_cache_qgfd,
+    patching_forward_qgfd,
+    patching_hooks_qgfd,
+    patching_layers_qgfd,
+    patching_modules_qgfd,
+    patching_qgfd,
+)
 from qgfd_hf.patching_qgfd import QGFDDynamicLayer, find_attention_modules
 
 # ----------------------------------------------------------------------------------------
@@ -367,10 +374,10 @@ def test_cache_layer_keeps_propagated_values_in_step_with_its_edits():
     layer = DynamicLayer()
     k = torch.randn(2, 1, 5, 4)
     layer.update(k, k.clone())
-    layer = patching_qgfd._qgfd_layer(layer)
+    layer = patching_cache_qgfd._qgfd_layer(layer)
     assert isinstance(layer, QGFDDynamicLayer)
     w = torch.arange(2 * 5, dtype=torch.float).view(2, 1, 5, 1)
-    layer._qgfd_propagated = patching_qgfd._Propagated((w,), 5)
+    layer._qgfd_propagated = patching_cache_qgfd._Propagated((w,), 5)
     layer.reorder_cache(torch.tensor([1, 1]))
     assert torch.equal(layer._qgfd_propagated.values[0], w[[1, 1]])
     layer.batch_repeat_interleave(2)
@@ -899,9 +906,13 @@ def test_patching_twice_same_settings_is_a_no_op_other_settings_raise(vit):
         qgfd_hf.unpatch_model(m)
 
 
-def test_docstring_examples_run():
-    result = doctest.testmod(patching_qgfd, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
-    assert result.attempted > 0 and result.failed == 0
+@pytest.mark.parametrize("module", [patching_qgfd, patching_layers_qgfd, patching_cache_qgfd, patching_forward_qgfd,
+                                    patching_modules_qgfd, patching_hooks_qgfd], ids=lambda m: m.__name__)
+def test_docstring_examples_run(module):
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert result.failed == 0
+    if module in (patching_qgfd, patching_layers_qgfd, patching_cache_qgfd, patching_forward_qgfd):
+        assert result.attempted > 0
 
 
 def test_compiled_static_cache_generation_equals_eager():

@@ -63,8 +63,8 @@ EXPECTED = {
     "model": "ImageQGFDDiffusionModel",
     "models": sorted(f"{m}QGFDDiffusionModel" for m in ("Text", "Image", "Audio", "Video", "Tabular", "Shared")),
     "pipeline": True,
-    "model_hooks": ["patching_qgfd.py"],
-    "config_hooks": ["patching_config_qgfd.py"],
+    "model_hooks": ["patching_hooks_qgfd.py"],
+    "config_hooks": ["patching_hooks_qgfd.py"],
 }
 
 ORDERS = {
@@ -157,8 +157,8 @@ def test_a_saved_folder_loads_and_samples_with_transformers_imported_first(tmp_p
     assert out.strip().splitlines()[-3:] == ["qgfd_hf.modeling_qgfd_modalities ImageQGFDDiffusionModel", "(8, 8)", "True"]
 
 
-# The transformers methods qgfd_hf wraps for QGFD-patched transformers models (patching_qgfd,
-# patching_config_qgfd): a model that patches none must leave them as they are.
+# The transformers methods qgfd_hf wraps for QGFD-patched transformers models (patching_hooks_qgfd):
+# a model that patches none must leave them as they are.
 WRAPPED = {
     "PreTrainedModel": ("post_init", "set_attn_implementation", "_initialize_weights", "get_correct_attn_implementation"),
     "PreTrainedConfig": ("to_dict", "validate_output_attentions"),
@@ -190,7 +190,7 @@ def test_loading_a_saved_pixel_model_with_remote_code_leaves_transformers_alone(
         after = methods()
         print(json.dumps(dict(module=type(model).__module__,
                               changed=sorted(k for k in before if before[k] is not after[k]),
-                              patching=sorted(m for m in __import__("sys").modules if "patching_qgfd" in m or "patching_config_qgfd" in m))))
+                              patching=sorted(m for m in __import__("sys").modules if m.rsplit(".", 1)[-1].startswith("patching_")))))
     """)
     result = json.loads(out.strip().splitlines()[-1])
     assert result["module"].startswith("transformers_modules.")
