@@ -35,7 +35,8 @@ from transformers.utils import logging
 
 from .attention_qgfd import value_checks_enabled
 from .configuration_qgfd import MODALITY_CONFIGS, QGFDConfig
-from .modeling_qgfd import EncoderBlock, sinusoidal_embedding
+from .modeling_qgfd import EncoderBlock
+from .modeling_qgfd_embeddings import sinusoidal_embedding
 
 logger = logging.get_logger(__name__)
 

@@ -56,7 +56,9 @@ from transformers.masking_utils import create_bidirectional_mask
 from transformers.utils import logging
 
 from .configuration_qgfd import PRETRAINED_STACKS, qgfd_settings
-from .modeling_qgfd import QGFDDiffusionBackbone, TimestepEmbedding, _zero_init, check_condition, check_float_tensor, check_timesteps, modulate
+from .modeling_qgfd import QGFDDiffusionBackbone, _zero_init, modulate
+from .modeling_qgfd_checks import check_condition, check_float_tensor, check_timesteps
+from .modeling_qgfd_embeddings import TimestepEmbedding
 from .modeling_qgfd_adapters import build_encoder, load_pretrained_encoder
 
 logger = logging.get_logger(__name__)
