@@ -1,25 +1,26 @@
 # coding=utf-8
-"""Configurations of the QGFD diffusion models.
+"""Configurations of the QGFD diffusion models: what every modality shares.
 
 - `DiffusionConfig`: the seed's dataclass (the denoiser's sizes, QGFD settings, schedule),
   kept for the seed's quickstart and accepted by `QGFDDiffusionBackbone(cfg)`.
 - `QGFDConfig(PretrainedConfig)`: every hyperparameter of a Hugging Face QGFD diffusion
-  model, with the pretrained encoder's own config nested as `backbone_config`.
-- One subclass per model, each with its own `model_type` so that `AutoModel` returns the
-  right class: `QGFDTextConfig` ("qgfd_text"), `QGFDImageConfig` ("qgfd_image"),
-  `QGFDAudioConfig` ("qgfd_audio"), `QGFDVideoConfig` ("qgfd_video"),
-  `QGFDTabularConfig` ("qgfd_tabular") and `QGFDSharedConfig` ("qgfd_shared").
+  model that the modalities share, with the pretrained encoder's own config nested as
+  `backbone_config`.
+- The shared validators (`_check_int`, `_check_float`, `_check_choice`, `_check_bool`), the
+  QGFD defaults (`QGFD_FIELDS`) and the named sizes (`QGFD_PRESETS`).
+- `MODALITY_CONFIGS`, modality -> config class, filled by the modality files themselves
+  (`configuration_qgfd_<modality>.py`: each subclass adds itself when it is defined).
 
 Every value is checked in `__init__`; a bad one raises `ValueError` naming the value and
 what is allowed. Sizes derived from the pretrained encoder (`latent_dim`, image size, ...)
-are resolved here, so `latent_shape` needs nothing but the config.
+are resolved by the modality configs, so `latent_shape` needs nothing but the config.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, Mapping, Optional, Sequence
 
 from transformers import AutoConfig, PretrainedConfig
 
@@ -47,9 +48,6 @@ PRETRAINED_STACKS = {
     # text backbone's).
     "shared": ("t5", "mt5"),
 }
-IMAGE_LATENT_SPACES = ("vit", "pixels")
-AUDIO_LATENT_SPACES = ("waveform", "mdct", "spectrogram", "wav2vec2")
-VIDEO_MOTION_COMPENSATION = (None, "centroid")
 
 # The QGFD attention settings of the denoiser: config name -> `QGFDSettings` field.
 QGFD_FIELDS = {
@@ -259,6 +257,10 @@ def _to_config(value, name):
     raise ValueError(f"`{name}` must be None, a PretrainedConfig or a dict, got {type(value).__name__}.")
 
 
+# modality -> its config class; each `configuration_qgfd_<modality>.py` adds its class on import.
+MODALITY_CONFIGS: Dict[str, type] = {}
+
+
 # ----------------------------------------------------------------------------------------
 # QGFDConfig
 # ----------------------------------------------------------------------------------------
@@ -346,6 +348,12 @@ class QGFDConfig(PretrainedConfig):
     model_type = "qgfd"
     sub_configs = {"backbone_config": AutoConfig}
     _fixed_modality = None  # set by each subclass
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        # A single-modality config adds itself to MODALITY_CONFIGS when its file defines it.
+        if vars(cls).get("_fixed_modality") in MODALITIES:
+            MODALITY_CONFIGS[cls._fixed_modality] = cls
 
     def __init__(
         self,
@@ -659,723 +667,33 @@ def _backbone_width(cfg) -> int:
     raise ValueError(f"Cannot read the width of backbone config {type(cfg).__name__} (no d_model or hidden_size).")
 
 
-class QGFDTextConfig(QGFDConfig):
-    """Config of `TextQGFDDiffusionModel`: diffusion over a T5's token embeddings (Diffusion-LM).
-
-    Args:
-        seq_len (`int`, defaults to 64): L, the length of generated (and training) sequences;
-            shorter inputs are padded with the pad token, longer ones raise.
-        conditional (`bool`, defaults to `True`): condition on a source text through the T5
-            encoder's states, projected to `d_model`.
-        pad_token_id (`int`, *optional*): the pad token (default: the backbone's, else 0).
-        clamp_to_embeddings (`bool`, defaults to `False`): when sampling, replace the predicted
-            x0 by its nearest token embedding at every step (Diffusion-LM's clamping trick).
-        train_condition_encoder (`bool`, defaults to `True`): the T5 encoder layers that encode
-            the source text learn with the denoiser; the token embeddings (the latent space)
-            stay frozen while `freeze_encoder` is True. On a word-reversal task with a random
-            tiny T5, 2000 steps reached 93% exact match with it and 17% without. False keeps
-            the whole T5 frozen.
-        **kwargs: `QGFDConfig` arguments. `backbone_config` must be a text encoder config
-            (T5 or any config with `vocab_size` and `d_model`/`hidden_size`);
-            `latent_dim` is its width.
-
-    Example:
-        >>> from transformers import T5Config
-        >>> cfg = QGFDTextConfig(backbone_config=T5Config(vocab_size=50, d_model=32, num_layers=1, num_heads=4, d_kv=8),
-        ...                      d_model=32, num_heads=4, num_layers=2, d_ff=64, seq_len=8)
-        >>> cfg.latent_dim, cfg.num_latent_tokens()
-        (32, 8)
-    """
-
-    model_type = "qgfd_text"
-    _fixed_modality = "text"
-
-    def __init__(
-        self,
-        seq_len: int = 64,
-        conditional: bool = True,
-        pad_token_id: Optional[int] = None,
-        clamp_to_embeddings: bool = False,
-        train_condition_encoder: bool = True,
-        **kwargs,
-    ):
-        self.seq_len = seq_len
-        self.pad_token_id = pad_token_id
-        self.clamp_to_embeddings = clamp_to_embeddings
-        self.train_condition_encoder = train_condition_encoder
-        super().__init__(conditional=conditional, **kwargs)
-
-    def _validate_modality(self):
-        _check_int("seq_len", self.seq_len)
-        _check_bool("clamp_to_embeddings", self.clamp_to_embeddings)
-        _check_bool("train_condition_encoder", self.train_condition_encoder)
-        self._require_backbone(["vocab_size"], "text encoder (e.g. T5)")
-        self._resolve_latent_dim(_backbone_width(self.backbone_config), "the text encoder's embedding width")
-        if self.pad_token_id is None:
-            self.pad_token_id = getattr(self.backbone_config, "pad_token_id", None) or 0
-        _check_int("pad_token_id", self.pad_token_id, minimum=0)
-        if self.pad_token_id >= self.backbone_config.vocab_size:
-            raise ValueError(f"`pad_token_id`={self.pad_token_id} is outside the vocabulary (size {self.backbone_config.vocab_size}).")
-
-    def num_latent_tokens(self) -> int:
-        return self.seq_len
-
-
-class QGFDImageConfig(QGFDConfig):
-    """Config of `ImageQGFDDiffusionModel`.
-
-    Args:
-        latent_space (`str`, defaults to `"vit"`): `"vit"` (frozen ViT patch states, plus a
-            learned pixel decoder) or `"pixels"` (non-overlapping pixel patches: patchify /
-            unpatchify, no encoder; for small images and offline use). With
-            `denoiser="pretrained"`, `"pixels"` takes a ViT `backbone_config` for the denoiser only.
-        image_size (`int`, *optional*), patch_size (`int`, *optional*), num_channels (`int`, *optional*):
-            with "vit" they come from `backbone_config`; with "pixels" they default to 32, 4, 3.
-        image_mean, image_std (`list[float]`, *optional*, default 0.5 per channel): the
-            normalisation of `pixel_values` (`(x - mean) / std` of images in [0, 1]), as the
-            image processor applies it; decoded images are mapped back to [0, 1].
-        normalization_fitted (`bool`, *optional*): None (the default): nothing is fitted
-            (`image_mean` / `image_std` as given, `latent_scale` as given). False: the statistics
-            are to be fitted from the training images (`fit_normalization` of the model: pixel
-            latents, the pixels' per-channel mean and std; ViT latents, `latent_mean` /
-            `latent_std`; then `latent_scale`); until then the model refuses to train or sample.
-            True: fitted (saved with the model).
-        latent_mean, latent_std (`list[float]`, *optional*): ViT latents only: the per-channel
-            mean and std of the ViT's patch states over the training images (RAE's latent
-            normalisation), fitted by `fit_normalization`; the latents are
-            `(h - latent_mean) / latent_std * latent_scale`. None: not normalised per channel.
-        noise_shift (`float`, defaults to 1.0): s, the shift of the noise schedule for
-            high-dimensional latents (simple diffusion, Hoogeboom et al. 2023; SD3's and RAE's
-            dimension-dependent shift). `fit_normalization` gives the latents std 1 / s instead
-            of 1, which multiplies the signal-to-noise ratio of every timestep by 1 / s^2 (for a
-            variance-preserving process, the shifted schedule up to a per-timestep scaling of
-            x_t): s > 1 spends more of training and sampling at the noise levels where an
-            image's layout is decided. Used when fitting only (the fitted `latent_scale` carries it).
-        decoder_noise_std (`float`, defaults to 0.0): tau, noise augmentation of the learned
-            decoder (ViT latents; RAE, Zheng et al. 2025, Sec. 3): in training the decoder
-            reconstructs the images from `x0 + sigma * latent_scale * eps`, `sigma ~ |N(0, tau^2)|`
-            per image, so that it also decodes the denoiser's imperfect latents. tau is in units
-            of the per-channel-normalised latent (std 1 after `fit_normalization`). 0: off.
-
-    Example:
-        >>> cfg = QGFDImageConfig(latent_space="pixels", image_size=8, patch_size=2, num_channels=1,
-        ...                       d_model=32, num_heads=4, num_layers=2, d_ff=64)
-        >>> cfg.latent_dim, cfg.num_latent_tokens()
-        (4, 16)
-    """
-
-    model_type = "qgfd_image"
-    _fixed_modality = "image"
-
-    def __init__(
-        self,
-        latent_space: str = "vit",
-        image_size: Optional[int] = None,
-        patch_size: Optional[int] = None,
-        num_channels: Optional[int] = None,
-        image_mean: Optional[Sequence[float]] = None,
-        image_std: Optional[Sequence[float]] = None,
-        normalization_fitted: Optional[bool] = None,
-        latent_mean: Optional[Sequence[float]] = None,
-        latent_std: Optional[Sequence[float]] = None,
-        noise_shift: float = 1.0,
-        decoder_noise_std: float = 0.0,
-        **kwargs,
-    ):
-        self.latent_space = latent_space
-        self.image_size = image_size
-        self.patch_size = patch_size
-        self.num_channels = num_channels
-        self.image_mean = list(image_mean) if image_mean is not None else None
-        self.image_std = list(image_std) if image_std is not None else None
-        self.normalization_fitted = normalization_fitted
-        self.latent_mean = list(latent_mean) if latent_mean is not None else None
-        self.latent_std = list(latent_std) if latent_std is not None else None
-        self.noise_shift = noise_shift
-        self.decoder_noise_std = decoder_noise_std
-        super().__init__(**kwargs)
-
-    def _validate_modality(self):
-        _check_choice("latent_space", self.latent_space, IMAGE_LATENT_SPACES)
-        _check_float("noise_shift", self.noise_shift, 0.0, None, low_open=True)
-        _check_float("decoder_noise_std", self.decoder_noise_std, 0.0, None)
-        if self.normalization_fitted is not None:
-            _check_bool("normalization_fitted", self.normalization_fitted)
-        if self.latent_space == "vit":
-            self._require_backbone(["image_size", "patch_size", "num_channels", "hidden_size"], "ViT")
-            for name in ("image_size", "patch_size", "num_channels"):
-                mine, theirs = getattr(self, name), getattr(self.backbone_config, name)
-                if isinstance(theirs, (list, tuple)):
-                    if len(set(theirs)) != 1:
-                        raise ValueError(f"Only square images and patches are supported, backbone has {name}={theirs}.")
-                    theirs = theirs[0]
-                if mine is not None and mine != theirs:
-                    raise ValueError(f"`{name}`={mine} disagrees with the ViT backbone's {name}={theirs}; pass None.")
-                setattr(self, name, int(theirs))
-        else:
-            if self.backbone_config is not None and self.denoiser != "pretrained":
-                raise ValueError(
-                    'latent_space="pixels" uses no encoder; pass backbone_config=None (a ViT backbone_config is '
-                    'taken only with denoiser="pretrained", as the denoiser).'
-                )
-            if self.backbone_qgfd is not None:
-                raise ValueError(
-                    'latent_space="pixels" has no encoder for `backbone_qgfd` to patch (the denoiser\'s QGFD '
-                    "settings are the `qgfd_*` fields); pass backbone_qgfd=None."
-                )
-            self.image_size = 32 if self.image_size is None else self.image_size
-            self.patch_size = 4 if self.patch_size is None else self.patch_size
-            self.num_channels = 3 if self.num_channels is None else self.num_channels
-        _check_int("image_size", self.image_size)
-        _check_int("patch_size", self.patch_size)
-        _check_int("num_channels", self.num_channels)
-        if self.image_size % self.patch_size:
-            raise ValueError(f"`patch_size`={self.patch_size} must divide `image_size`={self.image_size}.")
-        for name in ("image_mean", "image_std"):
-            value = getattr(self, name)
-            if value is None:
-                value = [0.5] * self.num_channels
-            if len(value) != self.num_channels or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in value):
-                raise ValueError(f"`{name}` must be {self.num_channels} floats (one per channel), got {value!r}.")
-            setattr(self, name, [float(v) for v in value])
-        if any(s <= 0 for s in self.image_std):
-            raise ValueError(f"`image_std` must be > 0, got {self.image_std!r}.")
-        if self.latent_space == "vit":
-            self._resolve_latent_dim(self.backbone_config.hidden_size, "the ViT hidden size")
-        else:
-            self._resolve_latent_dim(self._patch_latent_width(), "num_channels * patch_size**2")
-        self._validate_latent_statistics()
-
-    def _validate_latent_statistics(self):
-        given = [n for n in ("latent_mean", "latent_std") if getattr(self, n) is not None]
-        if self.latent_space != "vit":
-            if given:
-                raise ValueError(f"{' and '.join('`' + n + '`' for n in given)} normalise ViT latents; latent_space="
-                                 f"{self.latent_space!r} takes None (pixel latents use `image_mean` / `image_std`).")
-            if self.decoder_noise_std:
-                raise ValueError(f"`decoder_noise_std`={self.decoder_noise_std} trains the learned decoder of ViT latents; "
-                                 f"latent_space={self.latent_space!r} has none (decoding is exact): pass 0.")
-            return
-        if len(given) == 1:
-            raise ValueError(f"`latent_mean` and `latent_std` go together; got only `{given[0]}`.")
-        if given:
-            width = self.backbone_config.hidden_size
-            for name in given:
-                value = getattr(self, name)
-                if len(value) != width or any(isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) for v in value):
-                    raise ValueError(f"`{name}` must be {width} finite floats (one per ViT channel), got {len(value)} values.")
-                setattr(self, name, [float(v) for v in value])
-            if min(self.latent_std) <= 0:
-                raise ValueError(f"`latent_std` must be > 0, got a minimum of {min(self.latent_std)}.")
-
-    def _patch_latent_width(self) -> int:
-        """Width of a pixel-patch token (video tubelets hold several frames' patches)."""
-        return self.num_channels * self.patch_size**2
-
-    def num_latent_tokens(self) -> int:
-        return (self.image_size // self.patch_size) ** 2
-
-    def _auto_position_grid(self):
-        return [self.image_size // self.patch_size] * 2
-
-
-class QGFDVideoConfig(QGFDImageConfig):
-    """Config of `VideoQGFDDiffusionModel`: every frame goes through the image path.
-
-    Args:
-        num_frames (`int`, defaults to 8): F, frames per clip; the latents are the frames'
-            patch latents one after the other, `[B, F * N, latent_dim]`.
-        tubelet_frames (`int`, defaults to 1): T, frames per token (ViViT's tubelets). 1: a token
-            is one frame's patch, `[B, F * N, C p^2]`. T > 1 (pixel latents only; T divides F):
-            a token is one patch place over T consecutive frames, its T patches side by side,
-            `[B, F / T * N, T * C p^2]`, so the denoiser predicts those frames of a patch
-            jointly, over T times fewer tokens.
-        position_grid (defaults to `"auto"`): the denoiser's positions are factorised over
-            `[num_frames / tubelet_frames, rows, columns]` of patches (frame index plus 2-D
-            patch place; see `QGFDConfig`). None gives the 1-D positions over the tokens of
-            models saved before this field existed; such a folder now loads with `"auto"` (retrain it).
-        motion_compensation (`str`, *optional*): None (default), or `"centroid"` (pixel latents
-            only): global motion compensation. Every frame is shifted by whole pixels, black
-            (pixel value 0) shifted in, so that its intensity centroid sits at the frame's centre;
-            the shifts (2 per frame, rows then columns) are appended to every token,
-            `[B, L, T * C p^2 + 2 F]`, divided by `motion_scale` (times `latent_scale`), and
-            decoding shifts the frames back (by the shifts' mean over the tokens, rounded). A
-            clip whose content moves rigidly then has the same patches in every frame, so the
-            denoiser generates one image and one trajectory. Exact for one bright object on a
-            black background that stays inside the frame (the demo's moving digits); content
-            shifted out of the frame is lost, and for other video the centroid is a poor
-            motion estimate.
-        motion_scale (`float`, defaults to 1.0): the shifts' divisor (pixels per latent unit);
-            `VideoQGFDDiffusionModel.fit_normalization` fits it (the shifts' std in the training clips).
-        **kwargs: `QGFDImageConfig` arguments (per frame), among them `noise_shift` (the
-            shifted schedule: s > 1 spends more of training and sampling at the noise levels
-            where a clip's layout is decided) and `normalization_fitted` (fitted from training
-            clips by `VideoQGFDDiffusionModel.fit_normalization`).
-
-    Example:
-        >>> cfg = QGFDVideoConfig(num_frames=2, latent_space="pixels", image_size=8, patch_size=4, num_channels=1,
-        ...                       d_model=32, num_heads=4, num_layers=2, d_ff=64)
-        >>> cfg.num_latent_tokens(), cfg.latent_dim, cfg.position_grid
-        (8, 16, [2, 2, 2])
-        >>> cfg = QGFDVideoConfig(num_frames=2, tubelet_frames=2, latent_space="pixels", image_size=8, patch_size=4,
-        ...                       num_channels=1, d_model=32, num_heads=4, num_layers=2, d_ff=64)
-        >>> cfg.num_latent_tokens(), cfg.latent_dim, cfg.position_grid
-        (4, 32, [1, 2, 2])
-    """
-
-    model_type = "qgfd_video"
-    _fixed_modality = "video"
-
-    def __init__(self, num_frames: int = 8, tubelet_frames: int = 1, position_grid="auto", motion_compensation: Optional[str] = None,
-                 motion_scale: float = 1.0, **kwargs):
-        self.num_frames = num_frames
-        self.tubelet_frames = tubelet_frames
-        self.motion_compensation = motion_compensation
-        self.motion_scale = motion_scale
-        super().__init__(position_grid=position_grid, **kwargs)
-
-    def _validate_modality(self):
-        _check_int("num_frames", self.num_frames)
-        _check_int("tubelet_frames", self.tubelet_frames)
-        if self.num_frames % self.tubelet_frames:
-            raise ValueError(f"`tubelet_frames`={self.tubelet_frames} must divide `num_frames`={self.num_frames}.")
-        if self.tubelet_frames > 1 and self.latent_space != "pixels":
-            raise ValueError(f'`tubelet_frames`={self.tubelet_frames} needs latent_space="pixels" (a ViT encodes single frames); '
-                             f"got latent_space={self.latent_space!r}. Use tubelet_frames=1.")
-        _check_choice("motion_compensation", self.motion_compensation, VIDEO_MOTION_COMPENSATION)
-        if self.motion_compensation is not None and self.latent_space != "pixels":
-            raise ValueError(f'`motion_compensation`={self.motion_compensation!r} needs latent_space="pixels" (it shifts the '
-                             f"frames' pixels); got latent_space={self.latent_space!r}. Use motion_compensation=None.")
-        _check_float("motion_scale", self.motion_scale, 0.0, None, low_open=True)
-        super()._validate_modality()
-
-    @property
-    def motion_channels(self) -> int:
-        """Channels of a token that hold the clip's shifts (2 F with motion compensation, else 0)."""
-        return 2 * self.num_frames if self.motion_compensation is not None else 0
-
-    def _patch_latent_width(self) -> int:
-        return self.tubelet_frames * super()._patch_latent_width() + self.motion_channels
-
-    def num_latent_tokens(self) -> int:
-        return self.num_frames // self.tubelet_frames * super().num_latent_tokens()
-
-    def _auto_position_grid(self):
-        return [self.num_frames // self.tubelet_frames] + super()._auto_position_grid()
-
-
-def _conv_hop_and_receptive_field(kernels: Sequence[int], strides: Sequence[int]):
-    """Hop (total stride) and receptive field, in samples, of a stack of 1-D convolutions."""
-    hop, field = 1, 1
-    for k, s in zip(kernels, strides):
-        field += (k - 1) * hop
-        hop *= s
-    return hop, field
-
-
-class QGFDAudioConfig(QGFDConfig):
-    """Config of `AudioQGFDDiffusionModel`: waveform frames, or frozen Wav2Vec2 frame latents.
-
-    Args:
-        num_samples (`int`, defaults to 16000): N, samples per clip (fixed; sampling makes clips
-            of this length).
-        sampling_rate (`int`, defaults to 16000): the waveform's sampling rate.
-        latent_space (`str`, *optional*): `"waveform"`, `"mdct"`, `"spectrogram"` or `"wav2vec2"`; default
-            `"wav2vec2"` when a `backbone_config` is given, else `"waveform"`.
-
-            - `"waveform"`: non-overlapping frames of `frame_size` samples are the tokens,
-              `[B, N / frame_size, frame_size]`, divided by `audio_scale`; decoding is the exact
-              inverse (as pixel patches are for images). No encoder, nothing to learn.
-            - `"mdct"`: the modified discrete cosine transform of the waveform (sine window,
-              hop `frame_size`, 50% overlap: critically sampled and exactly invertible by
-              overlap-add), one token per frame, `[B, N / frame_size + 1, frame_size]`, each
-              frequency bin divided by the square root of its spread in the training clips (fitted with
-              `audio_scale`, saved as the adapter's `bin_scale` buffer). A sound's band is then a
-              few coordinates, and the denoiser's errors are shaped like the data's spectrum.
-            - `"spectrogram"`: the log-magnitude STFT (Hann window of `2 * frame_size`, hop
-              `frame_size`), one token per frame, `[B, N / frame_size + 1, frame_size + 1]`,
-              each bin standardised by its training mean and std; decoded by Griffin-Lim (the
-              phase is re-estimated: magnitudes decode well, samples not sample-exactly).
-            - `"wav2vec2"`: the frozen Wav2Vec2's last hidden states x `latent_scale`, decoded to
-              the waveform by a learned decoder (`LatentDecoder` + transposed convolution),
-              trained by MSE plus `spectral_loss_weight` x a multi-resolution STFT loss. On the
-              audio demo's sounds a random (offline) Wav2Vec2 decodes poorly; see
-              docs/modality_audio.md.
-        frame_size (`int`, *optional*, defaults to 80): `"waveform"` / `"mdct"`: samples per token
-            (the hop); must divide `num_samples`.
-        audio_scale (`float`, *optional*): the training waveforms' RMS, fitted from
-            the data (`AudioQGFDDiffusionModel.fit_audio_scale`) and saved with the model; latents
-            are waveform / audio_scale, so about unit spread. None means never fitted: the model
-            refuses to encode (train) and decode (sample) until it is fitted.
-        spectral_loss_weight (`float`, defaults to 0.0): `"wav2vec2"`: weight of the decoder's
-            multi-resolution STFT loss (spectral convergence + log-magnitude L1) beside its MSE.
-            0 is the seed's MSE-only decoder; the audio task (`qgfd-hf train` / `demo`) uses 1.
-        **kwargs: `QGFDConfig` arguments; with `"wav2vec2"`, `backbone_config` must be a
-            Wav2Vec2-style config (`conv_kernel`, `conv_stride`, `hidden_size`).
-
-    Example:
-        >>> cfg = QGFDAudioConfig(num_samples=400, frame_size=40, d_model=32, num_heads=4, num_layers=2, d_ff=64)
-        >>> cfg.latent_space, cfg.latent_dim, cfg.num_latent_tokens()
-        ('waveform', 40, 10)
-        >>> from transformers import Wav2Vec2Config
-        >>> w = Wav2Vec2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64,
-        ...                    conv_dim=(16, 16), conv_stride=(5, 4), conv_kernel=(10, 4),
-        ...                    num_conv_pos_embeddings=8, num_conv_pos_embedding_groups=4)
-        >>> cfg = QGFDAudioConfig(backbone_config=w, num_samples=400, d_model=32, num_heads=4, num_layers=2, d_ff=64)
-        >>> cfg.latent_space, cfg.num_latent_tokens()
-        ('wav2vec2', 19)
-    """
-
-    model_type = "qgfd_audio"
-    _fixed_modality = "audio"
-
-    def __init__(
-        self,
-        num_samples: int = 16000,
-        sampling_rate: int = 16000,
-        latent_space: Optional[str] = None,
-        frame_size: Optional[int] = None,
-        audio_scale: Optional[float] = None,
-        spectral_loss_weight: float = 0.0,
-        **kwargs,
-    ):
-        self.num_samples = num_samples
-        self.sampling_rate = sampling_rate
-        self.latent_space = latent_space
-        self.frame_size = frame_size
-        self.audio_scale = audio_scale
-        self.spectral_loss_weight = spectral_loss_weight
-        super().__init__(**kwargs)
-
-    def _validate_modality(self):
-        if self.latent_space is None:
-            self.latent_space = "wav2vec2" if self.backbone_config is not None else "waveform"
-        _check_choice("latent_space", self.latent_space, AUDIO_LATENT_SPACES)
-        _check_int("sampling_rate", self.sampling_rate)
-        _check_int("num_samples", self.num_samples)
-        _check_float("spectral_loss_weight", self.spectral_loss_weight, 0.0, None)
-        if self.audio_scale is not None:
-            _check_float("audio_scale", self.audio_scale, 0.0, None, low_open=True)
-        if self.latent_space in ("waveform", "mdct", "spectrogram"):
-            if self.backbone_config is not None and self.denoiser != "pretrained":
-                raise ValueError(
-                    f'latent_space="{self.latent_space}" uses no encoder; pass backbone_config=None (a Wav2Vec2 backbone_config is '
-                    'taken only with denoiser="pretrained", as the denoiser), or latent_space="wav2vec2".'
-                )
-            if self.backbone_qgfd is not None:
-                raise ValueError(f'latent_space="{self.latent_space}" has no encoder for `backbone_qgfd` to patch; pass backbone_qgfd=None.')
-            self.frame_size = 80 if self.frame_size is None else self.frame_size
-            _check_int("frame_size", self.frame_size)
-            if self.num_samples % self.frame_size:
-                raise ValueError(
-                    f"`frame_size`={self.frame_size} must divide `num_samples`={self.num_samples} "
-                    f"(the latents are whole frames)."
-                )
-            width = self.frame_size + 1 if self.latent_space == "spectrogram" else self.frame_size
-            self._resolve_latent_dim(width, "frame_size (+ 1 for spectrogram latents: the STFT's bins)")
-            return
-        if self.frame_size is not None:
-            raise ValueError('`frame_size` is for latent_space="waveform", "mdct" or "spectrogram"; with "wav2vec2" the encoder sets the frames. Pass None.')
-        self._require_backbone(["conv_kernel", "conv_stride", "hidden_size"], "Wav2Vec2")
-        hop, field = self.hop_and_receptive_field()
-        if self.num_samples < field:
-            raise ValueError(f"`num_samples`={self.num_samples} is shorter than the encoder's receptive field ({field} samples).")
-        self._resolve_latent_dim(self.backbone_config.hidden_size, "the Wav2Vec2 hidden size")
-
-    def hop_and_receptive_field(self):
-        if self.latent_space == "waveform":
-            return self.frame_size, self.frame_size
-        if self.latent_space in ("mdct", "spectrogram"):
-            return self.frame_size, 2 * self.frame_size
-        return _conv_hop_and_receptive_field(self.backbone_config.conv_kernel, self.backbone_config.conv_stride)
-
-    def num_latent_tokens(self) -> int:
-        if self.latent_space == "waveform":
-            return self.num_samples // self.frame_size
-        if self.latent_space in ("mdct", "spectrogram"):
-            return self.num_samples // self.frame_size + 1  # frames over the clip padded by one hop each side
-        length = self.num_samples
-        for k, s in zip(self.backbone_config.conv_kernel, self.backbone_config.conv_stride):
-            length = (length - k) // s + 1  # Wav2Vec2's conv output length (no padding)
-        return length
-
-
-TABULAR_LATENT_SPACES = ("columns", "mlp")
-COLUMN_KINDS = ("float", "int", "category")
-NUMERIC_TRANSFORMS = ("quantile", "standard")
-MAX_ONE_HOT = 16  # widest default token: categories beyond it get fixed random codes
-
-
-class QGFDTabularConfig(QGFDConfig):
-    """Config of `TabularQGFDDiffusionModel`: rows of a table <-> latents.
-
-    Two latent spaces:
-
-    - `"columns"` (default; TabDDPM's choice within Gaussian diffusion): one token per column,
-      so the denoiser attends across columns and the latent is sized by the table. A numeric
-      column's token is its normalised value (`numeric_transform`), a categorical column's a
-      fixed code of its category (K = 2: -1 / +1; K <= latent_dim: a +-1 one-hot; wider: fixed
-      random codes), decoded by the nearest code. Encoding and decoding are fixed maps:
-      nothing to learn besides the denoiser.
-    - `"mlp"` (the seed's): a frozen random MLP of the standardised features to `num_tokens`
-      tokens of width `latent_dim`, and a learned MLP decoder (numeric columns only).
-
-    Args:
-        num_features (`int`, defaults to 8): F, columns per row (taken from `columns` when given).
-        columns (`list[dict]`, *optional*): the table's schema, one dict per column:
-            `{"name": str, "kind": "float" | "int" | "category", "categories": [...]}`
-            (`categories`, JSON values, for "category" columns only; the model sees a
-            category as its index in this list). Default: F float columns named
-            `feature_names`, else `feature_0`, ...
-        feature_names (`list[str]`, *optional*): column names (the pipeline returns rows as
-            column -> value); with `columns`, they must agree.
-        latent_space (`str`, defaults to `"columns"`): `"columns"` or `"mlp"` (see above).
-        numeric_transform (`str`, defaults to `"quantile"`): "columns" latents: `"quantile"`
-            (the empirical CDF of the training column, then the standard normal quantile:
-            skewed columns become Gaussian, decoded values stay in the training range) or
-            `"standard"` ((x - mean) / std).
-        num_quantiles (`int`, defaults to 1000): knots of the quantile transform per column.
-        label_column (`str`, *optional*): "columns" latents: a categorical column generated
-            first, drawn from its training frequencies, with the other columns generated given
-            it (class-conditional, as TabDDPM): its token stays clean while training (and out of
-            the loss) and is held fixed while sampling.
-        num_tokens (`int`, *optional*): "mlp" latents: L, tokens the features map to (default
-            8); "columns" has one token per column (a different value raises).
-        tabular_hidden_dim (`int`, defaults to 256): "mlp" latents: hidden width of the encoder
-            and decoder MLPs.
-        **kwargs: `QGFDConfig` arguments. `latent_dim`, the token width, defaults to 1 for
-            "columns" when no categorical column has more than 2 categories, else to the most
-            categories (at most 16); to `d_model` for "mlp".
-
-    Example:
-        >>> cfg = QGFDTabularConfig(columns=[{"name": "age", "kind": "int"}, {"name": "x", "kind": "float"},
-        ...                                  {"name": "color", "kind": "category", "categories": ["red", "green", "blue"]}],
-        ...                         d_model=32, num_heads=4, num_layers=2, d_ff=64)
-        >>> cfg.num_features, cfg.num_latent_tokens(), cfg.latent_dim
-        (3, 3, 3)
-        >>> QGFDTabularConfig(latent_space="mlp", num_features=4, num_tokens=2, d_model=32, num_heads=4,
-        ...                   num_layers=2, d_ff=64).latent_dim
-        32
-    """
-
-    model_type = "qgfd_tabular"
-    _fixed_modality = "tabular"
-
-    def __init__(
-        self,
-        num_features: Optional[int] = None,
-        columns: Optional[Sequence[dict]] = None,
-        feature_names: Optional[Sequence[str]] = None,
-        latent_space: str = "columns",
-        numeric_transform: str = "quantile",
-        num_quantiles: int = 1000,
-        label_column: Optional[str] = None,
-        num_tokens: Optional[int] = None,
-        tabular_hidden_dim: int = 256,
-        **kwargs,
-    ):
-        self.num_features = num_features
-        self.columns = [dict(c) for c in columns] if columns is not None else None
-        self.feature_names = list(feature_names) if feature_names is not None else None
-        self.latent_space = latent_space
-        self.numeric_transform = numeric_transform
-        self.num_quantiles = num_quantiles
-        self.label_column = label_column
-        self.num_tokens = num_tokens
-        self.tabular_hidden_dim = tabular_hidden_dim
-        super().__init__(**kwargs)
-
-    def _validate_modality(self):
-        _check_choice("latent_space", self.latent_space, TABULAR_LATENT_SPACES)
-        _check_choice("numeric_transform", self.numeric_transform, NUMERIC_TRANSFORMS)
-        _check_int("num_quantiles", self.num_quantiles, minimum=2)
-        _check_int("tabular_hidden_dim", self.tabular_hidden_dim)
-        if self.backbone_config is not None:
-            raise ValueError("The tabular model has no pretrained encoder; pass backbone_config=None.")
-        self._resolve_columns()
-        F = self.num_features
-        if self.label_column is not None:
-            kinds = {c["name"]: c["kind"] for c in self.columns}
-            if kinds.get(self.label_column) != "category" or self.latent_space != "columns":
-                raise ValueError(
-                    f"`label_column`={self.label_column!r} must name a categorical column of latent_space='columns' latents; "
-                    f"the columns are {kinds}, latent_space={self.latent_space!r}."
-                )
-        if self.latent_space == "mlp":
-            if any(c["kind"] == "category" for c in self.columns):
-                raise ValueError(
-                    "latent_space='mlp' (the seed's MLP latents) takes numeric columns only; categorical columns "
-                    f"{[c['name'] for c in self.columns if c['kind'] == 'category']} need latent_space='columns'."
-                )
-            self.num_tokens = 8 if self.num_tokens is None else self.num_tokens
-            _check_int("num_tokens", self.num_tokens)
-            if self.latent_dim is None:
-                self.latent_dim = self.d_model
-            return
-        if self.num_tokens is not None and self.num_tokens != F:
-            raise ValueError(
-                f"`num_tokens`={self.num_tokens} applies to latent_space='mlp'; latent_space='columns' has one token "
-                f"per column ({F}). Pass num_tokens=None, or latent_space='mlp'."
-            )
-        self.num_tokens = F
-        if self.latent_dim is None:
-            widest = max([len(c["categories"]) for c in self.columns if c["kind"] == "category"] + [1])
-            self.latent_dim = 1 if widest <= 2 else min(widest, MAX_ONE_HOT)
-
-    def _resolve_columns(self):
-        """`columns`, `num_features` and `feature_names`, made consistent (and checked)."""
-        if self.columns is None:
-            F = 8 if self.num_features is None else self.num_features
-            _check_int("num_features", F)
-            names = self.feature_names
-            if names is not None and (len(names) != F or not all(isinstance(n, str) for n in names)):
-                raise ValueError(f"`feature_names` must be {F} strings, got {names!r}.")
-            names = list(names or [f"feature_{i}" for i in range(F)])
-            self.columns = [{"name": n, "kind": "float"} for n in names]
-            self.num_features, self.feature_names = F, names
-            return
-        if not self.columns:
-            raise ValueError("`columns` must name at least one column, got [].")
-        for i, c in enumerate(self.columns):
-            if not isinstance(c.get("name"), str) or c.get("kind") not in COLUMN_KINDS:
-                raise ValueError(f"`columns[{i}]` must be {{'name': str, 'kind': one of {COLUMN_KINDS}}}, got {c!r}.")
-            cats = c.get("categories")
-            if c["kind"] == "category":
-                if not isinstance(cats, (list, tuple)) or len(cats) < 1 or len(set(map(repr, cats))) != len(cats):
-                    raise ValueError(f"Column {c['name']!r} is categorical: `categories` must be a list of distinct values, got {cats!r}.")
-                c["categories"] = list(cats)
-            elif cats is not None:
-                raise ValueError(f"Column {c['name']!r} is {c['kind']}: only 'category' columns take `categories`.")
-        names = [c["name"] for c in self.columns]
-        if len(set(names)) != len(names):
-            raise ValueError(f"`columns` has duplicate names: {names}.")
-        if self.num_features is not None and self.num_features != len(names):
-            raise ValueError(f"`num_features`={self.num_features} disagrees with the {len(names)} `columns`.")
-        if self.feature_names is not None and list(self.feature_names) != names:
-            raise ValueError(f"`feature_names` {self.feature_names!r} disagree with the names in `columns` {names!r}.")
-        self.num_features, self.feature_names = len(names), names
-
-    def num_latent_tokens(self) -> int:
-        return self.num_tokens
-
-
-MODALITY_CONFIGS = {
-    "text": QGFDTextConfig,
-    "image": QGFDImageConfig,
-    "audio": QGFDAudioConfig,
-    "video": QGFDVideoConfig,
-    "tabular": QGFDTabularConfig,
-}
-
-
-class QGFDSharedConfig(QGFDConfig):
-    """Config of `SharedQGFDDiffusionModel`: one denoiser, one adapter per modality.
-
-    Args:
-        modalities (`list[str]`, defaults to `["text", "image"]`): the modalities the model
-            serves; the first is the default of methods that take `modality=`.
-        text_config, image_config, audio_config, video_config, tabular_config (modality config
-            or `dict`, *optional*): each modality's own config (its encoder, sizes, latent
-            scale); required for every modality in `modalities`. Their denoiser fields are unused.
-        latent_dim (`int`, defaults to 512): the shared latent width; adapters map each
-            modality's latents to it with a fixed (frozen by default) orthogonal projection.
-        **kwargs: `QGFDConfig` arguments for the shared denoiser.
-
-    Example:
-        >>> img = QGFDImageConfig(latent_space="pixels", image_size=8, patch_size=2, num_channels=1)
-        >>> cfg = QGFDSharedConfig(modalities=["image"], image_config=img, latent_dim=16,
-        ...                        d_model=32, num_heads=4, num_layers=2, d_ff=64)
-        >>> cfg.image_config.latent_dim, cfg.latent_dim
-        (4, 16)
-    """
-
-    model_type = "qgfd_shared"
-    _fixed_modality = "shared"
-    sub_configs = {f"{m}_config": MODALITY_CONFIGS[m] for m in MODALITIES}
-
-    def __init__(
-        self,
-        modalities: Sequence[str] = ("text", "image"),
-        text_config=None,
-        image_config=None,
-        audio_config=None,
-        video_config=None,
-        tabular_config=None,
-        latent_dim: int = 512,
-        **kwargs,
-    ):
-        if isinstance(modalities, str) or not isinstance(modalities, (list, tuple)) or not modalities:
-            raise ValueError(f"`modalities` must be a non-empty list drawn from {MODALITIES}, got {modalities!r}.")
-        self.modalities = list(modalities)
-        given = dict(text=text_config, image=image_config, audio=audio_config, video=video_config, tabular=tabular_config)
-        for m, value in given.items():
-            if isinstance(value, dict):
-                value = MODALITY_CONFIGS[m](**{k: v for k, v in value.items() if k != "model_type"})
-            elif value is not None and not isinstance(value, MODALITY_CONFIGS[m]):
-                raise ValueError(f"`{m}_config` must be a {MODALITY_CONFIGS[m].__name__} or dict, got {type(value).__name__}.")
-            setattr(self, f"{m}_config", value)
-        kwargs.setdefault("conditional", bool(text_config is not None and getattr(self.text_config, "conditional", False)))
-        super().__init__(latent_dim=latent_dim, **kwargs)
-
-    def _validate_modality(self):
-        for m in self.modalities:
-            _check_choice("modality in `modalities`", m, MODALITIES)
-            if getattr(self, f"{m}_config") is None:
-                raise ValueError(f"modality {m!r} is in `modalities` but `{m}_config` is None.")
-        if len(set(self.modalities)) != len(self.modalities):
-            raise ValueError(f"`modalities` has duplicates: {self.modalities!r}.")
-        for m in self.modalities:
-            sub = getattr(self, f"{m}_config")
-            if getattr(sub, "num_classes", None) is not None or (getattr(sub, "cond_dropout_prob", 0) or 0) > 0:
-                raise ValueError(
-                    f"`{m}_config` asks for class labels or condition dropout (num_classes={sub.num_classes}, "
-                    f"cond_dropout_prob={sub.cond_dropout_prob}), which the shared model does not take; pass None and 0."
-                )
-        text = self.text_config
-        expect = bool("text" in self.modalities and text is not None and text.conditional)
-        if self.conditional != expect:
-            raise ValueError(f"`conditional`={self.conditional} must equal text_config.conditional ({expect}).")
-
-    def modality_config(self, modality: str) -> QGFDConfig:
-        _check_choice("modality", modality, tuple(self.modalities))
-        return getattr(self, f"{modality}_config")
-
-    def num_latent_tokens(self, modality: Optional[str] = None) -> int:
-        return self.modality_config(modality or self.modalities[0]).num_latent_tokens()
-
-    def latent_token_counts(self) -> Dict[str, int]:
-        return {m: n for m in self.modalities for n in self.modality_config(m).latent_token_counts().values()}
+def diffusion_values(diffusion_cfg) -> dict:
+    """DiffusionConfig fields as config keywords (from a DiffusionConfig, a dict of its fields, a
+    QGFDConfig or None); without a DiffusionConfig, latent_dim is None (derived from the encoder)."""
+    if diffusion_cfg is None:
+        values = DiffusionConfig().to_dict()
+        values["latent_dim"] = None
+        return values
+    if isinstance(diffusion_cfg, DiffusionConfig):
+        return diffusion_cfg.to_dict()
+    if isinstance(diffusion_cfg, Mapping):
+        return DiffusionConfig(**diffusion_cfg).to_dict()
+    if isinstance(diffusion_cfg, QGFDConfig):
+        return {name: getattr(diffusion_cfg, name) for name in DIFFUSION_FIELDS}
+    raise ValueError(f"`diffusion_cfg` must be a DiffusionConfig, a dict or None, got {type(diffusion_cfg).__name__}.")
 
 
 QGFDConfig.register_for_auto_class()
-for _cls in (QGFDTextConfig, QGFDImageConfig, QGFDAudioConfig, QGFDVideoConfig, QGFDTabularConfig, QGFDSharedConfig):
-    _cls.register_for_auto_class()
-
-
-def register_qgfd_configs() -> None:
-    """Register every QGFD config with `AutoConfig` (`import qgfd_hf` calls it through
-    `register_qgfd_auto_classes`, see `registration_qgfd`)."""
-    for cls in (QGFDConfig, QGFDTextConfig, QGFDImageConfig, QGFDAudioConfig, QGFDVideoConfig, QGFDTabularConfig, QGFDSharedConfig):
-        AutoConfig.register(cls.model_type, cls, exist_ok=True)
 
 
 __all__ = [
     "ALL_MODALITIES",
-    "AUDIO_LATENT_SPACES",
     "DiffusionConfig",
-    "IMAGE_LATENT_SPACES",
     "MODALITIES",
     "MODALITY_CONFIGS",
     "QGFD_PRESETS",
     "QGFD_PRESET_PARAMS_M",
     "PRETRAINED_STACKS",
-    "QGFDAudioConfig",
     "QGFDConfig",
-    "QGFDImageConfig",
-    "QGFDSharedConfig",
-    "QGFDTabularConfig",
-    "QGFDTextConfig",
-    "QGFDVideoConfig",
-    "TABULAR_LATENT_SPACES",
-    "register_qgfd_configs",
+    "diffusion_values",
 ]

@@ -9,18 +9,22 @@ loop over timesteps.
 
 `QGFDPreTrainedModel` implements the contract that the pipeline and the training code
 call on every modality model (`latent_shape`, `encode_condition`, `denoise`,
-`data_to_latents`, `decode_latents`, `get_schedule`, `compute_loss`); the modality models
-and their adapters live in `modeling_qgfd_modalities.py`.
+`data_to_latents`, `decode_latents`, `postprocess`, `get_schedule`, `compute_loss`), with
+conditioning and guidance from `modeling_qgfd_guidance`. Each modality's model and adapter
+live in `modeling_qgfd_<modality>.py` and register themselves in `MODEL_CLASSES` here; the
+factory and the Auto classes are in `modeling_qgfd_auto.py`.
 
 Shapes: `B` batch, `L` latent length, `Lc` conditioning length, `D` d_model,
-`Dl` latent_dim, `H` heads, `F` frequency width of the timestep embedding.
+`Dl` latent_dim, `H` heads.
 """
 
 from __future__ import annotations
 
 import math
+import shutil
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -29,164 +33,43 @@ from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput, logging
 
-from .attention_qgfd import QGFDAlpha, QGFDMultiheadAttention, value_checks_enabled
-from .configuration_qgfd import DIFFUSION_FIELDS, QGFD_FIELDS, DiffusionConfig, QGFDConfig
-from .scheduling_qgfd import DDPMBetaSchedule, diffusion_target, q_sample, sample_loop
-from .modelcard_qgfd import push_to_hub_with_card, save_model_card
-from .pipeline_qgfd_diffusion import PIPELINE_TASK, QGFDDiffusionPipeline
+from .attention_qgfd import QGFDAlpha, QGFDMultiheadAttention
+from .configuration_qgfd import DIFFUSION_FIELDS, QGFD_FIELDS, QGFDConfig
+from .modeling_qgfd_checks import check_condition, check_float_tensor, check_timesteps
+from .modeling_qgfd_embeddings import TimestepEmbedding, grid_coordinates, grid_sinusoidal_embedding, sinusoidal_embedding
+from .modeling_qgfd_guidance import QGFDGuidanceMixin
+from .scheduling_qgfd import DDPMBetaSchedule, diffusion_target, q_sample
 
 logger = logging.get_logger(__name__)
 
-_INT_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
+# The pipeline that samples these models, by name: the model never imports it (the pipeline
+# imports the model's contract). `save_pretrained` copies its file into the folder and names it in
+# `custom_pipelines`, so `pipeline(model=dir, trust_remote_code=True)` finds it where qgfd_hf is
+# not installed.
+PIPELINE_TASK = "qgfd-diffusion"
+PIPELINE_FILE = "pipeline_qgfd_diffusion.py"
+PIPELINE_CLASS = "QGFDDiffusionPipeline"
+
+# modality -> model class: the five single-modality models (MODEL_CLASSES) and also "shared"
+# (ALL_MODEL_CLASSES). Each `modeling_qgfd_<modality>.py` registers its class on import.
+MODEL_CLASSES: Dict[str, type] = {}
+ALL_MODEL_CLASSES: Dict[str, type] = {}
+
+
+def register_model_class(model_cls: type) -> type:
+    """Add a modality's model class to `MODEL_CLASSES` / `ALL_MODEL_CLASSES` (keyed by its config's
+    modality) and mark it for `AutoModel` in saved `config.json`s (`auto_map`)."""
+    modality = model_cls.config_class._fixed_modality
+    ALL_MODEL_CLASSES[modality] = model_cls
+    if modality != "shared":
+        MODEL_CLASSES[modality] = model_cls
+    model_cls.register_for_auto_class("AutoModel")
+    return model_cls
 
 
 # ----------------------------------------------------------------------------------------
-# Input checks
+# Layers
 # ----------------------------------------------------------------------------------------
-
-
-def check_finite(name: str, x: torch.Tensor) -> None:
-    """ValueError if `x` holds NaN or inf (a host read: skipped outside `value_checks`)."""
-    if value_checks_enabled() and not torch.isfinite(x).all():
-        raise ValueError(f"`{name}` contains NaN or inf values.")
-
-
-def check_float_tensor(name: str, x, shape_hint: str, dims: int, last: Optional[int] = None) -> None:
-    """ValueError unless `x` is a finite floating tensor with `dims` dims and last dim `last`."""
-    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
-        raise ValueError(f"`{name}` must be a floating-point tensor of shape {shape_hint}, got {_describe(x)}.")
-    if x.dim() != dims or (last is not None and x.shape[-1] != last):
-        raise ValueError(f"`{name}` must have shape {shape_hint}, got {list(x.shape)}.")
-    check_finite(name, x)
-
-
-def _describe(x) -> str:
-    if isinstance(x, torch.Tensor):
-        return f"a {x.dtype} tensor of shape {list(x.shape)}"
-    return type(x).__name__
-
-
-def check_timesteps(t, batch_size: int, num_timesteps: int, device) -> torch.Tensor:
-    """t as a LongTensor [B] on `device`; an int or a 0-dim tensor is broadcast to the batch.
-
-    Raises ValueError for non-integer t, a wrong length, or values outside [0, num_timesteps).
-    """
-    if isinstance(t, int) and not isinstance(t, bool):
-        t = torch.full((batch_size,), t, dtype=torch.long)
-    if not isinstance(t, torch.Tensor) or t.dtype not in _INT_DTYPES:
-        raise ValueError(f"`t` must be an integer tensor of shape [B]=[{batch_size}], got {_describe(t)}.")
-    if t.dim() == 0:
-        t = t.expand(batch_size)
-    if t.dim() != 1 or t.shape[0] != batch_size:
-        raise ValueError(f"`t` must have shape [B]=[{batch_size}], got {list(t.shape)}.")
-    if value_checks_enabled() and t.numel() and (int(t.min()) < 0 or int(t.max()) >= num_timesteps):
-        raise ValueError(f"`t` must lie in [0, {num_timesteps}), got values in [{int(t.min())}, {int(t.max())}].")
-    return t.to(device=device, dtype=torch.long)
-
-
-def check_condition(cond_tokens, cond_mask, batch_size: int, d_model: int):
-    """Check (cond_tokens [B, Lc, D], cond_mask [B, Lc] or None); returns the mask as bool (True = valid)."""
-    if cond_tokens is None:
-        if cond_mask is not None:
-            raise ValueError("`cond_mask` was given without `cond_tokens`.")
-        return None
-    check_float_tensor("cond_tokens", cond_tokens, f"[B, Lc, d_model={d_model}]", 3, d_model)
-    if cond_tokens.shape[0] != batch_size:
-        raise ValueError(f"`cond_tokens` has batch size {cond_tokens.shape[0]}, the latents {batch_size}.")
-    if cond_mask is None:
-        return None
-    if not isinstance(cond_mask, torch.Tensor) or tuple(cond_mask.shape) != tuple(cond_tokens.shape[:2]):
-        raise ValueError(
-            f"`cond_mask` must be a tensor of shape [B, Lc]={list(cond_tokens.shape[:2])} (1 = valid token), got {_describe(cond_mask)}."
-        )
-    if cond_mask.dtype != torch.bool:
-        if cond_mask.is_floating_point() or (value_checks_enabled() and not bool(((cond_mask == 0) | (cond_mask == 1)).all())):
-            raise ValueError("`cond_mask` must be bool or 0/1 integers (1 = valid token, as HF's attention_mask).")
-        cond_mask = cond_mask.bool()
-    return cond_mask
-
-
-def check_class_labels(class_labels, num_classes: int, batch_size: Optional[int] = None, allow_null: bool = False) -> torch.Tensor:
-    """Class labels as a LongTensor [B]: an int, a list of ints or an integer tensor, each in
-    [0, num_classes) (`allow_null`: also num_classes, the null label). With `batch_size`, one label
-    per sample (a single int is repeated)."""
-    if isinstance(class_labels, torch.Tensor):
-        if class_labels.dtype not in _INT_DTYPES or class_labels.dim() > 1:
-            raise ValueError(f"`class_labels` must be integers (an int, a list of ints or a 1-D integer tensor), got {_describe(class_labels)}.")
-        labels = class_labels.reshape(-1)
-    else:
-        single = isinstance(class_labels, int) and not isinstance(class_labels, bool)
-        values = [class_labels] if single else class_labels
-        if not isinstance(values, (list, tuple)) or not values or any(isinstance(v, bool) or not isinstance(v, int) for v in values):
-            raise ValueError(f"`class_labels` must be an int or a non-empty list of ints (class indices), got {class_labels!r}.")
-        labels = torch.tensor(values, dtype=torch.long)
-        if single and batch_size is not None:
-            labels = labels.expand(batch_size)
-    high = num_classes + 1 if allow_null else num_classes
-    # The range check reads the values (a host sync for device tensors): skipped in the
-    # trainer's steps after its first batch, as the other value checks (`value_checks`).
-    if labels.numel() and value_checks_enabled() and (int(labels.min()) < 0 or int(labels.max()) >= high):
-        bad = sorted({int(v) for v in labels.cpu() if not 0 <= int(v) < high})
-        raise ValueError(f"`class_labels` must lie in [0, {num_classes}) (the model's {num_classes} classes), got {bad[:5]}.")
-    if batch_size is not None and labels.numel() != batch_size:
-        raise ValueError(
-            f"`class_labels` has {labels.numel()} labels for {batch_size} samples: pass one label per sample, or a single int for all."
-        )
-    return labels.long()
-
-
-def check_guidance_scale(guidance_scale) -> float:
-    """The classifier-free guidance scale as a float >= 0 (1 = no guidance)."""
-    if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) or not math.isfinite(guidance_scale) or guidance_scale < 0:
-        raise ValueError(f"`guidance_scale` must be a finite number >= 0 (1 = no guidance), got {guidance_scale!r}.")
-    return float(guidance_scale)
-
-
-def classifier_free_guidance(cond_output: torch.Tensor, uncond_output: torch.Tensor, guidance_scale: float) -> torch.Tensor:
-    """out_u + s (out_c - out_u) [Ho & Salimans 2022, Eq. 6].
-
-    The weights (1 - s, s) sum to 1 and, at fixed x_t and t, the eps, x0 and v predictions are
-    affine functions of one another, so guiding the model's own output (whatever its
-    `prediction_type`) is the same as guiding eps: the guided x0 and v follow from the guided eps.
-    """
-    return uncond_output + guidance_scale * (cond_output - uncond_output)
-
-
-# ----------------------------------------------------------------------------------------
-# Embeddings
-# ----------------------------------------------------------------------------------------
-
-
-def sinusoidal_embedding(positions: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
-    """Transformer sinusoids: positions [N] (any real values) -> [N, dim] float32 (cos | sin)."""
-    half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=positions.device) / max(half, 1))
-    args = positions.float()[:, None] * freqs[None]  # (N, dim // 2)
-    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)  # (N, 2 * (dim // 2))
-    if dim % 2:
-        emb = F.pad(emb, (0, 1))
-    return emb
-
-
-def grid_coordinates(grid, device=None) -> torch.Tensor:
-    """The coordinates [prod(grid), k] (long) of the tokens of a row-major k-axis grid."""
-    axes = torch.meshgrid(*[torch.arange(n, device=device) for n in grid], indexing="ij")  # k x grid
-    return torch.stack(axes, -1).reshape(-1, len(grid))  # (L, k)
-
-
-def grid_sinusoidal_embedding(grid, dim: int, device=None) -> torch.Tensor:
-    """Factorised sinusoids for the tokens of a row-major grid (e.g. frames x rows x columns):
-    each axis gets its own share of `dim` (even sizes, the first axis the remainder), its
-    coordinate's sinusoids there, concatenated: [prod(grid), dim] float32.
-
-    Example:
-        >>> grid_sinusoidal_embedding([4, 2, 2], 32).shape
-        torch.Size([16, 32])
-    """
-    share = 2 * (dim // (2 * len(grid)))
-    widths = [dim - share * (len(grid) - 1)] + [share] * (len(grid) - 1)
-    coords = grid_coordinates(grid, device)  # (L, k)
-    return torch.cat([sinusoidal_embedding(coords[:, a], w) for a, w in enumerate(widths)], dim=-1)  # (L, dim)
 
 
 class PositionwiseFFN(nn.Module):
@@ -213,60 +96,6 @@ class PositionwiseFFN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(self.dropout(self.act(self.fc1(x))))
 
-
-class TimestepEmbedding(nn.Module):
-    """Timestep embedding: sinusoids of t, then an MLP (DiT's `TimestepEmbedder`).
-
-    Args:
-        d_model (`int`): output width.
-        frequency_dim (`int`, defaults to 256): width of the sinusoidal features.
-        max_period (`float`, defaults to 10000): lowest frequency's period.
-
-    Example:
-        >>> emb = TimestepEmbedding(32)
-        >>> emb(torch.tensor([0, 999])).shape
-        torch.Size([2, 32])
-    """
-
-    def __init__(self, d_model: int, frequency_dim: int = 256, max_period: float = 10000.0):
-        super().__init__()
-        self.frequency_dim = frequency_dim
-        self.max_period = max_period
-        self.linear_1 = nn.Linear(frequency_dim, d_model)
-        self.act = nn.SiLU()
-        self.linear_2 = nn.Linear(d_model, d_model)
-
-    def forward(self, t: torch.Tensor) -> torch.Tensor:
-        freqs = sinusoidal_embedding(t, self.frequency_dim, self.max_period)  # (B, F)
-        freqs = freqs.to(self.linear_1.weight.dtype)
-        return self.linear_2(self.act(self.linear_1(freqs)))  # (B, D)
-
-
-class ClassEmbedding(nn.Module):
-    """Class-label embedding (DiT's `LabelEmbedder`): `num_classes + 1` rows, the last is the null
-    label that classifier-free guidance's unconditional pass (and label dropout in training) uses.
-
-    Args:
-        num_classes (`int`): K; labels are 0..K-1, and K is the null label.
-        width (`int`): the width of the timestep embedding it is added to.
-
-    Example:
-        >>> emb = ClassEmbedding(10, 32)
-        >>> emb(torch.tensor([3, emb.null_label])).shape
-        torch.Size([2, 32])
-    """
-
-    def __init__(self, num_classes: int, width: int):
-        super().__init__()
-        self.num_classes = num_classes
-        self.embedding = nn.Embedding(num_classes + 1, width)
-
-    @property
-    def null_label(self) -> int:
-        return self.num_classes
-
-    def forward(self, labels: torch.Tensor) -> torch.Tensor:
-        return self.embedding(labels)  # (B, D)
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -482,6 +311,7 @@ class QGFDDiffusionBackbone(nn.Module):
             `cfg.conditional` for a `QGFDConfig` and True for the seed's `DiffusionConfig`.
 
     Example:
+        >>> from qgfd_hf import DiffusionConfig
         >>> cfg = DiffusionConfig(d_model=32, num_heads=4, num_layers=2, d_ff=64, latent_dim=16)
         >>> net = QGFDDiffusionBackbone(cfg)
         >>> x_t, t = torch.randn(2, 10, 16), torch.tensor([3, 500])
@@ -629,7 +459,7 @@ class QGFDDiffusionOutput(ModelOutput):
     recon_loss: Optional[torch.FloatTensor] = None
 
 
-class QGFDPreTrainedModel(PreTrainedModel):
+class QGFDPreTrainedModel(QGFDGuidanceMixin, PreTrainedModel):
     """Base class of the QGFD diffusion models: weight init, and the uniform contract that the
     pipeline and the training code use on every modality.
 
@@ -766,120 +596,6 @@ class QGFDPreTrainedModel(PreTrainedModel):
         extra = self.embed_class_labels(class_labels, x_t.shape[0], x_t.device)
         return self.backbone(x_t, t, cond_tokens=cond_tokens, cond_mask=cond_mask, extra_embedding=extra)
 
-    # -- class labels, the null condition and classifier-free guidance ----------------------
-
-    def build_condition_embeddings(self) -> None:
-        """The learned conditioning the config asks for: a `ClassEmbedding` (`num_classes`), added
-        to the denoiser's timestep embedding (it takes the denoiser's width, so each model calls
-        this once its `backbone` exists); and a text model's null source text, one learned token
-        (`cond_dropout_prob` > 0), for training with condition dropout and for guidance."""
-        cfg = self.config
-        if getattr(cfg, "num_classes", None) is not None:
-            self.class_embedding = ClassEmbedding(cfg.num_classes, getattr(self.backbone, "width", cfg.d_model))
-        if cfg.conditional and (getattr(cfg, "cond_dropout_prob", 0.0) or 0.0) > 0:
-            self.null_condition = nn.Embedding(1, cfg.d_model)  # (1, D): the null source text's one token
-
-    @property
-    def num_classes(self) -> Optional[int]:
-        """K for a class-conditional model (class labels 0..K-1), else None."""
-        return getattr(self.config, "num_classes", None)
-
-    @property
-    def has_null_condition(self) -> bool:
-        """Whether the model learned the null condition (trained with `cond_dropout_prob` > 0), which
-        unconditional sampling and classifier-free guidance need."""
-        return (getattr(self.config, "cond_dropout_prob", 0.0) or 0.0) > 0
-
-    def embed_class_labels(self, class_labels, batch_size: int, device) -> Optional[torch.Tensor]:
-        """The label embedding [B, D] added to the timestep embedding (None for a model without classes)."""
-        K = getattr(self.config, "num_classes", None)
-        if K is None:
-            if class_labels is not None:
-                raise ValueError(f"This {self.config.modality} model is not class-conditional (num_classes=None); pass class_labels=None.")
-            return None
-        if class_labels is None:
-            raise ValueError(
-                f"This model is class-conditional ({K} classes): pass `class_labels` [B] (the null label {K} for unconditional outputs)."
-            )
-        if isinstance(class_labels, torch.Tensor) and class_labels.dtype in _INT_DTYPES and class_labels.dim() == 1:
-            # Checked where the labels came in (a batch, a sampling request): no host sync per step.
-            if class_labels.shape[0] != batch_size:
-                raise ValueError(f"`class_labels` has {class_labels.shape[0]} labels, the latents {batch_size} samples.")
-            labels = class_labels
-        else:
-            labels = check_class_labels(class_labels, K, batch_size, allow_null=True)
-        return self.class_embedding(labels.to(device=device, dtype=torch.long))
-
-    def null_condition_like(self, drop: torch.Tensor, cond_tokens=None, cond_mask=None, class_labels=None):
-        """The condition with the null condition where `drop` [B] (bool) is True: the null label
-        for class labels; for a source text, the learned null token, the other positions masked.
-        Returns `(cond_tokens, cond_mask, class_labels)`; the mask is explicit (bool) when there are tokens."""
-        if class_labels is not None:
-            class_labels = torch.where(drop, torch.full_like(class_labels, self.class_embedding.null_label), class_labels)
-        if cond_tokens is not None:
-            if getattr(self, "null_condition", None) is None:
-                raise ValueError("This model has no null condition (trained with cond_dropout_prob=0).")
-            B, Lc, _ = cond_tokens.shape
-            valid = cond_mask.bool() if cond_mask is not None else torch.ones(B, Lc, dtype=torch.bool, device=cond_tokens.device)
-            null_tokens = self.null_condition.weight.to(cond_tokens.dtype)[None].expand(B, Lc, -1)  # (B, Lc, D)
-            null_mask = torch.zeros_like(valid)
-            null_mask[:, 0] = True  # the null token alone
-            cond_tokens = torch.where(drop[:, None, None], null_tokens, cond_tokens)
-            cond_mask = torch.where(drop[:, None], null_mask, valid)
-        return cond_tokens, cond_mask, class_labels
-
-    def check_guidance(self, num_samples: int, class_labels=None, guidance_scale=1.0) -> Tuple[Optional[torch.Tensor], float]:
-        """Check a sampling request: `(class_labels as a LongTensor [num_samples] or None, guidance_scale)`.
-
-        Raises ValueError for labels on a model without classes, labels out of range, not integers
-        or not one per sample, a guidance scale that is not a finite number >= 0, and guidance on a
-        model that is unconditional or was trained without condition dropout (it has no
-        unconditional path to guide against).
-        """
-        scale = check_guidance_scale(guidance_scale)
-        K, modality = self.num_classes, self.config.modality
-        if class_labels is not None and K is None:
-            if self.is_conditional:
-                raise ValueError(f"This {modality} model is conditioned on a source text, not on class labels; drop class_labels.")
-            raise ValueError(f"This {modality} model is not class-conditional (trained without class labels); drop class_labels.")
-        if scale != 1.0:
-            if not (self.is_conditional or K is not None):
-                raise ValueError(
-                    f"guidance_scale={guidance_scale!r}: classifier-free guidance needs a conditional model, and this {modality} "
-                    "model is unconditional; use guidance_scale=1."
-                )
-            if not self.has_null_condition:
-                raise ValueError(
-                    f"guidance_scale={guidance_scale!r} needs the model's unconditional path, but it was trained without condition "
-                    "dropout (cond_dropout_prob=0) and never learned the null condition. Sample with guidance_scale=1, or retrain "
-                    "with cond_dropout_prob > 0 (qgfd-hf train --cond-dropout-prob 0.1)."
-                )
-        labels = None if class_labels is None else check_class_labels(class_labels, K, num_samples)
-        return labels, scale
-
-    def _draw_condition_dropout(self, batch_size: int, generator: Optional[torch.Generator], device) -> Optional[torch.Tensor]:
-        """Training: which samples [B] (bool) get the null condition, each with probability
-        `cond_dropout_prob` (None in eval mode or without dropout)."""
-        p = getattr(self.config, "cond_dropout_prob", 0.0) or 0.0
-        if not self.training or p == 0:
-            return None
-        gen_device = generator.device if generator is not None else device
-        return (torch.rand(batch_size, generator=generator, device=gen_device) < p).to(device)
-
-    def _class_labels_from_batch(self, batch, batch_size: int) -> Optional[torch.Tensor]:
-        """A training batch's `class_labels` [B] (class-conditional models; the collators add them)."""
-        labels = batch.get("class_labels") if isinstance(batch, Mapping) else None
-        K = getattr(self.config, "num_classes", None)
-        if K is None:
-            if labels is not None:
-                raise ValueError(f"This {self.config.modality} model is not class-conditional (num_classes=None), but the batch has `class_labels`.")
-            return None
-        if labels is None:
-            raise ValueError(
-                f"This model is class-conditional ({K} classes): its batches need `class_labels` (the data's label column; "
-                "qgfd_hf.data_qgfd.ClassLabelCollator adds it)."
-            )
-        return check_class_labels(labels, K, batch_size).to(self.device)
 
     def data_to_latents(self, batch) -> torch.Tensor:
         """Clean latents x0 [B, L, latent_dim] from a batch of data (see the modality's docstring)."""
@@ -890,6 +606,19 @@ class QGFDPreTrainedModel(PreTrainedModel):
         self.check_latents("latents", latents)
         return self.adapter.decode_latents(latents)
 
+    def postprocess(self, latents: torch.Tensor, data, output_type: str = "data", tokenizer=None) -> list:
+        """The pipeline's outputs, one dict per sample: `{"latent": tensor}` for `output_type="latent"`,
+        else the modality's own conversion of `data` (`decode_latents(latents)`), `outputs_from_data`."""
+        if output_type == "latent":
+            return [{"latent": x} for x in latents]
+        return self.outputs_from_data(self.config, data, output_type, tokenizer)
+
+    @staticmethod
+    def outputs_from_data(config, data, output_type: str = "data", tokenizer=None) -> list:
+        """Decoded data to one dict per sample: `{"np": array}` for `output_type="np"`, else the
+        modality's form (each modality model overrides this)."""
+        raise ValueError(f"The pipeline cannot turn {config.modality!r} latents into data; use output_type='latent'.")
+
     # -- saving and sharing ----------------------------------------------------------------
 
     # The tokenizer / processor that prepares this model's data; the factory attaches it, and
@@ -899,8 +628,8 @@ class QGFDPreTrainedModel(PreTrainedModel):
 
     def save_pretrained(self, save_directory, *args, processor=None, training_info: Optional[Mapping] = None, model_card: bool = True, **kwargs):
         """Save the model as transformers does (`config.json`, `model.safetensors`, and this
-        package's code for `trust_remote_code`), plus its tokenizer or processor and a model
-        card `README.md`.
+        package's code for `trust_remote_code`), plus its tokenizer or processor, the pipeline's
+        code and a model card `README.md`.
 
         Args:
             save_directory: the folder.
@@ -911,28 +640,30 @@ class QGFDPreTrainedModel(PreTrainedModel):
         """
         # The pipeline travels with the code: where qgfd_hf is not installed,
         # `pipeline(model=dir, trust_remote_code=True)` reads this entry (the installed config
-        # class drops it on load, see QGFDConfig).
-        self.config.custom_pipelines = {
-            PIPELINE_TASK: {
-                "impl": f"{QGFDDiffusionPipeline.__module__.split('.')[-1]}.{QGFDDiffusionPipeline.__name__}",
-                "pt": ["AutoModel"],
-                "type": "multimodal",
-            }
-        }
+        # class drops it on load, see QGFDConfig). A copy of this code without the pipeline's
+        # file (loaded with trust_remote_code, never used with a pipeline) saves no entry.
+        pipeline_file = Path(__file__).with_name(PIPELINE_FILE)
+        if pipeline_file.is_file():
+            impl = f"{pipeline_file.stem}.{PIPELINE_CLASS}"
+            self.config.custom_pipelines = {PIPELINE_TASK: {"impl": impl, "pt": ["AutoModel"], "type": "multimodal"}}
         # The latent lengths these weights were trained for: loading refuses a config.json whose
         # fields give other ones (QGFDConfig._check_saved_latent_tokens); the config drops it on load.
         self.config.saved_latent_tokens = self.config.latent_token_counts()
         try:
             super().save_pretrained(save_directory, *args, **kwargs)
         finally:
-            del self.config.custom_pipelines
+            self.config.__dict__.pop("custom_pipelines", None)
             del self.config.saved_latent_tokens
         if not kwargs.get("is_main_process", True):
             return
+        if pipeline_file.is_file():
+            shutil.copy(pipeline_file, Path(save_directory) / PIPELINE_FILE)  # its relative imports travel with the model's
         processor = processor if processor is not None else self.processor
         if processor is not None:
             processor.save_pretrained(save_directory)
         if model_card:
+            from .modelcard_qgfd import save_model_card
+
             try:
                 save_model_card(self, save_directory, training_info=training_info)
             except FileNotFoundError as err:  # a trust_remote_code copy has no template
@@ -943,6 +674,8 @@ class QGFDPreTrainedModel(PreTrainedModel):
         commit. `transformers`' own `push_to_hub` would replace the card with a generic one.
         Keyword arguments: those of `qgfd_hf.push_to_hub_with_card` (`private`, `token`,
         `revision`, `commit_message`, `create_pr`, ...)."""
+        from .modelcard_qgfd import push_to_hub_with_card
+
         return push_to_hub_with_card(self, repo_id, training_info=training_info, **kwargs)
 
     def get_schedule(self, device=None) -> DDPMBetaSchedule:
@@ -1035,119 +768,6 @@ class QGFDPreTrainedModel(PreTrainedModel):
         target = diffusion_target(x0, noise, t, schedule, self.config.prediction_type)
         model_output = self.denoise(x_t, t, cond_tokens=cond_tokens, cond_mask=cond_mask, **({} if class_labels is None else {"class_labels": class_labels}))
         return F.mse_loss(model_output.float(), target.float())
-
-    def make_denoise_fn(
-        self,
-        cond_tokens: Optional[torch.Tensor] = None,
-        cond_mask: Optional[torch.Tensor] = None,
-        schedule: Optional[DDPMBetaSchedule] = None,
-        class_labels: Optional[torch.Tensor] = None,
-        guidance_scale: float = 1.0,
-    ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-        """`denoise_fn(x_t, t)` for `scheduling_qgfd.sample_loop`, with the conditioning bound
-        (and, for text models with `clamp_to_embeddings`, Diffusion-LM's clamping).
-
-        With `guidance_scale` != 1, classifier-free guidance: the conditional and the
-        unconditional (null condition) predictions come from ONE denoiser call on the batch
-        `[x_t; x_t]`, and are combined as out_u + s (out_c - out_u) (`classifier_free_guidance`).
-        """
-
-        def denoise_fn(x_t, t):
-            return self.denoise(x_t, t, cond_tokens=cond_tokens, cond_mask=cond_mask, **({} if class_labels is None else {"class_labels": class_labels}))
-
-        if guidance_scale == 1.0:
-            return denoise_fn
-        # The batch [conditional; unconditional]: the condition, then the null condition.
-        ref = cond_tokens if cond_tokens is not None else class_labels
-        if ref is None:
-            raise ValueError("Classifier-free guidance needs a condition (cond_tokens or class_labels) to guide towards.")
-        B = ref.shape[0]
-        every = torch.ones(B, dtype=torch.bool, device=ref.device)
-        c_tokens, c_mask, c_labels = self.null_condition_like(~every, cond_tokens, cond_mask, class_labels)  # explicit mask
-        u_tokens, u_mask, u_labels = self.null_condition_like(every, cond_tokens, cond_mask, class_labels)
-        both = lambda a, b: None if a is None else torch.cat([a, b])  # (2B, ...)
-        tokens2, mask2, labels2 = both(c_tokens, u_tokens), both(c_mask, u_mask), both(c_labels, u_labels)
-
-        def guided_fn(x_t, t):
-            t = check_timesteps(t, x_t.shape[0], self.config.num_timesteps, x_t.device)
-            out = self.denoise(torch.cat([x_t, x_t]), torch.cat([t, t]), cond_tokens=tokens2, cond_mask=mask2,
-                               **({} if labels2 is None else {"class_labels": labels2}))  # (2B, L, Dl)
-            out_c, out_u = out.chunk(2)
-            return classifier_free_guidance(out_c, out_u, guidance_scale)
-
-        return guided_fn
-
-    @torch.no_grad()
-    def diffusion_sample(
-        self,
-        num_samples: Optional[int] = None,
-        cond_tokens: Optional[torch.Tensor] = None,
-        cond_mask: Optional[torch.Tensor] = None,
-        *,
-        schedule: Optional[DDPMBetaSchedule] = None,
-        sampler="ddim",
-        num_inference_steps: Optional[int] = None,
-        eta: float = 0.0,
-        generator: Optional[torch.Generator] = None,
-        progress: bool = False,
-        clip_sample: Optional[float] = None,
-        x_T: Optional[torch.Tensor] = None,
-        timestep_spacing: Optional[str] = None,
-        steps_offset: Optional[int] = None,
-        class_labels=None,
-        guidance_scale: float = 1.0,
-    ) -> torch.Tensor:
-        """Sample latents [B, L, latent_dim] with DDPM, DDIM, DPM-Solver++ or a diffusers scheduler;
-        `decode_latents` turns them into data.
-
-        Args:
-            num_samples (`int`, *optional*): B (default: the conditioning's or the labels' count, else 1).
-            cond_tokens, cond_mask: from `encode_condition` (conditional models only).
-            class_labels (`int`, `list[int]` or `torch.LongTensor` `[B]`, *optional*): class-conditional
-                models: the class of each sample (a single int: all). None: unconditional samples
-                (the null label), for a model trained with `cond_dropout_prob` > 0.
-            guidance_scale (`float`, defaults to 1.0): classifier-free guidance (1 = none, the
-                conditional model; 0 = the unconditional model), see `make_denoise_fn`.
-            sampler (`"ddim"`, `"ddpm"`, `"dpmsolver++"` or a diffusers `SchedulerMixin` instance),
-                num_inference_steps, eta, generator, progress, clip_sample, x_T, timestep_spacing,
-                steps_offset: as `scheduling_qgfd.sample_loop`.
-        """
-        if num_samples is None:
-            num_samples = cond_tokens.shape[0] if cond_tokens is not None else len(class_labels) if isinstance(class_labels, (list, tuple, torch.Tensor)) else 1
-        if cond_tokens is not None and cond_tokens.shape[0] != num_samples:
-            raise ValueError(f"`num_samples`={num_samples} differs from the conditioning's batch size {cond_tokens.shape[0]}.")
-        class_labels, guidance_scale = self.check_guidance(num_samples, class_labels, guidance_scale)
-        if self.num_classes is not None and class_labels is None:
-            if guidance_scale != 1.0:
-                raise ValueError("guidance_scale != 1 guides towards classes: pass `class_labels` (one per sample, or a single int).")
-            if not self.has_null_condition:
-                raise ValueError(
-                    f"This model is class-conditional ({self.num_classes} classes) and was trained without label dropout "
-                    "(cond_dropout_prob=0), so it has no unconditional path: pass `class_labels` (one per sample, or a single int)."
-                )
-            class_labels = torch.full((num_samples,), self.num_classes, dtype=torch.long)  # the null label: unconditional samples
-        guidance = {} if guidance_scale == 1.0 else {"guidance_scale": guidance_scale}
-        if class_labels is not None:
-            guidance["class_labels"] = class_labels.to(self.device)
-        schedule = schedule if schedule is not None else self.get_schedule()
-        return sample_loop(
-            self.make_denoise_fn(cond_tokens, cond_mask, schedule, **guidance),
-            self.latent_shape(num_samples),
-            schedule,
-            sampler=sampler,
-            num_inference_steps=num_inference_steps,
-            eta=eta,
-            prediction_type=self.config.prediction_type,
-            generator=generator,
-            device=self.device,
-            dtype=self.dtype,
-            progress=progress,
-            clip_sample=clip_sample,
-            x_T=x_T,
-            timestep_spacing=timestep_spacing,
-            steps_offset=steps_offset,
-        )
-
     @torch.no_grad()
     def fit_latent_scale(self, batch) -> float:
         """Set `config.latent_scale` so that the latents of `batch` have unit std; returns it.
@@ -1164,20 +784,14 @@ class QGFDPreTrainedModel(PreTrainedModel):
 
 
 __all__ = [
-    "ClassEmbedding",
+    "ALL_MODEL_CLASSES",
     "CrossAttention",
     "DecoderBlock",
     "EncoderBlock",
+    "MODEL_CLASSES",
     "PositionwiseFFN",
     "QGFDDiffusionBackbone",
     "QGFDDiffusionOutput",
     "QGFDPreTrainedModel",
-    "TimestepEmbedding",
-    "check_class_labels",
-    "check_condition",
-    "check_guidance_scale",
-    "classifier_free_guidance",
-    "check_timesteps",
-    "grid_sinusoidal_embedding",
-    "sinusoidal_embedding",
+    "register_model_class",
 ]

@@ -56,7 +56,9 @@ from transformers.masking_utils import create_bidirectional_mask
 from transformers.utils import logging
 
 from .configuration_qgfd import PRETRAINED_STACKS, qgfd_settings
-from .modeling_qgfd import TimestepEmbedding, _zero_init, check_condition, check_float_tensor, check_timesteps, modulate
+from .modeling_qgfd import QGFDDiffusionBackbone, _zero_init, modulate
+from .modeling_qgfd_checks import check_condition, check_float_tensor, check_timesteps
+from .modeling_qgfd_embeddings import TimestepEmbedding
 from .modeling_qgfd_adapters import build_encoder, load_pretrained_encoder
 
 logger = logging.get_logger(__name__)
@@ -451,4 +453,15 @@ class PretrainedDenoiser(nn.Module):
         return self.out_proj(modulate(out, shift, scale))  # (B, L, Dl)
 
 
-__all__ = ["PretrainedDenoiser"]
+def build_denoiser(config) -> nn.Module:
+    """The denoiser a config asks for (`config.denoiser`): "qgfd" is `QGFDDiffusionBackbone`,
+    "pretrained" is `PretrainedDenoiser` (the backbone's own stack)."""
+    denoiser = getattr(config, "denoiser", "qgfd")
+    if denoiser == "pretrained":
+        return PretrainedDenoiser(config)
+    if denoiser != "qgfd":
+        raise ValueError(f"Unknown denoiser {denoiser!r}; allowed: 'qgfd', 'pretrained'.")
+    return QGFDDiffusionBackbone(config)
+
+
+__all__ = ["PretrainedDenoiser", "build_denoiser"]

@@ -9,14 +9,15 @@ Every QGFD diffusion model exposes the same contract, which is all this pipeline
 `config.modality` (the shared model: `active_modality`), `is_conditional`, `latent_shape(batch_size)`,
 `encode_condition(**tokenized) -> (cond_tokens, cond_mask)`,
 `diffusion_sample(n, cond_tokens, cond_mask, schedule=..., x_T=..., ...)` (the sampling loop),
-`decode_latents(latents)`, `get_schedule()`.
+`decode_latents(latents)`, `postprocess(latents, data, output_type, tokenizer)` (the model turns
+its decoded data into the outputs: strings, PIL images, waveforms, frames or rows), `get_schedule()`.
+The pipeline has no branch per modality; it never imports a model file.
 """
 
 from __future__ import annotations
 
 from typing import List, Optional, Union
 
-import numpy as np
 import torch
 from transformers import Pipeline
 from transformers.utils import logging
@@ -168,7 +169,7 @@ class QGFDDiffusionPipeline(Pipeline):
         if "batch_size" in kwargs:
             kwargs["sample_batch_size"] = kwargs.pop("batch_size")
         super().__init__(*args, **kwargs)
-        if not all(hasattr(self.model, name) for name in ("diffusion_sample", "decode_latents", "is_conditional")):
+        if not all(hasattr(self.model, name) for name in ("diffusion_sample", "decode_latents", "postprocess", "is_conditional")):
             model_type = getattr(getattr(self.model, "config", None), "model_type", None)
             raise ValueError(
                 f"pipeline('qgfd-diffusion') samples QGFD diffusion models (model_type qgfd_text, qgfd_image, ...); "
@@ -291,67 +292,17 @@ class QGFDDiffusionPipeline(Pipeline):
                 )
             )
         latents = torch.cat(latents)
-        data = model.decode_latents(latents)
-        if _modality(model) == "text":
-            data = model.decode_to_text(latents, self.tokenizer) if self.tokenizer is not None else data
-        return {**model_inputs, "latents": latents, "data": data}
+        return {**model_inputs, "latents": latents, "data": model.decode_latents(latents)}
 
-    # 3. Data out, in the modality's own form.
+    # 3. Data out, in the modality's own form: the model converts its own outputs.
     def postprocess(self, model_outputs, output_type: str = "data"):
-        modality = _modality(self.model)
-        latents, data = model_outputs["latents"], model_outputs["data"]
-        if output_type == "latent":
-            items = [{"latent": x} for x in latents]
-        elif output_type == "np":
-            if isinstance(data, torch.Tensor):
-                arr = data.float()
-                if modality == "image":
-                    arr = arr.permute(0, 2, 3, 1)  # (B, H, W, C)
-                elif modality == "video":
-                    arr = arr.permute(0, 1, 3, 4, 2)  # (B, F, H, W, C)
-                items = [{"np": x} for x in arr.numpy()]
-            else:  # text decoded to strings: the token ids are its numpy form
-                ids = self.model.decode_latents(latents)
-                items = [{"np": x} for x in ids.numpy()]
-        else:
-            items = [self._to_data(modality, x) for x in (data if not isinstance(data, torch.Tensor) else data.float())]
+        items = self.model.postprocess(model_outputs["latents"], model_outputs["data"], output_type=output_type, tokenizer=self.tokenizer)
         k = model_outputs["num_texts"]
         if k is None:
             return items
         n = model_outputs["num_samples"]
         grouped = [items[i * n : (i + 1) * n] for i in range(k)]
         return grouped[0] if model_outputs["single"] else grouped
-
-    def _to_data(self, modality: str, x):
-        cfg = self.model.config
-        if hasattr(cfg, "modality_config"):  # the shared model: the active modality's own config
-            cfg = cfg.modality_config(modality)
-        if modality == "text":
-            if isinstance(x, str):
-                return {"generated_text": x}
-            raise ValueError("Decoding text needs the model's tokenizer; pass `tokenizer=` to the pipeline.")
-        if modality == "image":
-            from PIL import Image
-
-            arr = (x.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)  # (H, W, C)
-            return {"image": Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr)}
-        if modality == "audio":
-            return {"audio": x.numpy().astype(np.float32), "sampling_rate": int(getattr(cfg, "sampling_rate", 16000))}
-        if modality == "video":
-            return {"frames": (x.clamp(0, 1).permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)}  # (F, H, W, C)
-        if modality == "tabular":
-            # The columns' own values: a category (as saved in `config.columns`), an int, a float.
-            columns = getattr(cfg, "columns", None) or [{"name": f"feature_{i}", "kind": "float"} for i in range(x.shape[-1])]
-            row = {}
-            for c, v in zip(columns, x.tolist()):
-                row[c["name"]] = c["categories"][int(v)] if c["kind"] == "category" else int(v) if c["kind"] == "int" else float(v)
-            return {"row": row}
-        raise ValueError(f"The pipeline cannot turn {modality!r} latents into data; use output_type='latent'.")
-
-
-def _modality(model) -> str:
-    """The data the model samples: its modality, or the shared model's active one."""
-    return getattr(model, "active_modality", None) or model.config.modality
 
 
 def register_pipeline():

@@ -28,7 +28,7 @@ def register() -> None:
     global _registered
     if _registered:
         return
-    from .modeling_qgfd_modalities import register_qgfd_auto_classes
+    from .modeling_qgfd_auto import register_qgfd_auto_classes
     from .patching_qgfd import register_qgfd_attention
     from .pipeline_qgfd_diffusion import register_pipeline
 

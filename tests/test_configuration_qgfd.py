@@ -191,7 +191,7 @@ def test_save_and_load_keeps_every_value_and_the_nested_backbone(tmp_path):
                          prediction_type="v", **TINY)
     cfg.save_pretrained(tmp_path)
     saved = json.loads((tmp_path / "config.json").read_text())
-    assert saved["backbone_config"]["model_type"] == "t5" and saved["auto_map"]["AutoConfig"] == "configuration_qgfd.QGFDTextConfig"
+    assert saved["backbone_config"]["model_type"] == "t5" and saved["auto_map"]["AutoConfig"] == "configuration_qgfd_text.QGFDTextConfig"
     loaded = AutoConfig.from_pretrained(tmp_path)
     assert type(loaded) is QGFDTextConfig and type(loaded.backbone_config) is T5Config
     for key in ("seq_len", "latent_scale", "qgfd_steps", "qgfd_graph", "qgfd_mix", "backbone_qgfd", "beta_schedule",

@@ -13,8 +13,11 @@ import qgfd_hf  # noqa: F401  (registers the auto classes and "qgfd-diffusion")
 from qgfd_hf import QGFDImageConfig, QGFDTabularConfig, QGFDTextConfig
 from qgfd_hf.cli import main
 from qgfd_hf.data_qgfd import ClassLabelCollator, dataset_num_classes
-from qgfd_hf.modeling_qgfd import check_class_labels, classifier_free_guidance
-from qgfd_hf.modeling_qgfd_modalities import ImageQGFDDiffusionModel, TabularQGFDDiffusionModel, TextQGFDDiffusionModel
+from qgfd_hf.modeling_qgfd_checks import check_class_labels
+from qgfd_hf.modeling_qgfd_guidance import classifier_free_guidance
+from qgfd_hf.modeling_qgfd_image import ImageQGFDDiffusionModel
+from qgfd_hf.modeling_qgfd_tabular import TabularQGFDDiffusionModel
+from qgfd_hf.modeling_qgfd_text import TextQGFDDiffusionModel
 from qgfd_hf.scheduling_qgfd import sample_loop
 
 TINY = dict(d_model=32, num_heads=4, num_layers=2, d_ff=64, num_timesteps=50)

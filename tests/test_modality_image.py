@@ -269,8 +269,15 @@ def test_docstring_examples_run():
     import doctest
 
     import qgfd_hf.modality_image as mi
-    import qgfd_hf.modeling_qgfd_modalities as mm
+    import qgfd_hf.modeling_qgfd_audio
+    import qgfd_hf.modeling_qgfd_auto
+    import qgfd_hf.modeling_qgfd_image
+    import qgfd_hf.modeling_qgfd_shared
+    import qgfd_hf.modeling_qgfd_tabular
+    import qgfd_hf.modeling_qgfd_text
+    import qgfd_hf.modeling_qgfd_video
 
-    for module in (mi, mm):
+    mm = [getattr(qgfd_hf, f"modeling_qgfd_{m}") for m in ("text", "image", "audio", "video", "tabular", "shared", "auto")]
+    for module in (mi, *mm):
         result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
         assert result.attempted > 0 and result.failed == 0, module.__name__

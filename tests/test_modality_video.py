@@ -23,7 +23,8 @@ from qgfd_hf.modality_video import (
     save_frame_strip,
     video_targets_met,
 )
-from qgfd_hf.modeling_qgfd import QGFDDiffusionBackbone, sinusoidal_embedding
+from qgfd_hf.modeling_qgfd import QGFDDiffusionBackbone
+from qgfd_hf.modeling_qgfd_embeddings import sinusoidal_embedding
 
 TINY = ["--preset", "tiny", "--batch-size", "4", "--no-progress", "--checkpoint-every", "0", "--warmup-steps", "0"]
 SMALL = dict(d_model=32, num_heads=4, num_layers=2, d_ff=64)

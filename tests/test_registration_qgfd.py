@@ -154,7 +154,7 @@ def test_a_saved_folder_loads_and_samples_with_transformers_imported_first(tmp_p
         t5 = AutoModelForSeq2SeqLM.from_pretrained({str(tmp_path / "t5")!r}, attn_implementation="qgfd")
         print(qgfd_hf.is_qgfd_patched(t5))
     """)
-    assert out.strip().splitlines()[-3:] == ["qgfd_hf.modeling_qgfd_modalities ImageQGFDDiffusionModel", "(8, 8)", "True"]
+    assert out.strip().splitlines()[-3:] == ["qgfd_hf.modeling_qgfd_image ImageQGFDDiffusionModel", "(8, 8)", "True"]
 
 
 # The transformers methods qgfd_hf wraps for QGFD-patched transformers models (patching_hooks_qgfd):
