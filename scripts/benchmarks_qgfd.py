@@ -40,7 +40,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from transformers.utils import logging
 
-from .attention_qgfd import QGFDAlpha, QGFDMultiheadAttention, QGFDSettings, set_qgfd_step
+from qgfd_hf.attention_qgfd import QGFDAlpha, QGFDMultiheadAttention, QGFDSettings, set_qgfd_step
 
 logger = logging.get_logger(__name__)
 
@@ -421,7 +421,7 @@ class HopClassifier(nn.Module):
 
     ```python
     >>> import torch
-    >>> from qgfd_hf.benchmarks_qgfd import Arm, HopClassifier, pointer_chasing
+    >>> from benchmarks_qgfd import Arm, HopClassifier, pointer_chasing
     >>> data = pointer_chasing(4, hops=2, seed=0)
     >>> model = HopClassifier.for_task(data, Arm(depth=1, steps=1, learnable_alpha=True), d_model=32)
     >>> model(data.tokens).shape

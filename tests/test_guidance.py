@@ -12,7 +12,7 @@ from transformers import AutoModel, T5Config, pipeline
 import qgfd_hf  # noqa: F401  (registers the auto classes and "qgfd-diffusion")
 from qgfd_hf import QGFDImageConfig, QGFDTabularConfig, QGFDTextConfig
 from qgfd_hf.cli import main
-from qgfd_hf.data_qgfd import ClassLabelCollator, dataset_num_classes
+from qgfd_hf.data.core import ClassLabelCollator, dataset_num_classes
 from qgfd_hf.modeling_qgfd import check_class_labels, classifier_free_guidance
 from qgfd_hf.modeling_qgfd_modalities import ImageQGFDDiffusionModel, TabularQGFDDiffusionModel, TextQGFDDiffusionModel
 from qgfd_hf.scheduling_qgfd import sample_loop
@@ -335,7 +335,7 @@ def test_shared_model_refuses_class_labels_in_its_modality_configs():
 
 
 def test_demo_guidance_scale_only_where_the_demo_is_class_conditional(tmp_path, capsys):
-    from qgfd_hf.modality_qgfd import TaskData, demo_class_guidance
+    from qgfd_hf.tasks.base import TaskData, demo_class_guidance
 
     demo = ["demo", "--output-dir", str(tmp_path / "d"), "--max-steps", "1", "--preset", "tiny", "--no-progress", "--guidance-scale", "2"]
     assert main(demo + ["--modality", "text"]) == 2

@@ -15,10 +15,7 @@ WAITING_TO_BE_SPLIT = {
     "configuration_qgfd.py": 1340,
     "modeling_qgfd_adapters.py": 1270,
     "modeling_qgfd.py": 1180,
-    "training_qgfd.py": 1125,
     "modeling_qgfd_modalities.py": 1040,
-    "modality_audio.py": 835,
-    "modality_video.py": 830,
     "attention_qgfd.py": 815,
 }
 

@@ -18,8 +18,8 @@
 (on accelerate 1.x `accelerate launch --cpu --num_processes 2` starts a single process,
 huggingface/accelerate#2741; the second form starts two).
 
-Each modality is a `ModalityTask` in `modality_<name>.py` (data, defaults, demo, scores):
-this file only reads them (`modality_qgfd.get_task`).
+Each modality is a `ModalityTask` in `qgfd_hf/tasks/<name>.py` (data, defaults, demo, scores):
+this file only reads them (`qgfd_hf.tasks.base.get_task`).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import sys
 import time
 from typing import Dict, Optional, Sequence
 
-from .modality_qgfd import get_task, task_names  # light: no torch at import
+from ..tasks.base import get_task, task_names  # light: no torch at import
 
 
 def _say(msg: str = "") -> None:
@@ -150,12 +150,12 @@ _MODEL_FLAG_DESTS = ("preset", "d_model", "num_heads", "num_layers", "d_ff", "nu
 
 @functools.lru_cache(maxsize=None)
 def _trainer_defaults() -> dict:
-    """`QGFDTrainingArguments`' defaults of the training flags, read off training_qgfd.py's source (its
+    """`QGFDTrainingArguments`' defaults of the training flags, read off training/arguments.py's source (its
     fields' literal defaults) rather than imported: importing it imports torch and accelerate, and
     `--help` should not wait for them (tests/test_cli_startup.py checks this against the dataclass)."""
     import ast
 
-    with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "training_qgfd.py"), encoding="utf-8") as f:
+    with open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "training", "arguments.py"), encoding="utf-8") as f:
         tree = ast.parse(f.read())
     cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "QGFDTrainingArguments")
     defaults = {}
@@ -185,7 +185,7 @@ def _modality_defaults_epilog() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from .. import __version__
 
     parser = argparse.ArgumentParser(
         prog="qgfd-hf",
@@ -268,7 +268,7 @@ def _check_modality_flags(args) -> None:
 
 
 def _training_arguments(args, output_dir: str, settings: Optional[dict] = None):
-    from .training_qgfd import QGFDTrainingArguments
+    from ..training.arguments import QGFDTrainingArguments
 
     values = {k: v for k, v in (settings or {}).items() if k in _TRAINING_FIELDS}
     values.update({n: getattr(args, n) for n in _TRAINING_FIELDS if getattr(args, n, None) is not None})
@@ -278,7 +278,7 @@ def _training_arguments(args, output_dir: str, settings: Optional[dict] = None):
 
 def _check_output_dir(args, output_dir: str) -> None:
     """Before the data is loaded: the folder can be written and holds no other run."""
-    from .training_qgfd import check_output_dir
+    from ..training.checkpoints import check_output_dir
 
     check_output_dir(output_dir, resume=args.resume, overwrite=args.overwrite_output_dir, resume_from_checkpoint=args.resume_from_checkpoint)
 
@@ -302,8 +302,8 @@ def _describe_model(model) -> str:
 def _train(args, task, data, targs, settings: dict, metadata: dict):
     from accelerate.utils import set_seed
 
-    from .modality_qgfd import class_conditioning, with_class_labels
-    from .training_qgfd import QGFDTrainer
+    from ..tasks.base import class_conditioning, with_class_labels
+    from ..training.trainer import QGFDTrainer
 
     set_seed(args.seed)  # the model's initial weights
     class_conditioning(args, data, settings, task.name)
@@ -392,7 +392,7 @@ def _resolve_sampling(args, config, task) -> str:
     else the modality's defaults (those its demo samples with and `train --help` lists; the
     steps only with the modality's own sampler, else the pipeline's for the sampler asked for).
     Returns the line that says what is used."""
-    from .pipeline_qgfd_diffusion import default_num_inference_steps
+    from ..pipeline_qgfd_diffusion import default_num_inference_steps
 
     d, T = task.defaults, int(config.num_timesteps)
     if args.sampler is None:
@@ -508,7 +508,7 @@ def _record_in_model_card(trainer, model_dir, recorded: dict) -> None:
     """Re-render the saved model's card with the demo's measured metrics beside the training ones."""
     from transformers import AutoConfig
 
-    from .training_qgfd import write_model_card
+    from ..training.checkpoints import write_model_card
 
     class _Holder:  # write_model_card takes anything with a QGFD `config`
         config = AutoConfig.from_pretrained(model_dir)

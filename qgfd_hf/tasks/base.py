@@ -4,7 +4,7 @@
 The model side of a modality (its config, adapter and model class) lives in
 `configuration_qgfd` / `modeling_qgfd_*`, the files a saved folder carries for
 `trust_remote_code`. Everything else a modality needs to be trained and judged is one
-`ModalityTask` subclass in one file `modality_<name>.py` of this package:
+`ModalityTask` subclass in one file `qgfd_hf/tasks/<name>.py`:
 
 | what                   | the task's                                   |
 |------------------------|----------------------------------------------|
@@ -18,9 +18,10 @@ The model side of a modality (its config, adapter and model class) lives in
 | the printed report     | `report_lines(result)`, `card_metrics(result)` |
 
 The `qgfd-hf` CLI, the demos and the scripts read tasks from `get_task(name)`; adding a
-modality adds a file `modality_<name>.py` whose task class is decorated with
-`@register_task`, and nothing else. `task_names()` lists the modalities without importing
-them (the CLI's `--help` stays fast); `get_task` imports the one asked for.
+modality adds a file `qgfd_hf/tasks/<name>.py` whose task class is decorated with
+`@register_task`, and nothing else: every module of `qgfd_hf.tasks` but this one (and any
+whose name starts with `_`) is a modality. `task_names()` lists the modalities without
+importing them (the CLI's `--help` stays fast); `get_task` imports the one asked for.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
 _TASKS: Dict[str, "ModalityTask"] = {}
-_PREFIX = "modality_"
+_NOT_TASKS = ("base",)  # modules of qgfd_hf.tasks that hold no modality
 
 
 def register_task(cls):
@@ -46,19 +47,19 @@ def register_task(cls):
 def task_names() -> List[str]:
     """The modalities that have a task file, in a fixed order (image, text first), without importing them."""
     here = os.path.dirname(os.path.abspath(__file__))
-    names = [m.name[len(_PREFIX):] for m in pkgutil.iter_modules([here]) if m.name.startswith(_PREFIX) and m.name != "modality_qgfd"]
+    names = [m.name for m in pkgutil.iter_modules([here]) if m.name not in _NOT_TASKS and not m.name.startswith("_")]
     first = [n for n in ("image", "text") if n in names]
     return first + sorted(n for n in names if n not in first)
 
 
 def get_task(name: str) -> "ModalityTask":
-    """The registered task of modality `name` (importing its `modality_<name>.py`)."""
+    """The registered task of modality `name` (importing its `qgfd_hf/tasks/<name>.py`)."""
     if name not in _TASKS:
         if name not in task_names():
             raise ValueError(f"Unknown modality {name!r}; allowed: {', '.join(task_names())}.")
-        importlib.import_module(f".{_PREFIX}{name}", __package__)
+        importlib.import_module(f".{name}", __package__)
         if name not in _TASKS:
-            raise ValueError(f"qgfd_hf/{_PREFIX}{name}.py registers no task named {name!r} (@register_task).")
+            raise ValueError(f"qgfd_hf/tasks/{name}.py registers no task named {name!r} (@register_task).")
     return _TASKS[name]
 
 
@@ -244,7 +245,7 @@ def class_conditioning(args, data: TaskData, settings: Dict[str, Any], modality:
       `--class-conditional` only checks that there is one;
     - text: conditioned on the source text; `--cond-dropout-prob` trains its null text.
     """
-    from .data_qgfd import dataset_num_classes
+    from ..data.core import dataset_num_classes
 
     flag = getattr(args, "class_conditional", None)
     wanted = settings.get("class_conditional", False) if flag is None else flag
@@ -265,7 +266,7 @@ def class_conditioning(args, data: TaskData, settings: Dict[str, Any], modality:
 
 def with_class_labels(collator, model):
     """The task's collator, adding the rows' labels as `class_labels` when the model is class-conditional."""
-    from .data_qgfd import ClassLabelCollator
+    from ..data.core import ClassLabelCollator
 
     K = getattr(model.config, "num_classes", None)
     return collator if K is None else ClassLabelCollator(collator, K, LABEL_COLUMN)
@@ -308,7 +309,7 @@ def guidance_kwargs(args) -> Dict[str, Any]:
 def diffusion_values(args, settings: dict) -> dict:
     """The denoiser's settings (`DiffusionConfig` fields): the task's defaults, then --preset,
     then the individual flags; and the conditioning fields `class_conditioning` resolved."""
-    from .configuration_qgfd import DIFFUSION_FIELDS, QGFD_PRESETS
+    from ..configuration_qgfd import DIFFUSION_FIELDS, QGFD_PRESETS
 
     names = [n for n in DIFFUSION_FIELDS if n != "latent_dim"]
     values = {k: v for k, v in settings.items() if k in names or k in CONDITIONING_FIELDS}

@@ -24,7 +24,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from .modality_qgfd import ModalityTask, TaskData, demo_class_guidance, diffusion_values, pipeline_samples, register_task
+from .base import ModalityTask, TaskData, demo_class_guidance, diffusion_values, pipeline_samples, register_task
 
 # ViT latents (`--latent-space vit`): the settings of RAE's recipe (Zheng et al. 2025,
 # "Diffusion Transformers with Representation Autoencoders"), on top of `ImageTask.defaults`.
@@ -190,7 +190,7 @@ class ImageTask(ModalityTask):
                                 "pretrained here on the training images)")
 
     def load_data(self, args, settings) -> TaskData:
-        from .data_qgfd import check_dataset_for_modality, load_digits_dataset, load_hub_image_dataset, load_image_folder
+        from ..data.core import check_dataset_for_modality, load_digits_dataset, load_hub_image_dataset, load_image_folder
 
         if args.data_dir is not None and args.dataset is not None:
             raise ValueError("Give either --dataset or --data-dir, not both.")
@@ -221,8 +221,8 @@ class ImageTask(ModalityTask):
         return data
 
     def build_model(self, args, data, settings):
-        from . import create_qgfd_diffusion_model
-        from .data_qgfd import ImageCollator, check_image_fits_model
+        from .. import create_qgfd_diffusion_model
+        from ..data.core import ImageCollator, check_image_fits_model
 
         latent_space = self._latent_space(args)
         if args.denoiser == "pretrained" and args.backbone is None:
@@ -256,7 +256,7 @@ class ImageTask(ModalityTask):
     @staticmethod
     def _images_01(dataset, channels: int, size: int, limit: int = 4096):
         """Up to `limit` training images as one tensor [N, C, S, S] in [0, 1] (the fits' input)."""
-        from .data_qgfd import ImageCollator
+        from ..data.core import ImageCollator
 
         rows = dataset.select(range(min(limit, len(dataset))))
         return ImageCollator(channels, size)([rows[i] for i in range(len(rows))])["pixel_values"]
@@ -264,7 +264,7 @@ class ImageTask(ModalityTask):
     def _pretrain_encoder(self, args, data, settings, size: int, channels: int) -> str:
         """No --backbone: pretrain the tiny ViT on the training images (and their labels, if any)
         into `<output-dir>/vit-encoder`, and return that folder."""
-        from .modality_qgfd import LABEL_COLUMN
+        from .base import LABEL_COLUMN
 
         out = getattr(args, "output_dir", None)
         if out is None:
@@ -320,7 +320,7 @@ class ImageTask(ModalityTask):
         return images.transpose(0, 3, 1, 2)  # the pipeline's [N, H, W, C] -> [N, C, H, W]
 
     def evaluate(self, samples, data, settings):
-        from .evaluation_qgfd import DigitsEvaluator, image_targets_met
+        from ..metrics.core import DigitsEvaluator, image_targets_met
 
         if data.name != "digits":
             raise ValueError(f"Image samples are scored on the digits only (got data {data.name!r}).")

@@ -30,7 +30,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .modality_qgfd import ModalityTask, TaskData, diffusion_values, guidance_kwargs, pipeline_samples, register_task, sample_output
+from .base import ModalityTask, TaskData, diffusion_values, guidance_kwargs, pipeline_samples, register_task, sample_output
 
 TABLE_FORMATS = {".csv": "csv", ".parquet": "parquet", ".json": "json", ".jsonl": "json"}
 MIN_ROWS = 10
@@ -586,7 +586,7 @@ class TabularTask(ModalityTask):
     def build_model(self, args, data, settings):
         import torch
 
-        from . import create_qgfd_diffusion_model
+        from .. import create_qgfd_diffusion_model
 
         if args.backbone is not None or args.denoiser == "pretrained":
             raise ValueError("Tables have no pretrained backbone: drop --backbone / --denoiser pretrained (the denoiser is a fresh QGFD Transformer).")

@@ -17,7 +17,7 @@ import json
 import os
 from typing import Dict, List
 
-from .modality_qgfd import ModalityTask, TaskData, diffusion_values, guidance_kwargs, pipeline_samples, register_task, sample_output
+from .base import ModalityTask, TaskData, diffusion_values, guidance_kwargs, pipeline_samples, register_task, sample_output
 
 
 @register_task
@@ -49,7 +49,7 @@ class TextTask(ModalityTask):
         group.add_argument("--seq-len", type=int, default=None, help="text: length of generated sequences (tokens)")
 
     def load_data(self, args, settings) -> TaskData:
-        from .data_qgfd import check_dataset_for_modality, load_mrpc, make_reversal_dataset, train_test_split_dataset
+        from ..data.core import check_dataset_for_modality, load_mrpc, make_reversal_dataset, train_test_split_dataset
 
         if getattr(args, "data_dir", None) is not None:
             raise ValueError("--data-dir is a folder of files; text takes --dataset reversal|mrpc or --data-files.")
@@ -70,8 +70,8 @@ class TextTask(ModalityTask):
     def build_model(self, args, data, settings):
         from transformers import AutoTokenizer, T5Config
 
-        from . import create_qgfd_diffusion_model
-        from .data_qgfd import REVERSAL_VOCAB, Seq2SeqCollator, build_word_tokenizer, check_text_fits
+        from .. import create_qgfd_diffusion_model
+        from ..data.core import REVERSAL_VOCAB, Seq2SeqCollator, build_word_tokenizer, check_text_fits
 
         d = settings
         if args.backbone is not None:
@@ -108,7 +108,7 @@ class TextTask(ModalityTask):
         return [group[0]["generated_text"] for group in outs]  # one list of samples per source
 
     def evaluate(self, samples, data, settings):
-        from .evaluation_qgfd import exact_match
+        from ..metrics.core import exact_match
 
         targets = list(data.test["target"])
         acc = exact_match(samples, targets)

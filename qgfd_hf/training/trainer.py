@@ -34,6 +34,9 @@ Resuming (`train(resume=True)`) loads the newest complete checkpoint and continu
 optimizer step, with the same data order (`skip_first_batches` into the same shuffled epoch) and
 the same noise, so a killed and resumed run ends with the same weights as an uninterrupted one.
 
+Beside this file: `QGFDTrainingArguments` (`arguments.py`), the run folder's checkpoints,
+`run.json`, loss curve and model card (`checkpoints.py`), and `EMAModel` (`ema.py`).
+
 Batch sizes: `batch_size` is the *global* batch of one micro-step; with N processes each
 process gets `batch_size / N` rows (accelerate's `split_batches=True`). So a run on 1 process and
 on N processes with the same `batch_size` see the same examples per step, and the learning-rate
@@ -46,7 +49,6 @@ import json
 import logging as py_logging
 import math
 import os
-import re
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -66,7 +68,26 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 from transformers.utils import logging
 
-from .attention_qgfd import set_qgfd_step, value_checks, value_checks_enabled
+from ..attention_qgfd import set_qgfd_step, value_checks, value_checks_enabled
+from .arguments import QGFDTrainingArguments
+from .checkpoints import (
+    RUN_FILE,
+    RUN_OUTPUTS,
+    TMP_PREFIX,
+    CheckpointWriteError,
+    check_output_dir,
+    checkpoint_name,
+    checkpoint_step,
+    compare_runs,
+    last_checkpoint,
+    list_checkpoints,
+    recover_interrupted_replace,
+    replace_dir,
+    run_record,
+    save_loss_plot,
+    write_model_card,
+)
+from .ema import EMAModel
 
 logger = logging.get_logger(__name__)
 
@@ -82,32 +103,6 @@ class _TiedWeightsNote(py_logging.Filter):
 
 py_logging.getLogger("accelerate.utils.other").addFilter(_TiedWeightsNote())
 
-def _check_report_to(report_to) -> str:
-    """`"none"` or a comma-separated list of accelerate's trackers that are installed."""
-    from accelerate.utils import LoggerType
-    from accelerate.tracking import get_available_trackers
-
-    if not isinstance(report_to, str) or not report_to.strip():
-        raise ValueError(f"`report_to` must be 'none' or a comma-separated list of trackers, got {report_to!r}.")
-    names = [n.strip() for n in report_to.split(",") if n.strip()]
-    if names == ["none"]:
-        return "none"
-    allowed = sorted(t.value for t in LoggerType)
-    for n in names:
-        if n not in allowed:
-            raise ValueError(f"Unknown tracker {n!r} in `report_to`; allowed: none, {', '.join(allowed)}.")
-    available = {str(t.value if hasattr(t, "value") else t) for t in get_available_trackers()}
-    missing = [n for n in names if n != "all" and n not in available]
-    if missing:
-        hint = {"tensorboard": "pip install tensorboard"}.get(missing[0], f"pip install {missing[0]}")
-        raise ValueError(f"The tracker(s) {missing} in `report_to` are not installed ({hint}).")
-    return ",".join(names)
-
-
-class CheckpointWriteError(OSError):
-    """A checkpoint or the final model could not be written (a full disk, a lost mount); the
-    earlier checkpoints are intact, and the message says which one `--resume` continues from."""
-
 
 class LossDivergedError(FloatingPointError):
     """The training loss became non-finite, or exploded to more than `DIVERGENCE_FACTOR` times
@@ -120,234 +115,6 @@ class LossDivergedError(FloatingPointError):
 # run only goes down from there. The first step's loss is the one measure of the initial
 # weights: with a learning rate far too high, the second step's loss may already be 1e20.
 DIVERGENCE_FACTOR = 1e3
-
-LR_SCHEDULES = ("cosine", "linear", "constant")
-MIXED_PRECISIONS = ("no", "fp16", "bf16")
-CHECKPOINT_PREFIX = "checkpoint-"
-_TMP_PREFIX = ".tmp-"
-
-
-# ----------------------------------------------------------------------------------------
-# Arguments
-# ----------------------------------------------------------------------------------------
-
-
-@dataclass
-class QGFDTrainingArguments:
-    """Every training hyperparameter, validated in one place.
-
-    Args:
-        output_dir (`str`): where checkpoints, the model, `loss.png` and `metrics.json` go.
-        max_steps (`int`, defaults to 1000): optimizer steps to train for.
-        batch_size (`int`, defaults to 64): the global batch of one micro-step (split across
-            processes; must be divisible by the number of processes).
-        gradient_accumulation_steps (`int`, defaults to 1): micro-steps per optimizer step.
-        learning_rate (`float`, defaults to 1e-3): peak AdamW learning rate.
-        weight_decay (`float`, defaults to 0.0): AdamW weight decay, on matrices only (not on
-            biases, norms or 1-d parameters).
-        adam_beta1, adam_beta2 (`float`, defaults to 0.9, 0.999): AdamW betas.
-        lr_schedule (`str`, defaults to `"cosine"`): `"cosine"`, `"linear"` or `"constant"`, after
-            a linear warm-up of `warmup_steps`.
-        warmup_steps (`int`, defaults to 0): learning-rate warm-up, in optimizer steps.
-        max_grad_norm (`float`, defaults to 1.0): gradient clipping; 0 turns it off.
-        mixed_precision (`str`, defaults to `"no"`): `"no"`, `"fp16"` or `"bf16"` (accelerate's).
-        ema_decay (`float`, defaults to 0.999): decay of the EMA of the trainable weights, in
-            [0, 1); 0 turns EMA off (the saved model then has the raw weights). The decay used
-            at step s is `min(ema_decay, (1 + s) / (10 + s))`, so early averages are not
-            dominated by the random initialisation.
-        checkpoint_every (`int`, defaults to 500): optimizer steps between checkpoints; 0 = none.
-        keep_last (`int`, defaults to 2): how many checkpoints to keep (>= 1).
-        log_every (`int`, defaults to 10): optimizer steps between loss records (the PNG's points).
-        seed (`int`, defaults to 0): seeds Python, NumPy, torch, the data order and the noise.
-        num_workers (`int`, defaults to 0): DataLoader workers.
-        progress (`bool`, defaults to `True`): a tqdm progress bar on the main process.
-        stop_after (`int`, *optional*): pause after this many optimizer steps: write a checkpoint
-            and return, without the final model (`train(resume=True)` continues). The learning
-            rate schedule still runs to `max_steps`, so a paused and resumed run equals an
-            uninterrupted one.
-        overwrite_output_dir (`bool`, defaults to `False`): a new run into a folder that holds an
-            earlier run is refused unless this is set; then the earlier run's checkpoints,
-            `model/`, `metrics.json`, `loss.png` and `run.json` are removed first (as Trainer's
-            `overwrite_output_dir`).
-        resume_from_checkpoint (`str`, *optional*): resume from this checkpoint folder instead of
-            the newest one in `output_dir/checkpoints` (`train(resume=True)` is implied).
-        report_to (`str`, defaults to `"none"`): experiment trackers, through accelerate's
-            `log_with`: `"tensorboard"` (logs in `output_dir/logs`), `"wandb"`, ..., comma-separated,
-            or `"none"`. The loss, its parts and the learning rate are logged every `log_every` steps.
-        sample_every (`int`, defaults to 0): optimizer steps between validation samples (written by
-            the trainer's `sample_fn` into `output_dir/samples/`, from the EMA weights); 0 = none.
-        push_to_hub (`bool`, defaults to `False`): upload the final `model/` folder (weights, code,
-            processor, model card) to the Hub repo `hub_model_id`; the repo is created before
-            training starts, so a bad id or missing login fails before any step is spent.
-        hub_model_id (`str`, *optional*): the repo (`user/name`); default: the name of `output_dir`.
-        hub_private (`bool`, *optional*): create the repo private.
-    """
-
-    output_dir: str
-    max_steps: int = 1000
-    batch_size: int = 64
-    gradient_accumulation_steps: int = 1
-    learning_rate: float = 1e-3
-    weight_decay: float = 0.0
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    lr_schedule: str = "cosine"
-    warmup_steps: int = 0
-    max_grad_norm: float = 1.0
-    mixed_precision: str = "no"
-    ema_decay: float = 0.999
-    checkpoint_every: int = 500
-    keep_last: int = 2
-    log_every: int = 10
-    seed: int = 0
-    num_workers: int = 0
-    progress: bool = True
-    stop_after: Optional[int] = None
-    overwrite_output_dir: bool = False
-    resume_from_checkpoint: Optional[str] = None
-    report_to: str = "none"
-    sample_every: int = 0
-    push_to_hub: bool = False
-    hub_model_id: Optional[str] = None
-    hub_private: Optional[bool] = None
-
-    def __post_init__(self):
-        if not isinstance(self.output_dir, (str, os.PathLike)) or not str(self.output_dir):
-            raise ValueError(f"`output_dir` must be a path, got {self.output_dir!r}.")
-        self.output_dir = str(self.output_dir)
-        for name, low in (
-            ("max_steps", 1),
-            ("batch_size", 1),
-            ("gradient_accumulation_steps", 1),
-            ("warmup_steps", 0),
-            ("checkpoint_every", 0),
-            ("keep_last", 1),
-            ("log_every", 1),
-            ("seed", 0),
-            ("num_workers", 0),
-            ("sample_every", 0),
-        ):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"`{name}` must be an int >= {low}, got {value!r}.")
-        if self.seed >= 2**32:
-            raise ValueError(f"`seed` must be an int in [0, 2**32) (NumPy's range), got {self.seed!r}.")
-        # `not (finite and in range)`: NaN fails every comparison, so it is refused, not let through.
-        for name in ("learning_rate",):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
-                raise ValueError(f"`{name}` must be a finite number > 0, got {value!r}.")
-        for name in ("weight_decay", "max_grad_norm"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value >= 0):
-                raise ValueError(f"`{name}` must be a finite number >= 0 (0 = off), got {value!r}.")
-        for name in ("adam_beta1", "adam_beta2", "ema_decay"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
-                raise ValueError(f"`{name}` must lie in [0, 1), got {value!r}.")
-        self.report_to = _check_report_to(self.report_to)
-        if self.hub_model_id is not None and (not isinstance(self.hub_model_id, str) or not self.hub_model_id.strip()):
-            raise ValueError(f"`hub_model_id` must be a repo id such as 'user/name', got {self.hub_model_id!r}.")
-        if self.hub_model_id is not None and not self.push_to_hub:
-            raise ValueError("`hub_model_id` is given but `push_to_hub` is False; set push_to_hub=True (--push-to-hub) to upload.")
-        for name in ("overwrite_output_dir", "progress", "push_to_hub"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"`{name}` must be True or False, got {getattr(self, name)!r}.")
-        if self.resume_from_checkpoint is not None:
-            self.resume_from_checkpoint = str(self.resume_from_checkpoint)
-        if self.stop_after is not None and (isinstance(self.stop_after, bool) or not isinstance(self.stop_after, int) or self.stop_after < 1):
-            raise ValueError(f"`stop_after` must be None or an int >= 1, got {self.stop_after!r}.")
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise ValueError(f"Unknown lr_schedule {self.lr_schedule!r}; allowed: {', '.join(LR_SCHEDULES)}.")
-        if self.mixed_precision not in MIXED_PRECISIONS:
-            raise ValueError(f"Unknown mixed_precision {self.mixed_precision!r}; allowed: {', '.join(MIXED_PRECISIONS)}.")
-
-    @property
-    def repo_id(self) -> str:
-        """The Hub repo `push_to_hub` uploads to."""
-        return self.hub_model_id or os.path.basename(os.path.abspath(self.output_dir))
-
-    @property
-    def checkpoint_dir(self) -> str:
-        return os.path.join(self.output_dir, "checkpoints")
-
-    @property
-    def model_dir(self) -> str:
-        return os.path.join(self.output_dir, "model")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-# ----------------------------------------------------------------------------------------
-# EMA of the trainable weights
-# ----------------------------------------------------------------------------------------
-
-
-class EMAModel:
-    """Exponential moving average of a model's trainable parameters (float32 shadow copies).
-
-    Frozen parameters (a pretrained encoder that produces x0) never change, so only the
-    trainable ones, the denoiser and any decoder trained beside it, are averaged. The EMA
-    weights are the ones used for sampling and saving.
-
-    `state_dict` / `load_state_dict` make it checkpointable with
-    `accelerator.register_for_checkpointing`.
-    """
-
-    def __init__(self, model: nn.Module, decay: float = 0.999):
-        self.decay = float(decay)
-        self.names = [n for n, p in model.named_parameters() if p.requires_grad]
-        params = dict(model.named_parameters())
-        self.shadow = {n: params[n].detach().clone().float() for n in self.names}
-        self.num_updates = 0
-        self._backup: Optional[Dict[str, torch.Tensor]] = None
-
-    def current_decay(self) -> float:
-        s = self.num_updates
-        return min(self.decay, (1 + s) / (10 + s))
-
-    @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
-        d = self.current_decay()
-        params = dict(model.named_parameters())
-        for n in self.names:
-            p = params[n].detach().float()
-            self.shadow[n].mul_(d).add_(p, alpha=1 - d)
-        self.num_updates += 1
-
-    @torch.no_grad()
-    def copy_to(self, model: nn.Module) -> None:
-        """Write the EMA weights into `model`, keeping the live weights to `restore` later."""
-        params = dict(model.named_parameters())
-        self._backup = {n: params[n].detach().clone() for n in self.names}
-        for n in self.names:
-            params[n].copy_(self.shadow[n].to(params[n].dtype))
-
-    @torch.no_grad()
-    def restore(self, model: nn.Module) -> None:
-        if self._backup is None:
-            raise RuntimeError("`restore` called without a preceding `copy_to`.")
-        params = dict(model.named_parameters())
-        for n in self.names:
-            params[n].copy_(self._backup[n])
-        self._backup = None
-
-    def to(self, device) -> "EMAModel":
-        self.shadow = {n: v.to(device) for n, v in self.shadow.items()}
-        return self
-
-    def state_dict(self) -> dict:
-        return {"decay": self.decay, "num_updates": self.num_updates, "shadow": {n: v.cpu() for n, v in self.shadow.items()}}
-
-    def load_state_dict(self, state: dict) -> None:
-        missing = set(self.names) - set(state["shadow"])
-        if missing:
-            raise ValueError(f"The EMA state lacks parameters {sorted(missing)[:5]}...; was it saved from another model?")
-        device = next(iter(self.shadow.values())).device if self.shadow else "cpu"
-        self.decay = state["decay"]
-        self.num_updates = state["num_updates"]
-        self.shadow = {n: state["shadow"][n].to(device).float() for n in self.names}
 
 
 # ----------------------------------------------------------------------------------------
@@ -386,212 +153,6 @@ class _LossModule(nn.Module):
 
     def forward(self, batch: dict, generator: Optional[torch.Generator] = None):
         return self.model.compute_loss(batch, generator=generator)
-
-
-# ----------------------------------------------------------------------------------------
-# Checkpoints: atomic writes, newest complete one
-# ----------------------------------------------------------------------------------------
-
-
-def checkpoint_name(step: int) -> str:
-    return f"{CHECKPOINT_PREFIX}{step:08d}"
-
-
-def list_checkpoints(checkpoint_dir: str) -> List[str]:
-    """Complete checkpoints, oldest first (temporary folders of an interrupted save are skipped)."""
-    if not os.path.isdir(checkpoint_dir):
-        return []
-    found = []
-    for name in os.listdir(checkpoint_dir):
-        m = re.fullmatch(rf"{CHECKPOINT_PREFIX}(\d+)", name)
-        if m and os.path.isdir(os.path.join(checkpoint_dir, name)):
-            found.append((int(m.group(1)), os.path.join(checkpoint_dir, name)))
-    return [path for _, path in sorted(found)]
-
-
-def _checkpoint_step(path: str) -> int:
-    """The optimizer step of a `list_checkpoints` path."""
-    return int(os.path.basename(path)[len(CHECKPOINT_PREFIX):])
-
-
-def last_checkpoint(checkpoint_dir: str) -> Optional[str]:
-    ckpts = list_checkpoints(checkpoint_dir)
-    return ckpts[-1] if ckpts else None
-
-
-def _replace_dir(tmp: str, final: str) -> None:
-    """Move the finished folder `tmp` to `final`. A rename is atomic; an existing `final` is
-    moved aside first and removed only after the new one is in place."""
-    old = None
-    if os.path.exists(final):
-        old = os.path.join(os.path.dirname(final), _TMP_PREFIX + "old-" + os.path.basename(final))
-        if os.path.exists(old):
-            shutil.rmtree(old)
-        os.replace(final, old)
-    os.replace(tmp, final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def recover_interrupted_replace(parent: str) -> None:
-    """Finish what a kill inside `_replace_dir` left behind in `parent`: a folder moved aside
-    (`.tmp-old-X`) whose replacement never arrived is moved back to `X`; one whose replacement
-    is in place is removed."""
-    if not os.path.isdir(parent):
-        return
-    prefix = _TMP_PREFIX + "old-"
-    for name in os.listdir(parent):
-        if not name.startswith(prefix):
-            continue
-        old, final = os.path.join(parent, name), os.path.join(parent, name[len(prefix):])
-        if os.path.exists(final):
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(old, final)
-            logger.warning(f"Restored {final} (a save was interrupted between its two renames).")
-
-
-# ----------------------------------------------------------------------------------------
-# A run's folder belongs to one run
-# ----------------------------------------------------------------------------------------
-
-RUN_FILE = "run.json"
-RUN_OUTPUTS = ("checkpoints", "model", "metrics.json", "loss.png", RUN_FILE)
-# Training settings a resumed run must share with the run it continues: each one changes the
-# optimisation (the learning-rate schedule, the batches, the noise streams, the averaged weights).
-# (`max_steps` may change, to extend a run: the schedule then runs to the new end, with a warning.)
-RESUME_LOCKED_ARGS = (
-    "batch_size", "gradient_accumulation_steps", "learning_rate", "weight_decay", "adam_beta1", "adam_beta2",
-    "lr_schedule", "warmup_steps", "max_grad_norm", "mixed_precision", "ema_decay", "seed",
-)
-# Config entries that say nothing about the model itself.
-_VOLATILE_CONFIG_KEYS = {"transformers_version", "_name_or_path", "architectures", "auto_map", "custom_pipelines", "dtype", "torch_dtype"}
-
-
-def check_output_dir(output_dir: str, resume: bool = False, overwrite: bool = False, resume_from_checkpoint: Optional[str] = None) -> None:
-    """Before any data is loaded or model built: `output_dir` can be written, and a new run does
-    not land on an earlier one. Raises `ValueError` saying what to do."""
-    if not isinstance(output_dir, (str, os.PathLike)) or not str(output_dir):
-        raise ValueError(f"--output-dir must be a folder path, got {output_dir!r}.")
-    path = os.path.abspath(str(output_dir))
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise ValueError(f"--output-dir {str(output_dir)!r} is a file, not a folder; choose a folder.")
-    probe = path
-    while not os.path.exists(probe):
-        probe = os.path.dirname(probe)
-    if not os.path.isdir(probe):
-        raise ValueError(f"--output-dir {str(output_dir)!r} cannot be created: {probe!r} is a file.")
-    try:  # a real write: os.access says yes to root on a read-only mount
-        import tempfile
-
-        with tempfile.TemporaryFile(dir=probe):
-            pass
-    except OSError as e:
-        raise ValueError(f"--output-dir {str(output_dir)!r} cannot be written ({probe!r}: {e.strerror or e}); choose another folder.") from e
-    if resume and overwrite:
-        raise ValueError("--resume and --overwrite-output-dir contradict each other: choose one.")
-    if resume_from_checkpoint is not None:
-        if not os.path.isdir(resume_from_checkpoint):
-            raise ValueError(f"--resume-from-checkpoint {resume_from_checkpoint!r} is not a checkpoint folder.")
-        return
-    if resume:
-        if not list_checkpoints(os.path.join(path, "checkpoints")):
-            raise ValueError(f"--resume: no complete checkpoint in {os.path.join(path, 'checkpoints')}; start without --resume.")
-        return
-    earlier = [n for n in RUN_OUTPUTS if os.path.exists(os.path.join(path, n))]
-    if earlier and not overwrite:
-        raise ValueError(
-            f"--output-dir {str(output_dir)!r} holds an earlier run ({', '.join(earlier)}); pass --resume to continue it, "
-            "--overwrite-output-dir to replace it, or choose another --output-dir."
-        )
-
-
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-def _model_signature(model: nn.Module) -> dict:
-    config = getattr(model, "config", None)
-    if config is None or not hasattr(config, "to_dict"):
-        return {"parameters": {n: list(p.shape) for n, p in model.named_parameters()}}
-    return {k: v for k, v in _flatten(config.to_dict()).items() if k.split(".")[-1] not in _VOLATILE_CONFIG_KEYS}
-
-
-def run_record(args: "QGFDTrainingArguments", model: nn.Module) -> dict:
-    """What `run.json` keeps of a run: the settings a resume must share, and the model's config."""
-    return {"args": {k: getattr(args, k) for k in RESUME_LOCKED_ARGS}, "model": _model_signature(model), "max_steps": args.max_steps}
-
-
-def compare_runs(saved: dict, current: dict) -> List[str]:
-    """The settings that differ between a saved `run_record` and the current one, as 'name: old -> new'."""
-    diffs = []
-    for section in ("args", "model"):
-        a, b = saved.get(section, {}), current.get(section, {})
-        for key in sorted(set(a) | set(b)):
-            old, new = a.get(key, "<absent>"), b.get(key, "<absent>")
-            if json.loads(json.dumps(old)) != json.loads(json.dumps(new)):  # tuples vs lists, as JSON has them
-                diffs.append(f"{'model ' if section == 'model' else ''}{key}: {old!r} -> {new!r}")
-    return diffs
-
-
-# ----------------------------------------------------------------------------------------
-# Loss curve
-# ----------------------------------------------------------------------------------------
-
-
-def save_loss_plot(log_history: List[dict], path: str, title: str = "QGFD diffusion training") -> str:
-    """Write the loss curve (log scale) and learning rate to a PNG with matplotlib's Agg backend."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    steps = [r["step"] for r in log_history]
-    fig, (ax, ax_lr) = plt.subplots(2, 1, figsize=(7, 5.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
-    ax.plot(steps, [r["loss"] for r in log_history], "-", label="loss")
-    if any(r.get("recon_loss") for r in log_history):  # a learned decoder: show the two parts too
-        for key, style in (("diffusion_loss", "--"), ("recon_loss", ":")):
-            ax.plot(steps, [r.get(key, math.nan) for r in log_history], style, label=key)
-    ax.set_yscale("log")
-    ax.set_ylabel("loss (mean over the logging window)")
-    ax.set_title(title)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
-    ax_lr.plot(steps, [r.get("lr", math.nan) for r in log_history], color="gray")
-    ax_lr.set_ylabel("learning rate")
-    ax_lr.set_xlabel("optimizer step")
-    ax_lr.grid(True, alpha=0.3)
-    fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
-
-
-# ----------------------------------------------------------------------------------------
-# Model card
-# ----------------------------------------------------------------------------------------
-
-
-def write_model_card(model: nn.Module, folder: str, training_info: dict) -> Optional[str]:
-    """Write the library's README.md model card, with what training recorded, into `folder`.
-    Models without a QGFD config (no `modality`) get none."""
-    from .modelcard_qgfd import save_model_card
-
-    if getattr(getattr(model, "config", None), "modality", None) is None:
-        return None
-    try:
-        return str(save_model_card(model, folder, training_info=training_info))
-    except ValueError as e:  # e.g. a modality the card template does not know: the weights still count
-        logger.warning(f"No model card written: {e}")
-        return None
 
 
 # ----------------------------------------------------------------------------------------
@@ -800,7 +361,7 @@ class QGFDTrainer:
             self._claim_output_dir(record, new_run=not resume)
             os.makedirs(a.checkpoint_dir, exist_ok=True)
             for name in os.listdir(a.checkpoint_dir):  # leftovers of a save that was killed
-                if name.startswith(_TMP_PREFIX):
+                if name.startswith(TMP_PREFIX):
                     shutil.rmtree(os.path.join(a.checkpoint_dir, name), ignore_errors=True)
         accelerator.wait_for_everyone()
         if a.push_to_hub and accelerator.is_main_process:
@@ -934,10 +495,10 @@ class QGFDTrainer:
         # The loss at step s measures the weights after s - 1 updates: checkpoint s - 1 holds the
         # weights that gave the bad loss, and those before it weights whose loss was checked.
         checkpoints = list_checkpoints(a.checkpoint_dir)
-        before = [p for p in checkpoints if _checkpoint_step(p) <= step - 2]
+        before = [p for p in checkpoints if checkpoint_step(p) <= step - 2]
         last = before[-1] if before else None
         where = f"the newest checkpoint from before it is {last}" if last else "no checkpoint was written before it"
-        after = [os.path.basename(p) for p in checkpoints if _checkpoint_step(p) > step - 2]
+        after = [os.path.basename(p) for p in checkpoints if checkpoint_step(p) > step - 2]
         if after:
             where += f" ({', '.join(after)} hold{'s' if len(after) == 1 else ''} the weights that gave this loss)"
         message = (f"{what}, with learning rate {a.learning_rate:g} ({a.lr_schedule}, {a.warmup_steps} warm-up steps). "
@@ -1059,7 +620,7 @@ class QGFDTrainer:
             ) from e
 
     def _push_model(self) -> str:
-        from .modelcard_qgfd import push_folder_to_hub
+        from ..modelcard_qgfd import push_folder_to_hub
 
         a = self.args
         model = self.accelerator.unwrap_model(self.accelerator._models[0]).model
@@ -1082,7 +643,7 @@ class QGFDTrainer:
         """`accelerator.save_state` into `.tmp-checkpoint-N`, then rename to `checkpoint-N`; keep the last N."""
         accelerator, a = self.accelerator, self.args
         name = checkpoint_name(self.state.global_step)
-        tmp = os.path.join(a.checkpoint_dir, _TMP_PREFIX + name)
+        tmp = os.path.join(a.checkpoint_dir, TMP_PREFIX + name)
         final = os.path.join(a.checkpoint_dir, name)
         if accelerator.is_main_process and os.path.exists(tmp):
             shutil.rmtree(tmp)
@@ -1094,7 +655,7 @@ class QGFDTrainer:
             raise self._write_error(f"checkpoint {name}", a.checkpoint_dir, e) from e
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
-            _replace_dir(tmp, final)
+            replace_dir(tmp, final)
             for old in list_checkpoints(a.checkpoint_dir)[: -a.keep_last]:
                 shutil.rmtree(old, ignore_errors=True)
             if self.state.log_history:
@@ -1135,7 +696,7 @@ class QGFDTrainer:
     def save_model(self, model: nn.Module, model_dir: str) -> str:
         """`save_pretrained` with the EMA weights (and the processor), atomically; the live weights
         are put back afterwards, so training state is untouched."""
-        tmp = os.path.join(os.path.dirname(os.path.abspath(model_dir)), _TMP_PREFIX + os.path.basename(model_dir))
+        tmp = os.path.join(os.path.dirname(os.path.abspath(model_dir)), TMP_PREFIX + os.path.basename(model_dir))
         if os.path.exists(tmp):
             shutil.rmtree(tmp)
         if self.ema is not None:
@@ -1151,7 +712,7 @@ class QGFDTrainer:
         finally:
             if self.ema is not None:
                 self.ema.restore(model)
-        _replace_dir(tmp, model_dir)
+        replace_dir(tmp, model_dir)
         return model_dir
 
     def _write_error(self, what: str, folder: str, err: Exception) -> CheckpointWriteError:

@@ -12,9 +12,9 @@ import pytest
 from PIL import Image
 
 from qgfd_hf.cli import main
-from qgfd_hf.modality_image import save_image_grid
+from qgfd_hf.tasks.image import save_image_grid
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = ["--preset", "tiny", "--batch-size", "8", "--no-progress", "--checkpoint-every", "2", "--warmup-steps", "0"]
 
 

@@ -17,8 +17,8 @@ from transformers.utils import logging
 
 from qgfd_hf import create_qgfd_diffusion_model
 from qgfd_hf.cli import main
-from qgfd_hf.data_qgfd import load_mrpc
-from qgfd_hf.modality_qgfd import get_task, task_names
+from qgfd_hf.data.core import load_mrpc
+from qgfd_hf.tasks.base import get_task, task_names
 from test_pipeline_qgfd_diffusion import make_pipe, saved_text_model, text_model
 from test_modeling_qgfd import make_tokenizer
 
@@ -49,7 +49,7 @@ def test_an_empty_csv_cell_is_refused_naming_the_row(tmp_path):
 def test_rows_left_out_are_reported(tmp_path):
     f = tmp_path / "pairs.csv"
     f.write_text("sentence1,sentence2,label\n" + "".join(f"a{i},b{i},{i % 4 != 0:d}\n" for i in range(8)))
-    logger = logging.get_logger("qgfd_hf.data_qgfd")
+    logger = logging.get_logger("qgfd_hf.data.core")
     with CaptureLogger(logger) as cl:
         ds = load_mrpc(str(f))
     assert len(ds) == 6

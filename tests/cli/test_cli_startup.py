@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_help_and_version_load_no_training_data():
@@ -39,7 +39,7 @@ print(json.dumps({"heavy": heavy, "texts": texts}))
 
 def test_help_defaults_are_the_trainers():
     from qgfd_hf.cli import _TRAINING_FIELDS, _trainer_defaults
-    from qgfd_hf.training_qgfd import QGFDTrainingArguments
+    from qgfd_hf.training.arguments import QGFDTrainingArguments
 
     expected = {f.name: f.default for f in dataclasses.fields(QGFDTrainingArguments)
                 if f.default is not dataclasses.MISSING and f.default is not None and f.name in _TRAINING_FIELDS}

@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from qgfd_hf.data_qgfd import (
+from qgfd_hf.data.core import (
     ImageCollator,
     Seq2SeqCollator,
     build_word_tokenizer,

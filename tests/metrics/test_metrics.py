@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from qgfd_hf.data_qgfd import load_digits_dataset
-from qgfd_hf.evaluation_qgfd import DigitsEvaluator, exact_match, frechet_distance, image_targets_met
+from qgfd_hf.data.core import load_digits_dataset
+from qgfd_hf.metrics.core import DigitsEvaluator, exact_match, frechet_distance, image_targets_met
 
 
 def _fd_scipy(a, b):

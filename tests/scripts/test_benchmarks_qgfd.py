@@ -1,15 +1,22 @@
-"""Tests for qgfd_hf.benchmarks_qgfd: each task generator is deterministic under its seed and its
+"""Tests for scripts/benchmarks_qgfd.py: each task generator is deterministic under its seed and its
 answers agree with an independent check; the harness trains on a tiny budget; the statistics
 match known values."""
 
 import math
+import os
+import sys
 from collections import deque
 
 import numpy as np
 import pytest
 import torch
 
-from qgfd_hf.benchmarks_qgfd import (
+# scripts/ holds the benchmarks (the library never imports them); its scripts import them by name.
+SCRIPTS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "scripts")
+if SCRIPTS not in sys.path:
+    sys.path.insert(0, SCRIPTS)
+
+from benchmarks_qgfd import (  # noqa: E402
     LISTOPS_VOCAB,
     Arm,
     Budget,
@@ -204,7 +211,7 @@ def test_statistics_against_known_values():
 def test_docstring_examples():
     import doctest
 
-    from qgfd_hf import benchmarks_qgfd
+    import benchmarks_qgfd
 
     result = doctest.testmod(benchmarks_qgfd, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0 and result.failed == 0
@@ -235,7 +242,7 @@ def _eval_script():
     import importlib.util
     import pathlib
 
-    path = pathlib.Path(__file__).resolve().parents[1] / "scripts" / "eval_qgfd.py"
+    path = pathlib.Path(__file__).resolve().parents[2] / "scripts" / "eval_qgfd.py"
     spec = importlib.util.spec_from_file_location("eval_qgfd_script", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -1,4 +1,4 @@
-"""Tests for the audio modality (qgfd_hf/modality_audio.py and the audio model's latents):
+"""Tests for the audio modality (qgfd_hf/tasks/audio.py, data/audio.py, metrics/audio.py and the audio model's latents):
 the loaders' checks, the fitted audio scale, the scores against their baselines, and tiny
 train -> save -> AutoModel -> pipeline, demo and sample runs through the CLI."""
 
@@ -14,17 +14,8 @@ from transformers import AutoModel, pipeline
 import qgfd_hf  # noqa: F401  (registers the pipeline and the auto classes)
 from qgfd_hf import AudioQGFDDiffusionModel, QGFDAudioConfig
 from qgfd_hf.cli import main
-from qgfd_hf.modality_audio import (
-    SOUND_CLASSES,
-    SoundEvaluator,
-    audio_targets_met,
-    fit_clip,
-    load_audio_csv,
-    load_audio_folder,
-    log_mel_distance,
-    make_sound_dataset,
-    snr_db,
-)
+from qgfd_hf.data.audio import SOUND_CLASSES, fit_clip, load_audio_csv, load_audio_folder, make_sound_dataset
+from qgfd_hf.metrics.audio import SoundEvaluator, audio_targets_met, log_mel_distance, snr_db
 
 TINY = ["--d-model", "32", "--num-heads", "4", "--num-layers", "1", "--d-ff", "64", "--batch-size", "4", "--no-progress"]
 RATE, CLIP = 8000, 800  # 0.1 s clips keep the tests fast

@@ -1,4 +1,4 @@
-"""Tests of the image modality's ViT latents (`qgfd_hf/modality_image.py` and the image model's
+"""Tests of the image modality's ViT latents (`qgfd_hf/tasks/image.py` and the image model's
 fitted latent statistics): the tiny ViT pretrained offline, the per-channel latent normalisation,
 the noise-augmented decoder, the shifted schedule, the denoiser's width, their errors, the
 save / load round trip (also without qgfd_hf, through trust_remote_code), and tiny end-to-end
@@ -14,7 +14,7 @@ from transformers import AutoModel, ViTConfig
 
 from qgfd_hf import ImageQGFDDiffusionModel, QGFDImageConfig
 from qgfd_hf.cli import main
-from qgfd_hf.modality_image import ImageTask, pretrain_tiny_vit
+from qgfd_hf.tasks.image import ImageTask, pretrain_tiny_vit
 
 SMALL = dict(d_model=32, num_heads=4, num_layers=2, d_ff=64)
 VIT = dict(model_type="vit", image_size=8, patch_size=2, num_channels=1, hidden_size=16, num_hidden_layers=1,
@@ -211,7 +211,7 @@ def test_vit_settings_come_from_the_task_and_the_latent_width():
 
 
 def test_demo_with_vit_latents_pretrains_the_tiny_vit_and_scores(tmp_path, capsys, monkeypatch):
-    import qgfd_hf.modality_image as mi
+    import qgfd_hf.tasks.image as mi
 
     monkeypatch.setitem(mi.VIT_DEFAULTS, "tiny_vit", dict(TINY_VIT))
     out = tmp_path / "demo"
@@ -268,7 +268,7 @@ def test_train_on_a_folder_takes_the_task_defaults_not_a_large_config(tmp_path, 
 def test_docstring_examples_run():
     import doctest
 
-    import qgfd_hf.modality_image as mi
+    import qgfd_hf.tasks.image as mi
     import qgfd_hf.modeling_qgfd_modalities as mm
 
     for module in (mi, mm):

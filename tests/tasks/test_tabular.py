@@ -1,7 +1,7 @@
 """Tests of the tabular modality: the table loaders' checks, the column latents (exact round
 trips, valid integers and categories), the never-fitted refusal, the scores against their
 baselines, and tiny end-to-end runs of `train` -> `AutoModel` -> `pipeline` -> `sample` and of
-`demo` through `qgfd_hf.cli.main` (qgfd_hf/modality_tabular.py)."""
+`demo` through `qgfd_hf.cli.main` (qgfd_hf/tasks/tabular.py)."""
 
 import json
 
@@ -13,7 +13,7 @@ from transformers import AutoModel, pipeline
 
 from qgfd_hf import QGFDTabularConfig, TabularQGFDDiffusionModel
 from qgfd_hf.cli import main
-from qgfd_hf.modality_tabular import (
+from qgfd_hf.tasks.tabular import (
     TableEvaluator,
     TabularCollator,
     encode_table,
@@ -317,7 +317,7 @@ def test_the_saved_model_loads_and_samples_without_qgfd_hf(tmp_path):
 def test_demo_code_path_on_a_tiny_budget(tmp_path, capsys, monkeypatch):
     import functools
 
-    import qgfd_hf.modality_tabular as tabular
+    import qgfd_hf.tasks.tabular as tabular
 
     # Small forests: the code path, not the numbers (the full demo's are in docs/modality_tabular.md).
     monkeypatch.setattr(tabular, "TableEvaluator", functools.partial(TableEvaluator, trees=10, detection_trees=10, forests=1))

@@ -1,4 +1,4 @@
-"""Tests of the video modality (`qgfd_hf/modality_video.py`): the clip-folder loader and its
+"""Tests of the video modality (`qgfd_hf/tasks/video.py`, `data/video.py`, `metrics/video.py`): the clip-folder loader and its
 errors, the moving-digits data, the scores against their baselines, the denoiser's factorised
 space-time positions, the fitted normalisation, and tiny end-to-end runs of `train`, `sample` and
 `demo` through `qgfd_hf.cli.main`."""
@@ -13,16 +13,9 @@ from PIL import Image
 
 from qgfd_hf import QGFDImageConfig, QGFDVideoConfig, VideoQGFDDiffusionModel
 from qgfd_hf.cli import main
-from qgfd_hf.modality_video import (
-    MovingDigitsEvaluator,
-    centre_frames,
-    load_clip_folder,
-    load_moving_digits,
-    make_moving_digits,
-    frame_shift_match,
-    save_frame_strip,
-    video_targets_met,
-)
+from qgfd_hf.metrics.video import MovingDigitsEvaluator, centre_frames, frame_shift_match, video_targets_met
+from qgfd_hf.data.video import load_clip_folder, load_moving_digits, make_moving_digits
+from qgfd_hf.tasks.video import save_frame_strip
 from qgfd_hf.modeling_qgfd import QGFDDiffusionBackbone, sinusoidal_embedding
 
 TINY = ["--preset", "tiny", "--batch-size", "4", "--no-progress", "--checkpoint-every", "0", "--warmup-steps", "0"]
@@ -263,7 +256,7 @@ def test_gaussian_baselines_in_a_latent_space(evaluator_and_data):
     assert {"fd_below_latent_gaussian", "confidence_above_latent_gaussian", "consistent_above_latent_gaussian"} <= set(targets)
     assert targets["fd_below_latent_gaussian"] and targets["consistent_above_latent_gaussian"]  # real clips beat it
     # a model's motion-compensated latent space: encode / decode round-trips the clips
-    from qgfd_hf.modality_video import latent_codec
+    from qgfd_hf.metrics.video import latent_codec
 
     cfg = QGFDVideoConfig(num_frames=2, tubelet_frames=2, motion_compensation="centroid", latent_space="pixels", image_size=S,
                           patch_size=4, num_channels=1, normalization_fitted=False, **SMALL)
@@ -497,7 +490,7 @@ def test_diagnose_class_use_script_on_a_tiny_model(tmp_path, capsys):
     import os
     import sys
 
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts"))
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "scripts"))
     import diagnose_class_use
 
     torch.manual_seed(0)

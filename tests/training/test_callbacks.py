@@ -1,4 +1,4 @@
-"""Tests for `qgfd_hf/callbacks_qgfd.py`: the alpha warm-up driven by a real `transformers.Trainer` run."""
+"""Tests for `qgfd_hf/training/callbacks.py`: the alpha warm-up driven by a real `transformers.Trainer` run."""
 
 import pytest
 import torch

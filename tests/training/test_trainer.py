@@ -7,7 +7,7 @@ loss takes `t` and the noise from the data rows instead of the generator: then r
 the same global batches must end with the same weights, whatever the process count.
 
 This file is also the script the subprocess tests run:
-    python tests/test_training_qgfd.py OUT_DIR --max-steps 12 [--resume] [--deterministic]
+    python tests/training/test_trainer.py OUT_DIR --max-steps 12 [--resume] [--deterministic]
 """
 
 import argparse
@@ -23,17 +23,14 @@ import torch
 import torch.nn as nn
 from transformers import PretrainedConfig, PreTrainedModel
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, REPO)
 
 from qgfd_hf import DDPMBetaSchedule, QGFDMultiheadAttention, q_sample  # noqa: E402
-from qgfd_hf.training_qgfd import (  # noqa: E402
-    EMAModel,
-    QGFDTrainer,
-    QGFDTrainingArguments,
-    last_checkpoint,
-    list_checkpoints,
-)
+from qgfd_hf.training.ema import EMAModel  # noqa: E402
+from qgfd_hf.training.trainer import QGFDTrainer  # noqa: E402
+from qgfd_hf.training.arguments import QGFDTrainingArguments  # noqa: E402
+from qgfd_hf.training.checkpoints import last_checkpoint, list_checkpoints  # noqa: E402
 
 L, D = 4, 8  # tokens and width of the toy latents
 

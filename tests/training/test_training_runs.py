@@ -11,15 +11,15 @@ import pytest
 import torch
 
 from qgfd_hf.cli import main
-from qgfd_hf.training_qgfd import (
+from qgfd_hf.training.checkpoints import (
     CheckpointWriteError,
-    QGFDTrainer,
-    QGFDTrainingArguments,
     check_output_dir,
     list_checkpoints,
     recover_interrupted_replace,
 )
-from test_training_qgfd import collate, make_dataset, make_model, run_training, saved_weights
+from qgfd_hf.training.trainer import QGFDTrainer
+from qgfd_hf.training.arguments import QGFDTrainingArguments
+from test_trainer import collate, make_dataset, make_model, run_training, saved_weights
 
 TINY = ["--preset", "tiny", "--batch-size", "8", "--no-progress", "--checkpoint-every", "2", "--warmup-steps", "0"]
 
@@ -76,7 +76,7 @@ def test_resume_and_overwrite_contradict(tmp_path):
 
 
 def test_output_dir_is_checked_before_the_data_is_loaded(tmp_path, capsys, monkeypatch):
-    import qgfd_hf.modality_image as image
+    import qgfd_hf.tasks.image as image
 
     def no_data(*a, **k):  # the data must not even be looked at
         raise AssertionError("data loaded before the output folder was checked")
