@@ -152,7 +152,7 @@ _MODEL_FLAG_DESTS = ("preset", "d_model", "num_heads", "num_layers", "d_ff", "nu
 def _trainer_defaults() -> dict:
     """`QGFDTrainingArguments`' defaults of the training flags, read off training/arguments.py's source (its
     fields' literal defaults) rather than imported: importing it imports torch and accelerate, and
-    `--help` should not wait for them (tests/test_cli_startup.py checks this against the dataclass)."""
+    `--help` should not wait for them (tests/cli/test_cli_startup.py checks this against the dataclass)."""
     import ast
 
     with open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "training", "arguments.py"), encoding="utf-8") as f:

@@ -95,7 +95,7 @@ logger = logging.get_logger(__name__)
 class _TiedWeightsNote(py_logging.Filter):
     """Drops accelerate's per-checkpoint "Removed shared tensor ..." warning: tied weights (T5's
     shared embedding) are written once and tied again on load; resuming a text model gives the
-    same weights (tests/test_cli.py checks it)."""
+    same weights (tests/cli/test_cli.py checks it)."""
 
     def filter(self, record):
         return "Removed shared tensor" not in str(record.getMessage())
