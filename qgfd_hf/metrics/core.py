@@ -78,7 +78,7 @@ class DigitsEvaluator:
         seed (`int`, defaults to 0): the classifier's and the baselines' seed.
 
     Example:
-        >>> from qgfd_hf.data_qgfd import load_digits_dataset
+        >>> from qgfd_hf.data.core import load_digits_dataset
         >>> d = load_digits_dataset()
         >>> ev = DigitsEvaluator(d["train"]["pixel_values"], d["train"]["label"], d["test"]["pixel_values"], d["test"]["label"])
         >>> ev.classifier_accuracy > 0.9

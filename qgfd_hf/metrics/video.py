@@ -65,7 +65,7 @@ class MovingDigitsEvaluator:
         clip keep its digit while it moves?); `classes_present`: top classes of at least one clip
         (a clip's class: the most frequent of its frames');
     (c) `fd`: the Frechet distance between the frames and the held-out clips' frames in the
-        classifier's hidden features (`evaluation_qgfd.frechet_distance`).
+        classifier's hidden features (`metrics.core.frechet_distance`).
 
     Baselines (`evaluate`), with as many clips as the samples: `real`, training clips against the
     held-out ones; `gaussian`, a full-covariance Gaussian fitted to the training clips' F * P

@@ -12,7 +12,7 @@
   seconds (`pretrain_tiny_vit`; nothing is downloaded); or the ViT's own stack as the denoiser
   with `--denoiser pretrained`;
 - scores (digits): Frechet distance in a digit classifier's features, its confidence, the
-  classes present, beside real digits and a Gaussian (`evaluation_qgfd.DigitsEvaluator`);
+  classes present, beside real digits and a Gaussian (`qgfd_hf.metrics.core.DigitsEvaluator`);
 - what a person looks at: `samples.png`, a grid.
 """
 

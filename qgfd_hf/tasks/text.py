@@ -58,7 +58,7 @@ class TextTask(ModalityTask):
             d = settings
             pairs = make_reversal_dataset(d.get("num_pairs", 4000), min_len=d.get("min_len", 3), max_len=d.get("max_len", 6), seed=0)
             train, test = train_test_split_dataset(pairs, d.get("num_heldout", 200), seed=0)
-            data = TaskData(train, name, test=test, card_name="generated word-sequence reversal pairs (qgfd_hf.data_qgfd.make_reversal_dataset)")
+            data = TaskData(train, name, test=test, card_name="generated word-sequence reversal pairs (qgfd_hf.data.core.make_reversal_dataset)")
         elif name == "mrpc":
             files = getattr(args, "data_files", None)
             data = TaskData(load_mrpc(files), name, card_name=None if files else "nyu-mll/glue")
