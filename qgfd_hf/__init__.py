@@ -2,8 +2,12 @@
 
 `import qgfd_hf` registers QGFD with transformers through its public API (`registration_qgfd`):
 the `"qgfd"` attention implementation, the configs and models with the Auto classes, and the
-`"qgfd-diffusion"` pipeline. The public names below come from their modules on first use (PEP 562);
-the training side (`qgfd_hf.training_qgfd`, the modality tasks, the CLI) is imported only when used.
+`"qgfd-diffusion"` pipeline. The public names below come from their modules on first use (PEP 562).
+
+The flat modules are what a saved model folder needs (kernel, configs, models, scheduling, pipeline,
+patching, model card); they never import the subpackages of the installed package's training side:
+`qgfd_hf.training` (trainer, arguments, checkpoints, callbacks), `qgfd_hf.tasks` (one file per
+modality), `qgfd_hf.data`, `qgfd_hf.metrics` and `qgfd_hf.cli`, each imported only when used.
 """
 
 import importlib
@@ -54,7 +58,7 @@ _EXPORTS = {
         "register_qgfd_attention",
         "unpatch_model",
     ],
-    "callbacks_qgfd": ["QGFDWarmupCallback"],
+    "training.callbacks": ["QGFDWarmupCallback"],
     "configuration_qgfd": ["ALL_MODALITIES", "MODALITIES", "QGFD_PRESETS", "DiffusionConfig", "QGFDConfig"],
     "configuration_qgfd_text": ["QGFDTextConfig"],
     "configuration_qgfd_image": ["QGFDImageConfig"],
@@ -86,10 +90,12 @@ __all__ = sorted(_MODULE_OF)
 
 
 def __getattr__(name):
-    """A public name (imported from its module) or a submodule (`qgfd_hf.training_qgfd`), on first use."""
+    """A public name (imported from its module) or a submodule (`qgfd_hf.scheduling_qgfd`,
+    `qgfd_hf.training`), on first use."""
+    here = os.path.dirname(__file__)
     if name in _MODULE_OF:
         value = getattr(importlib.import_module(f".{_MODULE_OF[name]}", __name__), name)
-    elif os.path.isfile(os.path.join(os.path.dirname(__file__), f"{name}.py")):
+    elif os.path.isfile(os.path.join(here, f"{name}.py")) or os.path.isfile(os.path.join(here, name, "__init__.py")):
         value = importlib.import_module(f".{name}", __name__)
     else:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

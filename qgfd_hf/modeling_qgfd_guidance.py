@@ -146,7 +146,7 @@ class QGFDGuidanceMixin:
         if labels is None:
             raise ValueError(
                 f"This model is class-conditional ({K} classes): its batches need `class_labels` (the data's label column; "
-                "qgfd_hf.data_qgfd.ClassLabelCollator adds it)."
+                "qgfd_hf.data.core.ClassLabelCollator adds it)."
             )
         return check_class_labels(labels, K, batch_size).to(self.device)
 

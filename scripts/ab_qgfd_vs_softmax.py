@@ -129,7 +129,7 @@ def paired_table(task: str, results: dict) -> str:
     """Each arm against the first, seed by seed (the same seeds in the same order): the mean
     difference of every metric with its 95% t-interval, the paired t-test's p and wins / ties /
     losses (a "win" is a larger value: for FD and the loss, a larger value is worse)."""
-    from qgfd_hf.benchmarks_qgfd import paired_comparison
+    from benchmarks_qgfd import paired_comparison
 
     arms = list(results)
     if len(arms) < 2 or len(results[arms[0]]) < 2:

@@ -188,7 +188,7 @@ def bench_models(b: Bench, quick: bool):
 def bench_demo(b: Bench, quick: bool):
     from qgfd_hf import create_qgfd_diffusion_model
     from qgfd_hf.attention_qgfd import value_checks
-    from qgfd_hf.training_qgfd import EMAModel
+    from qgfd_hf.training.ema import EMAModel
 
     size, batch = (8, 4) if quick else (32, 128)
     sizes = dict(d_model=32, num_layers=2, num_heads=4, d_ff=64) if quick else dict(d_model=256, num_layers=6, num_heads=4, d_ff=1024)

@@ -135,8 +135,8 @@ def main(argv=None):
     from transformers import pipeline
 
     import qgfd_hf  # registers "qgfd-diffusion"
-    from qgfd_hf.data_qgfd import load_digits_dataset
-    from qgfd_hf.evaluation_qgfd import DigitsEvaluator
+    from qgfd_hf.data.core import load_digits_dataset
+    from qgfd_hf.metrics.core import DigitsEvaluator
 
     # 1. The model: trained here once (the demo's settings), or given.
     t0 = time.time()

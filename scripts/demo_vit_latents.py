@@ -2,7 +2,7 @@
 docs/modality_image.md's tuning table.
 
 `qgfd-hf demo --latent-space vit` takes the image task's `VIT_DEFAULTS`
-(qgfd_hf/modality_image.py); this script overrides some of them (`--set NAME=VALUE`, the value
+(qgfd_hf/tasks/image.py); this script overrides some of them (`--set NAME=VALUE`, the value
 read as JSON) and passes everything after `--` to `qgfd-hf demo --latent-space vit`:
 
     OMP_NUM_THREADS=1 python scripts/demo_vit_latents.py --set noise_shift='"auto"' -- --max-steps 1000 --output-dir runs/vit-auto
@@ -18,7 +18,7 @@ import argparse
 import json
 import sys
 
-import qgfd_hf.modality_image as modality_image
+import qgfd_hf.tasks.image as modality_image
 from qgfd_hf.cli import main as cli_main
 
 
@@ -37,8 +37,8 @@ def decoder_fd(model_dir: str, n: int = 360, noise: float = 0.3) -> None:
     import torch
     from transformers import AutoModel
 
-    from qgfd_hf.data_qgfd import load_digits_dataset
-    from qgfd_hf.evaluation_qgfd import DigitsEvaluator
+    from qgfd_hf.data.core import load_digits_dataset
+    from qgfd_hf.metrics.core import DigitsEvaluator
 
     torch.manual_seed(0)
     splits = load_digits_dataset(seed=0)

@@ -22,12 +22,12 @@ def held_out(model, n):
     """(pixel_values normalised as the model's collator does, labels) of `n` held-out examples."""
     cfg = model.config
     if cfg.modality == "video":
-        from qgfd_hf.modality_video import load_moving_digits
+        from qgfd_hf.data.video import load_moving_digits
 
         test = load_moving_digits(num_frames=cfg.num_frames, frame_size=cfg.image_size)["test"].with_format("numpy")[:n]
         shape = (1, 1, -1, 1, 1)
     elif cfg.modality == "image":
-        from qgfd_hf.data_qgfd import load_digits_dataset
+        from qgfd_hf.data.core import load_digits_dataset
 
         test = load_digits_dataset(seed=0)["test"].with_format("numpy")[:n]
         shape = (1, -1, 1, 1)

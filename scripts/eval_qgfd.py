@@ -46,7 +46,7 @@ from dataclasses import asdict
 import numpy as np
 import torch
 
-from qgfd_hf.benchmarks_qgfd import (
+from benchmarks_qgfd import (
     Arm,
     Budget,
     arm_grid,
@@ -174,7 +174,7 @@ def build_shared(seed, attention):
     from transformers import T5Config
 
     from qgfd_hf import create_qgfd_diffusion_model
-    from qgfd_hf.data_qgfd import REVERSAL_VOCAB, build_word_tokenizer
+    from qgfd_hf.data.core import REVERSAL_VOCAB, build_word_tokenizer
 
     tokenizer = build_word_tokenizer(REVERSAL_VOCAB)
     t5 = T5Config(vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4, pad_token_id=0,
@@ -194,7 +194,7 @@ def shared_phase(model, streams, steps, seed, lr=2e-3):
     0.999, as QGFDTrainer does), the modality of step i being streams[i % len(streams)]. Ends with
     the EMA weights in the model (what train_shared.py samples and carries to its next phase)."""
     from qgfd_hf import set_qgfd_step
-    from qgfd_hf.training_qgfd import EMAModel
+    from qgfd_hf.training.ema import EMAModel
 
     budget = Budget(steps=steps, learning_rate=lr, warmup_steps=min(100, steps // 10), weight_decay=0.0)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
@@ -232,8 +232,8 @@ def shared_scores(model, tokenizer, text_heldout, evaluator, num_images=100):
     diffusion loss on them (fixed noise: a retention measure that does not need the text to be
     learned to the letter), and the digits' FD / confidence of DDIM-50 samples (the demo's
     classifier features)."""
-    from qgfd_hf.data_qgfd import Seq2SeqCollator
-    from qgfd_hf.evaluation_qgfd import exact_match
+    from qgfd_hf.data.core import Seq2SeqCollator
+    from qgfd_hf.metrics.core import exact_match
 
     model.eval()
     with torch.no_grad():
@@ -254,8 +254,14 @@ def shared_scores(model, tokenizer, text_heldout, evaluator, num_images=100):
 
 
 def run_shared(args):
-    from qgfd_hf.data_qgfd import ImageCollator, Seq2SeqCollator, load_digits_dataset, make_reversal_dataset, train_test_split_dataset
-    from qgfd_hf.evaluation_qgfd import DigitsEvaluator
+    from qgfd_hf.data.core import (
+        ImageCollator,
+        Seq2SeqCollator,
+        load_digits_dataset,
+        make_reversal_dataset,
+        train_test_split_dataset,
+    )
+    from qgfd_hf.metrics.core import DigitsEvaluator
 
     text_train, text_heldout = train_test_split_dataset(make_reversal_dataset(4000), 200)
     digits = load_digits_dataset()
@@ -368,7 +374,7 @@ def run_finetune(args):
     import copy
 
     from qgfd_hf import patch_model, set_qgfd_step
-    from qgfd_hf.benchmarks_qgfd import evaluate_accuracy, train_model
+    from benchmarks_qgfd import evaluate_accuracy, train_model
 
     path = os.path.join(args.out_dir, "finetune.jsonl")
     os.makedirs(args.out_dir, exist_ok=True)

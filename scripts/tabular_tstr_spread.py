@@ -30,8 +30,8 @@ def main(argv=None) -> None:
 
     import torch
 
-    from qgfd_hf.modality_qgfd import get_task
-    from qgfd_hf.modality_tabular import TableEvaluator, fit_columns, gaussian_rows
+    from qgfd_hf.tasks.base import get_task
+    from qgfd_hf.tasks.tabular import TableEvaluator, fit_columns, gaussian_rows
 
     torch.set_num_threads(1)
     task = get_task("tabular")

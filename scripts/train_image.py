@@ -27,9 +27,9 @@ import os
 from accelerate.utils import set_seed
 
 from qgfd_hf import create_qgfd_diffusion_model
-from qgfd_hf.modality_image import save_image_grid
-from qgfd_hf.modality_qgfd import pipeline_samples
-from qgfd_hf.data_qgfd import (
+from qgfd_hf.tasks.image import save_image_grid
+from qgfd_hf.tasks.base import pipeline_samples
+from qgfd_hf.data.core import (
     ImageCollator,
     check_dataset_for_modality,
     check_image_fits_model,
@@ -37,7 +37,8 @@ from qgfd_hf.data_qgfd import (
     load_hub_image_dataset,
     load_image_folder,
 )
-from qgfd_hf.training_qgfd import QGFDTrainer, QGFDTrainingArguments
+from qgfd_hf.training.trainer import QGFDTrainer
+from qgfd_hf.training.arguments import QGFDTrainingArguments
 
 
 def parse_args():

@@ -31,8 +31,8 @@ from accelerate.utils import set_seed
 from transformers import AutoTokenizer, T5Config
 
 from qgfd_hf import create_qgfd_diffusion_model
-from qgfd_hf.modality_image import save_image_grid
-from qgfd_hf.data_qgfd import (
+from qgfd_hf.tasks.image import save_image_grid
+from qgfd_hf.data.core import (
     REVERSAL_VOCAB,
     ImageCollator,
     Seq2SeqCollator,
@@ -43,8 +43,10 @@ from qgfd_hf.data_qgfd import (
     make_reversal_dataset,
     train_test_split_dataset,
 )
-from qgfd_hf.evaluation_qgfd import exact_match
-from qgfd_hf.training_qgfd import QGFDTrainer, QGFDTrainingArguments, last_checkpoint
+from qgfd_hf.metrics.core import exact_match
+from qgfd_hf.training.trainer import QGFDTrainer
+from qgfd_hf.training.arguments import QGFDTrainingArguments
+from qgfd_hf.training.checkpoints import last_checkpoint
 
 
 def parse_args():

@@ -27,8 +27,8 @@ from accelerate.utils import set_seed
 from transformers import AutoTokenizer, T5Config
 
 from qgfd_hf import create_qgfd_diffusion_model
-from qgfd_hf.modality_qgfd import pipeline_samples
-from qgfd_hf.data_qgfd import (
+from qgfd_hf.tasks.base import pipeline_samples
+from qgfd_hf.data.core import (
     REVERSAL_VOCAB,
     Seq2SeqCollator,
     build_word_tokenizer,
@@ -38,7 +38,8 @@ from qgfd_hf.data_qgfd import (
     make_reversal_dataset,
     train_test_split_dataset,
 )
-from qgfd_hf.training_qgfd import QGFDTrainer, QGFDTrainingArguments
+from qgfd_hf.training.trainer import QGFDTrainer
+from qgfd_hf.training.arguments import QGFDTrainingArguments
 
 
 def parse_args():

@@ -1,5 +1,5 @@
 """scripts/ab_qgfd_vs_softmax.py's tables: mean +- std per arm, and each arm paired against the
-first seed by seed (the statistics are benchmarks_qgfd.paired_comparison's)."""
+first seed by seed (the statistics are scripts/benchmarks_qgfd.paired_comparison's)."""
 
 import os
 import sys

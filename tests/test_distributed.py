@@ -7,7 +7,7 @@ distributed setups; on the CPU (`ACCELERATE_USE_CPU=1`) it runs MULTI_CPU, i.e. 
 `distributed_type: FSDP` (QGFDTrainer refuses that, see `test_trainer_refuses_fsdp_that_accelerate_drops`).
 So this test shards the model with PyTorch's FSDP2 directly, as accelerate's FSDP2 plugin does on
 GPUs (`fully_shard` on each block, then on the model). DDP against one process through the trainer:
-`tests/test_training_qgfd.py::test_two_processes_match_one_process`.
+`tests/training/test_trainer.py::test_two_processes_match_one_process`.
 
 This file is also the script the subprocess tests run:
     python -m torch.distributed.run --nproc_per_node 2 tests/test_distributed.py OUT
@@ -24,7 +24,7 @@ import torch
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(TESTS)
-sys.path[:0] = [REPO, TESTS]
+sys.path[:0] = [REPO, TESTS, os.path.join(TESTS, "training")]  # test_trainer.py's tiny model
 
 from test_modeling_qgfd import build, perturb  # noqa: E402
 
@@ -152,7 +152,7 @@ def test_fsdp_two_processes_match_one_and_resume(tmp_path):
 @pytest.mark.usefixtures("one_thread")
 def test_deepspeed_zero2_trainer_two_processes_match_one_and_resume(tmp_path):
     """`accelerate launch --use_deepspeed --zero_stage 2` with 2 CPU processes (gloo) running
-    `QGFDTrainer` (the tiny model of test_training_qgfd): the losses and saved weights of one
+    `QGFDTrainer` (the tiny model of tests/training/test_trainer.py): the losses and saved weights of one
     process, optimizer states partitioned across the two (one file per process, ZeRO stage 2 in the
     saved DeepSpeed config), and a resume from the step-4 checkpoint ends on the same weights.
 
@@ -161,7 +161,7 @@ def test_deepspeed_zero2_trainer_two_processes_match_one_and_resume(tmp_path):
     pytest.importorskip("deepspeed")
     import shutil
 
-    from test_training_qgfd import run_training, saved_weights
+    from test_trainer import run_training, saved_weights
 
     one, two = str(tmp_path / "one"), str(tmp_path / "two")
     clip = 0.05  # not accelerate's default of 1.0; it clips here (step 3's loss 0.99883, against 0.99878 at 1.0)
@@ -170,7 +170,7 @@ def test_deepspeed_zero2_trainer_two_processes_match_one_and_resume(tmp_path):
     env.pop("ACCELERATE_USE_CPU", None)  # with it accelerate runs DDP, not DeepSpeed
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--use_deepspeed", "--zero_stage", "2",
            "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "--main_process_port", "0", os.path.join(TESTS, "test_training_qgfd.py"), two, "--max-steps", "8", "--deterministic",
+           "--main_process_port", "0", os.path.join(TESTS, "training", "test_trainer.py"), two, "--max-steps", "8", "--deterministic",
            "--max-grad-norm", str(clip)]
 
     def launch(*extra):

@@ -12,7 +12,7 @@ from transformers import AutoModel, T5Config, pipeline
 import qgfd_hf  # noqa: F401  (registers the auto classes and "qgfd-diffusion")
 from qgfd_hf import QGFDImageConfig, QGFDTabularConfig, QGFDTextConfig
 from qgfd_hf.cli import main
-from qgfd_hf.data_qgfd import ClassLabelCollator, dataset_num_classes
+from qgfd_hf.data.core import ClassLabelCollator, dataset_num_classes
 from qgfd_hf.modeling_qgfd_checks import check_class_labels
 from qgfd_hf.modeling_qgfd_guidance import classifier_free_guidance
 from qgfd_hf.modeling_qgfd_image import ImageQGFDDiffusionModel
@@ -338,7 +338,7 @@ def test_shared_model_refuses_class_labels_in_its_modality_configs():
 
 
 def test_demo_guidance_scale_only_where_the_demo_is_class_conditional(tmp_path, capsys):
-    from qgfd_hf.modality_qgfd import TaskData, demo_class_guidance
+    from qgfd_hf.tasks.base import TaskData, demo_class_guidance
 
     demo = ["demo", "--output-dir", str(tmp_path / "d"), "--max-steps", "1", "--preset", "tiny", "--no-progress", "--guidance-scale", "2"]
     assert main(demo + ["--modality", "text"]) == 2

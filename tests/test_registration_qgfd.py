@@ -127,7 +127,7 @@ def test_public_names_resolve_lazily():
     for name in qgfd_hf.__all__:
         assert getattr(qgfd_hf, name) is not None, name
     assert set(qgfd_hf.__all__) <= set(dir(qgfd_hf))
-    assert qgfd_hf.training_qgfd.QGFDTrainingArguments  # a submodule, imported on first use
+    assert qgfd_hf.training.QGFDTrainingArguments  # a subpackage, imported on first use
     with pytest.raises(AttributeError, match="has no attribute 'not_a_name'"):
         qgfd_hf.not_a_name
 

@@ -22,7 +22,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from qgfd_hf import QGFDDiffusionBackbone, DiffusionConfig, make_sampler, qgfd_attention
 from qgfd_hf.attention_qgfd import value_checks
-from qgfd_hf.training_qgfd import EMAModel
+from qgfd_hf.training.ema import EMAModel
 from test_modeling_qgfd import build, condition
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -224,7 +224,8 @@ def test_guided_sampler_step_has_no_host_reads(guidance_scale):
 def _train(out, max_steps, rows=None, log_every=100):
     from datasets import Dataset
 
-    from qgfd_hf.training_qgfd import QGFDTrainer, QGFDTrainingArguments
+    from qgfd_hf.training.trainer import QGFDTrainer
+    from qgfd_hf.training.arguments import QGFDTrainingArguments
 
     model, batch = build("pixels")
     rows = batch["pixel_values"] if rows is None else rows

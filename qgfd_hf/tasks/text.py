@@ -1,0 +1,168 @@
+# coding=utf-8
+"""Text: data, defaults, demo and scores (the training side; the model is
+`TextQGFDDiffusionModel`, conditional on a source text).
+
+- data: the generated word-reversal task (`--dataset reversal`, the demo's, with a word-level
+  tokenizer built offline), GLUE MRPC paraphrase pairs (`--dataset mrpc`, online), or local
+  csv / json / parquet pairs (`--data-files`, MRPC's columns);
+- model: a small random T5 for the reversal task, or `--backbone t5-small` (its token
+  embeddings are the latent space, its encoder reads the source);
+- scores: exact match on the held-out pairs;
+- what a person looks at: `samples.jsonl` (source, sample, reference).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Dict, List
+
+from .base import ModalityTask, TaskData, diffusion_values, guidance_kwargs, pipeline_samples, register_task, sample_output
+
+
+@register_task
+class TextTask(ModalityTask):
+    name = "text"
+    summary = "text pairs (source -> target): the generated reversal task, MRPC, or your csv/json/parquet"
+    datasets = ("reversal", "mrpc")
+    data_help = "text: local csv/json/parquet with sentence1, sentence2, label (MRPC's columns)"
+    output_suffixes = {".jsonl": "a JSON line per source text: its source and sample (the samples are printed as well)"}
+    defaults = dict(
+        # denoiser over the token embeddings of a small random T5 (no download), conditioned on
+        # the T5 encoder's states of the source sequence
+        d_model=64, num_heads=4, num_layers=3, d_ff=128,
+        t5_d_model=32, t5_layers=2, t5_heads=4, t5_d_ff=64,
+        # Diffusion-LM's choices: the sqrt schedule and x0 ("sample") prediction
+        num_timesteps=1000, beta_schedule="sqrt", prediction_type="sample",
+        qgfd_steps=1, qgfd_alpha=0.5, qgfd_warmup_steps=200,
+        # The T5 is random: its token embeddings (the latent space) stay frozen, while its encoder
+        # layers that read the source learn (train_condition_encoder, the model's default); frozen
+        # random encoder states do not tell the denoiser where a source word sits.
+        model_kwargs=dict(freeze_encoder=True, train_condition_encoder=True),
+        num_pairs=4000, num_heldout=200, min_len=3, max_len=6,
+        max_steps=3000, batch_size=64, learning_rate=2e-3, warmup_steps=100, ema_decay=0.999,
+        checkpoint_every=500,
+        sampler="ddim", num_inference_steps=50,
+    )
+
+    def add_arguments(self, group) -> None:
+        group.add_argument("--seq-len", type=int, default=None, help="text: length of generated sequences (tokens)")
+
+    def load_data(self, args, settings) -> TaskData:
+        from ..data.core import check_dataset_for_modality, load_mrpc, make_reversal_dataset, train_test_split_dataset
+
+        if getattr(args, "data_dir", None) is not None:
+            raise ValueError("--data-dir is a folder of files; text takes --dataset reversal|mrpc or --data-files.")
+        name = getattr(args, "dataset", None) or ("mrpc" if getattr(args, "data_files", None) else "reversal")
+        if name == "reversal":
+            d = settings
+            pairs = make_reversal_dataset(d.get("num_pairs", 4000), min_len=d.get("min_len", 3), max_len=d.get("max_len", 6), seed=0)
+            train, test = train_test_split_dataset(pairs, d.get("num_heldout", 200), seed=0)
+            data = TaskData(train, name, test=test, card_name="generated word-sequence reversal pairs (qgfd_hf.data.core.make_reversal_dataset)")
+        elif name == "mrpc":
+            files = getattr(args, "data_files", None)
+            data = TaskData(load_mrpc(files), name, card_name=None if files else "nyu-mll/glue")
+        else:
+            raise ValueError(f"Unknown text --dataset {name!r}; allowed: {', '.join(self.datasets)}.")
+        check_dataset_for_modality(data.train, "text", f"The dataset {name!r}")
+        return data
+
+    def build_model(self, args, data, settings):
+        from transformers import AutoTokenizer, T5Config
+
+        from .. import create_qgfd_diffusion_model
+        from ..data.core import REVERSAL_VOCAB, Seq2SeqCollator, build_word_tokenizer, check_text_fits
+
+        d = settings
+        if args.backbone is not None:
+            try:
+                tokenizer = AutoTokenizer.from_pretrained(args.backbone)
+            except Exception as e:
+                raise ValueError(f"Could not load the tokenizer of --backbone {args.backbone!r} ({type(e).__name__}: {e}).") from e
+            backbone = args.backbone
+        elif data.name == "reversal":
+            tokenizer = build_word_tokenizer(REVERSAL_VOCAB)
+            backbone = T5Config(
+                vocab_size=len(tokenizer), d_model=d["t5_d_model"], d_kv=d["t5_d_model"] // d["t5_heads"], d_ff=d["t5_d_ff"],
+                num_layers=d["t5_layers"], num_heads=d["t5_heads"], pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
+            )
+        else:
+            raise ValueError("--dataset mrpc needs a pretrained T5: --backbone t5-small (or a local T5 folder).")
+        if args.seq_len is not None and args.seq_len < 1:
+            raise ValueError(f"--seq-len must be >= 1, got {args.seq_len}.")
+        seq_len = args.seq_len or (d.get("max_len", 6) + 1 if data.name == "reversal" else 64)
+        check_text_fits(data.train, tokenizer, seq_len, f"The dataset {data.name!r}")
+        kwargs = dict(diffusion_values(args, d), seq_len=seq_len, conditional=True, **d.get("model_kwargs", {}))
+        if args.denoiser is not None:
+            kwargs["denoiser"] = args.denoiser
+        model, tok, _ = create_qgfd_diffusion_model("text", backbone, None, tokenizer=tokenizer, **kwargs)
+        tokenizer = tok or tokenizer
+        return model, tokenizer, Seq2SeqCollator(tokenizer, seq_len)
+
+    # -- samples and scores -----------------------------------------------------------------
+
+    def generate(self, model_dir, data, settings, args):
+        sources = list(data.test["source"])
+        outs = pipeline_samples(model_dir, sources, num_inference_steps=settings["num_inference_steps"], sampler=settings["sampler"],
+                                seed=args.seed, progress=not args.no_progress)
+        return [group[0]["generated_text"] for group in outs]  # one list of samples per source
+
+    def evaluate(self, samples, data, settings):
+        from ..metrics.core import exact_match
+
+        targets = list(data.test["target"])
+        acc = exact_match(samples, targets)
+        sources = list(data.test["source"])
+        return {
+            "metrics": {"exact_match": acc, "num_heldout": len(targets)},
+            "targets": {"exact_match_at_least_0.8": acc >= 0.8},
+            "examples": [{"source": s, "sample": p, "reference": r} for s, p, r in list(zip(sources, samples, targets))[:5]],
+        }
+
+    def write_samples(self, samples, data, output_dir, prefix="samples"):
+        os.makedirs(output_dir, exist_ok=True)
+        path = os.path.join(output_dir, f"{prefix}.jsonl")
+        if data is not None and data.test is not None:
+            rows = [{"source": s, "sample": p, "reference": r, "exact": " ".join(p.split()) == r}
+                    for s, p, r in zip(data.test["source"], samples, data.test["target"])]
+        else:
+            rows = samples
+        with open(path, "w") as f:
+            for row in rows:
+                f.write(json.dumps(row) + "\n")
+        return {"samples": path}
+
+    def report_lines(self, result) -> List[str]:
+        m = result["metrics"]
+        lines = [f"Exact match on {m['num_heldout']} held-out pairs: {m['exact_match']:.1%}"]
+        lines += [f"  {ex['source']!r} -> {ex['sample']!r} (reference {ex['reference']!r})" for ex in result["examples"][:3]]
+        return lines
+
+    def card_metrics(self, result) -> Dict[str, object]:
+        m = result["metrics"]
+        return {f"exact match, {m['num_heldout']} held-out pairs": round(m["exact_match"], 3)}
+
+    def write_validation_samples(self, model, processor, data, settings, folder, step):
+        rows = data.test if data.test is not None else data.train
+        sources = list(rows["source"][:8])
+        outs = pipeline_samples(model, sources, num_inference_steps=25, sampler="ddim", seed=0, progress=False, tokenizer=processor)
+        samples = [{"source": s, "sample": g[0]["generated_text"], "reference": r} for s, g, r in zip(sources, outs, rows["target"][:8])]
+        return self.write_samples(samples, None, folder, prefix=f"step-{step:08d}")
+
+    def sample_hint(self, model_dir: str) -> str:
+        return f'qgfd-hf sample {model_dir} --condition "red cat sun"'
+
+    def sample_command(self, model, args) -> List[str]:
+        if not args.condition:
+            raise ValueError("This text model is conditional: give --condition with the source text(s).")
+        self.check_output(args)  # before sampling
+        outs = pipeline_samples(model, args.condition, num_inference_steps=args.num_inference_steps, sampler=args.sampler,
+                                seed=args.seed, progress=not args.no_progress, timestep_spacing=getattr(args, "timestep_spacing", None),
+                                **guidance_kwargs(args))
+        lines = [f"{src!r} -> {group[0]['generated_text']!r}" for src, group in zip(args.condition, outs)]
+        if getattr(args, "output", None):  # written only where asked for; the printout is the default
+            out_dir, prefix, _ = sample_output(model, args, self)
+            rows = [{"source": src, "sample": group[0]["generated_text"]} for src, group in zip(args.condition, outs)]
+            paths = self.write_samples(rows, None, out_dir, prefix=prefix)
+            lines += [f"  {what:15s} {os.path.abspath(p)}" for what, p in paths.items()]
+        return lines

@@ -1,0 +1,294 @@
+# coding=utf-8
+"""Video: data, defaults, demo and scores (the training side; the model is
+`VideoQGFDDiffusionModel`).
+
+- data: moving digits (`--dataset moving_digits`, the demo's): each clip is one of
+  scikit-learn's real 8x8 digits drifting across a 16x16 frame over 4 frames, from a random
+  start at a random constant velocity, labelled with its digit (generated here, no download);
+  or a folder of clips (`--data-dir`): one sub-folder of frame images per clip, or `.npy` /
+  `.npz` arrays `[F, H, W]`, `[F, C, H, W]` or `[F, H, W, C]`, labelled by their parent
+  folder's name or by a `metadata.csv` (`file_name,label`), read through `datasets` (the
+  loaders: `qgfd_hf/data/video.py`);
+- model: pixel patches of every frame, grouped into tubelets (a token = one patch place over
+  up to 4 frames, `--tubelet-frames`), the denoiser's positions factorised over tubelet, row and
+  column (`position_grid`); the pixel mean / std and the latent scale are fitted from the
+  training clips; `--backbone VIT` for ViT latents, `--denoiser pretrained` for ViT's stack;
+- scores (moving digits): a digit classifier trained on real frames gives each frame's class
+  and confidence; the share of clips whose frames agree on one class; the Frechet distance in
+  the classifier's features; beside real clips and a Gaussian fitted to the real clips
+  (`MovingDigitsEvaluator`, in `qgfd_hf/metrics/video.py`);
+- what a person looks at: `samples.png`, a frame strip (a row per clip, its frames left to
+  right; real clips on the left, samples on the right), and `samples.npy` (the clips).
+
+Shapes: `N` clips, `F` frames, `C` channels, `S` frame side (H = W = S), `P` = S * S pixels.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Dict, List, Optional
+
+import numpy as np
+
+from ..data.video import VideoCollator, load_clip_folder, load_moving_digits
+from ..metrics.video import MovingDigitsEvaluator, latent_baseline, latent_codec, video_targets_met
+from .base import ModalityTask, TaskData, demo_class_guidance, diffusion_values, pipeline_samples, register_task
+
+# ----------------------------------------------------------------------------------------
+# What a person looks at
+# ----------------------------------------------------------------------------------------
+
+
+def save_frame_strip(clips: np.ndarray, path: str, real: Optional[np.ndarray] = None, rows: int = 12, cell: int = 48, pad: int = 2) -> str:
+    """A PNG frame strip: each row one clip, its frames left to right (upscaled, nearest, to
+    `cell` pixels); with `real`, real clips in a block on the left and `clips` on the right.
+    Clips are `[N, F, C, S, S]` in [0, 1] (C = 1 or 3)."""
+    from PIL import Image
+
+    blocks = [np.asarray(b, dtype=np.float32)[:rows] for b in ([real] if real is not None else []) + [clips]]
+    for b in blocks:
+        if b.ndim != 5 or b.shape[2] not in (1, 3):
+            raise ValueError(f"Clips must be [N, F, C, S, S] with C in (1, 3), got {list(b.shape)}.")
+    F = blocks[-1].shape[1]
+    n = max(len(b) for b in blocks)
+    gap = 3 * cell // 4
+    block_w = F * (cell + pad) + pad
+    grid = Image.new("RGB", (len(blocks) * block_w + (len(blocks) - 1) * gap, n * (cell + pad) + pad), (128, 128, 128))
+    for k, block in enumerate(blocks):
+        x0 = k * (block_w + gap)
+        for i, clip in enumerate(block):
+            for f, frame in enumerate(clip):
+                arr = (np.clip(frame, 0, 1) * 255).round().astype(np.uint8).transpose(1, 2, 0)  # (S, S, C)
+                tile = Image.fromarray(arr[..., 0] if arr.shape[2] == 1 else arr).convert("RGB").resize((cell, cell), Image.NEAREST)
+                grid.paste(tile, (x0 + pad + f * (cell + pad), pad + i * (cell + pad)))
+    if len(blocks) == 2:  # a white bar between real clips and samples
+        bar = Image.new("RGB", (max(gap // 4, 2), grid.size[1]), (255, 255, 255))
+        grid.paste(bar, (block_w + (gap - bar.size[0]) // 2, 0))
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    grid.save(path)
+    return path
+
+
+# ----------------------------------------------------------------------------------------
+# The task
+# ----------------------------------------------------------------------------------------
+
+
+@register_task
+class VideoTask(ModalityTask):
+    name = "video"
+    summary = "video clips: moving digits (generated from scikit-learn's digits) or a folder of clips"
+    datasets = ("moving_digits",)
+    data_help = ("video: a folder of clips (a sub-folder of frame images per clip, or .npy/.npz arrays [F, H, W], "
+                 "[F, C, H, W] or [F, H, W, C]), labels from parent folder names or metadata.csv")
+    demo_data_only = {"class_conditional": False, "motion_compensation": None}
+    output_suffixes = {".png": "the frame strip, with the clips beside it as NAME.npy",
+                       ".npy": "the clips [N, F, C, H, W], with the frame strip beside it as NAME.png"}
+    defaults = dict(
+        # model: 4x4-pixel patches of every 16x16 frame, a token = one patch place over 4 frames
+        # (tubelets; None: gcd(frames, 4)) -> 16 tokens of width 64; positions factorised over
+        # (tubelet, row, column); d_model 128 >= the token width (docs/modality_video.md)
+        d_model=128, num_heads=4, num_layers=3, d_ff=256, patch_size=4,
+        num_timesteps=1000, beta_schedule="cosine", prediction_type="v",
+        qgfd_steps=1, qgfd_alpha=0.5, qgfd_warmup_steps=200,
+        tubelet_frames=None, noise_shift=1.0,
+        # global motion compensation (QGFDVideoConfig.motion_compensation): the moving digits drift
+        # rigidly, so centred frames make a clip one image and one trajectory; other data: none
+        motion_compensation="centroid",
+        # the demo's data: 3 clips per training digit (4311 clips), 1 per held-out digit (360)
+        num_frames=4, frame_size=16, train_clips_per_digit=3,
+        # training: 1500 steps of 64 clips, about 4 CPU minutes in all
+        max_steps=1500, batch_size=64, learning_rate=2e-3, warmup_steps=100, ema_decay=0.999,
+        checkpoint_every=500,
+        # class-conditional on the digits' labels (DiT's label embedding, 10% label dropout), as the
+        # image demo; other data: --class-conditional
+        class_conditional=True,
+        # sampling: as many clips as held-out clips, so the FDs compare like with like; a
+        # class-conditional model is asked for the held-out clips' classes
+        num_samples=360, sampler="ddim", num_inference_steps=50, guidance_scale=1.0,
+    )
+
+    def add_arguments(self, group) -> None:
+        group.add_argument("--num-frames", type=int, default=None, help="video: frames per clip (default: the data's; moving digits 4)")
+        group.add_argument("--frame-side", type=int, default=None, help="video: frame side in pixels (default: the data's; moving digits 16)")
+        group.add_argument("--frame-patch-size", type=int, default=None, help="video: pixel patch side per frame (default 4, or side / 4 above 16 px)")
+        group.add_argument("--tubelet-frames", type=int, default=None,
+                           help="video: frames per token (tubelets: one patch place over T frames; default gcd(frames, 4); 1 = a token per frame's patch)")
+        group.add_argument("--noise-shift", type=float, default=None,
+                           help="video: shift of the noise schedule (latents get std 1 / shift: SNR / shift^2; default: the task's)")
+        group.add_argument("--motion-compensation", default=None, choices=("none", "centroid"),
+                           help="video: centroid = frames centred on their intensity centroid, the shifts in the latent (one "
+                                "bright object on black that moves rigidly; default on the moving digits); none = raw frames "
+                                "(default for other data)")
+        group.add_argument("--frame-positions", default=None, choices=("grid", "1d"),
+                           help="video: the denoiser's positions: grid (frame, row, column; default) or 1d (over the F x N tokens)")
+
+    def load_data(self, args, settings) -> TaskData:
+        if getattr(args, "data_dir", None) is not None and getattr(args, "dataset", None) is not None:
+            raise ValueError("Give either --dataset or --data-dir, not both.")
+        if getattr(args, "data_files", None):
+            raise ValueError("--data-files is for tables and text; for video use --data-dir (a folder of clips) or --dataset moving_digits.")
+        for flag in ("num_frames", "frame_side", "frame_patch_size", "tubelet_frames"):
+            value = getattr(args, flag, None)
+            if value is not None and value < 1:
+                raise ValueError(f"--{flag.replace('_', '-')} must be >= 1, got {value}.")
+        if getattr(args, "data_dir", None) is not None:
+            ds = load_clip_folder(args.data_dir, num_frames=args.num_frames, frame_size=args.frame_side)
+            data = TaskData(ds.with_format("numpy"), f"clipfolder:{os.path.abspath(args.data_dir)}")
+        else:
+            name = getattr(args, "dataset", None) or "moving_digits"
+            if name != "moving_digits":
+                raise ValueError(f"Unknown video --dataset {name!r}; allowed: {', '.join(self.datasets)} (or --data-dir for a folder of clips).")
+            frames = args.num_frames or settings["num_frames"]
+            size = args.frame_side or settings["frame_size"]
+            if size < 8:
+                raise ValueError(f"Moving digits need --frame-side >= 8 (the digits are 8x8), got {size}.")
+            splits = load_moving_digits(frames, size, settings["train_clips_per_digit"], seed=0)
+            data = TaskData(splits["train"].with_format("numpy"), name, test=splits["test"].with_format("numpy"),
+                            card_name="moving digits: scikit-learn's 8x8 digits drifting across the frame (qgfd_hf.data.video.load_moving_digits)")
+        if len(data.train) == 0:
+            raise ValueError(f"The dataset {data.name!r} is empty.")
+        F, C, S, _ = data.train.features["pixel_values"].shape
+        data.info.update(num_frames=F, num_channels=C, frame_size=S)
+        return data
+
+    def build_model(self, args, data, settings):
+        import torch
+
+        from .. import create_qgfd_diffusion_model
+
+        if args.denoiser == "pretrained" and args.backbone is None:
+            raise ValueError("--denoiser pretrained needs --backbone: a ViT (Hub id or folder) whose layers become the denoiser.")
+        F, C, S = data.info["num_frames"], data.info["num_channels"], data.info["frame_size"]
+        pick = lambda flag: getattr(args, flag, None) if getattr(args, flag, None) is not None else settings[flag]
+        kwargs = dict(num_frames=F, normalization_fitted=False, noise_shift=pick("noise_shift"))
+        motion = pick("motion_compensation")
+        motion = None if motion == "none" else motion
+        if args.backbone is not None and args.denoiser != "pretrained":  # ViT latents of every frame
+            if args.frame_patch_size is not None or args.tubelet_frames is not None or getattr(args, "motion_compensation", None) not in (None, "none"):
+                raise ValueError("With ViT latents the tokens are the ViT's patches of single frames; drop --frame-patch-size / "
+                                 "--tubelet-frames / --motion-compensation.")
+            kwargs.update(latent_space="vit")
+        else:
+            tubelet = pick("tubelet_frames") or math.gcd(F, 4)  # None: tokens over up to 4 frames
+            if F % tubelet:
+                raise ValueError(f"--tubelet-frames {tubelet} must divide the clips' {F} frames.")
+            kwargs.update(tubelet_frames=tubelet)
+            patch = args.frame_patch_size or (settings["patch_size"] if S <= 16 else max(S // 4, 1))
+            if S % patch:
+                raise ValueError(f"--frame-patch-size {patch} must divide the frame side {S}.")
+            kwargs.update(latent_space="pixels", image_size=S, num_channels=C, patch_size=patch, motion_compensation=motion)
+        if args.frame_positions == "1d":
+            kwargs["position_grid"] = None
+        kwargs.update(diffusion_values(args, settings))
+        if args.denoiser is not None:
+            kwargs["denoiser"] = args.denoiser
+        model, _, _ = create_qgfd_diffusion_model("video", args.backbone, None, **kwargs)
+        cfg = model.config
+        if (cfg.num_channels, cfg.image_size) != (C, S):
+            raise ValueError(f"The dataset {data.name!r} has clips of {C} channel(s) and {S}x{S} pixels, but the model takes "
+                             f"{cfg.num_channels} channel(s) and {cfg.image_size}x{cfg.image_size} (the ViT backbone's); "
+                             "use clips of that size or pixel latents (no --backbone).")
+        n = min(len(data.train), 20000)
+        model.fit_normalization(torch.from_numpy(np.ascontiguousarray(data.train[:n]["pixel_values"])))
+        return model, model.processor, VideoCollator(cfg.image_mean, cfg.image_std)
+
+    # -- samples and scores -----------------------------------------------------------------
+
+    def generate(self, model_dir, data, settings, args):
+        n = settings["num_samples"]
+        settings["model_dir"] = model_dir  # evaluate fits the Gaussian baselines in its latent space too (motion compensation)
+        clips = pipeline_samples(
+            model_dir, num_samples=n, num_inference_steps=settings["num_inference_steps"], sampler=settings["sampler"],
+            seed=args.seed, progress=not args.no_progress, **demo_class_guidance(model_dir, data, n, settings),
+        )
+        return clips.transpose(0, 1, 4, 2, 3)  # the pipeline's [N, F, H, W, C] -> [N, F, C, H, W]
+
+    def evaluate(self, samples, data, settings):
+        if data.name != "moving_digits":
+            raise ValueError(f"Video samples are scored on the moving digits only (got data {data.name!r}).")
+        train, test = data.train[:], data.test[:]
+        evaluator = MovingDigitsEvaluator(train["pixel_values"], train["label"], test["pixel_values"], test["label"], seed=0)
+        codec = None
+        if settings.get("model_dir") is not None:
+            from transformers import AutoModel
+
+            model = AutoModel.from_pretrained(settings["model_dir"]).eval()
+            if getattr(model.config, "motion_compensation", None) is not None:  # latents are not pixels
+                codec = latent_codec(model)
+        scores = evaluator.evaluate(samples, requested_labels=settings.get("requested_labels"), codec=codec)
+        if settings.get("requested_labels") is not None:
+            scores["guidance_scale"] = settings.get("guidance_scale", 1.0)
+        return {"metrics": scores, "targets": video_targets_met(scores)}
+
+    def write_samples(self, samples, data, output_dir, prefix="samples"):
+        os.makedirs(output_dir, exist_ok=True)
+        real = data.test[:12]["pixel_values"] if data is not None and data.test is not None else None
+        strip = save_frame_strip(samples, os.path.join(output_dir, f"{prefix}.png"), real=real)
+        frames = os.path.join(output_dir, f"{prefix}.npy")
+        np.save(frames, np.asarray(samples, dtype=np.float32))
+        return {"frame strip": strip, "frames (npy)": frames}
+
+    def report_lines(self, result) -> List[str]:
+        m = result["metrics"]
+        s, r, g, cg = m["samples"], m["baseline_real_train_vs_heldout"], m["baseline_gaussian"], m.get("baseline_class_gaussian")
+        lg = latent_baseline(m)
+        lg_name = "latent class Gauss." if m.get("baseline_latent_class_gaussian") else "latent Gaussian"
+        cols = [s, r, g] + ([cg] if cg else []) + ([lg] if lg else [])
+        widths = (10, 12, 11) + ((16,) if cg else ()) + ((21,) if lg else ())
+        row = lambda name, key, fmt: f"  {name:34s}" + "".join(f"{c[key]:{w}{fmt}}" for c, w in zip(cols, widths))
+        lines = [
+            f"Sample quality ({s['num_clips']} clips; classifier: MLP on centred training frames, "
+            f"{m['classifier_test_accuracy']:.1%} test accuracy per frame):",
+            f"  {'':34s}{'model':>10s}{'real clips':>12s}{'Gaussian':>11s}" + (f"{'class Gaussian':>16s}" if cg else "")
+            + (f"{lg_name:>21s}" if lg else ""),
+            row("Frechet distance (lower=better)", "fd", ".3f"),
+            row("mean frame confidence", "confidence", ".3f"),
+            row("clips keeping one class", "consistent", ".1%"),
+            row("frame-to-frame shift match", "shift_match", ".3f"),
+            row("classes present (of 10)", "classes_present", "d"),
+        ]
+        if cg:
+            lines += [row("frames of the requested class", "class_agreement", ".3f"),
+                      row("clips all of the requested class", "clips_on_requested_class", ".1%"),
+                      f"  (class-conditional, guidance scale {m.get('guidance_scale', 1.0)}: each clip asked for a held-out clip's class; "
+                      "real clips and the class Gaussian are drawn for the same classes)"]
+        if lg:
+            lines.append("  (latent: the same Gaussian fitted to the training clips' motion-compensated latents, the model's own space, "
+                         "and decoded)")
+        return lines + [
+            "  (real clips: training clips scored against the held-out ones; Gaussian: a full-covariance Gaussian fitted to the training clips;",
+            "   shift match: the best correlation of each frame with the previous one moved by whole pixels, 1 = a rigid drift)",
+        ]
+
+    def card_metrics(self, result) -> Dict[str, object]:
+        m = result["metrics"]
+        s, g, r = m["samples"], m["baseline_gaussian"], m["baseline_real_train_vs_heldout"]
+        out = {
+            "Frechet distance to held-out frames (classifier features)": round(s["fd"], 3),
+            "same, Gaussian baseline": round(g["fd"], 3),
+            "same, real training clips": round(r["fd"], 3),
+            "mean frame confidence": round(s["confidence"], 3),
+            "clips keeping one digit class": round(s["consistent"], 3),
+            "clips keeping one class, Gaussian baseline": round(g["consistent"], 3),
+            "frame-to-frame shift match": round(s["shift_match"], 3),
+        }
+        cg = m.get("baseline_class_gaussian")
+        if cg:
+            out.update({
+                "same FD, class-conditional Gaussian baseline": round(cg["fd"], 3),
+                "clips keeping one class, class-conditional Gaussian": round(cg["consistent"], 3),
+                "clips all of the requested class": round(s["clips_on_requested_class"], 3),
+            })
+        lg = latent_baseline(m)
+        if lg:
+            out.update({"same FD, the Gaussian in the model's latent space": round(lg["fd"], 3),
+                        "clips keeping one class, the Gaussian in the latent space": round(lg["consistent"], 3)})
+        return out
+
+    def sample_hint(self, model_dir: str) -> str:
+        return f"qgfd-hf sample {model_dir} --num-samples 12"
+
+    def sample_saved(self, model, args):
+        return super().sample_saved(model, args).transpose(0, 1, 4, 2, 3)  # [N, F, H, W, C] -> [N, F, C, H, W]
