@@ -1,0 +1,66 @@
+"""What a saved model folder carries: the Python files `save_pretrained` copies for `trust_remote_code`.
+
+    python scripts/saved_folder_lines.py                 # one tiny model per modality, a table
+    python scripts/saved_folder_lines.py --files image   # the files of one model, with their lines
+
+transformers copies the file that defines the model class and, recursively, every file it imports
+relatively (`from .x import y`, found by a regular expression, so imports inside functions count
+too). The table gives, for each modality's model saved from a tiny config, the number of .py files
+in the folder and their lines (blank lines and comments included, as `wc -l` counts them).
+"""
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+TINY = dict(d_model=32, num_heads=4, num_layers=1, d_ff=32)
+
+
+def tiny_models():
+    """(name, model) for a pixel-space image model and a model of each other modality, from tiny configs."""
+    from qgfd_hf import (
+        AudioQGFDDiffusionModel,
+        ImageQGFDDiffusionModel,
+        QGFDAudioConfig,
+        QGFDImageConfig,
+        QGFDTabularConfig,
+        QGFDVideoConfig,
+        TabularQGFDDiffusionModel,
+        VideoQGFDDiffusionModel,
+    )
+
+    yield "image (pixels)", ImageQGFDDiffusionModel(
+        QGFDImageConfig(latent_space="pixels", image_size=8, patch_size=2, num_channels=1, **TINY))
+    yield "video (pixels)", VideoQGFDDiffusionModel(
+        QGFDVideoConfig(latent_space="pixels", image_size=8, patch_size=2, num_channels=1, num_frames=2, **TINY))
+    yield "audio (waveform)", AudioQGFDDiffusionModel(QGFDAudioConfig(latent_space="waveform", **TINY))
+    yield "tabular", TabularQGFDDiffusionModel(QGFDTabularConfig(num_features=3, **TINY))
+
+
+def folder_lines(model):
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save_pretrained(tmp)
+        files = {p.name: len(p.read_text(encoding="utf-8").splitlines()) for p in Path(tmp).glob("*.py")}
+    return files
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--files", metavar="MODALITY", help="list the files of the first model whose name starts with this")
+    args = parser.parse_args()
+    print("| model | .py files | lines |\n|---|---:|---:|")
+    for name, model in tiny_models():
+        files = folder_lines(model)
+        if args.files and name.startswith(args.files):
+            for file, n in sorted(files.items(), key=lambda kv: kv[1]):
+                print(f"    {n:6d} {file}")
+        print(f"| {name} | {len(files)} | {sum(files.values())} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
