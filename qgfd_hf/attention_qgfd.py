@@ -243,6 +243,48 @@ def _check_inputs(query, key, value, attn_mask, graph, has_past, diffuse=True):
             )
 
 
+def _finite_count_if_bad(t: torch.Tensor) -> int:
+    """How many entries of `t` are NaN or inf (0: none). A value check: it reads the tensor.
+
+    The common case costs one reduction: a sum is finite unless a summand is NaN or inf (or the
+    sum overflows, which the exact count below then clears)."""
+    t = t.detach()
+    total = t.sum(dtype=torch.float32) if t.dtype in (torch.float16, torch.bfloat16) else t.sum()
+    if math.isfinite(float(total)):
+        return 0
+    return int((~torch.isfinite(t)).sum())
+
+
+def _check_graph_finite(query, key, attn_mask, graph):
+    """The inputs that build the graph P must be finite (a value check: it reads the tensors).
+
+    A non-finite entry leaves a row of P undefined: with graph="keys" the key's norm is inf or NaN,
+    so its unit key Kn_j is NaN and so is its similarity to every key; with graph="attention"
+    (P = p0) a query row whose scores hold +inf or NaN is NaN. Propagation W_{k+1} = P W_k then
+    carries that row to every query that attends it, far past the outputs plain attention makes
+    non-finite on the same inputs (only the rows that touch the bad entry). Values are not
+    checked: they enter P W_k linearly and spread no further than in plain attention.
+    """
+    if not value_checks_enabled():
+        return
+    named = (("query", query), ("key", key)) if graph == "attention" else (("key", key),)
+    for name, t in named:
+        bad = _finite_count_if_bad(t)
+        if bad:
+            raise ValueError(
+                f"`{name}` holds {bad} NaN or inf value(s); allowed: finite values. QGFD's graph={graph!r} is built from "
+                f"the {'queries and keys' if graph == 'attention' else 'keys'}, and a non-finite {name} spoils every output "
+                "that its graph row reaches (`value_checks(False)` skips this check)."
+            )
+    if graph == "attention" and attn_mask is not None and attn_mask.is_floating_point() and attn_mask.numel():
+        if not float(attn_mask.detach().amax()) < math.inf:  # amax is +inf or NaN (NaN propagates): look closer
+            bad = int((torch.isnan(attn_mask) | torch.isposinf(attn_mask)).sum())
+            raise ValueError(
+                f"`attn_mask` holds {bad} NaN or +inf value(s); allowed: finite values and -inf (masked). "
+                'With graph="attention" the mask shapes the graph P = p0 too, and such a row spoils every output it reaches.'
+            )
+
+
 # ----------------------------------------------------------------------------------------
 # The mix coefficients c_k
 # ----------------------------------------------------------------------------------------
@@ -344,6 +386,7 @@ def qgfd_attention(
     return_propagated: bool = False,
     extend: Optional[Callable[[int, torch.Tensor], torch.Tensor]] = None,
     query_positions: Optional[torch.Tensor] = None,
+    _read_values: bool = True,
 ):
     """QGFD attention by value propagation: T + 1 fused attention calls, no L x L tensor.
 
@@ -373,6 +416,10 @@ def qgfd_attention(
     Returns:
         `torch.Tensor` `[B, H, Lq, Dv]`, or `(output, propagated)` with `return_propagated`.
     """
+    # `_read_values=False` (the patched transformers layers): q, k, v are the model's own activations,
+    # not a caller's data, and the checks that read them (finite graph inputs) would be a device
+    # synchronisation in every layer of a training step (tests/test_syncs.py).
+    read_values = _read_values and value_checks_enabled()
     _check_call(steps, alpha, graph, mix, key_temperature, dropout_p)
     has_past = past_propagated is not None or extend is not None
     if past_propagated is not None and extend is not None:
@@ -401,6 +448,9 @@ def qgfd_attention(
         if return_propagated:
             return out, tuple(value for _ in range(steps))
         return out
+
+    if read_values:
+        _check_graph_finite(query, key, attn_mask, graph)
 
     # 1. The graph P, as the arguments of an attention call whose rows are the graph's rows.
     #    Rows are the last `rows` tokens: the queries (self-attention, with or without cache),
@@ -532,6 +582,7 @@ def qgfd_attention_reference(
     if steps == 0 or _is_zero(alpha):
         p = start
     else:
+        _check_graph_finite(query, key, attn_mask, graph)
         # 2. The graph P, (B, H, Lk, Lk).
         if graph == "attention":
             P = p0

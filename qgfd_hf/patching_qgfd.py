@@ -717,7 +717,7 @@ def _wavlm_self_attention(self, hidden_states, attention_mask, gated_position_bi
         scale=Dh**-0.5, key_temperature=settings.key_temperature,
     )
     out = qgfd_attention(
-        q, k, v, detach_graph=settings.detach_graph, dropout_p=self.dropout if self.training else 0.0, **kwargs
+        q, k, v, detach_graph=settings.detach_graph, dropout_p=self.dropout if self.training else 0.0, _read_values=False, **kwargs
     )
     out = self.out_proj(out.transpose(1, 2).reshape(B, L, H * Dh))  # (B, L, D)
     weights = qgfd_attention_weights(q, k, **kwargs)[0] if _weights_wanted() else None
@@ -1056,7 +1056,9 @@ def qgfd_attention_forward(
     #    on the cache layer next to the propagated values, so cached steps return them too).
     want_propagated = store is not None or orphan
     past = past or None  # () for shadowed layers: their values come through `extend`
-    result = qgfd_attention(query, key, value, past_propagated=past, return_propagated=want_propagated, **kernel_kwargs)
+    # The model's own activations: the kernel does not read them (no device sync per layer).
+    result = qgfd_attention(query, key, value, past_propagated=past, return_propagated=want_propagated, _read_values=False,
+                            **kernel_kwargs)
     out, propagated = result if want_propagated else (result, None)
     weights = graph_rows = None
     if output_attentions:
