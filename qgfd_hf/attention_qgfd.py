@@ -187,15 +187,23 @@ def _check_temperature(tau):
         raise ValueError(f"`key_temperature` must be a finite float > 0, got {tau!r}.")
 
 
-def _check_call(steps, alpha, graph, mix, key_temperature, dropout_p):
-    """The per-call settings shared by the fast path and the reference."""
+def _check_call(steps, alpha, graph, mix, key_temperature, dropout_p, scale=None, **flags):
+    """The per-call settings shared by the fast path and the reference; `flags` are bool arguments."""
     _check_steps(steps)
     _check_alpha(alpha)
     _check_choice("graph", graph, GRAPHS)
     _check_choice("mix", mix, MIXES)
     _check_temperature(key_temperature)
-    if not 0.0 <= dropout_p < 1.0:
+    if isinstance(dropout_p, bool) or not isinstance(dropout_p, numbers.Real) or not 0.0 <= dropout_p < 1.0:
         raise ValueError(f"`dropout_p` must be in [0, 1), got {dropout_p!r}.")
+    # A symbolic float (torch.compile with dynamic shapes) is a valid scale; it cannot be read here.
+    if scale is not None and not isinstance(scale, (torch.SymFloat, torch.SymInt)):
+        if isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not math.isfinite(scale):
+            raise ValueError(f"`scale` must be a finite float or None (1/sqrt(D)), got {scale!r}.")
+    for name, flag in flags.items():
+        # As SDPA's is_causal: a string such as "no" would otherwise read as True.
+        if not isinstance(flag, bool):
+            raise ValueError(f"`{name}` must be True or False, got {flag!r}.")
 
 
 def _check_inputs(query, key, value, attn_mask, graph, has_past, diffuse=True):
@@ -420,7 +428,8 @@ def qgfd_attention(
     # not a caller's data, and the checks that read them (finite graph inputs) would be a device
     # synchronisation in every layer of a training step (tests/test_syncs.py).
     read_values = _read_values and value_checks_enabled()
-    _check_call(steps, alpha, graph, mix, key_temperature, dropout_p)
+    _check_call(steps, alpha, graph, mix, key_temperature, dropout_p, scale, is_causal=is_causal, detach_graph=detach_graph,
+                return_propagated=return_propagated)
     has_past = past_propagated is not None or extend is not None
     if past_propagated is not None and extend is not None:
         raise ValueError("Pass `past_propagated` or `extend`, not both.")
@@ -555,7 +564,8 @@ def qgfd_attention_reference(
     Same arguments as `qgfd_attention` (no cache). Returns `[B, H, Lq, Dv]`, or
     `(output, p)` with `p` `[B, H, Lq, Lk]` when `return_weights=True`.
     """
-    _check_call(steps, alpha, graph, mix, key_temperature, dropout_p)
+    _check_call(steps, alpha, graph, mix, key_temperature, dropout_p, scale, is_causal=is_causal, detach_graph=detach_graph,
+                return_weights=return_weights)
     _check_inputs(query, key, value, attn_mask, graph, has_past=False, diffuse=steps > 0)
     B, H, Lq, D = query.shape
     Lk = key.shape[2]
@@ -637,7 +647,7 @@ def qgfd_attention_weights(
     equals `qgfd_attention_reference`'s weights for the whole sequence (rows Lk - Lq .. Lk - 1).
     Computed in float32 for half inputs; O(T Lq Lk^2) compute, O(Lk^2) memory.
     """
-    _check_call(steps, alpha, graph, mix, key_temperature, 0.0)
+    _check_call(steps, alpha, graph, mix, key_temperature, 0.0, scale, is_causal=is_causal)
     B, H, Lq, D = query.shape
     Lk = key.shape[2]
     Lpast = Lk - Lq
