@@ -241,6 +241,9 @@ def _check_inputs(query, key, value, attn_mask, graph, has_past, diffuse=True):
             raise ValueError(f"`attn_mask` must be a tensor or None, got {type(attn_mask).__name__}.")
         if attn_mask.dtype != torch.bool and not attn_mask.is_floating_point():
             raise ValueError(f"`attn_mask` must be bool (True = may attend) or an additive float mask, got {attn_mask.dtype}.")
+        if attn_mask.is_floating_point() and attn_mask.dtype not in (query.dtype, torch.float32):
+            # SDPA's own rule; the message names the argument instead of failing inside the call.
+            raise ValueError(f"`attn_mask` as a float mask must be float32 or the query's dtype ({query.dtype}), got {attn_mask.dtype}.")
         try:
             shape = torch.broadcast_shapes(attn_mask.shape, (B, H, Lq, Lk))
         except RuntimeError:
@@ -445,6 +448,10 @@ def qgfd_attention(
         for w in past_propagated:
             if tuple(w.shape) != want:
                 raise ValueError(f"`past_propagated` tensors must have shape {list(want)}, got {list(w.shape)}.")
+
+    if attn_mask is not None and attn_mask.dim() < 4:
+        # Broadcasting prepends the missing dims; the graph's masks index dims -2 and -1.
+        attn_mask = attn_mask.reshape((1,) * (4 - attn_mask.dim()) + tuple(attn_mask.shape))
 
     p0_mask, p0_causal = _p0_mask(attn_mask, is_causal, Lq, Lk, query.device)
 
