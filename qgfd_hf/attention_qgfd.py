@@ -373,6 +373,18 @@ def _row_has_keys(mask: Optional[torch.Tensor], is_float_bias: bool) -> Optional
     return allowed_pattern(mask).any(-1, keepdim=True)
 
 
+def _check_query_positions(query_positions, extend, Lq, Lk, read_values):
+    if extend is None:
+        raise ValueError("`query_positions` places the queries in a cache that `extend` keeps; pass `extend` too (or neither).")
+    if not isinstance(query_positions, torch.Tensor) or query_positions.dtype not in (torch.int32, torch.int64) or query_positions.dim() != 1:
+        got = f"dtype {query_positions.dtype}, shape {tuple(query_positions.shape)}" if isinstance(query_positions, torch.Tensor) else type(query_positions).__name__
+        raise ValueError(f"`query_positions` must be an integer tensor [Lq] of positions among the Lk keys, got {got}.")
+    if query_positions.shape[0] != Lq:
+        raise ValueError(f"`query_positions` must hold one position per query (Lq={Lq}), got {query_positions.shape[0]}.")
+    if read_values and Lq and (int(query_positions.min()) < 0 or int(query_positions.max()) >= Lk):
+        raise ValueError(f"`query_positions` must lie in [0, Lk={Lk}), got {query_positions.tolist()}.")
+
+
 # ----------------------------------------------------------------------------------------
 # The fast path
 # ----------------------------------------------------------------------------------------
@@ -428,26 +440,34 @@ def qgfd_attention(
         `torch.Tensor` `[B, H, Lq, Dv]`, or `(output, propagated)` with `return_propagated`.
     """
     # `_read_values=False` (the patched transformers layers): q, k, v are the model's own activations,
-    # not a caller's data, and the checks that read them (finite graph inputs) would be a device
-    # synchronisation in every layer of a training step (tests/test_syncs.py).
+    # not a caller's data, and the checks that read them (finite graph inputs, `query_positions` in
+    # range) would be a device synchronisation in every layer of a training step (tests/test_syncs.py).
     read_values = _read_values and value_checks_enabled()
     _check_call(steps, alpha, graph, mix, key_temperature, dropout_p, scale, is_causal=is_causal, detach_graph=detach_graph,
                 return_propagated=return_propagated)
     has_past = past_propagated is not None or extend is not None
     if past_propagated is not None and extend is not None:
         raise ValueError("Pass `past_propagated` or `extend`, not both.")
+    if extend is not None and not callable(extend):
+        raise ValueError(f"`extend` must be a callable extend(k, w_rows) or None, got {type(extend).__name__}.")
     _check_inputs(query, key, value, attn_mask, graph, has_past, diffuse=steps > 0)
     B, H, Lq, D = query.shape
     Lk = key.shape[2]
     Lpast = Lk - Lq
     if past_propagated is not None:
+        if isinstance(past_propagated, torch.Tensor) or not isinstance(past_propagated, Sequence):
+            raise ValueError(f"`past_propagated` must be a sequence of `steps`={steps} tensors, got {type(past_propagated).__name__}.")
         past_propagated = tuple(past_propagated)
         if len(past_propagated) != steps:
             raise ValueError(f"`past_propagated` must hold `steps`={steps} tensors, got {len(past_propagated)}.")
         want = (B, H, Lpast, value.shape[-1])
         for w in past_propagated:
+            if not isinstance(w, torch.Tensor):
+                raise ValueError(f"`past_propagated` must hold tensors, got a {type(w).__name__}.")
             if tuple(w.shape) != want:
                 raise ValueError(f"`past_propagated` tensors must have shape {list(want)}, got {list(w.shape)}.")
+    if query_positions is not None:
+        _check_query_positions(query_positions, extend, Lq, Lk, read_values)
 
     if attn_mask is not None and attn_mask.dim() < 4:
         # Broadcasting prepends the missing dims; the graph's masks index dims -2 and -1.
