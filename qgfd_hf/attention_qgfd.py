@@ -553,8 +553,16 @@ def qgfd_attention(
 # ----------------------------------------------------------------------------------------
 
 
+def _default_scale(D: int) -> float:
+    """1/sqrt(D); with D = 0 every score is 0 whatever the scale (SDPA: uniform attention)."""
+    return 1.0 / math.sqrt(D) if D else 1.0
+
+
 def _safe_softmax(scores: torch.Tensor) -> torch.Tensor:
-    """Softmax over the last dim; a row that is all -inf gives zeros, as SDPA does."""
+    """Softmax over the last dim; a row that is all -inf gives zeros, as SDPA does (and so does a
+    row with no keys at all, Lk = 0)."""
+    if scores.shape[-1] == 0:
+        return scores
     row_max = scores.amax(-1, keepdim=True)
     empty = torch.isneginf(row_max)
     e = torch.exp(scores - torch.where(empty, torch.zeros_like(row_max), row_max))
@@ -596,7 +604,7 @@ def qgfd_attention_reference(
     _check_inputs(query, key, value, attn_mask, graph, has_past=False, diffuse=steps > 0)
     B, H, Lq, D = query.shape
     Lk = key.shape[2]
-    scale = 1.0 / math.sqrt(D) if scale is None else scale
+    scale = _default_scale(D) if scale is None else scale
     compute_dtype = torch.float32 if query.dtype in (torch.float16, torch.bfloat16) else query.dtype
     q, k, v = (t.to(compute_dtype) for t in (query, key, value))
 
@@ -680,7 +688,7 @@ def qgfd_attention_weights(
     Lpast = Lk - Lq
     if Lpast < 0 or (Lpast > 0) != (past_graph is not None):
         raise ValueError(f"`past_graph` must hold the graph rows of the {Lpast} earlier tokens (None when Lq == Lk).")
-    scale = 1.0 / math.sqrt(D) if scale is None else scale
+    scale = _default_scale(D) if scale is None else scale
     compute_dtype = torch.float32 if query.dtype in (torch.float16, torch.bfloat16) else query.dtype
     q, k = query.to(compute_dtype), key.to(compute_dtype)
     causal = _causal_pattern(Lq, Lk, query.device) if is_causal else None
