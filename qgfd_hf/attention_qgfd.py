@@ -70,26 +70,31 @@ class QGFDSettings:
 
     def __post_init__(self):
         _check_steps(self.steps)
+        if isinstance(self.alpha, torch.Tensor):
+            # The settings go into config.json; a tensor there fails only at save time.
+            raise ValueError(
+                f"`alpha` in the settings must be a float in [0, 1], got a tensor {self.alpha.detach().cpu().tolist()}; "
+                "for one alpha per head use `learnable_alpha=True` (a tensor alpha is for `qgfd_attention` itself)."
+            )
         _check_alpha(self.alpha)
-        # NumPy scalars become Python numbers: the settings are saved as JSON in configs.
-        self.steps = int(self.steps)
-        if not isinstance(self.alpha, torch.Tensor):
-            self.alpha = float(self.alpha)
         _check_choice("graph", self.graph, GRAPHS)
         _check_choice("mix", self.mix, MIXES)
         _check_temperature(self.key_temperature)
         for name in ("detach_graph", "learnable_alpha"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"`{name}` must be a bool, got {getattr(self, name)!r}.")
-        if isinstance(self.alpha_max, bool) or not isinstance(self.alpha_max, (int, float)) or not 0 < self.alpha_max <= 1:
+        if isinstance(self.alpha_max, bool) or not isinstance(self.alpha_max, numbers.Real) or not 0 < self.alpha_max <= 1:
             raise ValueError(f"`alpha_max` must be a float in (0, 1], got {self.alpha_max!r}.")
         if self.learnable_alpha and self.alpha > self.alpha_max:
             raise ValueError(
                 f"`alpha`={self.alpha!r} is above `alpha_max`={self.alpha_max!r}; a learnable alpha "
                 "starts at `alpha` and stays in [0, alpha_max]."
             )
-        if isinstance(self.warmup_steps, bool) or not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
+        if isinstance(self.warmup_steps, bool) or not isinstance(self.warmup_steps, numbers.Integral) or self.warmup_steps < 0:
             raise ValueError(f"`warmup_steps` must be an int >= 0, got {self.warmup_steps!r}.")
+        # NumPy scalars become Python numbers: the settings are saved as JSON in configs.
+        self.steps, self.alpha, self.warmup_steps = int(self.steps), float(self.alpha), int(self.warmup_steps)
+        self.key_temperature, self.alpha_max = float(self.key_temperature), float(self.alpha_max)
 
     @classmethod
     def from_dict(cls, d: Optional[dict] = None, **overrides) -> "QGFDSettings":
@@ -183,7 +188,7 @@ def _check_choice(name, value, allowed):
 
 
 def _check_temperature(tau):
-    if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not tau > 0 or math.isinf(tau):
+    if isinstance(tau, bool) or not isinstance(tau, numbers.Real) or not tau > 0 or math.isinf(tau):
         raise ValueError(f"`key_temperature` must be a finite float > 0, got {tau!r}.")
 
 
