@@ -18,6 +18,7 @@ are resolved here, so `latent_shape` needs nothing but the config.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Dict, Optional, Sequence
 
@@ -106,6 +107,21 @@ def _check_choice(name, value, allowed):
 def _check_bool(name, value):
     if not isinstance(value, bool):
         raise ValueError(f"`{name}` must be a bool, got {value!r}.")
+
+
+def _check_dict_list(name, value, what):
+    """`value` is None or a list/tuple of dicts (checked before it is copied: `dict(5)` says nothing of `name`)."""
+    if value is not None and (not isinstance(value, (list, tuple)) or not all(isinstance(v, Mapping) for v in value)):
+        raise ValueError(f"`{name}` must be a list of dicts ({what}) or None, got {value!r}.")
+
+
+def _list_or_none(name, value, what):
+    """`list(value)`, or None; a scalar or a string is refused by name (`list(0.5)` says nothing of `name`)."""
+    if value is None:
+        return None
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise ValueError(f"`{name}` must be a list of {what} or None, got {value!r}.")
+    return list(value)
 
 
 def validate_diffusion_settings(cfg) -> None:
@@ -422,6 +438,8 @@ class QGFDConfig(PretrainedConfig):
         self.backbone_name = backbone_name
         self.backbone_config = _to_config(backbone_config, "backbone_config")
         self.freeze_encoder = freeze_encoder
+        if backbone_qgfd is not None and not isinstance(backbone_qgfd, Mapping):
+            raise ValueError(f"`backbone_qgfd` must be a dict of QGFD settings (steps, alpha, ...) or None, got {backbone_qgfd!r}.")
         self.backbone_qgfd = dict(backbone_qgfd) if backbone_qgfd is not None else None
         self.denoiser = denoiser
         self.conditional = conditional
@@ -742,11 +760,11 @@ class QGFDImageConfig(QGFDConfig):
         self.image_size = image_size
         self.patch_size = patch_size
         self.num_channels = num_channels
-        self.image_mean = list(image_mean) if image_mean is not None else None
-        self.image_std = list(image_std) if image_std is not None else None
+        self.image_mean = _list_or_none("image_mean", image_mean, "floats (one per channel)")
+        self.image_std = _list_or_none("image_std", image_std, "floats (one per channel)")
         self.normalization_fitted = normalization_fitted
-        self.latent_mean = list(latent_mean) if latent_mean is not None else None
-        self.latent_std = list(latent_std) if latent_std is not None else None
+        self.latent_mean = _list_or_none("latent_mean", latent_mean, "floats (one per ViT channel)")
+        self.latent_std = _list_or_none("latent_std", latent_std, "floats (one per ViT channel)")
         self.noise_shift = noise_shift
         self.decoder_noise_std = decoder_noise_std
         super().__init__(**kwargs)
@@ -1130,9 +1148,10 @@ class QGFDTabularConfig(QGFDConfig):
         tabular_hidden_dim: int = 256,
         **kwargs,
     ):
+        _check_dict_list("columns", columns, "one {'name': str, 'kind': ...} per column")
         self.num_features = num_features
         self.columns = [dict(c) for c in columns] if columns is not None else None
-        self.feature_names = list(feature_names) if feature_names is not None else None
+        self.feature_names = _list_or_none("feature_names", feature_names, "strings")
         self.latent_space = latent_space
         self.numeric_transform = numeric_transform
         self.num_quantiles = num_quantiles
@@ -1151,6 +1170,8 @@ class QGFDTabularConfig(QGFDConfig):
         self._resolve_columns()
         F = self.num_features
         if self.label_column is not None:
+            if not isinstance(self.label_column, str):
+                raise ValueError(f"`label_column` must be a column name (str) or None, got {self.label_column!r}.")
             kinds = {c["name"]: c["kind"] for c in self.columns}
             if kinds.get(self.label_column) != "category" or self.latent_space != "columns":
                 raise ValueError(
