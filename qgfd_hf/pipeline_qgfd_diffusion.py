@@ -110,6 +110,8 @@ class QGFDDiffusionPipeline(Pipeline):
                 raise ValueError(f"`num_samples` must be an int >= 1, got {num_samples!r}.")
             preprocess["num_samples"] = num_samples
         if max_length is not None:
+            if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1:
+                raise ValueError(f"`max_length` must be an int >= 1 (tokens of a conditioning text), got {max_length!r}.")
             preprocess["max_length"] = max_length
         if class_labels is not None:
             preprocess["class_labels"] = class_labels  # checked against the model in `preprocess`
@@ -142,7 +144,9 @@ class QGFDDiffusionPipeline(Pipeline):
                 raise ValueError(f"`generator` must be a torch.Generator, got {type(generator).__name__}.")
             forward["generator"] = generator
         if progress_bar is not None:
-            forward["progress_bar"] = bool(progress_bar)
+            if not isinstance(progress_bar, bool):  # "no" would read as True
+                raise ValueError(f"`progress_bar` must be True or False, got {progress_bar!r}.")
+            forward["progress_bar"] = progress_bar
         if sample_batch_size is not None:
             if isinstance(sample_batch_size, bool) or not isinstance(sample_batch_size, int) or sample_batch_size < 1:
                 raise ValueError(f"`batch_size` must be an int >= 1, got {sample_batch_size!r}.")
