@@ -150,7 +150,21 @@ def validate_diffusion_settings(cfg) -> None:
 
 def qgfd_settings(cfg) -> QGFDSettings:
     """The denoiser's `QGFDSettings` from a config's `qgfd_*` fields."""
-    return QGFDSettings.from_dict({field: getattr(cfg, name) for name, field in QGFD_FIELDS.items()})
+    values = {field: getattr(cfg, name) for name, field in QGFD_FIELDS.items()}
+    try:
+        return QGFDSettings.from_dict(values)
+    except ValueError as e:
+        # QGFDSettings names its own field (`steps`); the caller wrote `qgfd_steps` (`--qgfd-steps`).
+        bad = [name for name, field in QGFD_FIELDS.items() if not _valid_alone(field, values[field])]
+        raise ValueError(f"{', '.join(f'`{n}`' for n in bad) or 'The qgfd_* fields'}: {e}") from None
+
+
+def _valid_alone(field, value) -> bool:
+    try:
+        QGFDSettings.from_dict({field: value})
+    except ValueError:
+        return False
+    return True
 
 
 # ----------------------------------------------------------------------------------------
