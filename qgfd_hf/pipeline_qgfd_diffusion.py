@@ -14,6 +14,7 @@ Every QGFD diffusion model exposes the same contract, which is all this pipeline
 
 from __future__ import annotations
 
+import math
 from typing import List, Optional, Union
 
 import numpy as np
@@ -110,8 +111,8 @@ class QGFDDiffusionPipeline(Pipeline):
                 raise ValueError(f"`num_samples` must be an int >= 1, got {num_samples!r}.")
             preprocess["num_samples"] = num_samples
         if max_length is not None:
-            if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1:
-                raise ValueError(f"`max_length` must be an int >= 1 (tokens of a conditioning text), got {max_length!r}.")
+            if isinstance(max_length, bool) or not isinstance(max_length, int) or not 1 <= max_length < 2**63:
+                raise ValueError(f"`max_length` must be an int in [1, 2**63) (tokens of a conditioning text), got {max_length!r}.")
             preprocess["max_length"] = max_length
         if class_labels is not None:
             preprocess["class_labels"] = class_labels  # checked against the model in `preprocess`
@@ -210,6 +211,7 @@ class QGFDDiffusionPipeline(Pipeline):
                     f"{len(hit)} conditioning text(s) hold words outside the tokenizer's vocabulary, read as "
                     f"{self.tokenizer.unk_token!r}: {', '.join(map(repr, hit[:3]))}" + (" ..." if len(hit) > 3 else "")
                 )
+            _check_noise_fits(model, len(texts) * num_samples, num_samples)
             cond = {k: enc[k].repeat_interleave(num_samples, dim=0) for k in ("input_ids", "attention_mask")}
             labels, scale = model.check_guidance(len(texts) * num_samples, class_labels, guidance_scale)
             return {"cond_inputs": cond, "num_texts": len(texts), "num_samples": num_samples, "single": single,
@@ -219,6 +221,7 @@ class QGFDDiffusionPipeline(Pipeline):
                 f"This {model.config.modality} model is unconditional and takes no conditioning input, got {inputs!r}; "
                 "use `num_samples=` to choose how many samples."
             )
+        _check_noise_fits(model, num_samples, num_samples)
         labels, scale = model.check_guidance(num_samples, class_labels, guidance_scale)
         return {"cond_inputs": None, "num_texts": None, "num_samples": num_samples, "single": False, "class_labels": labels,
                 "guidance_scale": scale}
@@ -342,6 +345,16 @@ class QGFDDiffusionPipeline(Pipeline):
                 row[c["name"]] = c["categories"][int(v)] if c["kind"] == "category" else int(v) if c["kind"] == "int" else float(v)
             return {"row": row}
         raise ValueError(f"The pipeline cannot turn {modality!r} latents into data; use output_type='latent'.")
+
+
+def _check_noise_fits(model, total: int, num_samples: int) -> None:
+    """The starting noise of `total` samples must be a tensor torch can index (fewer than 2**63 values)."""
+    per_sample = math.prod(model.latent_shape(1))
+    if total * per_sample >= 2**63:
+        raise ValueError(
+            f"`num_samples`={num_samples} asks for {total} samples of {per_sample} latent values each, more than a tensor "
+            "can hold (2**63 values); sample fewer, in several calls."
+        )
 
 
 def _modality(model) -> str:
