@@ -211,6 +211,19 @@ def _check_call(steps, alpha, graph, mix, key_temperature, dropout_p, scale=None
             raise ValueError(f"`{name}` must be True or False, got {flag!r}.")
 
 
+def _check_scales_fit(scale, key_temperature, graph, diffuse, dtype):
+    """The score scales must be finite where the scores are computed (float32 for every dtype but
+    float64): 1/key_temperature of a tau below ~3e-39 is inf there, and so are the graph's scores."""
+    limit = torch.finfo(torch.float64 if dtype == torch.float64 else torch.float32).max
+    if diffuse and graph == "keys" and not 1.0 / key_temperature <= limit:
+        raise ValueError(
+            f"`key_temperature`={key_temperature!r} is too small for {dtype} inputs: the key graph's scores 1/key_temperature "
+            f"would overflow ({limit:.3g} at most); allowed: key_temperature >= {1.0 / limit:.3g}."
+        )
+    if scale is not None and not isinstance(scale, (torch.SymFloat, torch.SymInt)) and abs(scale) > limit:
+        raise ValueError(f"`scale`={scale!r} overflows the scores of {dtype} inputs; allowed: |scale| <= {limit:.3g}.")
+
+
 def _check_inputs(query, key, value, attn_mask, graph, has_past, diffuse=True):
     for name, t in (("query", query), ("key", key), ("value", value)):
         if not isinstance(t, torch.Tensor):
@@ -456,6 +469,7 @@ def qgfd_attention(
     if extend is not None and not callable(extend):
         raise ValueError(f"`extend` must be a callable extend(k, w_rows) or None, got {type(extend).__name__}.")
     _check_inputs(query, key, value, attn_mask, graph, has_past, diffuse=steps > 0)
+    _check_scales_fit(scale, key_temperature, graph, steps > 0, query.dtype)
     B, H, Lq, D = query.shape
     Lk = key.shape[2]
     Lpast = Lk - Lq
@@ -607,6 +621,7 @@ def qgfd_attention_reference(
     _check_call(steps, alpha, graph, mix, key_temperature, dropout_p, scale, is_causal=is_causal, detach_graph=detach_graph,
                 return_weights=return_weights)
     _check_inputs(query, key, value, attn_mask, graph, has_past=False, diffuse=steps > 0)
+    _check_scales_fit(scale, key_temperature, graph, steps > 0, query.dtype)
     B, H, Lq, D = query.shape
     Lk = key.shape[2]
     scale = _default_scale(D) if scale is None else scale
