@@ -80,6 +80,13 @@ class QGFDSettings:
         _check_choice("graph", self.graph, GRAPHS)
         _check_choice("mix", self.mix, MIXES)
         _check_temperature(self.key_temperature)
+        # A model may run in any dtype, and attention scores are float32 in all but float64: the key
+        # graph's 1/key_temperature must be finite there (the kernel checks each call's dtype too).
+        if 1.0 / self.key_temperature > torch.finfo(torch.float32).max:
+            raise ValueError(
+                f"`key_temperature` must be >= {1.0 / torch.finfo(torch.float32).max:.3g} (1/key_temperature overflows float32, "
+                f"in which attention scores are computed), got {self.key_temperature!r}."
+            )
         for name in ("detach_graph", "learnable_alpha"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"`{name}` must be a bool, got {getattr(self, name)!r}.")
