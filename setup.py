@@ -48,8 +48,9 @@ setup(
         # DeepSpeed ZeRO through `accelerate launch --use_deepspeed`; optional, and not in "test" (its first
         # start JIT-compiles a C++ op): tests/test_distributed.py runs its test only where it is installed.
         "deepspeed": ["deepspeed>=0.19"],
-        # CI runs the scheduler tests against diffusers and the tracker test against tensorboard.
-        "test": ["pytest>=8", "tensorboard>=2.10", "diffusers>=0.30"],
+        # CI runs the scheduler tests against diffusers and the tracker test against tensorboard;
+        # tests/test_fuzz.py draws its bad values with hypothesis.
+        "test": ["pytest>=8", "tensorboard>=2.10", "diffusers>=0.30", "hypothesis>=6.0"],
     },
     classifiers=[
         "Programming Language :: Python :: 3",
