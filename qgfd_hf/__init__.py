@@ -20,16 +20,14 @@ _EXPORTS = {
     "attention_qgfd": [
         "GRAPHS",
         "MIXES",
-        "QGFDAlpha",
-        "QGFDMultiheadAttention",
         "QGFDSettings",
         "mix_coefficients",
         "qgfd_attention",
         "qgfd_attention_reference",
-        "set_qgfd_step",
         "value_checks",
         "value_checks_enabled",
     ],
+    "modeling_qgfd_attention": ["QGFDAlpha", "QGFDMultiheadAttention", "set_qgfd_step"],
     "scheduling_qgfd": [
         "BETA_SCHEDULES",
         "PREDICTION_TYPES",

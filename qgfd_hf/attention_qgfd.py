@@ -1,5 +1,5 @@
 # coding=utf-8
-"""QGFD attention: the kernel, its materialised reference, and the seed's attention module.
+"""QGFD attention: the kernel and its materialised reference (the modules around them: `modeling_qgfd_attention`).
 
 QGFD (Query Graph Flow Diffusion) attention diffuses the softmax attention distribution
 ``p0`` over a row-stochastic graph ``P`` on the keys:
@@ -70,26 +70,38 @@ class QGFDSettings:
 
     def __post_init__(self):
         _check_steps(self.steps)
+        if isinstance(self.alpha, torch.Tensor):
+            # The settings go into config.json; a tensor there fails only at save time.
+            raise ValueError(
+                f"`alpha` in the settings must be a float in [0, 1], got a tensor {self.alpha.detach().cpu().tolist()}; "
+                "for one alpha per head use `learnable_alpha=True` (a tensor alpha is for `qgfd_attention` itself)."
+            )
         _check_alpha(self.alpha)
-        # NumPy scalars become Python numbers: the settings are saved as JSON in configs.
-        self.steps = int(self.steps)
-        if not isinstance(self.alpha, torch.Tensor):
-            self.alpha = float(self.alpha)
         _check_choice("graph", self.graph, GRAPHS)
         _check_choice("mix", self.mix, MIXES)
         _check_temperature(self.key_temperature)
+        # A model may run in any dtype, and attention scores are float32 in all but float64: the key
+        # graph's 1/key_temperature must be finite there (the kernel checks each call's dtype too).
+        if 1.0 / self.key_temperature > torch.finfo(torch.float32).max:
+            raise ValueError(
+                f"`key_temperature` must be >= {1.0 / torch.finfo(torch.float32).max:.3g} (1/key_temperature overflows float32, "
+                f"in which attention scores are computed), got {self.key_temperature!r}."
+            )
         for name in ("detach_graph", "learnable_alpha"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"`{name}` must be a bool, got {getattr(self, name)!r}.")
-        if isinstance(self.alpha_max, bool) or not isinstance(self.alpha_max, (int, float)) or not 0 < self.alpha_max <= 1:
+        if isinstance(self.alpha_max, bool) or not isinstance(self.alpha_max, numbers.Real) or not 0 < self.alpha_max <= 1:
             raise ValueError(f"`alpha_max` must be a float in (0, 1], got {self.alpha_max!r}.")
         if self.learnable_alpha and self.alpha > self.alpha_max:
             raise ValueError(
                 f"`alpha`={self.alpha!r} is above `alpha_max`={self.alpha_max!r}; a learnable alpha "
                 "starts at `alpha` and stays in [0, alpha_max]."
             )
-        if isinstance(self.warmup_steps, bool) or not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
+        if isinstance(self.warmup_steps, bool) or not isinstance(self.warmup_steps, numbers.Integral) or self.warmup_steps < 0:
             raise ValueError(f"`warmup_steps` must be an int >= 0, got {self.warmup_steps!r}.")
+        # NumPy scalars become Python numbers: the settings are saved as JSON in configs.
+        self.steps, self.alpha, self.warmup_steps = int(self.steps), float(self.alpha), int(self.warmup_steps)
+        self.key_temperature, self.alpha_max = float(self.key_temperature), float(self.alpha_max)
 
     @classmethod
     def from_dict(cls, d: Optional[dict] = None, **overrides) -> "QGFDSettings":
@@ -183,19 +195,40 @@ def _check_choice(name, value, allowed):
 
 
 def _check_temperature(tau):
-    if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not tau > 0 or math.isinf(tau):
+    if isinstance(tau, bool) or not isinstance(tau, numbers.Real) or not tau > 0 or math.isinf(tau):
         raise ValueError(f"`key_temperature` must be a finite float > 0, got {tau!r}.")
 
 
-def _check_call(steps, alpha, graph, mix, key_temperature, dropout_p):
-    """The per-call settings shared by the fast path and the reference."""
+def _check_call(steps, alpha, graph, mix, key_temperature, dropout_p, scale=None, **flags):
+    """The per-call settings shared by the fast path and the reference; `flags` are bool arguments."""
     _check_steps(steps)
     _check_alpha(alpha)
     _check_choice("graph", graph, GRAPHS)
     _check_choice("mix", mix, MIXES)
     _check_temperature(key_temperature)
-    if not 0.0 <= dropout_p < 1.0:
+    if isinstance(dropout_p, bool) or not isinstance(dropout_p, numbers.Real) or not 0.0 <= dropout_p < 1.0:
         raise ValueError(f"`dropout_p` must be in [0, 1), got {dropout_p!r}.")
+    # A symbolic float (torch.compile with dynamic shapes) is a valid scale; it cannot be read here.
+    if scale is not None and not isinstance(scale, (torch.SymFloat, torch.SymInt)):
+        if isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not math.isfinite(scale):
+            raise ValueError(f"`scale` must be a finite float or None (1/sqrt(D)), got {scale!r}.")
+    for name, flag in flags.items():
+        # As SDPA's is_causal: a string such as "no" would otherwise read as True.
+        if not isinstance(flag, bool):
+            raise ValueError(f"`{name}` must be True or False, got {flag!r}.")
+
+
+def _check_scales_fit(scale, key_temperature, graph, diffuse, dtype):
+    """The score scales must be finite where the scores are computed (float32 for every dtype but
+    float64): 1/key_temperature of a tau below ~3e-39 is inf there, and so are the graph's scores."""
+    limit = torch.finfo(torch.float64 if dtype == torch.float64 else torch.float32).max
+    if diffuse and graph == "keys" and not 1.0 / key_temperature <= limit:
+        raise ValueError(
+            f"`key_temperature`={key_temperature!r} is too small for {dtype} inputs: the key graph's scores 1/key_temperature "
+            f"would overflow ({limit:.3g} at most); allowed: key_temperature >= {1.0 / limit:.3g}."
+        )
+    if scale is not None and not isinstance(scale, (torch.SymFloat, torch.SymInt)) and abs(scale) > limit:
+        raise ValueError(f"`scale`={scale!r} overflows the scores of {dtype} inputs; allowed: |scale| <= {limit:.3g}.")
 
 
 def _check_inputs(query, key, value, attn_mask, graph, has_past, diffuse=True):
@@ -233,6 +266,9 @@ def _check_inputs(query, key, value, attn_mask, graph, has_past, diffuse=True):
             raise ValueError(f"`attn_mask` must be a tensor or None, got {type(attn_mask).__name__}.")
         if attn_mask.dtype != torch.bool and not attn_mask.is_floating_point():
             raise ValueError(f"`attn_mask` must be bool (True = may attend) or an additive float mask, got {attn_mask.dtype}.")
+        if attn_mask.is_floating_point() and attn_mask.dtype not in (query.dtype, torch.float32):
+            # SDPA's own rule; the message names the argument instead of failing inside the call.
+            raise ValueError(f"`attn_mask` as a float mask must be float32 or the query's dtype ({query.dtype}), got {attn_mask.dtype}.")
         try:
             shape = torch.broadcast_shapes(attn_mask.shape, (B, H, Lq, Lk))
         except RuntimeError:
@@ -240,6 +276,48 @@ def _check_inputs(query, key, value, attn_mask, graph, has_past, diffuse=True):
         if shape != (B, H, Lq, Lk):
             raise ValueError(
                 f"`attn_mask` of shape {tuple(attn_mask.shape)} does not broadcast to [B, H, Lq, Lk] = {[B, H, Lq, Lk]}."
+            )
+
+
+def _finite_count_if_bad(t: torch.Tensor) -> int:
+    """How many entries of `t` are NaN or inf (0: none). A value check: it reads the tensor.
+
+    The common case costs one reduction: a sum is finite unless a summand is NaN or inf (or the
+    sum overflows, which the exact count below then clears)."""
+    t = t.detach()
+    total = t.sum(dtype=torch.float32) if t.dtype in (torch.float16, torch.bfloat16) else t.sum()
+    if math.isfinite(float(total)):
+        return 0
+    return int((~torch.isfinite(t)).sum())
+
+
+def _check_graph_finite(query, key, attn_mask, graph):
+    """The inputs that build the graph P must be finite (a value check: it reads the tensors).
+
+    A non-finite entry leaves a row of P undefined: with graph="keys" the key's norm is inf or NaN,
+    so its unit key Kn_j is NaN and so is its similarity to every key; with graph="attention"
+    (P = p0) a query row whose scores hold +inf or NaN is NaN. Propagation W_{k+1} = P W_k then
+    carries that row to every query that attends it, far past the outputs plain attention makes
+    non-finite on the same inputs (only the rows that touch the bad entry). Values are not
+    checked: they enter P W_k linearly and spread no further than in plain attention.
+    """
+    if not value_checks_enabled():
+        return
+    named = (("query", query), ("key", key)) if graph == "attention" else (("key", key),)
+    for name, t in named:
+        bad = _finite_count_if_bad(t)
+        if bad:
+            raise ValueError(
+                f"`{name}` holds {bad} NaN or inf value(s); allowed: finite values. QGFD's graph={graph!r} is built from "
+                f"the {'queries and keys' if graph == 'attention' else 'keys'}, and a non-finite {name} spoils every output "
+                "that its graph row reaches (`value_checks(False)` skips this check)."
+            )
+    if graph == "attention" and attn_mask is not None and attn_mask.is_floating_point() and attn_mask.numel():
+        if not float(attn_mask.detach().amax()) < math.inf:  # amax is +inf or NaN (NaN propagates): look closer
+            bad = int((torch.isnan(attn_mask) | torch.isposinf(attn_mask)).sum())
+            raise ValueError(
+                f"`attn_mask` holds {bad} NaN or +inf value(s); allowed: finite values and -inf (masked). "
+                'With graph="attention" the mask shapes the graph P = p0 too, and such a row spoils every output it reaches.'
             )
 
 
@@ -320,6 +398,18 @@ def _row_has_keys(mask: Optional[torch.Tensor], is_float_bias: bool) -> Optional
     return allowed_pattern(mask).any(-1, keepdim=True)
 
 
+def _check_query_positions(query_positions, extend, Lq, Lk, read_values):
+    if extend is None:
+        raise ValueError("`query_positions` places the queries in a cache that `extend` keeps; pass `extend` too (or neither).")
+    if not isinstance(query_positions, torch.Tensor) or query_positions.dtype not in (torch.int32, torch.int64) or query_positions.dim() != 1:
+        got = f"dtype {query_positions.dtype}, shape {tuple(query_positions.shape)}" if isinstance(query_positions, torch.Tensor) else type(query_positions).__name__
+        raise ValueError(f"`query_positions` must be an integer tensor [Lq] of positions among the Lk keys, got {got}.")
+    if query_positions.shape[0] != Lq:
+        raise ValueError(f"`query_positions` must hold one position per query (Lq={Lq}), got {query_positions.shape[0]}.")
+    if read_values and Lq and (int(query_positions.min()) < 0 or int(query_positions.max()) >= Lk):
+        raise ValueError(f"`query_positions` must lie in [0, Lk={Lk}), got {query_positions.tolist()}.")
+
+
 # ----------------------------------------------------------------------------------------
 # The fast path
 # ----------------------------------------------------------------------------------------
@@ -344,6 +434,7 @@ def qgfd_attention(
     return_propagated: bool = False,
     extend: Optional[Callable[[int, torch.Tensor], torch.Tensor]] = None,
     query_positions: Optional[torch.Tensor] = None,
+    _read_values: bool = True,
 ):
     """QGFD attention by value propagation: T + 1 fused attention calls, no L x L tensor.
 
@@ -373,22 +464,40 @@ def qgfd_attention(
     Returns:
         `torch.Tensor` `[B, H, Lq, Dv]`, or `(output, propagated)` with `return_propagated`.
     """
-    _check_call(steps, alpha, graph, mix, key_temperature, dropout_p)
+    # `_read_values=False` (the patched transformers layers): q, k, v are the model's own activations,
+    # not a caller's data, and the checks that read them (finite graph inputs, `query_positions` in
+    # range) would be a device synchronisation in every layer of a training step (tests/test_syncs.py).
+    read_values = _read_values and value_checks_enabled()
+    _check_call(steps, alpha, graph, mix, key_temperature, dropout_p, scale, is_causal=is_causal, detach_graph=detach_graph,
+                return_propagated=return_propagated)
     has_past = past_propagated is not None or extend is not None
     if past_propagated is not None and extend is not None:
         raise ValueError("Pass `past_propagated` or `extend`, not both.")
+    if extend is not None and not callable(extend):
+        raise ValueError(f"`extend` must be a callable extend(k, w_rows) or None, got {type(extend).__name__}.")
     _check_inputs(query, key, value, attn_mask, graph, has_past, diffuse=steps > 0)
+    _check_scales_fit(scale, key_temperature, graph, steps > 0, query.dtype)
     B, H, Lq, D = query.shape
     Lk = key.shape[2]
     Lpast = Lk - Lq
     if past_propagated is not None:
+        if isinstance(past_propagated, torch.Tensor) or not isinstance(past_propagated, Sequence):
+            raise ValueError(f"`past_propagated` must be a sequence of `steps`={steps} tensors, got {type(past_propagated).__name__}.")
         past_propagated = tuple(past_propagated)
         if len(past_propagated) != steps:
             raise ValueError(f"`past_propagated` must hold `steps`={steps} tensors, got {len(past_propagated)}.")
         want = (B, H, Lpast, value.shape[-1])
         for w in past_propagated:
+            if not isinstance(w, torch.Tensor):
+                raise ValueError(f"`past_propagated` must hold tensors, got a {type(w).__name__}.")
             if tuple(w.shape) != want:
                 raise ValueError(f"`past_propagated` tensors must have shape {list(want)}, got {list(w.shape)}.")
+    if query_positions is not None:
+        _check_query_positions(query_positions, extend, Lq, Lk, read_values)
+
+    if attn_mask is not None and attn_mask.dim() < 4:
+        # Broadcasting prepends the missing dims; the graph's masks index dims -2 and -1.
+        attn_mask = attn_mask.reshape((1,) * (4 - attn_mask.dim()) + tuple(attn_mask.shape))
 
     p0_mask, p0_causal = _p0_mask(attn_mask, is_causal, Lq, Lk, query.device)
 
@@ -401,6 +510,9 @@ def qgfd_attention(
         if return_propagated:
             return out, tuple(value for _ in range(steps))
         return out
+
+    if read_values:
+        _check_graph_finite(query, key, attn_mask, graph)
 
     # 1. The graph P, as the arguments of an attention call whose rows are the graph's rows.
     #    Rows are the last `rows` tokens: the queries (self-attention, with or without cache),
@@ -467,8 +579,16 @@ def qgfd_attention(
 # ----------------------------------------------------------------------------------------
 
 
+def _default_scale(D: int) -> float:
+    """1/sqrt(D); with D = 0 every score is 0 whatever the scale (SDPA: uniform attention)."""
+    return 1.0 / math.sqrt(D) if D else 1.0
+
+
 def _safe_softmax(scores: torch.Tensor) -> torch.Tensor:
-    """Softmax over the last dim; a row that is all -inf gives zeros, as SDPA does."""
+    """Softmax over the last dim; a row that is all -inf gives zeros, as SDPA does (and so does a
+    row with no keys at all, Lk = 0)."""
+    if scores.shape[-1] == 0:
+        return scores
     row_max = scores.amax(-1, keepdim=True)
     empty = torch.isneginf(row_max)
     e = torch.exp(scores - torch.where(empty, torch.zeros_like(row_max), row_max))
@@ -505,11 +625,13 @@ def qgfd_attention_reference(
     Same arguments as `qgfd_attention` (no cache). Returns `[B, H, Lq, Dv]`, or
     `(output, p)` with `p` `[B, H, Lq, Lk]` when `return_weights=True`.
     """
-    _check_call(steps, alpha, graph, mix, key_temperature, dropout_p)
+    _check_call(steps, alpha, graph, mix, key_temperature, dropout_p, scale, is_causal=is_causal, detach_graph=detach_graph,
+                return_weights=return_weights)
     _check_inputs(query, key, value, attn_mask, graph, has_past=False, diffuse=steps > 0)
+    _check_scales_fit(scale, key_temperature, graph, steps > 0, query.dtype)
     B, H, Lq, D = query.shape
     Lk = key.shape[2]
-    scale = 1.0 / math.sqrt(D) if scale is None else scale
+    scale = _default_scale(D) if scale is None else scale
     compute_dtype = torch.float32 if query.dtype in (torch.float16, torch.bfloat16) else query.dtype
     q, k, v = (t.to(compute_dtype) for t in (query, key, value))
 
@@ -532,6 +654,7 @@ def qgfd_attention_reference(
     if steps == 0 or _is_zero(alpha):
         p = start
     else:
+        _check_graph_finite(query, key, attn_mask, graph)
         # 2. The graph P, (B, H, Lk, Lk).
         if graph == "attention":
             P = p0
@@ -586,13 +709,13 @@ def qgfd_attention_weights(
     equals `qgfd_attention_reference`'s weights for the whole sequence (rows Lk - Lq .. Lk - 1).
     Computed in float32 for half inputs; O(T Lq Lk^2) compute, O(Lk^2) memory.
     """
-    _check_call(steps, alpha, graph, mix, key_temperature, 0.0)
+    _check_call(steps, alpha, graph, mix, key_temperature, 0.0, scale, is_causal=is_causal)
     B, H, Lq, D = query.shape
     Lk = key.shape[2]
     Lpast = Lk - Lq
     if Lpast < 0 or (Lpast > 0) != (past_graph is not None):
         raise ValueError(f"`past_graph` must hold the graph rows of the {Lpast} earlier tokens (None when Lq == Lk).")
-    scale = 1.0 / math.sqrt(D) if scale is None else scale
+    scale = _default_scale(D) if scale is None else scale
     compute_dtype = torch.float32 if query.dtype in (torch.float16, torch.bfloat16) else query.dtype
     q, k = query.to(compute_dtype), key.to(compute_dtype)
     causal = _causal_pattern(Lq, Lk, query.device) if is_causal else None
@@ -632,181 +755,3 @@ def qgfd_attention_weights(
         term = term @ P
         p = p + c_k * term
     return p.to(query.dtype), P
-
-
-# ----------------------------------------------------------------------------------------
-# Alpha: fixed, learnable per head, warm-up driven from outside the forward pass
-# ----------------------------------------------------------------------------------------
-
-
-class QGFDAlpha(nn.Module):
-    """The alpha a QGFD layer uses at this moment.
-
-    - fixed: `settings.alpha` (no parameters, no buffers: a model's state_dict keys are unchanged);
-    - learnable: one value per head, `alpha_max * sigmoid(logit)`, started at `settings.alpha`
-      (clipped to [1e-3, 1 - 1e-3] * alpha_max, where the sigmoid can reach);
-    - warm-up: in training, scaled by `min(1, step / warmup_steps)`; `step` is set from outside
-      (`set_qgfd_step`), so a gradient-checkpointing recompute sees the same alpha. Eval uses full alpha.
-    """
-
-    def __init__(self, settings: QGFDSettings, num_heads: int):
-        super().__init__()
-        self.settings = settings
-        self.num_heads = num_heads
-        self.step = 0
-        if settings.learnable_alpha:
-            self.logit = nn.Parameter(torch.full((num_heads,), self._initial_logit()))
-        else:
-            self.register_parameter("logit", None)
-
-    def _initial_logit(self) -> float:
-        frac = min(max(self.settings.alpha / self.settings.alpha_max, 1e-3), 1 - 1e-3)
-        return math.log(frac / (1 - frac))
-
-    def reset_parameters(self) -> None:
-        """A learnable alpha back at `settings.alpha` (transformers calls it for a logit a checkpoint lacks)."""
-        if self.logit is not None:
-            with torch.no_grad():
-                self.logit.fill_(self._initial_logit())
-            self.logit._is_hf_initialized = True
-
-    def warmup_factor(self) -> float:
-        w = self.settings.warmup_steps
-        if not self.training or w == 0:
-            return 1.0
-        return min(1.0, self.step / w)
-
-    def forward(self) -> AlphaLike:
-        factor = self.warmup_factor()
-        if self.logit is not None:
-            alpha = self.settings.alpha_max * torch.sigmoid(self.logit) * factor
-            if not torch.compiler.is_compiling():
-                alpha._qgfd_in_range = True  # [0, alpha_max] by construction: the kernel need not read it
-            return alpha
-        return self.settings.alpha * factor
-
-    def extra_repr(self) -> str:
-        return f"alpha={self.settings.alpha}, learnable={self.settings.learnable_alpha}, warmup_steps={self.settings.warmup_steps}"
-
-
-def set_qgfd_step(model: nn.Module, step: int) -> int:
-    """Set the optimizer step on every QGFD alpha in `model` (drives the warm-up). Returns how many."""
-    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-        raise ValueError(f"`step` must be an int >= 0, got {step!r}.")
-    n = 0
-    for m in model.modules():
-        if isinstance(m, QGFDAlpha):
-            m.step = step
-            n += 1
-    return n
-
-
-# ----------------------------------------------------------------------------------------
-# The seed's module
-# ----------------------------------------------------------------------------------------
-
-
-class QGFDMultiheadAttention(nn.Module):
-    """Multi-head attention with QGFD diffusion on self-attention (the seed's module).
-
-    Args:
-        embed_dim (`int`), num_heads (`int`): width and heads; `embed_dim % num_heads == 0`.
-        dropout (`float`): attention dropout on p0, in training.
-        qkv_bias (`bool`): biases on the q, k, v projections.
-        qgfd_steps (`int`, defaults to 0): T; 0 is plain attention.
-        qgfd_alpha (`float`, defaults to 0.5): alpha.
-        kdim, vdim (`int`, *optional*): widths of `x_kv` for keys and values (cross-attention).
-        **qgfd_kwargs: the other `QGFDSettings` fields (graph, mix, key_temperature,
-            detach_graph, learnable_alpha, alpha_max, warmup_steps).
-
-    `forward(x_q, x_kv=None, attn_mask=None, qgfd=True, is_causal=False, need_weights=False)`:
-    `attn_mask` is the seed's mask, True = masked out, of shape `[B, Lk]` (key padding),
-    `[Lq, Lk]`, `[B, Lq, Lk]` or `[B, H, Lq, Lk]`. QGFD is applied only to self-attention,
-    i.e. when `x_kv` is None or is `x_q` itself; cross-attention is plain attention.
-    """
-
-    def __init__(
-        self,
-        embed_dim: int,
-        num_heads: int,
-        dropout: float = 0.0,
-        qkv_bias: bool = False,
-        qgfd_steps: int = 0,
-        qgfd_alpha: float = 0.5,
-        kdim: Optional[int] = None,
-        vdim: Optional[int] = None,
-        **qgfd_kwargs,
-    ):
-        super().__init__()
-        if isinstance(embed_dim, bool) or not isinstance(embed_dim, int) or embed_dim <= 0:
-            raise ValueError(f"`embed_dim` must be a positive int, got {embed_dim!r}.")
-        if isinstance(num_heads, bool) or not isinstance(num_heads, int) or num_heads <= 0 or embed_dim % num_heads:
-            raise ValueError(f"`num_heads` must be a positive int dividing embed_dim={embed_dim}, got {num_heads!r}.")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"`dropout` must be in [0, 1), got {dropout!r}.")
-        self.settings = QGFDSettings.from_dict(qgfd_kwargs, steps=qgfd_steps, alpha=qgfd_alpha)
-        self.embed_dim, self.num_heads, self.head_dim = embed_dim, num_heads, embed_dim // num_heads
-        self.dropout = dropout
-        self.q_proj = nn.Linear(embed_dim, embed_dim, bias=qkv_bias)
-        self.k_proj = nn.Linear(kdim or embed_dim, embed_dim, bias=qkv_bias)
-        self.v_proj = nn.Linear(vdim or embed_dim, embed_dim, bias=qkv_bias)
-        self.out_proj = nn.Linear(embed_dim, embed_dim)
-        self.qgfd_alpha = QGFDAlpha(self.settings, num_heads)
-
-    def _heads(self, x: torch.Tensor) -> torch.Tensor:
-        B, L, _ = x.shape
-        return x.view(B, L, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, L, Dh)
-
-    @staticmethod
-    def _allowed(attn_mask: Optional[torch.Tensor], B: int, Lq: int, Lk: int) -> Optional[torch.Tensor]:
-        """Seed mask (True = masked out) -> bool mask broadcastable to (B, H, Lq, Lk), True = may attend."""
-        if attn_mask is None:
-            return None
-        if attn_mask.dtype != torch.bool:
-            raise ValueError(f"`attn_mask` must be a bool tensor (True = masked out), got dtype {attn_mask.dtype}.")
-        m = ~attn_mask
-        if m.dim() == 2 and tuple(m.shape) == (B, Lk) and (Lq, Lk) != (B, Lk):
-            return m[:, None, None, :]  # key padding
-        if m.dim() == 2 and tuple(m.shape) == (Lq, Lk):
-            return m[None, None]
-        if m.dim() == 3 and tuple(m.shape) == (B, Lq, Lk):
-            return m[:, None]
-        if m.dim() == 4:
-            return m
-        raise ValueError(
-            f"`attn_mask` of shape {tuple(attn_mask.shape)} is not one of [B, Lk]={[B, Lk]}, "
-            f"[Lq, Lk]={[Lq, Lk]}, [B, Lq, Lk]={[B, Lq, Lk]} or [B, H, Lq, Lk]."
-        )
-
-    def forward(
-        self,
-        x_q: torch.Tensor,
-        x_kv: Optional[torch.Tensor] = None,
-        attn_mask: Optional[torch.Tensor] = None,
-        qgfd: bool = True,
-        is_causal: bool = False,
-        need_weights: bool = False,
-    ):
-        if x_q.dim() != 3 or x_q.shape[-1] != self.embed_dim:
-            raise ValueError(f"`x_q` must have shape [B, Lq, {self.embed_dim}], got {tuple(x_q.shape)}.")
-        self_attention = x_kv is None or x_kv is x_q
-        x_kv = x_q if x_kv is None else x_kv
-        B, Lq, _ = x_q.shape
-        Lk = x_kv.shape[1]
-        q, k, v = self._heads(self.q_proj(x_q)), self._heads(self.k_proj(x_kv)), self._heads(self.v_proj(x_kv))
-        mask = self._allowed(attn_mask, B, Lq, Lk)
-        s = self.settings
-        steps = s.steps if (qgfd and self_attention) else 0
-        kwargs = dict(
-            steps=steps, alpha=self.qgfd_alpha() if steps else 0.0, graph=s.graph, mix=s.mix,
-            attn_mask=mask, is_causal=is_causal, key_temperature=s.key_temperature,
-            detach_graph=s.detach_graph, dropout_p=self.dropout if self.training else 0.0,
-        )
-        weights = None
-        if need_weights:
-            out, weights = qgfd_attention_reference(q, k, v, return_weights=True, **kwargs)
-        else:
-            out = qgfd_attention(q, k, v, **kwargs)
-        out = out.transpose(1, 2).reshape(B, Lq, self.embed_dim)  # (B, Lq, H * Dh)
-        out = self.out_proj(out)
-        return (out, weights) if need_weights else out

@@ -106,6 +106,21 @@ def _check_bool(name, value):
         raise ValueError(f"`{name}` must be a bool, got {value!r}.")
 
 
+def _check_dict_list(name, value, what):
+    """`value` is None or a list/tuple of dicts (checked before it is copied: `dict(5)` says nothing of `name`)."""
+    if value is not None and (not isinstance(value, (list, tuple)) or not all(isinstance(v, Mapping) for v in value)):
+        raise ValueError(f"`{name}` must be a list of dicts ({what}) or None, got {value!r}.")
+
+
+def _list_or_none(name, value, what):
+    """`list(value)`, or None; a scalar or a string is refused by name (`list(0.5)` says nothing of `name`)."""
+    if value is None:
+        return None
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise ValueError(f"`{name}` must be a list of {what} or None, got {value!r}.")
+    return list(value)
+
+
 def validate_diffusion_settings(cfg) -> None:
     """Check the denoiser, QGFD and schedule fields that `DiffusionConfig` and `QGFDConfig` share."""
     _check_int("d_model", cfg.d_model)
@@ -132,7 +147,21 @@ def validate_diffusion_settings(cfg) -> None:
 
 def qgfd_settings(cfg) -> QGFDSettings:
     """The denoiser's `QGFDSettings` from a config's `qgfd_*` fields."""
-    return QGFDSettings.from_dict({field: getattr(cfg, name) for name, field in QGFD_FIELDS.items()})
+    values = {field: getattr(cfg, name) for name, field in QGFD_FIELDS.items()}
+    try:
+        return QGFDSettings.from_dict(values)
+    except ValueError as e:
+        # QGFDSettings names its own field (`steps`); the caller wrote `qgfd_steps` (`--qgfd-steps`).
+        bad = [name for name, field in QGFD_FIELDS.items() if not _valid_alone(field, values[field])]
+        raise ValueError(f"{', '.join(f'`{n}`' for n in bad) or 'The qgfd_* fields'}: {e}") from None
+
+
+def _valid_alone(field, value) -> bool:
+    try:
+        QGFDSettings.from_dict({field: value})
+    except ValueError:
+        return False
+    return True
 
 
 # ----------------------------------------------------------------------------------------
@@ -430,6 +459,8 @@ class QGFDConfig(PretrainedConfig):
         self.backbone_name = backbone_name
         self.backbone_config = _to_config(backbone_config, "backbone_config")
         self.freeze_encoder = freeze_encoder
+        if backbone_qgfd is not None and not isinstance(backbone_qgfd, Mapping):
+            raise ValueError(f"`backbone_qgfd` must be a dict of QGFD settings (steps, alpha, ...) or None, got {backbone_qgfd!r}.")
         self.backbone_qgfd = dict(backbone_qgfd) if backbone_qgfd is not None else None
         self.denoiser = denoiser
         self.conditional = conditional

@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 from typing import Optional, Sequence
 
-from .configuration_qgfd import QGFDConfig, _check_bool, _check_choice, _check_float, _check_int
+from .configuration_qgfd import QGFDConfig, _check_bool, _check_choice, _check_float, _check_int, _list_or_none
 
 IMAGE_LATENT_SPACES = ("vit", "pixels")
 
@@ -77,11 +77,11 @@ class QGFDImageConfig(QGFDConfig):
         self.image_size = image_size
         self.patch_size = patch_size
         self.num_channels = num_channels
-        self.image_mean = list(image_mean) if image_mean is not None else None
-        self.image_std = list(image_std) if image_std is not None else None
+        self.image_mean = _list_or_none("image_mean", image_mean, "floats (one per channel)")
+        self.image_std = _list_or_none("image_std", image_std, "floats (one per channel)")
         self.normalization_fitted = normalization_fitted
-        self.latent_mean = list(latent_mean) if latent_mean is not None else None
-        self.latent_std = list(latent_std) if latent_std is not None else None
+        self.latent_mean = _list_or_none("latent_mean", latent_mean, "floats (one per ViT channel)")
+        self.latent_std = _list_or_none("latent_std", latent_std, "floats (one per ViT channel)")
         self.noise_shift = noise_shift
         self.decoder_noise_std = decoder_noise_std
         super().__init__(**kwargs)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
-from .configuration_qgfd import QGFDConfig, _check_choice, _check_int
+from .configuration_qgfd import QGFDConfig, _check_choice, _check_dict_list, _check_int, _list_or_none
 
 TABULAR_LATENT_SPACES = ("columns", "mlp")
 COLUMN_KINDS = ("float", "int", "category")
@@ -82,9 +82,10 @@ class QGFDTabularConfig(QGFDConfig):
         tabular_hidden_dim: int = 256,
         **kwargs,
     ):
+        _check_dict_list("columns", columns, "one {'name': str, 'kind': ...} per column")
         self.num_features = num_features
         self.columns = [dict(c) for c in columns] if columns is not None else None
-        self.feature_names = list(feature_names) if feature_names is not None else None
+        self.feature_names = _list_or_none("feature_names", feature_names, "strings")
         self.latent_space = latent_space
         self.numeric_transform = numeric_transform
         self.num_quantiles = num_quantiles
@@ -103,6 +104,8 @@ class QGFDTabularConfig(QGFDConfig):
         self._resolve_columns()
         F = self.num_features
         if self.label_column is not None:
+            if not isinstance(self.label_column, str):
+                raise ValueError(f"`label_column` must be a column name (str) or None, got {self.label_column!r}.")
             kinds = {c["name"]: c["kind"] for c in self.columns}
             if kinds.get(self.label_column) != "category" or self.latent_space != "columns":
                 raise ValueError(

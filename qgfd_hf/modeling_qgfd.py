@@ -33,7 +33,7 @@ from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput, logging
 
-from .attention_qgfd import QGFDAlpha, QGFDMultiheadAttention
+from .modeling_qgfd_attention import QGFDAlpha, QGFDMultiheadAttention
 from .configuration_qgfd import DIFFUSION_FIELDS, QGFD_FIELDS, QGFDConfig
 from .modeling_qgfd_checks import check_condition, check_float_tensor, check_timesteps
 from .modeling_qgfd_embeddings import TimestepEmbedding, grid_coordinates, grid_sinusoidal_embedding, sinusoidal_embedding

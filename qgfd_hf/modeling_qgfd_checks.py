@@ -90,6 +90,8 @@ def check_class_labels(class_labels, num_classes: int, batch_size: Optional[int]
         values = [class_labels] if single else class_labels
         if not isinstance(values, (list, tuple)) or not values or any(isinstance(v, bool) or not isinstance(v, int) for v in values):
             raise ValueError(f"`class_labels` must be an int or a non-empty list of ints (class indices), got {class_labels!r}.")
+        if any(abs(v) >= 2**63 for v in values):  # torch.tensor would fail with a bare "Overflow"
+            raise ValueError(f"`class_labels` must lie in [0, {num_classes}) (the model's {num_classes} classes), got {values[:5]}.")
         labels = torch.tensor(values, dtype=torch.long)
         if single and batch_size is not None:
             labels = labels.expand(batch_size)

@@ -140,7 +140,9 @@ def qgfd_attention_forward(
     #    on the cache layer next to the propagated values, so cached steps return them too).
     want_propagated = store is not None or orphan
     past = past or None  # () for shadowed layers: their values come through `extend`
-    result = qgfd_attention(query, key, value, past_propagated=past, return_propagated=want_propagated, **kernel_kwargs)
+    # The model's own activations: the kernel does not read them (no device sync per layer).
+    result = qgfd_attention(query, key, value, past_propagated=past, return_propagated=want_propagated, _read_values=False,
+                            **kernel_kwargs)
     out, propagated = result if want_propagated else (result, None)
     weights = graph_rows = None
     if output_attentions:

@@ -33,7 +33,7 @@ from typing import Callable, Dict
 
 from transformers import GenerationMixin, PreTrainedConfig, PreTrainedModel
 
-from .attention_qgfd import QGFDAlpha
+from .modeling_qgfd_attention import QGFDAlpha
 from .patching_cache_qgfd import prepare_qgfd_cache
 from .patching_forward_qgfd import ATTN_IMPLEMENTATION
 from .patching_layers_qgfd import SUPPORTED, _architecture, _config_tree, _restore, _snapshot, _sync

@@ -26,7 +26,8 @@ import torch.nn as nn
 from transformers import PreTrainedConfig, PreTrainedModel
 from transformers.utils import logging
 
-from .attention_qgfd import QGFDAlpha, QGFDSettings
+from .attention_qgfd import QGFDSettings
+from .modeling_qgfd_attention import QGFDAlpha
 from .patching_cache_qgfd import _has_hook, _is_attached, _qgfd_pre_hook, _remove_hook
 from .patching_forward_qgfd import ATTN_IMPLEMENTATION
 from .patching_modules_qgfd import _module_level

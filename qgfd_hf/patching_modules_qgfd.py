@@ -63,7 +63,7 @@ def _wavlm_self_attention(self, hidden_states, attention_mask, gated_position_bi
         scale=Dh**-0.5, key_temperature=settings.key_temperature,
     )
     out = qgfd_attention(
-        q, k, v, detach_graph=settings.detach_graph, dropout_p=self.dropout if self.training else 0.0, **kwargs
+        q, k, v, detach_graph=settings.detach_graph, dropout_p=self.dropout if self.training else 0.0, _read_values=False, **kwargs
     )
     out = self.out_proj(out.transpose(1, 2).reshape(B, L, H * Dh))  # (B, L, D)
     weights = qgfd_attention_weights(q, k, **kwargs)[0] if _weights_wanted() else None

@@ -16,6 +16,7 @@ The pipeline has no branch per modality; it never imports a model file.
 
 from __future__ import annotations
 
+import math
 from typing import List, Optional, Union
 
 import torch
@@ -121,6 +122,8 @@ class QGFDDiffusionPipeline(Pipeline):
                 raise ValueError(f"`num_samples` must be an int >= 1, got {num_samples!r}.")
             preprocess["num_samples"] = num_samples
         if max_length is not None:
+            if isinstance(max_length, bool) or not isinstance(max_length, int) or not 1 <= max_length < 2**63:
+                raise ValueError(f"`max_length` must be an int in [1, 2**63) (tokens of a conditioning text), got {max_length!r}.")
             preprocess["max_length"] = max_length
         if class_labels is not None:
             preprocess["class_labels"] = class_labels  # checked against the model in `preprocess`
@@ -153,7 +156,9 @@ class QGFDDiffusionPipeline(Pipeline):
                 raise ValueError(f"`generator` must be a torch.Generator, got {type(generator).__name__}.")
             forward["generator"] = generator
         if progress_bar is not None:
-            forward["progress_bar"] = bool(progress_bar)
+            if not isinstance(progress_bar, bool):  # "no" would read as True
+                raise ValueError(f"`progress_bar` must be True or False, got {progress_bar!r}.")
+            forward["progress_bar"] = progress_bar
         if sample_batch_size is not None:
             if isinstance(sample_batch_size, bool) or not isinstance(sample_batch_size, int) or sample_batch_size < 1:
                 raise ValueError(f"`batch_size` must be an int >= 1, got {sample_batch_size!r}.")
@@ -218,6 +223,7 @@ class QGFDDiffusionPipeline(Pipeline):
                     f"{self.tokenizer.unk_token!r}: {', '.join(map(repr, hit[:3]))}" + (" ..." if len(hit) > 3 else "")
                 )
             cond = {k: enc[k].repeat_interleave(num_samples, dim=0) for k in ("input_ids", "attention_mask")}
+            _check_noise_fits(model, len(texts) * num_samples, num_samples)
             labels, scale = model.check_guidance(len(texts) * num_samples, class_labels, guidance_scale)
             return {"cond_inputs": cond, "num_texts": len(texts), "num_samples": num_samples, "single": single,
                     "class_labels": labels, "guidance_scale": scale}
@@ -226,6 +232,7 @@ class QGFDDiffusionPipeline(Pipeline):
                 f"This {model.config.modality} model is unconditional and takes no conditioning input, got {inputs!r}; "
                 "use `num_samples=` to choose how many samples."
             )
+        _check_noise_fits(model, num_samples, num_samples)
         labels, scale = model.check_guidance(num_samples, class_labels, guidance_scale)
         return {"cond_inputs": None, "num_texts": None, "num_samples": num_samples, "single": False, "class_labels": labels,
                 "guidance_scale": scale}
@@ -303,6 +310,17 @@ class QGFDDiffusionPipeline(Pipeline):
         n = model_outputs["num_samples"]
         grouped = [items[i * n : (i + 1) * n] for i in range(k)]
         return grouped[0] if model_outputs["single"] else grouped
+
+
+
+def _check_noise_fits(model, total: int, num_samples: int) -> None:
+    """The starting noise of `total` samples must be a tensor torch can index (fewer than 2**63 values)."""
+    per_sample = math.prod(model.latent_shape(1))
+    if total * per_sample >= 2**63:
+        raise ValueError(
+            f"`num_samples`={num_samples} asks for {total} samples of {per_sample} latent values each, more than a tensor "
+            "can hold (2**63 values); sample fewer, in several calls."
+        )
 
 
 def register_pipeline():

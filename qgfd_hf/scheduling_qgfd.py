@@ -361,6 +361,13 @@ class DDPMSampler(_Sampler):
         return mean + math.sqrt(var) * _noise_like(x_t, generator)
 
 
+def _check_eta(eta) -> float:
+    """DDIM's eta as a float: finite and >= 0 (NaN or inf would only show as non-finite samples at the end)."""
+    if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not math.isfinite(eta) or eta < 0:
+        raise ValueError(f"`eta` must be a finite float >= 0, got {eta!r}.")
+    return float(eta)
+
+
 class DDIMSampler(_Sampler):
     """DDIM [DDIM Eq. 12]: eta = 0 deterministic, eta = 1 ancestral-like [DDIM Eq. 16].
 
@@ -374,9 +381,7 @@ class DDIMSampler(_Sampler):
 
     def __init__(self, schedule, num_inference_steps=None, prediction_type="epsilon", clip_sample=None, eta: float = 0.0, **timestep_kwargs):
         super().__init__(schedule, num_inference_steps, prediction_type, clip_sample, **timestep_kwargs)
-        if isinstance(eta, bool) or not isinstance(eta, (int, float)) or eta < 0:
-            raise ValueError(f"`eta` must be a float >= 0, got {eta!r}.")
-        self.eta = float(eta)
+        self.eta = _check_eta(eta)
 
     def step(self, model_output, t, x_t, generator=None):
         a_bar, a_bar_prev = self._alpha_bars(t)
@@ -542,7 +547,7 @@ class DiffusersSampler:
         step_params = inspect.signature(scheduler.step).parameters
         self._step_kwargs = {}
         if "eta" in step_params:
-            self._step_kwargs["eta"] = float(eta)
+            self._step_kwargs["eta"] = _check_eta(eta)
         elif eta:
             raise ValueError(f"`eta` is a DDIM setting; the {name} takes none, got eta={eta!r}.")
         self._takes_generator = "generator" in step_params

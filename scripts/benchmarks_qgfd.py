@@ -40,7 +40,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from transformers.utils import logging
 
-from qgfd_hf.attention_qgfd import QGFDAlpha, QGFDMultiheadAttention, QGFDSettings, set_qgfd_step
+from qgfd_hf.attention_qgfd import QGFDSettings
+from qgfd_hf.modeling_qgfd_attention import QGFDAlpha, QGFDMultiheadAttention, set_qgfd_step
 
 logger = logging.get_logger(__name__)
 

@@ -382,6 +382,89 @@ def test_fully_masked_query_row_is_finite(graph):
                 assert torch.isfinite(t).all()
 
 
+def _non_finite(t):
+    return int((~torch.isfinite(t)).sum())
+
+
+@pytest.mark.parametrize("bad", [float("inf"), float("nan")])
+@pytest.mark.parametrize("graph", GRAPHS)
+def test_a_non_finite_key_is_refused_not_spread(graph, bad):
+    """One +inf in a key makes some SDPA outputs non-finite (the queries whose score with that key
+    is +inf). The graph row of that key is undefined (graph="keys": its norm is inf, its unit key
+    NaN; graph="attention": P = p0), and propagation used to carry it to every query: 48 of 96
+    outputs against SDPA's 8. With value checks on (the default) such a key is refused."""
+    q, k, v = make_qkv(B=1, H=2, L=6, D=8, dtype=torch.float32)
+    k[0, 0, 1, 2] = bad
+    want = F.scaled_dot_product_attention(q, k, v)
+    assert 0 < _non_finite(want) < want.numel()  # SDPA spoils some outputs, not all
+    for fn in (qgfd_attention, qgfd_attention_reference):
+        for causal in (False, True):
+            with pytest.raises(ValueError, match=rf"`key` holds 1 NaN or inf value\(s\); allowed: finite values\. QGFD's graph='{graph}'"):
+                fn(q, k, v, graph=graph, is_causal=causal)
+    # Plain attention (steps=0 or alpha=0) is SDPA itself: the same outputs, non-finite ones included.
+    for kw in (dict(steps=0), dict(alpha=0.0)):
+        out = qgfd_attention(q, k, v, graph=graph, **kw)
+        assert torch.equal(torch.isfinite(out), torch.isfinite(want)) and _non_finite(out) == _non_finite(want)
+
+
+def test_attention_graph_refuses_a_non_finite_query_or_mask_row():
+    """With graph="attention" P = p0, so the queries and a float mask build the graph too: a +inf
+    or NaN there spreads as a bad key does. -inf in a mask is masking, and stays allowed."""
+    q, k, v = make_qkv(B=1, H=2, L=6, D=8, dtype=torch.float32)
+    bad_q = q.clone()
+    bad_q[0, 1, 3, 0] = float("inf")
+    with pytest.raises(ValueError, match=r"`query` holds 1 NaN or inf value\(s\)"):
+        qgfd_attention(bad_q, k, v, graph="attention")
+    for bad in (float("inf"), float("nan")):
+        mask = torch.zeros(1, 2, 6, 6)
+        mask[0, 0, 1, 3] = bad
+        with pytest.raises(ValueError, match=r"`attn_mask` holds 1 NaN or \+inf value\(s\); allowed: finite values and -inf"):
+            qgfd_attention(q, k, v, graph="attention", attn_mask=mask)
+    mask = torch.zeros(1, 2, 6, 6)
+    mask[..., -1] = float("-inf")
+    assert torch.isfinite(qgfd_attention(q, k, v, graph="attention", attn_mask=mask)).all()
+
+
+@pytest.mark.parametrize("graph", GRAPHS)
+def test_non_finite_inputs_the_graph_does_not_read_spread_no_further_than_sdpa(graph):
+    """What the graph is not built from passes unchecked (values; with graph="keys" also queries and
+    the mask's values): those spoil exactly the outputs SDPA spoils on the same inputs."""
+    q, k, v = make_qkv(B=2, H=2, L=6, D=4)
+    for bad in (float("inf"), float("nan")):
+        for causal in (False, True):
+            bad_v = v.clone()
+            bad_v[0, 1, 2, 3] = bad
+            cases = [(q, bad_v, None)]
+            if graph == "keys":
+                bad_q = q.clone()
+                bad_q[1, 0, 4, 1] = bad
+                mask = torch.zeros(2, 2, 6, 6, dtype=torch.float64)
+                mask[0, 0, 1, 3] = bad
+                cases += [(bad_q, v, None), (q, v, mask)]
+            for qq, vv, mask in cases:
+                # SDPA with a mask and is_causal adds the two (+inf + -inf = NaN); the kernel masks the
+                # future with -inf, as `softmax_attention` does: compare with SDPA on that one mask.
+                sdpa_mask = mask if mask is None or not causal else mask.masked_fill(~torch.ones(6, 6, dtype=torch.bool).tril(), float("-inf"))
+                want = F.scaled_dot_product_attention(qq, k, vv, attn_mask=sdpa_mask, is_causal=causal and mask is None)
+                out = qgfd_attention(qq, k, vv, steps=2, alpha=0.7, graph=graph, attn_mask=mask, is_causal=causal)
+                assert _non_finite(out) == _non_finite(want)
+                assert torch.equal(torch.isfinite(out), torch.isfinite(want))
+
+
+@pytest.mark.parametrize("graph", GRAPHS)
+def test_with_value_checks_off_a_non_finite_key_is_not_read(graph):
+    """The finiteness check reads the tensors; `value_checks(False)` (the trainer's and sampler's
+    loops, torch.compile) skips it, and the kernel then computes what the math gives."""
+    from qgfd_hf.attention_qgfd import value_checks
+
+    q, k, v = make_qkv(B=1, H=2, L=6, D=8, dtype=torch.float32)
+    k[0, 0, 1, 2] = float("inf")
+    with value_checks(False):
+        out = qgfd_attention(q, k, v, graph=graph)
+    assert _non_finite(out) > 0
+    assert torch.isfinite(out[0, 1]).all()  # the other head is untouched
+
+
 # ----------------------------------------------------------------------------------------
 # Alpha: learnable, warm-up, gradient checkpointing
 # ----------------------------------------------------------------------------------------

@@ -427,7 +427,10 @@ def _set_threads(threads: Optional[int]) -> None:
             raise ValueError(f"--threads must be >= 1, got {threads}.")
         import torch
 
-        torch.set_num_threads(threads)
+        try:
+            torch.set_num_threads(threads)
+        except (RuntimeError, ValueError, OverflowError) as e:  # e.g. more than a C int: "Overflow when unpacking long long"
+            raise ValueError(f"--threads {threads} is refused by torch ({e}); give a thread count such as {os.cpu_count() or 1}.") from None
 
 
 def cmd_demo(args) -> int:

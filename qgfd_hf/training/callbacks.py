@@ -9,7 +9,7 @@ the same alpha as the first forward. `QGFDWarmupCallback` sets it from `transfor
 from transformers import TrainerCallback
 from transformers.utils import logging
 
-from ..attention_qgfd import set_qgfd_step
+from ..modeling_qgfd_attention import set_qgfd_step
 
 logger = logging.get_logger(__name__)
 

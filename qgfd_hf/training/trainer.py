@@ -68,7 +68,8 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 from transformers.utils import logging
 
-from ..attention_qgfd import set_qgfd_step, value_checks, value_checks_enabled
+from ..attention_qgfd import value_checks, value_checks_enabled
+from ..modeling_qgfd_attention import set_qgfd_step
 from .arguments import QGFDTrainingArguments
 from .checkpoints import (
     RUN_FILE,
