@@ -14,16 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from qgfd_hf.attention_qgfd import (
-    GRAPHS,
-    MIXES,
-    QGFDAlpha,
-    QGFDMultiheadAttention,
-    QGFDSettings,
-    qgfd_attention,
-    qgfd_attention_reference,
-    set_qgfd_step,
-)
+from qgfd_hf.attention_qgfd import GRAPHS, MIXES, QGFDSettings, qgfd_attention, qgfd_attention_reference
+from qgfd_hf.modeling_qgfd_attention import QGFDAlpha, QGFDMultiheadAttention, set_qgfd_step
 
 MASKS = ("none", "padding", "bias", "causal", "bias+causal")
 TOL = {torch.float64: dict(rtol=1e-12, atol=1e-12), torch.float32: dict(rtol=1e-5, atol=1e-5)}

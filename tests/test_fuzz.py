@@ -384,5 +384,5 @@ def test_fuzz_cli_sample(saved_models, which, flag, value):
     if flag == "--num-inference-steps" and value.isdigit() and int(value) > 20:
         return  # beyond the trained 20 steps: refused, checked by the pipeline test above
     with tempfile.TemporaryDirectory() as out:
-        argv = ["sample", str(saved_models / which), "--no-progress", "--output", os.path.join(out, "s")]
+        argv = ["sample", str(saved_models / which), "--no-progress", "--output", os.path.join(out, "s.png")]
         assert_cli_ok_or_names(argv + [x for kv in args.items() for x in kv], flag)
