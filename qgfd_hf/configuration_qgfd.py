@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Dict, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from transformers import AutoConfig, PretrainedConfig
 
@@ -359,6 +359,10 @@ class QGFDConfig(PretrainedConfig):
             and unconditionally and takes classifier-free guidance. In [0, 1); default 0.1 with
             `num_classes`, else 0. A model with 0 has no unconditional path and refuses a
             `guidance_scale` other than 1.
+        class_frequencies (`list[float]`, *optional*): with `num_classes`, the training labels'
+            frequencies (`num_classes` floats >= 0 summing to 1; `qgfd-hf train` records them). A
+            sample asked for without `class_labels` draws its label from them; None (models saved
+            before they were recorded): such a sample takes the null label instead.
         latent_scale (`float`, defaults to 1.0): latents are the encoder's output times this
             (aim: about unit standard deviation, as Stable Diffusion's scale factor).
         recon_weight (`float`, defaults to 1.0): weight of the learned decoder's reconstruction
@@ -419,6 +423,7 @@ class QGFDConfig(PretrainedConfig):
         conditional: bool = False,
         num_classes: Optional[int] = None,
         cond_dropout_prob: Optional[float] = None,
+        class_frequencies: Optional[List[float]] = None,
         latent_scale: float = 1.0,
         recon_weight: float = 1.0,
         decoder_layers: int = 2,
@@ -466,6 +471,7 @@ class QGFDConfig(PretrainedConfig):
         self.conditional = conditional
         self.num_classes = num_classes
         self.cond_dropout_prob = cond_dropout_prob
+        self.class_frequencies = list(class_frequencies) if isinstance(class_frequencies, tuple) else class_frequencies
         self.latent_scale = latent_scale
         self.recon_weight = recon_weight
         self.decoder_layers = decoder_layers
@@ -534,6 +540,18 @@ class QGFDConfig(PretrainedConfig):
             }.get(self.modality)
             if why is not None:
                 raise ValueError(f"`num_classes`={self.num_classes} is for image, audio and video models; {why}. Pass num_classes=None.")
+        freqs = self.class_frequencies
+        if freqs is not None:
+            if self.num_classes is None:
+                raise ValueError(f"`class_frequencies`={freqs!r} needs `num_classes` (a class-conditional model); pass None.")
+            if not isinstance(freqs, list) or len(freqs) != self.num_classes:
+                raise ValueError(
+                    f"`class_frequencies` must be a list of {self.num_classes} floats (one per class, `num_classes`), got {freqs!r}."
+                )
+            for k, f in enumerate(freqs):
+                _check_float(f"class_frequencies[{k}]", f, 0.0, 1.0)
+            if abs(math.fsum(freqs) - 1.0) > 1e-6:
+                raise ValueError(f"`class_frequencies` must sum to 1 (the training labels' frequencies), got {freqs!r} (sum {math.fsum(freqs)!r}).")
         if self.cond_dropout_prob is None:
             self.cond_dropout_prob = 0.1 if self.num_classes is not None else 0.0
         _check_float("cond_dropout_prob", self.cond_dropout_prob, 0.0, 1.0, high_open=True)

@@ -298,10 +298,15 @@ def render_model_card(
         labels = [c % num_classes for c in (3, 7)]
         scale = ", guidance_scale=4.0" if guided else ""
         pipeline_call = f"{name} = pipe(class_labels={labels}{scale}, {call_args})  # {what}, of classes {labels}"
+        drawn = getattr(config, "class_frequencies", None) is not None
+        default = (" Without `class_labels` each sample's label is drawn from the training labels' frequencies." if drawn
+                   else " Without `class_labels` it samples unconditionally (its null label)." if guided else "")
         conditioning_sentence = (
             f"It is class-conditional ({num_classes} classes): pass `class_labels` (one per sample, or one int for `num_samples`)."
-            + (" It was trained with label dropout, so it takes classifier-free guidance (`guidance_scale`), and samples"
-               " unconditionally without `class_labels`." if guided else " It was trained without label dropout: no guidance.")
+            + default
+            + (" It was trained with label dropout, so it takes classifier-free guidance (`guidance_scale`)"
+               + (", and `class_labels=\"unconditional\"` samples with the null label." if drawn else ".")
+               if guided else " It was trained without label dropout: no guidance.")
         )
     else:
         pipeline_call = f"{name} = pipe(num_samples={count}, {call_args})  # {what}"

@@ -22,6 +22,16 @@ from .modeling_qgfd_embeddings import ClassEmbedding
 from .scheduling_qgfd import DDPMBetaSchedule, sample_loop
 
 
+UNCONDITIONAL = "unconditional"  # `class_labels="unconditional"`: the null label, an explicit choice
+
+
+def labels_from_uniform(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Class indices [B] drawn from the frequencies `probs` [K] by inverse CDF of the uniforms `u` [B]
+    (the class-conditional default of every modality; tables take `u` from their label token's noise)."""
+    cdf = torch.cumsum(probs.float(), 0)
+    return torch.searchsorted(cdf, u.contiguous(), right=True).clamp(max=cdf.numel() - 1)
+
+
 def classifier_free_guidance(cond_output: torch.Tensor, uncond_output: torch.Tensor, guidance_scale: float) -> torch.Tensor:
     """out_u + s (out_c - out_u) [Ho & Salimans 2022, Eq. 6].
 
@@ -107,6 +117,8 @@ class QGFDGuidanceMixin:
         """
         scale = check_guidance_scale(guidance_scale)
         K, modality = self.num_classes, self.config.modality
+        if isinstance(class_labels, str):
+            return self._unconditional_labels(num_samples, class_labels, scale), scale
         if class_labels is not None and K is None:
             if self.is_conditional:
                 raise ValueError(f"This {modality} model is conditioned on a source text, not on class labels; drop class_labels.")
@@ -125,6 +137,49 @@ class QGFDGuidanceMixin:
                 )
         labels = None if class_labels is None else check_class_labels(class_labels, K, num_samples)
         return labels, scale
+
+    def _unconditional_labels(self, num_samples: int, choice: str, scale: float) -> torch.Tensor:
+        """`class_labels="unconditional"`: the null label [num_samples], for a class-conditional model
+        trained with label dropout; any other string is refused, naming the allowed values."""
+        K, modality = self.num_classes, self.config.modality
+        if choice != UNCONDITIONAL:
+            raise ValueError(
+                f"`class_labels`={choice!r}: allowed are an int, a list of ints or a 1-D integer tensor (class indices), "
+                f"{UNCONDITIONAL!r} (the null label) or None (class-conditional models: labels drawn from the training frequencies)."
+            )
+        if getattr(self.config, "label_column", None) is not None:
+            raise ValueError(
+                f"class_labels={UNCONDITIONAL!r} is for image, audio and video models; a table's label column is drawn from the "
+                "training frequencies by default (class_labels=None) or fixed with class_labels=K."
+            )
+        if K is None:
+            what = "conditioned on a source text, not on class labels" if self.is_conditional else "not class-conditional"
+            raise ValueError(f"class_labels={UNCONDITIONAL!r}: this {modality} model is {what}, so it has no null label; drop class_labels.")
+        if not self.has_null_condition:
+            raise ValueError(
+                f"class_labels={UNCONDITIONAL!r} needs the null label, but this model was trained without label dropout "
+                "(cond_dropout_prob=0) and never learned it: pass class labels, or None (drawn from the training frequencies)."
+            )
+        if scale != 1.0:
+            raise ValueError(f"class_labels={UNCONDITIONAL!r} with guidance_scale={scale:g}: guidance needs a class to guide towards; "
+                             "use guidance_scale=1, or class labels.")
+        return torch.full((num_samples,), K, dtype=torch.long)
+
+    @property
+    def class_frequencies(self) -> Optional[list]:
+        """The training labels' frequencies that `config.class_frequencies` records (None: not recorded)."""
+        return getattr(self.config, "class_frequencies", None) if getattr(self.config, "num_classes", None) is not None else None
+
+    def draw_class_labels(self, num_samples: int, generator: Optional[torch.Generator] = None) -> Optional[torch.Tensor]:
+        """The default labels [num_samples] of a class-conditional model sampled without `class_labels`:
+        drawn from `config.class_frequencies` with `generator` (reproducible with the sampling seed);
+        None where the model recorded no frequencies (saved before they were: the null label instead)."""
+        freqs = self.class_frequencies
+        if freqs is None:
+            return None
+        gen_device = generator.device if generator is not None else torch.device("cpu")
+        u = torch.rand(num_samples, generator=generator, device=gen_device)
+        return labels_from_uniform(torch.tensor(freqs, dtype=torch.float64, device=gen_device), u).cpu()
 
     def _draw_condition_dropout(self, batch_size: int, generator: Optional[torch.Generator], device) -> Optional[torch.Tensor]:
         """Training: which samples [B] (bool) get the null condition, each with probability
@@ -218,9 +273,12 @@ class QGFDGuidanceMixin:
         Args:
             num_samples (`int`, *optional*): B (default: the conditioning's or the labels' count, else 1).
             cond_tokens, cond_mask: from `encode_condition` (conditional models only).
-            class_labels (`int`, `list[int]` or `torch.LongTensor` `[B]`, *optional*): class-conditional
-                models: the class of each sample (a single int: all). None: unconditional samples
-                (the null label), for a model trained with `cond_dropout_prob` > 0.
+            class_labels (`int`, `list[int]`, `torch.LongTensor` `[B]` or `"unconditional"`, *optional*):
+                class-conditional models: the class of each sample (a single int: all). None: each
+                sample's label drawn from `config.class_frequencies` (the training labels'
+                frequencies) with `generator`, before the starting noise; a model saved without
+                them samples unconditionally (the null label), as `"unconditional"` does (that
+                needs a model trained with `cond_dropout_prob` > 0).
             guidance_scale (`float`, defaults to 1.0): classifier-free guidance (1 = none, the
                 conditional model; 0 = the unconditional model), see `make_denoise_fn`.
             sampler (`"ddim"`, `"ddpm"`, `"dpmsolver++"` or a diffusers `SchedulerMixin` instance),
@@ -233,6 +291,8 @@ class QGFDGuidanceMixin:
             raise ValueError(f"`num_samples`={num_samples} differs from the conditioning's batch size {cond_tokens.shape[0]}.")
         class_labels, guidance_scale = self.check_guidance(num_samples, class_labels, guidance_scale)
         if self.num_classes is not None and class_labels is None:
+            class_labels = self.draw_class_labels(num_samples, generator)  # from the training frequencies
+        if self.num_classes is not None and class_labels is None:  # a model saved without them: the null label
             if guidance_scale != 1.0:
                 raise ValueError("guidance_scale != 1 guides towards classes: pass `class_labels` (one per sample, or a single int).")
             if not self.has_null_condition:
@@ -264,4 +324,4 @@ class QGFDGuidanceMixin:
         )
 
 
-__all__ = ["QGFDGuidanceMixin", "classifier_free_guidance"]
+__all__ = ["UNCONDITIONAL", "QGFDGuidanceMixin", "classifier_free_guidance", "labels_from_uniform"]

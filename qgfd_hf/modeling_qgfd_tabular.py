@@ -16,7 +16,7 @@ from .configuration_qgfd_tabular import QGFDTabularConfig
 from .modeling_qgfd import QGFDPreTrainedModel, register_model_class
 from .modeling_qgfd_adapters import ADAPTERS, _get, _ModalityAdapter, _resolve_adapter_config
 from .modeling_qgfd_checks import check_float_tensor, check_timesteps
-from .modeling_qgfd_guidance import classifier_free_guidance
+from .modeling_qgfd_guidance import classifier_free_guidance, labels_from_uniform
 from .modeling_qgfd_pretrained import build_denoiser
 from .scheduling_qgfd import diffusion_target, q_sample, sample_loop
 
@@ -259,8 +259,7 @@ class TabularAdapter(_ModalityAdapter):
         from the training frequencies by inverse CDF of the first coordinate of the label
         token's starting noise (so a sample's label depends on its own noise only)."""
         u = torch.special.ndtr(x_T[:, self.label_index, 0].float())  # (B,) uniform
-        cdf = torch.cumsum(self.label_probs.float(), 0)
-        idx = torch.searchsorted(cdf, u.contiguous(), right=True).clamp(max=cdf.numel() - 1)
+        idx = labels_from_uniform(self.label_probs, u)  # (B,)
         tokens = self._codes(self.label_index, x_T)[idx]  # (B, Dl)
         return tokens * self.modality_config.latent_scale
 

@@ -49,10 +49,15 @@ class QGFDDiffusionPipeline(Pipeline):
             only (one sample set per text); unconditional models take none.
         num_samples (`int`, defaults to 1): samples per conditioning text, or in all for
             an unconditional model (default with `class_labels`: one sample per label).
-        class_labels (`int` or `list[int]`, *optional*): class-conditional models (`config.num_classes`;
-            tables with a `label_column`: indices of its categories): the class of each sample, or
-            one int for all `num_samples`. Without them a class-conditional model samples
-            unconditionally (its null label; tables draw the label from the training frequencies).
+        class_labels (`int`, `list[int]` or `"unconditional"`, *optional*): class-conditional models
+            (`config.num_classes`; tables with a `label_column`: indices of its categories): the
+            class of each sample, or one int for all `num_samples`. Without them each sample's
+            label is drawn from the training labels' frequencies (`config.class_frequencies`,
+            recorded by `qgfd-hf train`; tables: their label column's), with the sampling
+            `seed` / `generator`, after the starting noise; a model saved without recorded
+            frequencies samples unconditionally instead (its null label), as before.
+            `"unconditional"`: the null label, explicitly (image, audio and video models trained
+            with `cond_dropout_prob` > 0; no guidance).
         guidance_scale (`float`, defaults to 1.0): classifier-free guidance, out_u + s (out_c - out_u),
             the conditional and unconditional passes in one batched forward; 1 = the conditional
             model, larger = closer to the condition and less diverse. Needs a model trained with
@@ -234,6 +239,8 @@ class QGFDDiffusionPipeline(Pipeline):
             )
         _check_noise_fits(model, num_samples, num_samples)
         labels, scale = model.check_guidance(num_samples, class_labels, guidance_scale)
+        if isinstance(class_labels, str):  # "unconditional" (checked): handed to the model as is
+            labels = class_labels
         return {"cond_inputs": None, "num_texts": None, "num_samples": num_samples, "single": False, "class_labels": labels,
                 "guidance_scale": scale}
 
@@ -268,6 +275,10 @@ class QGFDDiffusionPipeline(Pipeline):
         noise_device = generator.device if generator is not None else torch.device("cpu")
         x_T = torch.randn(model.latent_shape(total), generator=generator, device=noise_device, dtype=torch.float32)
         labels, scale = model_inputs["class_labels"], model_inputs["guidance_scale"]
+        if labels is None and getattr(model, "num_classes", None) is not None:
+            # The default of a class-conditional model: labels drawn from its training frequencies,
+            # for all samples at once (independent of `batch_size`); None where none were recorded.
+            labels = model.draw_class_labels(total, generator)
         latents = []
         for start in range(0, total, batch_size):
             n = min(batch_size, total - start)
@@ -277,7 +288,7 @@ class QGFDDiffusionPipeline(Pipeline):
                 cond_tokens, cond_mask = model.encode_condition(**chunk)
             guidance = {} if scale == 1.0 else {"guidance_scale": scale}
             if labels is not None:
-                guidance["class_labels"] = labels[start : start + n]
+                guidance["class_labels"] = labels if isinstance(labels, str) else labels[start : start + n]
 
             latents.append(
                 # The model's own sampling entry point (text models add Diffusion-LM's clamping

@@ -62,7 +62,7 @@ def train_model(output_dir, max_steps, threads):
 def sample_digits(pipe, labels, scale, seed, args):
     """Images [N, 1, 8, 8] in [0, 1] of the requested `labels` (None: unconditional), and the seconds it took."""
     t0 = time.time()
-    kwargs = dict(num_samples=args.num_samples) if labels is None else dict(class_labels=labels, guidance_scale=scale)
+    kwargs = dict(num_samples=args.num_samples, class_labels="unconditional") if labels is None else dict(class_labels=labels, guidance_scale=scale)
     out = pipe(sampler=args.sampler, num_inference_steps=args.nfe, seed=seed, batch_size=args.num_samples, output_type="np",
                progress_bar=False, **kwargs)
     return np.stack([o["np"] for o in out]).transpose(0, 3, 1, 2), time.time() - t0  # [H, W, C] -> [N, C, H, W]

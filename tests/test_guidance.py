@@ -1,8 +1,11 @@
 """Class-conditional models and classifier-free guidance: config checks, the label embedding and
 the null condition, label dropout, the batched guided forward, the pipeline's `class_labels` /
 `guidance_scale` (and their errors), a save -> load -> pipeline round trip, and the CLI's
-`train --class-conditional` -> `sample --class-label`."""
+`train --class-conditional` -> `sample --class-label`; the default labels of a class-conditional
+model sampled without `class_labels` (drawn from `config.class_frequencies`, issue 23) and
+`class_labels="unconditional"`."""
 
+import json
 import math
 
 import pytest
@@ -12,7 +15,7 @@ from transformers import AutoModel, T5Config, pipeline
 import qgfd_hf  # noqa: F401  (registers the auto classes and "qgfd-diffusion")
 from qgfd_hf import QGFDImageConfig, QGFDTabularConfig, QGFDTextConfig
 from qgfd_hf.cli import main
-from qgfd_hf.data.core import ClassLabelCollator, dataset_num_classes
+from qgfd_hf.data.core import ClassLabelCollator, dataset_class_frequencies, dataset_num_classes
 from qgfd_hf.modeling_qgfd_checks import check_class_labels
 from qgfd_hf.modeling_qgfd_guidance import classifier_free_guidance
 from qgfd_hf.modeling_qgfd_image import ImageQGFDDiffusionModel
@@ -311,6 +314,10 @@ def test_cli_train_class_conditional_then_sample_class_label(tmp_path, capsys):
     assert main(argv) == 0, capsys.readouterr().err
     loaded = AutoModel.from_pretrained(out / "model")
     assert loaded.config.num_classes == 10 and loaded.config.cond_dropout_prob == 0.2
+    # The training labels' frequencies are recorded (issue 23): the digits' train split, counted.
+    freqs = json.loads((out / "model" / "config.json").read_text())["class_frequencies"]
+    assert loaded.config.class_frequencies == freqs and len(freqs) == 10 and math.isclose(sum(freqs), 1.0)
+    assert all(0.08 < f < 0.12 for f in freqs)  # the digits are nearly balanced
     capsys.readouterr()
     code = main(["sample", str(out / "model"), "--class-label", "3", "--guidance-scale", "4", "--num-samples", "4",
                  "--num-inference-steps", "3", "--no-progress", "--output", str(tmp_path / "s.png")])
@@ -358,3 +365,125 @@ def test_demo_guidance_scale_only_where_the_demo_is_class_conditional(tmp_path, 
     settings = {"guidance_scale": 2.0}
     assert demo_class_guidance(str(folder), data, 5, settings) == {"class_labels": [0, 1, 2, 0, 1], "guidance_scale": 2.0}
     assert settings["requested_labels"] == [0, 1, 2, 0, 1]
+
+
+# -- labels without class_labels (issue 23) -------------------------------------------------------------
+
+
+def _labels_seen(model):
+    """A list that collects the labels each denoiser call passes to the label embedding."""
+    seen = []
+    model.class_embedding.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].detach().clone()))
+    return seen
+
+
+def test_config_class_frequencies_checked_and_saved(tmp_path):
+    cfg = QGFDImageConfig(latent_space="pixels", num_classes=3, class_frequencies=[0.5, 0.25, 0.25], **TINY)
+    assert cfg.class_frequencies == [0.5, 0.25, 0.25]
+    assert QGFDImageConfig(latent_space="pixels", num_classes=3, **TINY).class_frequencies is None
+    for bad, pattern in [([0.5, 0.5], "list of 3 floats"), ("0.5", "list of 3 floats"), ([0.3, 0.3, 0.3], "must sum to 1"),
+                         ([1.2, -0.2, 0.0], r"class_frequencies\[0\]"), ([0.5, float("nan"), 0.5], r"class_frequencies\[1\].*nan"),
+                         ([0.5, "0.25", 0.25], r"class_frequencies\[1\].*'0.25'")]:
+        with pytest.raises(ValueError, match=pattern):
+            QGFDImageConfig(latent_space="pixels", num_classes=3, class_frequencies=bad, **TINY)
+    with pytest.raises(ValueError, match="needs `num_classes`"):
+        QGFDImageConfig(latent_space="pixels", class_frequencies=[1.0], **TINY)
+    model = _image(num_classes=3, class_frequencies=[0.5, 0.25, 0.25])
+    model.save_pretrained(tmp_path / "m")
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["class_frequencies"] == [0.5, 0.25, 0.25]
+    assert AutoModel.from_pretrained(tmp_path / "m").config.class_frequencies == [0.5, 0.25, 0.25]
+
+
+def test_dataset_class_frequencies():
+    from datasets import Dataset
+
+    assert dataset_class_frequencies(Dataset.from_dict({"label": [0, 2, 2, 0]}), 3) == [0.5, 0.0, 0.5]
+
+
+def test_default_labels_are_drawn_from_the_frequencies():
+    model = _image(num_classes=3, class_frequencies=[1.0, 0.0, 0.0])
+    seen = _labels_seen(model)
+    pipe = pipeline("qgfd-diffusion", model=model)
+    pipe(num_samples=6, num_inference_steps=2, seed=0, progress_bar=False)
+    assert seen and all(s.tolist() == [0] * 6 for s in seen)
+    seen.clear()
+    model.diffusion_sample(4, num_inference_steps=2, generator=_gen())
+    assert seen and all(s.tolist() == [0] * 4 for s in seen)
+    # Reproducible with the seed, independent of the batching, and the same noise as a labelled call.
+    model = _image(num_classes=3, class_frequencies=[0.2, 0.3, 0.5])
+    pipe = pipeline("qgfd-diffusion", model=model)
+    kw = dict(num_samples=6, num_inference_steps=3, seed=1, output_type="latent", progress_bar=False)
+    seen = _labels_seen(model)
+    a = pipe(**kw)
+    labels = seen[0].tolist()
+    b = pipe(batch_size=4, **kw)
+    c = pipe(class_labels=labels, **kw)
+    assert all(torch.allclose(x["latent"], y["latent"], atol=1e-5) for x, y in zip(a, b))
+    assert all(torch.equal(x["latent"], y["latent"]) for x, y in zip(a, c))
+    # Guidance towards the drawn labels (a model trained with label dropout).
+    assert len(pipe(num_samples=2, guidance_scale=2.0, num_inference_steps=2, seed=0, progress_bar=False)) == 2
+
+
+def test_default_labels_follow_the_frequencies_statistically():
+    """The issue asks that the default call score like the labelled one. A quality comparison needs a
+    trained model (too slow for a test); what makes it hold is that the default labels follow the
+    training frequencies, checked here through the pipeline with a fixed seed."""
+    freqs = [0.1, 0.2, 0.3, 0.4]
+    model = _image(num_classes=4, class_frequencies=freqs)
+    seen = _labels_seen(model)
+    n = 2000
+    pipeline("qgfd-diffusion", model=model)(num_samples=n, num_inference_steps=1, seed=0, progress_bar=False, output_type="latent")
+    counts = torch.bincount(seen[0], minlength=4).double()
+    expected = torch.tensor(freqs, dtype=torch.float64) * n
+    chi2 = float(((counts - expected) ** 2 / expected).sum())
+    assert chi2 < 16.27, (counts.tolist(), chi2)  # the chi-square test with 3 degrees of freedom at p = 0.001
+
+
+def test_unconditional_takes_the_null_label_and_is_checked():
+    model = _image(num_classes=3, class_frequencies=[1.0, 0.0, 0.0])
+    seen = _labels_seen(model)
+    pipe = pipeline("qgfd-diffusion", model=model)
+    pipe(class_labels="unconditional", num_samples=3, num_inference_steps=2, seed=0, progress_bar=False)
+    assert seen and all(s.tolist() == [3, 3, 3] for s in seen)
+    seen.clear()
+    model.diffusion_sample(2, class_labels="unconditional", num_inference_steps=2, generator=_gen())
+    assert seen and all(s.tolist() == [3, 3] for s in seen)
+    with pytest.raises(ValueError, match="'uncond'.*allowed are an int, a list of ints.*'unconditional'"):
+        pipe(class_labels="uncond", num_inference_steps=2, progress_bar=False)
+    with pytest.raises(ValueError, match="guidance needs a class to guide towards"):
+        pipe(class_labels="unconditional", guidance_scale=2.0, num_inference_steps=2, progress_bar=False)
+    no_dropout = pipeline("qgfd-diffusion", model=_image(num_classes=3, class_frequencies=[0.5, 0.5, 0.0], cond_dropout_prob=0.0))
+    with pytest.raises(ValueError, match="trained without label dropout"):
+        no_dropout(class_labels="unconditional", num_inference_steps=2, progress_bar=False)
+    # Without label dropout there is no null label, but the default draws from the frequencies.
+    assert len(no_dropout(num_samples=2, num_inference_steps=2, progress_bar=False)) == 2
+    with pytest.raises(ValueError, match="not class-conditional"):
+        pipeline("qgfd-diffusion", model=_image(num_classes=None))(class_labels="unconditional", progress_bar=False)
+    with pytest.raises(ValueError, match="conditioned on a source text"):
+        _text().diffusion_sample(cond_input_ids=torch.tensor([[5, 9, 1]]), class_labels="unconditional", num_inference_steps=2)
+
+
+def test_model_saved_without_frequencies_keeps_the_null_label(tmp_path):
+    model = _image(num_classes=3, class_frequencies=[1.0, 0.0, 0.0])
+    model.save_pretrained(tmp_path / "m")
+    path = tmp_path / "m" / "config.json"
+    cfg = json.loads(path.read_text())
+    del cfg["class_frequencies"]  # a config written before the frequencies were recorded
+    path.write_text(json.dumps(cfg))
+    old = AutoModel.from_pretrained(tmp_path / "m").eval()
+    assert old.config.class_frequencies is None
+    seen = _labels_seen(old)
+    pipeline("qgfd-diffusion", model=old)(num_samples=3, num_inference_steps=2, seed=0, progress_bar=False)
+    assert seen and all(s.tolist() == [3, 3, 3] for s in seen)
+
+
+def test_tables_keep_their_own_label_draw():
+    cols = [{"name": "x", "kind": "float"}, {"name": "y", "kind": "category", "categories": ["no", "yes", "maybe"]}]
+    torch.manual_seed(0)
+    model = TabularQGFDDiffusionModel(QGFDTabularConfig(columns=cols, label_column="y", cond_dropout_prob=0.2, **TINY)).eval()
+    model.fit_normalization(torch.tensor([[0.3, 1.0], [2.5, 1.0], [1.1, 1.0], [0.7, 1.0]]))  # every label "yes"
+    pipe = pipeline("qgfd-diffusion", model=model)
+    rows = pipe(num_samples=5, num_inference_steps=2, seed=0, progress_bar=False)
+    assert [r["row"]["y"] for r in rows] == ["yes"] * 5
+    with pytest.raises(ValueError, match="is for image, audio and video models"):
+        pipe(class_labels="unconditional", num_inference_steps=2, progress_bar=False)

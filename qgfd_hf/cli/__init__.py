@@ -213,8 +213,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="a saved model folder (or Hub id)")
     p.add_argument("--num-samples", type=int, default=16, help="unconditional models: how many samples")
     p.add_argument("--condition", nargs="+", default=None, help="conditional text models: the source text(s)")
-    p.add_argument("--class-label", type=int, nargs="+", default=None, metavar="K",
-                   help="class-conditional models (tables: the label column's category index): the class of the samples; several are cycled over --num-samples")
+    p.add_argument("--class-label", type=_class_label, nargs="+", default=None, metavar="K",
+                   help="class-conditional models (tables: the label column's category index): the class of the samples; several are "
+                        "cycled over --num-samples; 'unconditional': the null label (default: each sample's label drawn from the "
+                        "training frequencies)")
     p.add_argument("--guidance-scale", type=float, default=None,
                    help="classifier-free guidance scale (default: the modality's, 1 = none; other scales need a model trained with "
                         "--cond-dropout-prob > 0)")
@@ -388,6 +390,16 @@ def cmd_sample(args) -> int:
     return 0
 
 
+def _class_label(value: str):
+    """A `--class-label` value: a class index (an int) or 'unconditional' (the null label)."""
+    if value == "unconditional":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is neither a class index (an int K) nor 'unconditional'; allowed: K [K ...] or unconditional") from None
+
+
 def _resolve_sampling(args, config, task) -> str:
     """`sample`'s sampler, steps and guidance scale, written into `args`: the flags where given,
     else the modality's defaults (those its demo samples with and `train --help` lists; the
@@ -409,12 +421,18 @@ def _resolve_sampling(args, config, task) -> str:
     K, label_column = getattr(config, "num_classes", None), getattr(config, "label_column", None)
     if getattr(config, "conditional", False):
         labels = "none (conditioned on the --condition texts)"
+    elif args.class_label == ["unconditional"]:
+        labels = "unconditional: the null label"
     elif args.class_label:  # the model checks them
         labels = ", ".join(map(str, args.class_label)) + (" (cycled over the samples)" if len(args.class_label) > 1 else "")
     elif label_column is not None:
         labels = f"none: the label column {label_column!r} is sampled with the rest (--class-label K for a category)"
+    elif K is not None and getattr(config, "class_frequencies", None) is not None:
+        labels = (f"none: each sample's label drawn from the training frequencies (--class-label K, 0 <= K < {K}, for a class; "
+                  "--class-label unconditional for the null label)")
     elif K is not None:
-        labels = f"none: the null label, unconditional samples (--class-label K, 0 <= K < {K}, for a class)"
+        labels = (f"none: the null label, unconditional samples (the model was saved without its training label frequencies; "
+                  f"--class-label K, 0 <= K < {K}, for a class)")
     else:
         labels = "none (the model has no classes)"
     scale = 1.0 if args.guidance_scale is None else args.guidance_scale

@@ -214,6 +214,16 @@ def dataset_num_classes(ds, label_column: str = "label", what: str = "The data")
     return int(values.max()) + 1
 
 
+def dataset_class_frequencies(ds, num_classes: int, label_column: str = "label") -> List[float]:
+    """The frequencies [K] of a dataset's labels 0..K-1 (floats summing to 1): what a class-conditional
+    model records (`config.class_frequencies`) and draws a sample's label from when none is asked for."""
+    counts = np.bincount(np.asarray(ds[label_column], dtype=np.int64), minlength=num_classes)[:num_classes]
+    total = int(counts.sum())
+    if total == 0:
+        raise ValueError(f"The {label_column!r} column holds no labels in [0, {num_classes}) to count.")
+    return [float(c) / total for c in counts]
+
+
 class ClassLabelCollator:
     """Wraps a modality's collator and adds `class_labels` [B] (long), the rows' `label_column`:
     the batch a class-conditional model's `compute_loss` takes.

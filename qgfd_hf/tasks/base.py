@@ -231,13 +231,13 @@ def pipeline_samples(model_or_path, inputs=None, *, num_samples: Optional[int] =
 
 
 # The model fields that `class_conditioning` resolves (into the settings) and `diffusion_values` passes on.
-CONDITIONING_FIELDS = ("num_classes", "cond_dropout_prob")
+CONDITIONING_FIELDS = ("num_classes", "cond_dropout_prob", "class_frequencies")
 LABEL_COLUMN = "label"  # every task's data names its class labels so (digits, folders' sub-folder names, csv)
 
 
 def class_conditioning(args, data: TaskData, settings: Dict[str, Any], modality: str) -> None:
     """`--class-conditional` and `--cond-dropout-prob`, for every task in one place: resolve them
-    against the data and write the model fields `num_classes` / `cond_dropout_prob` into `settings`.
+    against the data and write the model fields `num_classes` / `class_frequencies` / `cond_dropout_prob` into `settings`.
 
     - images, audio, video: class-conditional (`--class-conditional`, or the task's default
       `class_conditional`) on the data's `label` column, K = its classes;
@@ -245,7 +245,7 @@ def class_conditioning(args, data: TaskData, settings: Dict[str, Any], modality:
       `--class-conditional` only checks that there is one;
     - text: conditioned on the source text; `--cond-dropout-prob` trains its null text.
     """
-    from ..data.core import dataset_num_classes
+    from ..data.core import dataset_class_frequencies, dataset_num_classes
 
     flag = getattr(args, "class_conditional", None)
     wanted = settings.get("class_conditional", False) if flag is None else flag
@@ -261,7 +261,9 @@ def class_conditioning(args, data: TaskData, settings: Dict[str, Any], modality:
         if data.info.get("label_column") is None:
             raise ValueError("--class-conditional for tables needs a label column: --label-column NAME (it is generated first, the rest given it).")
         return
-    settings["num_classes"] = dataset_num_classes(data.train, LABEL_COLUMN, f"The dataset {data.name!r}")
+    K = settings["num_classes"] = dataset_num_classes(data.train, LABEL_COLUMN, f"The dataset {data.name!r}")
+    # The training labels' frequencies, recorded in the config: a sample asked for without a label draws it from them.
+    settings["class_frequencies"] = dataset_class_frequencies(data.train, K, LABEL_COLUMN)
 
 
 def with_class_labels(collator, model):
@@ -295,10 +297,15 @@ def demo_class_guidance(model_dir: str, data: TaskData, num_samples: int, settin
 
 def guidance_kwargs(args) -> Dict[str, Any]:
     """`qgfd-hf sample --class-label K [K ...] --guidance-scale S` as pipeline keywords: one label
-    for every sample, or several cycled over the `--num-samples` samples."""
+    for every sample, or several cycled over the `--num-samples` samples; `--class-label
+    unconditional`: `class_labels="unconditional"`."""
     out: Dict[str, Any] = {}
     labels = getattr(args, "class_label", None)
-    if labels:
+    if labels and "unconditional" in labels:
+        if len(labels) > 1:
+            raise ValueError(f"--class-label unconditional stands alone (the null label for every sample), got {' '.join(map(str, labels))}.")
+        out["class_labels"] = "unconditional"
+    elif labels:
         n = getattr(args, "num_samples", None) or len(labels)
         out["class_labels"] = labels[0] if len(labels) == 1 else [labels[i % len(labels)] for i in range(n)]
     if getattr(args, "guidance_scale", None) is not None:

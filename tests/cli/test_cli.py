@@ -250,3 +250,34 @@ def test_sample_with_dpmsolver_and_a_timestep_spacing(tmp_path, capsys):
     assert _is_png(grid) and "4 samples" in stdout
     code, _, err = _run(["sample", str(tmp_path / "model"), "--num-inference-steps", "20", "--sampler", "dpmsolver++", "--no-progress"], capsys)
     assert code == 2 and "not distinct" in err  # DPM-Solver++'s linspace takes at most T - 1 steps
+
+
+def test_sample_class_conditional_without_labels_and_unconditional(tmp_path, capsys):
+    """Issue 23: `sample` without --class-label draws each label from the recorded training
+    frequencies; `--class-label unconditional` is the null label; a model saved without the
+    frequencies keeps the null label; the "Sampling with" line says which."""
+    import torch
+
+    from qgfd_hf import ImageQGFDDiffusionModel, QGFDImageConfig
+
+    kw = dict(latent_space="pixels", image_size=4, patch_size=2, num_channels=1, num_timesteps=20, d_model=32, num_heads=4,
+              num_layers=2, d_ff=64, num_classes=3)
+    torch.manual_seed(0)
+    ImageQGFDDiffusionModel(QGFDImageConfig(class_frequencies=[0.5, 0.5, 0.0], **kw)).save_pretrained(tmp_path / "new")
+    ImageQGFDDiffusionModel(QGFDImageConfig(**kw)).save_pretrained(tmp_path / "old")
+    args = ["--num-samples", "4", "--num-inference-steps", "2", "--no-progress"]
+    code, stdout, err = _run(["sample", str(tmp_path / "new"), "--output", str(tmp_path / "a.png")] + args, capsys)
+    assert code == 0 and _is_png(tmp_path / "a.png"), err
+    assert "class labels none: each sample's label drawn from the training frequencies" in stdout
+    code, stdout, err = _run(["sample", str(tmp_path / "new"), "--class-label", "unconditional", "--output", str(tmp_path / "b.png")] + args, capsys)
+    assert code == 0 and _is_png(tmp_path / "b.png"), err
+    assert "class labels unconditional: the null label" in stdout
+    code, stdout, err = _run(["sample", str(tmp_path / "old"), "--output", str(tmp_path / "c.png")] + args, capsys)
+    assert code == 0 and "the null label, unconditional samples (the model was saved without its training label frequencies" in stdout, err
+    with pytest.raises(SystemExit) as exit_info:  # refused by the argument parser
+        main(["sample", str(tmp_path / "new"), "--class-label", "uncond"] + args)
+    assert exit_info.value.code == 2 and "allowed: K [K ...] or unconditional" in capsys.readouterr().err
+    code, _, err = _run(["sample", str(tmp_path / "new"), "--class-label", "unconditional", "1"] + args, capsys)
+    assert code == 2 and "--class-label unconditional stands alone" in err
+    code, _, err = _run(["sample", str(tmp_path / "new"), "--class-label", "unconditional", "--guidance-scale", "2"] + args, capsys)
+    assert code == 2 and "guidance needs a class to guide towards" in err
