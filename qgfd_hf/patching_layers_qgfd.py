@@ -50,14 +50,7 @@ _USES_INTERFACE: Dict[type, bool] = {}
 
 def _uses_attention_interface(module: nn.Module) -> bool:
     """True for a module whose `forward` dispatches through `ALL_ATTENTION_FUNCTIONS.get_interface`."""
-    cls = type(module)
-    if cls not in _USES_INTERFACE:
-        try:
-            source = inspect.getsource(cls.forward)
-        except (OSError, TypeError):
-            source = ""
-        _USES_INTERFACE[cls] = "ALL_ATTENTION_FUNCTIONS.get_interface(" in source
-    return _USES_INTERFACE[cls] and hasattr(module, "config")
+    return _class_uses_interface(type(module)) and hasattr(module, "config")
 
 
 def _static_role(module: nn.Module) -> str:
