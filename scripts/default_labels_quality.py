@@ -59,16 +59,17 @@ def main() -> int:
         return images.transpose(0, 3, 1, 2)
 
     print(f"{'':30s}{'FD':>8s}{'confidence':>12s}{'agreement':>11s}")
-    for name, kw in (("labels (held-out digits')", dict(class_labels=requested)), ("no labels (the default)", {}),
-                     ("class_labels='unconditional'", dict(class_labels="unconditional"))):
-        samples = run(**kw)
-        s = evaluator.evaluate(samples, requested_labels=kw.get("class_labels") if "class_labels" in kw and
-                               kw["class_labels"] != "unconditional" else None)["samples"]
+    calls = (("labels (held-out digits')", dict(class_labels=requested), requested),
+             ("no labels (the default)", {}, None),
+             ("class_labels='unconditional'", dict(class_labels="unconditional"), None))
+    for name, kw, labels in calls:
+        result = evaluator.evaluate(run(**kw), requested_labels=labels)
+        s = result["samples"]
         agree = f"{s['class_agreement']:.3f}" if "class_agreement" in s else "-"
         print(f"{name:30s}{s['fd']:8.3f}{s['confidence']:12.3f}{agree:>11s}")
-    base = evaluator.evaluate(run(class_labels=requested))
-    print(f"{'real digits':30s}{base['baseline_real_train_vs_heldout']['fd']:8.3f}{base['baseline_real_train_vs_heldout']['confidence']:12.3f}")
-    print(f"{'Gaussian':30s}{base['baseline_gaussian']['fd']:8.3f}{base['baseline_gaussian']['confidence']:12.3f}")
+    # The baselines are the same for every call (same number of images): print the last call's.
+    for name, key in (("real digits", "baseline_real_train_vs_heldout"), ("Gaussian", "baseline_gaussian")):
+        print(f"{name:30s}{result[key]['fd']:8.3f}{result[key]['confidence']:12.3f}")
     return 0
 
 
