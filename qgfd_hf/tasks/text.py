@@ -119,7 +119,7 @@ class TextTask(ModalityTask):
             "examples": [{"source": s, "sample": p, "reference": r} for s, p, r in list(zip(sources, samples, targets))[:5]],
         }
 
-    def write_samples(self, samples, data, output_dir, prefix="samples"):
+    def write_samples(self, samples, data, output_dir, prefix="samples", labels=None):
         os.makedirs(output_dir, exist_ok=True)
         path = os.path.join(output_dir, f"{prefix}.jsonl")
         if data is not None and data.test is not None:
