@@ -66,7 +66,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--backbone", default=None, help="pretrained encoder (Hub id or folder): t5-small for text, a ViT for --latent-space vit")
     g.add_argument("--denoiser", default=None, choices=("qgfd", "pretrained"),
                    help="qgfd: a fresh QGFD Transformer (default); pretrained: the --backbone's own Transformer stack "
-                        "(T5 encoder, ViT), QGFD-patched and trained, with adaLN-Zero timestep conditioning")
+                        "(T5 encoder, BERT / RoBERTa / DistilBERT encoder, ViT, Wav2Vec2), QGFD-patched and trained, with adaLN-Zero "
+                        "timestep conditioning")
     g.add_argument("--class-conditional", action=argparse.BooleanOptionalAction, default=None,
                    help="condition on the data's class labels (its label column: the digits', sub-folder names) with a DiT label "
                         "embedding, so samples can ask for a class (sample --class-label) and take guidance")
