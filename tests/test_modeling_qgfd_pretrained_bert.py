@@ -263,3 +263,28 @@ def test_shared_model_with_a_bert_stack(tmp_path):
     again = AutoModel.from_pretrained(tmp_path / "saved").eval()
     x = torch.randn(model.latent_shape(2, modality="image"))
     assert torch.equal(again.denoise(x, torch.tensor([3, 7]), modality="image"), model.denoise(x, torch.tensor([3, 7]), modality="image"))
+
+
+# ----------------------------------------------------------------------------------------
+# The command line
+# ----------------------------------------------------------------------------------------
+
+
+@needs_minilm
+@pytest.mark.slow
+def test_cli_trains_text_with_minilm_as_backbone_and_denoiser(tmp_path, capsys):
+    from transformers import AutoConfig
+
+    from qgfd_hf.cli import main
+
+    out = tmp_path / "run"
+    code = main(["demo", "--modality", "text", "--backbone", str(minilm_dir()), "--denoiser", "pretrained", "--output-dir", str(out),
+                 "--max-steps", "2", "--num-inference-steps", "2", "--preset", "tiny", "--batch-size", "8", "--no-progress",
+                 "--checkpoint-every", "2", "--warmup-steps", "0"])
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
+    assert "denoiser pretrained BertModel width=384 layers=6" in printed.out
+    config = AutoConfig.from_pretrained(str(out / "model"))
+    assert config.denoiser == "pretrained" and config.backbone_config.model_type == "bert"
+    # The reversal targets, as MiniLM's WordPiece tokenizer splits them ([CLS] ... [SEP]), set seq_len.
+    assert config.seq_len >= 7 and (out / "samples.jsonl").exists()

@@ -292,9 +292,14 @@ def _describe_model(model) -> str:
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     qgfd = f"QGFD steps={cfg.qgfd_steps} alpha={cfg.qgfd_alpha} graph={cfg.qgfd_graph} mix={cfg.qgfd_mix}"
+    stack = getattr(model.backbone, "stack", None)  # denoiser="pretrained": the backbone's own stack and sizes
+    if stack is not None:
+        sizes = f"{type(stack).__name__} width={getattr(model.backbone, 'width', '?')} layers={len(model.backbone._layer_sublayers())}"
+    else:
+        sizes = f"d_model={cfg.d_model} layers={cfg.num_layers} heads={cfg.num_heads}"
     return (
         f"  model           {type(model).__name__}: {trainable / 1e6:.2f} M trainable of {total / 1e6:.2f} M parameters; "
-        f"denoiser {cfg.denoiser} d_model={cfg.d_model} layers={cfg.num_layers} heads={cfg.num_heads}; "
+        f"denoiser {cfg.denoiser} {sizes}; "
         f"latents {cfg.num_latent_tokens()} x {cfg.latent_dim}; {qgfd}; {cfg.prediction_type} prediction, {cfg.beta_schedule} schedule"
         + (f"; class-conditional ({cfg.num_classes} classes, label dropout {cfg.cond_dropout_prob})"
            if getattr(cfg, "num_classes", None) is not None else "")
