@@ -76,17 +76,23 @@ def encode_sentences(texts: Sequence[str], model_dir: Optional[str] = None, batc
 
         model_dir = minilm_dir()
     tokenizer, model = _load(str(model_dir))
+    return sentence_embeddings(model, tokenizer, texts, batch_size)
+
+
+def sentence_embeddings(model, tokenizer, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+    """`encode_sentences` with a model and tokenizer already loaded (e.g. a QGFD-patched MiniLM):
+    last hidden states, mean-pooled over the attention mask, L2-normalised -> [N, hidden_size]."""
     chunks = []
     with torch.no_grad():
         for start in range(0, len(texts), batch_size):
             batch = tokenizer(list(texts[start : start + batch_size]), padding=True, truncation=True, max_length=MAX_SEQ_LENGTH,
-                              return_tensors="pt")
+                              return_tensors="pt").to(model.device)
             hidden = model(**batch).last_hidden_state  # (B, L, D)
             pooled = mean_pool(hidden, batch["attention_mask"])  # (B, D)
-            chunks.append(torch.nn.functional.normalize(pooled, p=2, dim=1).float().numpy())
+            chunks.append(torch.nn.functional.normalize(pooled, p=2, dim=1).float().cpu().numpy())
     if not chunks:
         return np.zeros((0, model.config.hidden_size), dtype=np.float32)
     return np.concatenate(chunks, axis=0)
 
 
-__all__ = ["MAX_SEQ_LENGTH", "encode_sentences", "mean_pool"]
+__all__ = ["MAX_SEQ_LENGTH", "encode_sentences", "mean_pool", "sentence_embeddings"]
