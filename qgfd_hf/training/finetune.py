@@ -207,7 +207,7 @@ def compare_arms(
 
     Returns:
         `{"accuracy": {arm: [per seed]}, "cpu_seconds": {arm: [per seed]}, "tests": {arm: paired_test
-        against softmax}, "seeds": [...], "settings": {...}}`.
+        against softmax} (empty with one seed), "seeds": [...], "settings": {...}}`.
     """
     settings = settings or FinetuneSettings()
     train_labels = _check_arrays(train_texts, train_labels, "train")
@@ -240,7 +240,8 @@ def compare_arms(
                 qgfd_hf.patch_model(model.encoder, **_qgfd(settings))  # QGFD put in after softmax fine-tuning
                 accuracy["qgfd-zero-shot"].append(evaluate_accuracy(model, tokenizer, test_texts, test_labels, settings))
                 cpu["qgfd-zero-shot"].append(time.process_time() - start)
-    tests = {a: paired_test(accuracy[a], accuracy["softmax"]) for a in arms if a != "softmax" and "softmax" in arms}
+    paired = "softmax" in arms and len(seeds) >= 2  # a paired test needs two seeds at least
+    tests = {a: paired_test(accuracy[a], accuracy["softmax"]) for a in arms if a != "softmax" and paired}
     return {"accuracy": accuracy, "cpu_seconds": cpu, "tests": tests, "seeds": seeds, "settings": asdict(settings)}
 
 
