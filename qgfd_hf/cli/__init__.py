@@ -294,7 +294,7 @@ def _describe_model(model) -> str:
     qgfd = f"QGFD steps={cfg.qgfd_steps} alpha={cfg.qgfd_alpha} graph={cfg.qgfd_graph} mix={cfg.qgfd_mix}"
     stack = getattr(model.backbone, "stack", None)  # denoiser="pretrained": the backbone's own stack and sizes
     if stack is not None:
-        sizes = f"{type(stack).__name__} width={getattr(model.backbone, 'width', '?')} layers={len(model.backbone._layer_sublayers())}"
+        sizes = f"{type(stack).__name__} width={getattr(model.backbone, 'width', '?')} layers={len(model.backbone.adaLN_modulation)}"
     else:
         sizes = f"d_model={cfg.d_model} layers={cfg.num_layers} heads={cfg.num_heads}"
     return (
