@@ -66,7 +66,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--backbone", default=None, help="pretrained encoder (Hub id or folder): t5-small for text, a ViT for --latent-space vit")
     g.add_argument("--denoiser", default=None, choices=("qgfd", "pretrained"),
                    help="qgfd: a fresh QGFD Transformer (default); pretrained: the --backbone's own Transformer stack "
-                        "(T5 encoder, ViT), QGFD-patched and trained, with adaLN-Zero timestep conditioning")
+                        "(T5 encoder, BERT / RoBERTa / DistilBERT encoder, ViT, Wav2Vec2), QGFD-patched and trained, with adaLN-Zero "
+                        "timestep conditioning")
     g.add_argument("--class-conditional", action=argparse.BooleanOptionalAction, default=None,
                    help="condition on the data's class labels (its label column: the digits', sub-folder names) with a DiT label "
                         "embedding, so samples can ask for a class (sample --class-label) and take guidance")
@@ -293,9 +294,14 @@ def _describe_model(model) -> str:
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     qgfd = f"QGFD steps={cfg.qgfd_steps} alpha={cfg.qgfd_alpha} graph={cfg.qgfd_graph} mix={cfg.qgfd_mix}"
+    stack = getattr(model.backbone, "stack", None)  # denoiser="pretrained": the backbone's own stack and sizes
+    if stack is not None:
+        sizes = f"{type(stack).__name__} width={getattr(model.backbone, 'width', '?')} layers={len(model.backbone.adaLN_modulation)}"
+    else:
+        sizes = f"d_model={cfg.d_model} layers={cfg.num_layers} heads={cfg.num_heads}"
     return (
         f"  model           {type(model).__name__}: {trainable / 1e6:.2f} M trainable of {total / 1e6:.2f} M parameters; "
-        f"denoiser {cfg.denoiser} d_model={cfg.d_model} layers={cfg.num_layers} heads={cfg.num_heads}; "
+        f"denoiser {cfg.denoiser} {sizes}; "
         f"latents {cfg.num_latent_tokens()} x {cfg.latent_dim}; {qgfd}; {cfg.prediction_type} prediction, {cfg.beta_schedule} schedule"
         + (f"; class-conditional ({cfg.num_classes} classes, label dropout {cfg.cond_dropout_prob})"
            if getattr(cfg, "num_classes", None) is not None else "")
