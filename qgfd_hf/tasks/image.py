@@ -43,8 +43,10 @@ VIT_DEFAULTS = dict(
 # MNIST (`--dataset mnist`, the demo's): what differs from `ImageTask.defaults` (the 8x8 digits').
 # docs/modality_image.md gives the measurements behind each choice.
 MNIST_DEFAULTS = dict(
-    patch_size=4, d_model=128, num_heads=4, num_layers=4, d_ff=256,
-    max_steps=1500, batch_size=128, learning_rate=1e-3, warmup_steps=100, ema_decay=0.998, checkpoint_every=500,
+    # 7x7 pixel patches: 16 tokens of width 49; 1.0 M parameters; 0.27 s of CPU per step at batch 128
+    # on one thread here (4x4 patches: 49 tokens, 0.38 s per step for a model 4x smaller)
+    patch_size=7, d_model=128, num_heads=4, num_layers=4, d_ff=256,
+    max_steps=1500, batch_size=128, learning_rate=2e-3, warmup_steps=100, ema_decay=0.998, checkpoint_every=500,
     num_samples=1000, sampler="dpmsolver++", num_inference_steps=25, guidance_scale=2.0,
 )
 DATASET_DEFAULTS = {"mnist": MNIST_DEFAULTS}
