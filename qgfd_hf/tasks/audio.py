@@ -154,7 +154,7 @@ class AudioTask(ModalityTask):
         qgfd_steps=1, qgfd_alpha=0.5, qgfd_warmup_steps=100,
         # --audio-latent wav2vec2 without --backbone: a small random Wav2Vec2 (nothing can be downloaded)
         wav2vec2=dict(hidden_size=64, layers=2, heads=4), spectral_loss_weight=1.0,
-        # training (spoken digits: 1600 steps, about 340 s of CPU at 1 thread; other data: 800)
+        # training (spoken digits: 1600 steps, 348 s of CPU for the whole demo at 1 thread; other data: 800)
         max_steps=1600, batch_size=32, learning_rate=1e-3, warmup_steps=50, ema_decay=0.995,
         checkpoint_every=0,
         # sampling; spoken digits: classifier-free guidance 4 (label dropout 0.1 in training): the digit
@@ -167,11 +167,11 @@ class AudioTask(ModalityTask):
 
     def add_arguments(self, group) -> None:
         group.add_argument("--sampling-rate", type=int, default=None, help="audio: the model's rate in Hz (files are resampled; default 8000)")
-        group.add_argument("--clip-seconds", type=float, default=None, help="audio: clip length (files are cut or zero-padded; default 0.5)")
+        group.add_argument("--clip-seconds", type=float, default=None, help="audio: clip length (files are cut or zero-padded; default 0.8 for the spoken digits, else 0.5)")
         group.add_argument("--audio-latent", default=None, choices=("waveform", "mdct", "spectrogram", "wav2vec2"),
                            help="audio: waveform frames or their MDCT (both decode exactly), the log-magnitude STFT (Griffin-Lim), "
                                 "or Wav2Vec2 states (learned decoder)")
-        group.add_argument("--frame-size", type=int, default=None, help="audio: samples per waveform token (default 80); must divide the clip")
+        group.add_argument("--frame-size", type=int, default=None, help="audio: samples per token (the STFT hop for spectrogram latents; default 128 for the spoken digits, else 80); must divide the clip")
         group.add_argument("--spectral-loss-weight", type=float, default=None,
                            help="audio, --audio-latent wav2vec2: weight of the decoder's multi-resolution STFT loss (default 1; 0 = MSE only)")
         group.add_argument("--clips-per-class", type=int, default=None, help="audio: generated training clips per sound class (default 200)")
