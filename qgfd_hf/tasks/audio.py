@@ -154,7 +154,7 @@ class AudioTask(ModalityTask):
         qgfd_steps=1, qgfd_alpha=0.5, qgfd_warmup_steps=100,
         # --audio-latent wav2vec2 without --backbone: a small random Wav2Vec2 (nothing can be downloaded)
         wav2vec2=dict(hidden_size=64, layers=2, heads=4), spectral_loss_weight=1.0,
-        # training (spoken digits: 1600 steps, 348 s of CPU for the whole demo at 1 thread; other data: 800)
+        # training (spoken digits: 1600 steps, 348-358 s of CPU for the whole demo at 1 thread; other data: 800)
         max_steps=1600, batch_size=32, learning_rate=1e-3, warmup_steps=50, ema_decay=0.995,
         checkpoint_every=0,
         # sampling; spoken digits: classifier-free guidance 4 (label dropout 0.1 in training): the digit
