@@ -6,6 +6,5 @@
 | `core.py` | `frechet_distance`, the digits metrics (`DigitsEvaluator`, `image_targets_met`) and `exact_match` |
 | `audio.py` | log-mel features, SNR and log-mel distance, `SoundEvaluator`, `audio_targets_met` |
 | `video.py` | `MovingDigitsEvaluator`, the frame-shift match, the latent codec baseline, `video_targets_met` |
-
-The tabular scores (`TableEvaluator`) are still in `qgfd_hf/tasks/tabular.py`.
+| `tabular.py` | `TableEvaluator` (TSTR, W1, TVD, correlation error, detection AUC, closest-row distance), the Gaussian, Gaussian copula and SMOTE baselines, `correlation_error`, `tabular_targets_met` |
 """
