@@ -35,7 +35,7 @@ from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 import numpy as np
 
 # The scores and baselines live in qgfd_hf/metrics/tabular.py; re-exported here for callers of this module.
-from ..metrics.tabular import BASELINES, TableEvaluator, copula_rows, correlation_error, gaussian_rows, smote_rows, tabular_targets_met  # noqa: F401
+from ..metrics.tabular import BASELINES, TableEvaluator, copula_rows, correlation_error, gaussian_rows, smote_rows, tabular_targets_met
 from .base import ModalityTask, TaskData, diffusion_values, guidance_kwargs, pipeline_samples, register_task, sample_output
 
 TABLE_FORMATS = {".csv": "csv", ".parquet": "parquet", ".json": "json", ".jsonl": "json"}
@@ -601,3 +601,10 @@ def _columns_of_frame(samples, data: Optional[TaskData]) -> List[dict]:
 
     kinds = {c: ("float" if pd.api.types.is_float_dtype(samples[c]) else "int" if _is_numeric(samples[c]) else "category") for c in samples.columns}
     return fit_columns(samples, kinds)
+
+
+__all__ = [
+    "BASELINES", "SKLEARN_TABLES", "SklearnTable", "TableEvaluator", "TabularCollator", "TabularTask", "column_kinds", "copula_rows",
+    "correlation_error", "encode_table", "fit_columns", "gaussian_rows", "load_sklearn_table", "read_table_files", "rows_to_frame",
+    "smote_rows", "table_name", "tabular_targets_met",
+]
