@@ -406,8 +406,10 @@ class TableEvaluator:
 
 def tabular_targets_met(result: Dict[str, object], tstr_gap: float = 0.03) -> Dict[str, bool]:
     """The targets: beat the Gaussian on W1 and on the classifier metrics (TSTR, detection AUC);
-    TSTR within `tstr_gap` of TRTR; with a copula baseline scored, beat it on TSTR and detection
-    AUC (issue 24's target)."""
+    TSTR within `tstr_gap` of TRTR; with a copula baseline scored, beat it on TSTR and on
+    detection AUC (issue 24's target), both AUCs read as max(AUC, 0.5): below 0.5 is
+    cross-validation's bias on indistinguishable sets, so a tie at 0.5 is not a win (as
+    scripts/bench_tables.py reads it)."""
     s, r, g = result["samples"], result["baseline_real"], result["baseline_gaussian"]
     targets = {"w1_below_gaussian": s["w1"] is not None and s["w1"] < g["w1"],
                "detection_auc_below_gaussian": s["detection_auc"] < g["detection_auc"]}
@@ -416,7 +418,7 @@ def tabular_targets_met(result: Dict[str, object], tstr_gap: float = 0.03) -> Di
         targets[f"tstr_within_{tstr_gap}_of_trtr"] = s["tstr"] >= r["tstr"] - tstr_gap
     c = result.get("baseline_copula")
     if c is not None:
-        targets["detection_auc_below_copula"] = s["detection_auc"] < c["detection_auc"]
+        targets["detection_auc_below_copula"] = max(s["detection_auc"], 0.5) < max(c["detection_auc"], 0.5)
         if s["tstr"] is not None:
             targets["tstr_above_copula"] = s["tstr"] > c["tstr"]
     return targets

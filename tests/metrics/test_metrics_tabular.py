@@ -101,6 +101,11 @@ def test_regression_tstr_is_r2_and_targets_read_the_copula():
     result["baseline_gaussian"] = result["baseline_copula"]
     targets = tabular_targets_met(result)
     assert {"tstr_above_copula", "detection_auc_below_copula"} <= set(targets)
+    # detection AUCs are read as max(AUC, 0.5): 0.44 vs 0.46 is a tie at the floor, not a win
+    cell = lambda tstr, det: dict(result["samples"], tstr=tstr, detection_auc=det)
+    floor = dict(result, samples=cell(0.9, 0.44), baseline_copula=cell(0.8, 0.46))
+    assert tabular_targets_met(floor)["tstr_above_copula"] and not tabular_targets_met(floor)["detection_auc_below_copula"]
+    assert tabular_targets_met(dict(floor, baseline_copula=cell(0.8, 0.6)))["detection_auc_below_copula"]
     with pytest.raises(ValueError, match="Regression targets must be numeric"):
         TableEvaluator(_table(), _table(), COLUMNS, None, targets=["y"])
     with pytest.raises(ValueError, match="not both"):
