@@ -324,7 +324,10 @@ class QGFDConfig(PretrainedConfig):
             qgfd_alpha, qgfd_graph, qgfd_mix, qgfd_key_temperature, qgfd_detach_graph,
             qgfd_learnable_alpha, qgfd_alpha_max, qgfd_warmup_steps, beta_schedule, beta_start,
             beta_end, prediction_type, time_conditioning, position_embedding,
-            max_position_embeddings: as in `DiffusionConfig`. `latent_dim=None` (the default)
+            max_position_embeddings: as in `DiffusionConfig`.
+        snr_gamma (`float`, *optional*): min-SNR-gamma loss weighting (Hang et al. 2023): each
+            training example's loss is weighted by min(SNR(t), gamma), written for the prediction
+            type (`scheduling_qgfd.min_snr_weights`); 5 is the paper's choice. None: the plain MSE. `latent_dim=None` (the default)
             takes the width the modality's encoder produces; a value that disagrees with it
             raises `ValueError`.
         position_grid (`list[int]` or `"auto"`, *optional*): the latent tokens as a row-major grid,
@@ -443,6 +446,7 @@ class QGFDConfig(PretrainedConfig):
         decoder_layers: int = 2,
         decoder_dim: Optional[int] = None,
         initializer_range: float = 0.02,
+        snr_gamma: Optional[float] = None,
         **kwargs,
     ):
         if modality is None:
@@ -478,6 +482,10 @@ class QGFDConfig(PretrainedConfig):
         self.backbone_name = backbone_name
         self.backbone_config = _to_config(backbone_config, "backbone_config")
         self.freeze_encoder = freeze_encoder
+        if snr_gamma is not None:
+            _check_float("snr_gamma", snr_gamma, 0.0, None, low_open=True)
+            snr_gamma = float(snr_gamma)
+        self.snr_gamma = snr_gamma
         if backbone_qgfd is not None and not isinstance(backbone_qgfd, Mapping):
             raise ValueError(f"`backbone_qgfd` must be a dict of QGFD settings (steps, alpha, ...) or None, got {backbone_qgfd!r}.")
         self.backbone_qgfd = dict(backbone_qgfd) if backbone_qgfd is not None else None

@@ -38,7 +38,7 @@ from .configuration_qgfd import DIFFUSION_FIELDS, QGFD_FIELDS, QGFDConfig
 from .modeling_qgfd_checks import check_condition, check_float_tensor, check_timesteps
 from .modeling_qgfd_embeddings import TimestepEmbedding, grid_coordinates, grid_sinusoidal_embedding, sinusoidal_embedding
 from .modeling_qgfd_guidance import QGFDGuidanceMixin
-from .scheduling_qgfd import DDPMBetaSchedule, diffusion_target, q_sample
+from .scheduling_qgfd import DDPMBetaSchedule, diffusion_target, min_snr_weights, q_sample
 
 logger = logging.get_logger(__name__)
 
@@ -757,7 +757,8 @@ class QGFDPreTrainedModel(QGFDGuidanceMixin, PreTrainedModel):
         1. x_t = sqrt(a_bar_t) x0 + sqrt(1 - a_bar_t) eps [DDPM Eq. 4];
         2. target: eps, x0 or v (config.prediction_type);
         3. MSE between `denoise(x_t, t, cond, class_labels)` and the target, with the null
-           condition for the samples where `drop_condition` [B] is True.
+           condition for the samples where `drop_condition` [B] is True;
+        4. with `config.snr_gamma`, each example's MSE weighted by min-SNR-gamma.
         """
         self.check_latents("x0", x0)
         if drop_condition is not None:
@@ -767,7 +768,12 @@ class QGFDPreTrainedModel(QGFDGuidanceMixin, PreTrainedModel):
         x_t, noise = q_sample(x0, t, schedule, noise)
         target = diffusion_target(x0, noise, t, schedule, self.config.prediction_type)
         model_output = self.denoise(x_t, t, cond_tokens=cond_tokens, cond_mask=cond_mask, **({} if class_labels is None else {"class_labels": class_labels}))
-        return F.mse_loss(model_output.float(), target.float())
+        gamma = getattr(self.config, "snr_gamma", None)
+        if gamma is None:
+            return F.mse_loss(model_output.float(), target.float())
+        # 4. min-SNR-gamma: each example's MSE weighted by min(SNR(t), gamma), written for the target
+        per_example = ((model_output.float() - target.float()) ** 2).flatten(1).mean(1)  # (B,)
+        return (min_snr_weights(t, schedule, gamma, self.config.prediction_type) * per_example).mean()
     @torch.no_grad()
     def fit_latent_scale(self, batch) -> float:
         """Set `config.latent_scale` so that the latents of `batch` have unit std; returns it.

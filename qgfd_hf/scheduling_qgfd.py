@@ -178,6 +178,26 @@ def diffusion_target(x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, sch
     return schedule.gather("sqrt_alphas_cumprod", t, x0) * noise - schedule.gather("sqrt_one_minus_alphas_cumprod", t, x0) * x0
 
 
+def min_snr_weights(t: torch.Tensor, schedule: DDPMBetaSchedule, gamma: float, prediction_type: str = "epsilon") -> torch.Tensor:
+    """Min-SNR-gamma loss weights [B] [Hang et al. 2023, "Efficient Diffusion Training via Min-SNR
+    Weighting Strategy", Eq. 9-10 / Sec. 3.4], SNR(t) = a_bar_t / (1 - a_bar_t): the loss on x0 is
+    weighted by min(SNR, gamma); for the other targets the same weight becomes
+    eps: min(SNR, gamma) / SNR, x0: min(SNR, gamma), v: min(SNR, gamma) / (SNR + 1)."""
+    _check_choice("prediction_type", prediction_type, PREDICTION_TYPES)
+    if not gamma > 0:
+        raise ValueError(f"`gamma` must be > 0, got {gamma!r}.")
+    a_bar = schedule.alphas_cumprod.to(t.device)[t].double()  # (B,)
+    snr = a_bar / (1 - a_bar)
+    clipped = torch.clamp(snr, max=gamma)
+    if prediction_type == "epsilon":
+        w = clipped / snr
+    elif prediction_type == "sample":
+        w = clipped
+    else:
+        w = clipped / (snr + 1)
+    return w.float()
+
+
 def predict_x0_and_eps(model_output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, schedule: DDPMBetaSchedule, prediction_type: str = "epsilon") -> Tuple[torch.Tensor, torch.Tensor]:
     """Recover (x0_hat, eps_hat) from the network's output, inverting q_sample for each prediction type."""
     _check_choice("prediction_type", prediction_type, PREDICTION_TYPES)

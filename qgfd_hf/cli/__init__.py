@@ -63,6 +63,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--qgfd-graph", default=None, help="attention (the seed's rule) or keys")
     g.add_argument("--qgfd-mix", default=None, help="seed or recurrent")
     g.add_argument("--qgfd-warmup-steps", type=int, default=None, help="alpha warms up over this many optimizer steps")
+    g.add_argument("--snr-gamma", type=float, default=None,
+                   help="min-SNR-gamma loss weighting (Hang et al. 2023; 5 is the paper's): each example's loss weighted by "
+                        "min(SNR(t), gamma) (default: the modality's; none: the plain MSE)")
     g.add_argument("--backbone", default=None, help="pretrained encoder (Hub id or folder): t5-small for text, a ViT for --latent-space vit")
     g.add_argument("--denoiser", default=None, choices=("qgfd", "pretrained"),
                    help="qgfd: a fresh QGFD Transformer (default); pretrained: the --backbone's own Transformer stack "

@@ -236,6 +236,7 @@ def pipeline_samples(model_or_path, inputs=None, *, num_samples: Optional[int] =
 
 # The model fields that `class_conditioning` resolves (into the settings) and `diffusion_values` passes on.
 CONDITIONING_FIELDS = ("num_classes", "cond_dropout_prob", "class_frequencies")
+LOSS_FIELDS = ("snr_gamma",)  # the model's loss settings (the config's, beside the denoiser's)
 LABEL_COLUMN = "label"  # every task's data names its class labels so (digits, folders' sub-folder names, csv)
 
 
@@ -323,13 +324,13 @@ def diffusion_values(args, settings: dict) -> dict:
     from ..configuration_qgfd import DIFFUSION_FIELDS, QGFD_PRESETS
 
     names = [n for n in DIFFUSION_FIELDS if n != "latent_dim"]
-    values = {k: v for k, v in settings.items() if k in names or k in CONDITIONING_FIELDS}
+    values = {k: v for k, v in settings.items() if k in names or k in CONDITIONING_FIELDS or k in LOSS_FIELDS}
     preset = getattr(args, "preset", None)
     if preset is not None:
         if preset not in QGFD_PRESETS:
             raise ValueError(f"Unknown --preset {preset!r}; allowed: {', '.join(QGFD_PRESETS)}.")
         values.update(QGFD_PRESETS[preset])
-    values.update({n: getattr(args, n) for n in names if getattr(args, n, None) is not None})
+    values.update({n: getattr(args, n) for n in (*names, *LOSS_FIELDS) if getattr(args, n, None) is not None})
     return values
 
 
