@@ -30,6 +30,7 @@ from .modeling_qgfd_audio import AudioQGFDDiffusionModel  # noqa: F401
 from .modeling_qgfd_video import VideoQGFDDiffusionModel  # noqa: F401
 from .modeling_qgfd_tabular import TabularQGFDDiffusionModel  # noqa: F401
 from .modeling_qgfd_shared import SharedQGFDDiffusionModel, load_adapter_weights, shared_config_from_backbones
+from .modeling_qgfd_backbones import PretrainedDenoiser  # noqa: F401  (the transformers backbones: fills TRANSFORMERS_BACKBONES)
 
 logger = logging.get_logger(__name__)
 

@@ -1,5 +1,10 @@
 # coding=utf-8
-"""A pretrained Transformer's own stack as the diffusion denoiser (`denoiser="pretrained"`).
+"""transformers backbones in a QGFD diffusion model: the pretrained encoders that make x0
+(`build_encoder`, `load_pretrained_encoder`) and a pretrained Transformer's own stack as the
+diffusion denoiser (`denoiser="pretrained"`), both QGFD-patched on request.
+
+The model files reach this file only through `modeling_qgfd_adapters.TRANSFORMERS_BACKBONES`, which
+it fills when it is imported, so that a saved pixel-space model carries neither it nor patching.
 
 `PretrainedDenoiser` is eps_theta(x_t, t, cond) built from the backbone's Transformer layers:
 
@@ -51,17 +56,64 @@ from typing import List, Optional, Tuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from transformers import PreTrainedModel
+import transformers
+from transformers import AutoModel, PreTrainedModel
 from transformers.masking_utils import create_bidirectional_mask
 from transformers.utils import logging
 
 from .configuration_qgfd import PRETRAINED_STACKS, qgfd_settings
 from .modeling_qgfd import QGFDDiffusionBackbone, _zero_init, modulate
+from .modeling_qgfd_adapters import TRANSFORMERS_BACKBONES
 from .modeling_qgfd_checks import check_condition, check_float_tensor, check_timesteps
 from .modeling_qgfd_embeddings import TimestepEmbedding
-from .modeling_qgfd_adapters import build_encoder, load_pretrained_encoder
 
 logger = logging.get_logger(__name__)
+
+
+# ----------------------------------------------------------------------------------------
+# Pretrained encoders
+# ----------------------------------------------------------------------------------------
+
+_T5_ENCODERS = {"t5": "T5EncoderModel", "mt5": "MT5EncoderModel", "umt5": "UMT5EncoderModel"}
+
+
+def build_encoder(modality: str, backbone_config) -> nn.Module:
+    """The pretrained encoder's architecture from its config, with random weights (no download).
+
+    text: T5's encoder (`T5EncoderModel`; mT5, umT5 alike) or any encoder-only model
+    (`AutoModel`); image: `ViTModel` without its pooler (or `AutoModel`); audio: `AutoModel`
+    (Wav2Vec2Model and friends).
+    """
+    # The first transformers model a QGFD model builds registers "qgfd" with transformers and installs
+    # its hooks (a saved config may ask for "qgfd"); a model without one, such as a pixel-space image
+    # model, leaves transformers as it was, also when loaded with trust_remote_code.
+    from . import patching_qgfd  # noqa: F401
+
+    model_type = getattr(backbone_config, "model_type", "")
+    if modality == "text" and model_type in _T5_ENCODERS:
+        return getattr(transformers, _T5_ENCODERS[model_type])(backbone_config)
+    if modality == "text" and getattr(backbone_config, "is_encoder_decoder", False):
+        raise ValueError(
+            f"Text backbones must be T5-family ({sorted(_T5_ENCODERS)}) or encoder-only models, got model_type={model_type!r}."
+        )
+    if modality in ("image", "video") and model_type == "vit":
+        return transformers.ViTModel(backbone_config, add_pooling_layer=False)
+    return AutoModel.from_config(backbone_config)
+
+
+def load_pretrained_encoder(encoder: nn.Module, name: str) -> None:
+    """Copy the weights of the Hub model or folder `name` into `encoder` (same architecture)."""
+    kwargs = {"add_pooling_layer": False} if type(encoder).__name__ == "ViTModel" else {}
+    pretrained = type(encoder).from_pretrained(name, **kwargs)
+    encoder.load_state_dict(pretrained.state_dict(), strict=True)
+    logger.info(f"Loaded pretrained {type(encoder).__name__} weights from {name!r}.")
+
+
+def patch_model(model, **settings):
+    """`patching_qgfd.patch_model` (imported on first use: registers "qgfd" and installs the hooks)."""
+    from .patching_qgfd import patch_model as patch
+
+    return patch(model, **settings)
 
 
 # ----------------------------------------------------------------------------------------
@@ -453,15 +505,11 @@ class PretrainedDenoiser(nn.Module):
         return self.out_proj(modulate(out, shift, scale))  # (B, L, Dl)
 
 
-def build_denoiser(config) -> nn.Module:
-    """The denoiser a config asks for (`config.denoiser`): "qgfd" is `QGFDDiffusionBackbone`,
-    "pretrained" is `PretrainedDenoiser` (the backbone's own stack)."""
-    denoiser = getattr(config, "denoiser", "qgfd")
-    if denoiser == "pretrained":
-        return PretrainedDenoiser(config)
-    if denoiser != "qgfd":
-        raise ValueError(f"Unknown denoiser {denoiser!r}; allowed: 'qgfd', 'pretrained'.")
-    return QGFDDiffusionBackbone(config)
+TRANSFORMERS_BACKBONES.update(
+    build_encoder=build_encoder,
+    load_pretrained_encoder=load_pretrained_encoder,
+    patch_model=patch_model,
+    pretrained_denoiser=lambda config: PretrainedDenoiser(config),
+)
 
-
-__all__ = ["PretrainedDenoiser", "build_denoiser"]
+__all__ = ["PretrainedDenoiser", "build_encoder", "load_pretrained_encoder"]

@@ -14,10 +14,9 @@ from transformers.utils import logging
 
 from .configuration_qgfd_tabular import QGFDTabularConfig
 from .modeling_qgfd import QGFDPreTrainedModel, register_model_class
-from .modeling_qgfd_adapters import ADAPTERS, _get, _ModalityAdapter, _resolve_adapter_config
+from .modeling_qgfd_adapters import ADAPTERS, _get, _ModalityAdapter, _resolve_adapter_config, build_denoiser
 from .modeling_qgfd_checks import check_float_tensor, check_timesteps
 from .modeling_qgfd_guidance import classifier_free_guidance, labels_from_uniform
-from .modeling_qgfd_pretrained import build_denoiser
 from .scheduling_qgfd import diffusion_target, q_sample, sample_loop
 
 logger = logging.get_logger(__name__)
