@@ -107,4 +107,8 @@ def __dir__():
 
 from .registration_qgfd import register  # noqa: E402
 
-register()
+# The `qgfd-hf` console script (qgfd_hf_cli.py) imports the command line with registration deferred,
+# so that `qgfd-hf --help` imports neither torch nor transformers; the command line registers before
+# it runs a command. Every other import registers here.
+if os.environ.get("QGFD_HF_DEFER_REGISTRATION") != "1":
+    register()

@@ -15,7 +15,8 @@ wall time to `import torch, transformers` measured in the same run. The rows:
 - `from transformers import PreTrainedModel, Pipeline, AutoModel`, without and after
   `import qgfd_hf`: the transformers modules whose public registries qgfd_hf registers with on
   import (qgfd_hf/registration_qgfd.py), so what any use of a transformers model costs anyway;
-- `qgfd-hf --help` (the console script's code, `qgfd_hf.cli:main`), `train --help`, `python -m qgfd_hf --help`.
+- `qgfd-hf --help` (the console script's code, `qgfd_hf_cli:main`), `train --help`, `python -m qgfd_hf --help`
+  (which imports the package, and so registers, first).
 
 The targets (issue 15): `import qgfd_hf` <= `import torch, transformers` + 0.5 s; `qgfd-hf --help`
 < 1 s (wall, medians).
@@ -36,7 +37,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
 HEAVY = "from transformers import PreTrainedModel, Pipeline, AutoModel"
-HELP = "import sys; from qgfd_hf.cli import main; sys.argv = ['qgfd-hf'] + sys.argv[1:]; sys.exit(main())"
+HELP = "import sys; from qgfd_hf_cli import main; sys.argv = ['qgfd-hf'] + sys.argv[1:]; sys.exit(main())"
 
 COMMANDS = [
     ("python -c pass", [PY, "-c", "pass"]),
