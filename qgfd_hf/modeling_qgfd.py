@@ -699,9 +699,21 @@ class QGFDPreTrainedModel(QGFDGuidanceMixin, QGFDHubMixin, PreTrainedModel):
         schedule = schedule if schedule is not None else self.get_schedule(x0.device)
         t = check_timesteps(t, x0.shape[0], self.config.num_timesteps, x0.device)
         x_t, noise = q_sample(x0, t, schedule, noise)
+        x_t = self._clean_tokens(x_t, x0, drop_condition)
         target = diffusion_target(x0, noise, t, schedule, self.config.prediction_type)
         model_output = self.denoise(x_t, t, cond_tokens=cond_tokens, cond_mask=cond_mask, **({} if class_labels is None else {"class_labels": class_labels}))
+        keep = self._loss_tokens(x0)
+        if keep is not None:
+            model_output, target = model_output[:, keep], target[:, keep]  # (B, L', Dl)
         return F.mse_loss(model_output.float(), target.float())
+
+    def _clean_tokens(self, x_t: torch.Tensor, x0: torch.Tensor, drop_condition: Optional[torch.Tensor]) -> torch.Tensor:
+        """x_t as the denoiser sees it in training: tokens that stay clean (the tabular label) put back."""
+        return x_t
+
+    def _loss_tokens(self, x0: torch.Tensor) -> Optional[torch.Tensor]:
+        """The latent tokens [L] (bool) the loss covers; None: all of them."""
+        return None
     @torch.no_grad()
     def fit_latent_scale(self, batch) -> float:
         """Set `config.latent_scale` so that the latents of `batch` have unit std; returns it.

@@ -62,7 +62,7 @@ from transformers.masking_utils import create_bidirectional_mask
 from transformers.utils import logging
 
 from .configuration_qgfd import PRETRAINED_STACKS, qgfd_settings
-from .modeling_qgfd import QGFDDiffusionBackbone, _zero_init, modulate
+from .modeling_qgfd import _zero_init, modulate
 from .modeling_qgfd_adapters import TRANSFORMERS_BACKBONES
 from .modeling_qgfd_checks import check_condition, check_float_tensor, check_timesteps
 from .modeling_qgfd_embeddings import TimestepEmbedding
