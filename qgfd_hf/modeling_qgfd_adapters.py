@@ -7,7 +7,7 @@ encoder. Each modality's adapter lives beside its model in `modeling_qgfd_<modal
 this file holds their base class `_ModalityAdapter`, the registry `ADAPTERS` (modality ->
 adapter class, filled by those files), the door to the pretrained encoders (`build_encoder`,
 `load_pretrained_encoder`, `maybe_patch_encoder` call `TRANSFORMERS_BACKBONES`, filled by
-`modeling_qgfd_pretrained`), modality configs from a backbone, the
+`modeling_qgfd_pretrained`), the
 building blocks (`SharedProjection`, `LatentDecoder`) and the batch checks.
 
 | modality | x0 (latents)                                   | decoder                         | conditioning |
@@ -31,7 +31,7 @@ from typing import Callable, Dict, Mapping, Optional, Tuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from transformers import AutoConfig, PretrainedConfig
+from transformers import PretrainedConfig
 from transformers.utils import logging
 
 from .attention_qgfd import value_checks_enabled
@@ -96,68 +96,6 @@ def build_denoiser(config) -> nn.Module:
     if denoiser != "qgfd":
         raise ValueError(f"Unknown denoiser {denoiser!r}; allowed: 'qgfd', 'pretrained'.")
     return QGFDDiffusionBackbone(config)
-
-# ----------------------------------------------------------------------------------------
-# Modality configs from a backbone (a Hub id, a folder or a transformers config)
-# ----------------------------------------------------------------------------------------
-
-
-def _resolve_backbone(backbone, modality):
-    """(backbone_config or None, Hub id / folder or None) from a name, a config or None."""
-    if backbone is None:
-        return None, None
-    if isinstance(backbone, str):
-        return AutoConfig.from_pretrained(backbone), backbone
-    if isinstance(backbone, PretrainedConfig):
-        if isinstance(backbone, QGFDConfig):
-            raise ValueError(f"The {modality} backbone must be the encoder's config (T5, ViT, ...), not a {type(backbone).__name__}.")
-        return backbone, None
-    raise ValueError(f"`backbone_name` for {modality} must be a Hub id, a folder, a transformers config or None, got {type(backbone).__name__}.")
-
-
-def config_from_backbone(modality: str, backbone, base_cfg=None, **kwargs):
-    """A modality config for an adapter or model: returns (config, pretrained name or None).
-    The modality's config file must have been imported (it fills `MODALITY_CONFIGS`).
-
-    `base_cfg` (a DiffusionConfig or QGFDConfig) supplies the sizes of the learned decoders;
-    `latent_dim` is the encoder's width.
-    """
-    backbone_config, name = _resolve_backbone(backbone, modality)
-    values = {}
-    if base_cfg is not None:
-        values = {k: getattr(base_cfg, k) for k in ("d_model", "num_heads", "num_layers", "d_ff", "dropout")}
-    values.update(kwargs)
-    values.setdefault("latent_dim", None)
-    if modality in ("image", "video"):
-        values.setdefault("latent_space", "vit" if backbone_config is not None else "pixels")
-        if name is not None and values["latent_space"] == "vit":
-            _normalisation_from_processor(values, _load_processor(modality, name))
-    if modality in ("image", "video", "text", "audio") or backbone_config is not None:
-        values["backbone_config"] = backbone_config
-    return MODALITY_CONFIGS[modality](backbone_name=name, **values), name
-
-
-def _normalisation_from_processor(values: dict, processor) -> None:
-    """Normalise pixels as the pretrained image processor does (unless the caller said otherwise)."""
-    for key in ("image_mean", "image_std"):
-        value = getattr(processor, key, None) if processor is not None else None
-        if key not in values and value is not None:
-            values[key] = [float(v) for v in value] if isinstance(value, (list, tuple)) else value
-
-
-def _load_processor(modality: str, name: str):
-    """The tokenizer / image processor / feature extractor saved with the backbone at `name`
-    (None, with a warning, when an image or audio backbone has none; text needs one)."""
-    from transformers import AutoFeatureExtractor, AutoImageProcessor, AutoTokenizer
-
-    loader = {"text": AutoTokenizer, "image": AutoImageProcessor, "video": AutoImageProcessor, "audio": AutoFeatureExtractor}[modality]
-    try:
-        return loader.from_pretrained(name)
-    except (OSError, ValueError) as err:
-        if modality == "text":
-            raise ValueError(f"No tokenizer could be loaded from {name!r} ({err}); pass `tokenizer=`.") from err
-        logger.warning(f"No processor at {name!r} ({err}); building one from the model's config.")
-        return None
 
 # ----------------------------------------------------------------------------------------
 # Building blocks of the adapters
@@ -271,7 +209,7 @@ def _resolve_adapter_config(modality: str, config, shared_cfg):
     if isinstance(config, (str, PretrainedConfig)) or (config is None and modality in ("image", "video", "tabular")):
         if shared_cfg is None:
             raise ValueError(f"`{modality}` adapter built from a backbone needs `shared_cfg`.")
-        cfg, name = config_from_backbone(modality, config, shared_cfg)
+        cfg, name = transformers_backbone("config_from_backbone")(modality, config, shared_cfg)
         return cfg, name
     raise ValueError(f"A {modality} adapter takes a modality config, a Hub id / folder or a backbone config, got {type(config).__name__}.")
 
@@ -341,7 +279,6 @@ __all__ = [
     "TRANSFORMERS_BACKBONES",
     "build_denoiser",
     "build_encoder",
-    "config_from_backbone",
     "load_pretrained_encoder",
     "maybe_patch_encoder",
 ]

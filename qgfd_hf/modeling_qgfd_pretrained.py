@@ -57,11 +57,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import transformers
-from transformers import AutoModel, PreTrainedModel
+from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
 from transformers.masking_utils import create_bidirectional_mask
 from transformers.utils import logging
 
-from .configuration_qgfd import PRETRAINED_STACKS, qgfd_settings
+from .configuration_qgfd import MODALITY_CONFIGS, PRETRAINED_STACKS, QGFDConfig, qgfd_settings
 from .modeling_qgfd import _zero_init, modulate
 from .modeling_qgfd_adapters import TRANSFORMERS_BACKBONES
 from .modeling_qgfd_checks import check_condition, check_float_tensor, check_timesteps
@@ -114,6 +114,70 @@ def patch_model(model, **settings):
     from .patching_qgfd import patch_model as patch
 
     return patch(model, **settings)
+
+
+
+# ----------------------------------------------------------------------------------------
+# Modality configs from a backbone (a Hub id, a folder or a transformers config)
+# ----------------------------------------------------------------------------------------
+
+
+def _resolve_backbone(backbone, modality):
+    """(backbone_config or None, Hub id / folder or None) from a name, a config or None."""
+    if backbone is None:
+        return None, None
+    if isinstance(backbone, str):
+        return AutoConfig.from_pretrained(backbone), backbone
+    if isinstance(backbone, PretrainedConfig):
+        if isinstance(backbone, QGFDConfig):
+            raise ValueError(f"The {modality} backbone must be the encoder's config (T5, ViT, ...), not a {type(backbone).__name__}.")
+        return backbone, None
+    raise ValueError(f"`backbone_name` for {modality} must be a Hub id, a folder, a transformers config or None, got {type(backbone).__name__}.")
+
+
+def config_from_backbone(modality: str, backbone, base_cfg=None, **kwargs):
+    """A modality config for an adapter or model: returns (config, pretrained name or None).
+    The modality's config file must have been imported (it fills `MODALITY_CONFIGS`).
+
+    `base_cfg` (a DiffusionConfig or QGFDConfig) supplies the sizes of the learned decoders;
+    `latent_dim` is the encoder's width.
+    """
+    backbone_config, name = _resolve_backbone(backbone, modality)
+    values = {}
+    if base_cfg is not None:
+        values = {k: getattr(base_cfg, k) for k in ("d_model", "num_heads", "num_layers", "d_ff", "dropout")}
+    values.update(kwargs)
+    values.setdefault("latent_dim", None)
+    if modality in ("image", "video"):
+        values.setdefault("latent_space", "vit" if backbone_config is not None else "pixels")
+        if name is not None and values["latent_space"] == "vit":
+            _normalisation_from_processor(values, _load_processor(modality, name))
+    if modality in ("image", "video", "text", "audio") or backbone_config is not None:
+        values["backbone_config"] = backbone_config
+    return MODALITY_CONFIGS[modality](backbone_name=name, **values), name
+
+
+def _normalisation_from_processor(values: dict, processor) -> None:
+    """Normalise pixels as the pretrained image processor does (unless the caller said otherwise)."""
+    for key in ("image_mean", "image_std"):
+        value = getattr(processor, key, None) if processor is not None else None
+        if key not in values and value is not None:
+            values[key] = [float(v) for v in value] if isinstance(value, (list, tuple)) else value
+
+
+def _load_processor(modality: str, name: str):
+    """The tokenizer / image processor / feature extractor saved with the backbone at `name`
+    (None, with a warning, when an image or audio backbone has none; text needs one)."""
+    from transformers import AutoFeatureExtractor, AutoImageProcessor, AutoTokenizer
+
+    loader = {"text": AutoTokenizer, "image": AutoImageProcessor, "video": AutoImageProcessor, "audio": AutoFeatureExtractor}[modality]
+    try:
+        return loader.from_pretrained(name)
+    except (OSError, ValueError) as err:
+        if modality == "text":
+            raise ValueError(f"No tokenizer could be loaded from {name!r} ({err}); pass `tokenizer=`.") from err
+        logger.warning(f"No processor at {name!r} ({err}); building one from the model's config.")
+        return None
 
 
 # ----------------------------------------------------------------------------------------
@@ -507,9 +571,10 @@ class PretrainedDenoiser(nn.Module):
 
 TRANSFORMERS_BACKBONES.update(
     build_encoder=build_encoder,
+    config_from_backbone=config_from_backbone,
     load_pretrained_encoder=load_pretrained_encoder,
     patch_model=patch_model,
     pretrained_denoiser=lambda config: PretrainedDenoiser(config),
 )
 
-__all__ = ["PretrainedDenoiser", "build_encoder", "load_pretrained_encoder"]
+__all__ = ["PretrainedDenoiser", "build_encoder", "config_from_backbone", "load_pretrained_encoder"]
