@@ -41,7 +41,10 @@ setup(
         # audio: reads wav/flac files (its wheels bundle libsndfile; datasets' Audio needs FFmpeg)
         "soundfile>=0.12",
     ],
-    entry_points={"console_scripts": ["qgfd-hf=qgfd_hf.cli:main"]},
+    # The console script's module sits beside the package: importing `qgfd_hf.cli` directly would
+    # run `import qgfd_hf`'s registration, and `qgfd-hf --help` should not wait for torch (qgfd_hf_cli.py).
+    py_modules=["qgfd_hf_cli"],
+    entry_points={"console_scripts": ["qgfd-hf=qgfd_hf_cli:main"]},
     extras_require={
         # `--report-to tensorboard` (accelerate's tracker); the tests exercise it.
         "tensorboard": ["tensorboard>=2.10"],

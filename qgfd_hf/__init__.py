@@ -4,8 +4,9 @@
 the `"qgfd"` attention implementation, the configs and models with the Auto classes, and the
 `"qgfd-diffusion"` pipeline. The public names below come from their modules on first use (PEP 562).
 
-The flat modules are what a saved model folder needs (kernel, configs, models, scheduling, pipeline,
-patching, model card); they never import the subpackages of the installed package's training side:
+The flat modules are what a saved model folder needs (kernel, configs, models, scheduling, pipeline;
+patching and the pretrained backbones for a model with a transformers backbone); they never import
+the subpackages of the installed package's training side:
 `qgfd_hf.training` (trainer, arguments, checkpoints, callbacks), `qgfd_hf.tasks` (one file per
 modality), `qgfd_hf.data`, `qgfd_hf.metrics` and `qgfd_hf.cli`, each imported only when used.
 """
@@ -107,4 +108,8 @@ def __dir__():
 
 from .registration_qgfd import register  # noqa: E402
 
-register()
+# The `qgfd-hf` console script (qgfd_hf_cli.py) imports the command line with registration deferred,
+# so that `qgfd-hf --help` imports neither torch nor transformers; the command line registers before
+# it runs a command. Every other import registers here.
+if os.environ.get("QGFD_HF_DEFER_REGISTRATION") != "1":
+    register()

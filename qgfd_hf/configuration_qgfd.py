@@ -24,7 +24,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from transformers import AutoConfig, PretrainedConfig
 
-from .attention_qgfd import QGFDSettings
+from .attention_qgfd import QGFDSettings, _check_choice
 from .scheduling_qgfd import BETA_SCHEDULES, PREDICTION_TYPES
 
 # True when this file is the installed `qgfd_hf` package, False in a `trust_remote_code` copy.
@@ -62,6 +62,9 @@ def absolute_position_limit(backbone_config) -> Optional[int]:
     if model_type == "roberta":
         return int(backbone_config.max_position_embeddings) - int(backbone_config.pad_token_id or 0) - 1
     return None
+
+# QGFD's defaults are QGFDSettings' (attention_qgfd.py, the one place they are written).
+_QGFD_DEFAULTS = QGFDSettings()
 
 # The QGFD attention settings of the denoiser: config name -> `QGFDSettings` field.
 QGFD_FIELDS = {
@@ -108,11 +111,6 @@ def _check_float(name, value, low=None, high=None, low_open=False, high_open=Fal
         lo = "" if low is None else ("(" if low_open else "[") + f"{low}"
         hi = "" if high is None else f"{high}" + (")" if high_open else "]")
         raise ValueError(f"`{name}` must lie in {lo or '(-inf'}, {hi or 'inf)'}, got {value!r}.")
-
-
-def _check_choice(name, value, allowed):
-    if value not in allowed:
-        raise ValueError(f"Unknown {name} {value!r}; allowed: {', '.join(repr(a) for a in allowed)}.")
 
 
 def _check_bool(name, value):
@@ -221,15 +219,15 @@ class DiffusionConfig:
     d_ff: int = 2048
     latent_dim: int = 512
     num_timesteps: int = 1000
-    qgfd_steps: int = 1
-    qgfd_alpha: float = 0.5
-    qgfd_graph: str = "attention"
-    qgfd_mix: str = "seed"
-    qgfd_key_temperature: float = 1.0
-    qgfd_detach_graph: bool = False
-    qgfd_learnable_alpha: bool = False
-    qgfd_alpha_max: float = 1.0
-    qgfd_warmup_steps: int = 0
+    qgfd_steps: int = _QGFD_DEFAULTS.steps
+    qgfd_alpha: float = _QGFD_DEFAULTS.alpha
+    qgfd_graph: str = _QGFD_DEFAULTS.graph
+    qgfd_mix: str = _QGFD_DEFAULTS.mix
+    qgfd_key_temperature: float = _QGFD_DEFAULTS.key_temperature
+    qgfd_detach_graph: bool = _QGFD_DEFAULTS.detach_graph
+    qgfd_learnable_alpha: bool = _QGFD_DEFAULTS.learnable_alpha
+    qgfd_alpha_max: float = _QGFD_DEFAULTS.alpha_max
+    qgfd_warmup_steps: int = _QGFD_DEFAULTS.warmup_steps
     dropout: float = 0.0
     beta_schedule: str = "linear"
     beta_start: float = 1e-4
@@ -415,15 +413,15 @@ class QGFDConfig(PretrainedConfig):
         latent_dim: Optional[int] = None,
         num_timesteps: int = 1000,
         dropout: float = 0.0,
-        qgfd_steps: int = 1,
-        qgfd_alpha: float = 0.5,
-        qgfd_graph: str = "attention",
-        qgfd_mix: str = "seed",
-        qgfd_key_temperature: float = 1.0,
-        qgfd_detach_graph: bool = False,
-        qgfd_learnable_alpha: bool = False,
-        qgfd_alpha_max: float = 1.0,
-        qgfd_warmup_steps: int = 0,
+        qgfd_steps: int = _QGFD_DEFAULTS.steps,
+        qgfd_alpha: float = _QGFD_DEFAULTS.alpha,
+        qgfd_graph: str = _QGFD_DEFAULTS.graph,
+        qgfd_mix: str = _QGFD_DEFAULTS.mix,
+        qgfd_key_temperature: float = _QGFD_DEFAULTS.key_temperature,
+        qgfd_detach_graph: bool = _QGFD_DEFAULTS.detach_graph,
+        qgfd_learnable_alpha: bool = _QGFD_DEFAULTS.learnable_alpha,
+        qgfd_alpha_max: float = _QGFD_DEFAULTS.alpha_max,
+        qgfd_warmup_steps: int = _QGFD_DEFAULTS.warmup_steps,
         beta_schedule: str = "linear",
         beta_start: float = 1e-4,
         beta_end: float = 2e-2,

@@ -21,9 +21,7 @@ Shapes: `B` batch, `L` latent length, `Lc` conditioning length, `D` d_model,
 from __future__ import annotations
 
 import math
-import shutil
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 import torch
@@ -33,22 +31,17 @@ from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput, logging
 
+from .attention_qgfd import QGFDSettings
 from .modeling_qgfd_attention import QGFDAlpha, QGFDMultiheadAttention
 from .configuration_qgfd import DIFFUSION_FIELDS, QGFD_FIELDS, QGFDConfig
 from .modeling_qgfd_checks import check_condition, check_float_tensor, check_timesteps
 from .modeling_qgfd_embeddings import TimestepEmbedding, grid_coordinates, grid_sinusoidal_embedding, sinusoidal_embedding
 from .modeling_qgfd_guidance import QGFDGuidanceMixin
+from .modeling_qgfd_hub import QGFDHubMixin
 from .scheduling_qgfd import DDPMBetaSchedule, diffusion_target, min_snr_weights, q_sample
 
 logger = logging.get_logger(__name__)
 
-# The pipeline that samples these models, by name: the model never imports it (the pipeline
-# imports the model's contract). `save_pretrained` copies its file into the folder and names it in
-# `custom_pipelines`, so `pipeline(model=dir, trust_remote_code=True)` finds it where qgfd_hf is
-# not installed.
-PIPELINE_TASK = "qgfd-diffusion"
-PIPELINE_FILE = "pipeline_qgfd_diffusion.py"
-PIPELINE_CLASS = "QGFDDiffusionPipeline"
 
 # modality -> model class: the five single-modality models (MODEL_CLASSES) and also "shared"
 # (ALL_MODEL_CLASSES). Each `modeling_qgfd_<modality>.py` registers its class on import.
@@ -190,7 +183,7 @@ class EncoderBlock(nn.Module):
         dropout: float = 0.0,
         time_conditioning: Optional[str] = None,
         qgfd_steps: int = 0,
-        qgfd_alpha: float = 0.5,
+        qgfd_alpha: float = QGFDSettings.alpha,
         **qgfd_kwargs,
     ):
         super().__init__()
@@ -459,7 +452,7 @@ class QGFDDiffusionOutput(ModelOutput):
     recon_loss: Optional[torch.FloatTensor] = None
 
 
-class QGFDPreTrainedModel(QGFDGuidanceMixin, PreTrainedModel):
+class QGFDPreTrainedModel(QGFDGuidanceMixin, QGFDHubMixin, PreTrainedModel):
     """Base class of the QGFD diffusion models: weight init, and the uniform contract that the
     pipeline and the training code use on every modality.
 
@@ -619,65 +612,6 @@ class QGFDPreTrainedModel(QGFDGuidanceMixin, PreTrainedModel):
         modality's form (each modality model overrides this)."""
         raise ValueError(f"The pipeline cannot turn {config.modality!r} latents into data; use output_type='latent'.")
 
-    # -- saving and sharing ----------------------------------------------------------------
-
-    # The tokenizer / processor that prepares this model's data; the factory attaches it, and
-    # `save_pretrained` writes it beside the weights so `from_pretrained` users and the
-    # pipeline find it. A plain attribute: never part of the state dict.
-    processor = None
-
-    def save_pretrained(self, save_directory, *args, processor=None, training_info: Optional[Mapping] = None, model_card: bool = True, **kwargs):
-        """Save the model as transformers does (`config.json`, `model.safetensors`, and this
-        package's code for `trust_remote_code`), plus its tokenizer or processor, the pipeline's
-        code and a model card `README.md`.
-
-        Args:
-            save_directory: the folder.
-            processor (*optional*): the tokenizer / processor to save; defaults to `self.processor`.
-            training_info (`dict`, *optional*): what training recorded (data, steps, metrics) for the card.
-            model_card (`bool`, defaults to `True`): write `README.md`.
-            **kwargs: passed to `PreTrainedModel.save_pretrained`.
-        """
-        # The pipeline travels with the code: where qgfd_hf is not installed,
-        # `pipeline(model=dir, trust_remote_code=True)` reads this entry (the installed config
-        # class drops it on load, see QGFDConfig). A copy of this code without the pipeline's
-        # file (loaded with trust_remote_code, never used with a pipeline) saves no entry.
-        pipeline_file = Path(__file__).with_name(PIPELINE_FILE)
-        if pipeline_file.is_file():
-            impl = f"{pipeline_file.stem}.{PIPELINE_CLASS}"
-            self.config.custom_pipelines = {PIPELINE_TASK: {"impl": impl, "pt": ["AutoModel"], "type": "multimodal"}}
-        # The latent lengths these weights were trained for: loading refuses a config.json whose
-        # fields give other ones (QGFDConfig._check_saved_latent_tokens); the config drops it on load.
-        self.config.saved_latent_tokens = self.config.latent_token_counts()
-        try:
-            super().save_pretrained(save_directory, *args, **kwargs)
-        finally:
-            self.config.__dict__.pop("custom_pipelines", None)
-            del self.config.saved_latent_tokens
-        if not kwargs.get("is_main_process", True):
-            return
-        if pipeline_file.is_file():
-            shutil.copy(pipeline_file, Path(save_directory) / PIPELINE_FILE)  # its relative imports travel with the model's
-        processor = processor if processor is not None else self.processor
-        if processor is not None:
-            processor.save_pretrained(save_directory)
-        if model_card:
-            from .modelcard_qgfd import save_model_card
-
-            try:
-                save_model_card(self, save_directory, training_info=training_info)
-            except FileNotFoundError as err:  # a trust_remote_code copy has no template
-                logger.warning(f"No model card written: {err}")
-
-    def push_to_hub(self, repo_id: str, *, training_info: Optional[Mapping] = None, **kwargs):
-        """Upload the saved model (code, weights, tokenizer / processor) and its model card in one
-        commit. `transformers`' own `push_to_hub` would replace the card with a generic one.
-        Keyword arguments: those of `qgfd_hf.push_to_hub_with_card` (`private`, `token`,
-        `revision`, `commit_message`, `create_pr`, ...)."""
-        from .modelcard_qgfd import push_to_hub_with_card
-
-        return push_to_hub_with_card(self, repo_id, training_info=training_info, **kwargs)
-
     def get_schedule(self, device=None) -> DDPMBetaSchedule:
         """The noise schedule of `config` (float64), on `device` (default: the model's)."""
         key = (self.config.num_timesteps, self.config.beta_start, self.config.beta_end, self.config.beta_schedule)
@@ -766,14 +700,26 @@ class QGFDPreTrainedModel(QGFDGuidanceMixin, PreTrainedModel):
         schedule = schedule if schedule is not None else self.get_schedule(x0.device)
         t = check_timesteps(t, x0.shape[0], self.config.num_timesteps, x0.device)
         x_t, noise = q_sample(x0, t, schedule, noise)
+        x_t = self._clean_tokens(x_t, x0, drop_condition)
         target = diffusion_target(x0, noise, t, schedule, self.config.prediction_type)
         model_output = self.denoise(x_t, t, cond_tokens=cond_tokens, cond_mask=cond_mask, **({} if class_labels is None else {"class_labels": class_labels}))
+        keep = self._loss_tokens(x0)
+        if keep is not None:
+            model_output, target = model_output[:, keep], target[:, keep]  # (B, L', Dl)
         gamma = getattr(self.config, "snr_gamma", None)
         if gamma is None:
             return F.mse_loss(model_output.float(), target.float())
         # 4. min-SNR-gamma: each example's MSE weighted by min(SNR(t), gamma), written for the target
         per_example = ((model_output.float() - target.float()) ** 2).flatten(1).mean(1)  # (B,)
         return (min_snr_weights(t, schedule, gamma, self.config.prediction_type) * per_example).mean()
+
+    def _clean_tokens(self, x_t: torch.Tensor, x0: torch.Tensor, drop_condition: Optional[torch.Tensor]) -> torch.Tensor:
+        """x_t as the denoiser sees it in training: tokens that stay clean (the tabular label) put back."""
+        return x_t
+
+    def _loss_tokens(self, x0: torch.Tensor) -> Optional[torch.Tensor]:
+        """The latent tokens [L] (bool) the loss covers; None: all of them."""
+        return None
     @torch.no_grad()
     def fit_latent_scale(self, batch) -> float:
         """Set `config.latent_scale` so that the latents of `batch` have unit std; returns it.

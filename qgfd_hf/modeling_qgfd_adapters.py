@@ -5,8 +5,9 @@ An adapter owns what is specific to one modality: the (frozen) encoder that make
 latents x0, the decoder that turns latents back into data, and, for text, the conditioning
 encoder. Each modality's adapter lives beside its model in `modeling_qgfd_<modality>.py`;
 this file holds their base class `_ModalityAdapter`, the registry `ADAPTERS` (modality ->
-adapter class, filled by those files), the pretrained encoders (`build_encoder`,
-`load_pretrained_encoder`, `maybe_patch_encoder`), modality configs from a backbone, the
+adapter class, filled by those files), the door to the pretrained encoders (`build_encoder`,
+`load_pretrained_encoder`, `maybe_patch_encoder` call `TRANSFORMERS_BACKBONES`, filled by
+`modeling_qgfd_pretrained`), the
 building blocks (`SharedProjection`, `LatentDecoder`) and the batch checks.
 
 | modality | x0 (latents)                                   | decoder                         | conditioning |
@@ -25,17 +26,17 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Dict, Mapping, Optional, Tuple
+from typing import Callable, Dict, Mapping, Optional, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from transformers import AutoConfig, AutoModel, PretrainedConfig
+from transformers import PretrainedConfig
 from transformers.utils import logging
 
 from .attention_qgfd import value_checks_enabled
 from .configuration_qgfd import MODALITY_CONFIGS, QGFDConfig
-from .modeling_qgfd import EncoderBlock
+from .modeling_qgfd import EncoderBlock, QGFDDiffusionBackbone
 from .modeling_qgfd_embeddings import sinusoidal_embedding
 
 logger = logging.get_logger(__name__)
@@ -48,112 +49,53 @@ ADAPTERS: Dict[str, type] = {}
 # Pretrained encoders
 # ----------------------------------------------------------------------------------------
 
-_T5_ENCODERS = {"t5": "T5EncoderModel", "mt5": "MT5EncoderModel", "umt5": "UMT5EncoderModel"}
+# What a model with a transformers backbone needs (a pretrained encoder that makes x0, the
+# backbone's own stack as the denoiser, QGFD patching of either): name -> function, filled by
+# `modeling_qgfd_pretrained` when it is imported (by `import qgfd_hf`, or by a saved folder's
+# `modeling_qgfd_backbones.py`). The model files reach it only through this table, never by a
+# relative import, so a saved pixel-space model's folder carries none of that code (and none of
+# patching): `trust_remote_code` copies every file a model file imports relatively.
+TRANSFORMERS_BACKBONES: Dict[str, Callable] = {}
+
+
+def transformers_backbone(name: str) -> Callable:
+    """The backbone function `name` from `TRANSFORMERS_BACKBONES`, or a ValueError saying what is missing."""
+    try:
+        return TRANSFORMERS_BACKBONES[name]
+    except KeyError:
+        raise ValueError(
+            f"This model needs a transformers backbone ({name}), whose code is in modeling_qgfd_pretrained.py: "
+            "import qgfd_hf, or load a folder saved with it (a model with a backbone saves modeling_qgfd_backbones.py "
+            "and names it in config.json's auto_map)."
+        ) from None
 
 
 def build_encoder(modality: str, backbone_config: PretrainedConfig) -> nn.Module:
-    """The pretrained encoder's architecture from its config, with random weights (no download).
-
-    text: T5's encoder (`T5EncoderModel`; mT5, umT5 alike) or any encoder-only model
-    (`AutoModel`); image: `ViTModel` without its pooler (or `AutoModel`); audio: `AutoModel`
-    (Wav2Vec2Model and friends).
-    """
-    import transformers
-
-    # The first transformers model a QGFD model builds registers "qgfd" with transformers and installs
-    # its hooks (a saved config may ask for "qgfd"); a model without one, such as a pixel-space image
-    # model, leaves transformers as it was, also when loaded with trust_remote_code.
-    from . import patching_qgfd  # noqa: F401
-
-    model_type = getattr(backbone_config, "model_type", "")
-    if modality == "text" and model_type in _T5_ENCODERS:
-        return getattr(transformers, _T5_ENCODERS[model_type])(backbone_config)
-    if modality == "text" and getattr(backbone_config, "is_encoder_decoder", False):
-        raise ValueError(
-            f"Text backbones must be T5-family ({sorted(_T5_ENCODERS)}) or encoder-only models, got model_type={model_type!r}."
-        )
-    if modality in ("image", "video") and model_type == "vit":
-        return transformers.ViTModel(backbone_config, add_pooling_layer=False)
-    return AutoModel.from_config(backbone_config)
+    """The pretrained encoder's architecture from its config, with random weights (no download);
+    see `modeling_qgfd_pretrained.build_encoder`."""
+    return transformers_backbone("build_encoder")(modality, backbone_config)
 
 
 def load_pretrained_encoder(encoder: nn.Module, name: str) -> None:
     """Copy the weights of the Hub model or folder `name` into `encoder` (same architecture)."""
-    kwargs = {"add_pooling_layer": False} if type(encoder).__name__ == "ViTModel" else {}
-    pretrained = type(encoder).from_pretrained(name, **kwargs)
-    encoder.load_state_dict(pretrained.state_dict(), strict=True)
-    logger.info(f"Loaded pretrained {type(encoder).__name__} weights from {name!r}.")
+    transformers_backbone("load_pretrained_encoder")(encoder, name)
 
 
 def maybe_patch_encoder(encoder: nn.Module, settings: Optional[dict]) -> None:
     """QGFD-patch the encoder's own self-attention when `backbone_qgfd` asks for it."""
-    if not settings:
-        return
-    from .patching_qgfd import patch_model
-
-    patch_model(encoder, **settings)
-
-# ----------------------------------------------------------------------------------------
-# Modality configs from a backbone (a Hub id, a folder or a transformers config)
-# ----------------------------------------------------------------------------------------
+    if settings:
+        transformers_backbone("patch_model")(encoder, **settings)
 
 
-def _resolve_backbone(backbone, modality):
-    """(backbone_config or None, Hub id / folder or None) from a name, a config or None."""
-    if backbone is None:
-        return None, None
-    if isinstance(backbone, str):
-        return AutoConfig.from_pretrained(backbone), backbone
-    if isinstance(backbone, PretrainedConfig):
-        if isinstance(backbone, QGFDConfig):
-            raise ValueError(f"The {modality} backbone must be the encoder's config (T5, ViT, ...), not a {type(backbone).__name__}.")
-        return backbone, None
-    raise ValueError(f"`backbone_name` for {modality} must be a Hub id, a folder, a transformers config or None, got {type(backbone).__name__}.")
-
-
-def config_from_backbone(modality: str, backbone, base_cfg=None, **kwargs):
-    """A modality config for an adapter or model: returns (config, pretrained name or None).
-    The modality's config file must have been imported (it fills `MODALITY_CONFIGS`).
-
-    `base_cfg` (a DiffusionConfig or QGFDConfig) supplies the sizes of the learned decoders;
-    `latent_dim` is the encoder's width.
-    """
-    backbone_config, name = _resolve_backbone(backbone, modality)
-    values = {}
-    if base_cfg is not None:
-        values = {k: getattr(base_cfg, k) for k in ("d_model", "num_heads", "num_layers", "d_ff", "dropout")}
-    values.update(kwargs)
-    values.setdefault("latent_dim", None)
-    if modality in ("image", "video"):
-        values.setdefault("latent_space", "vit" if backbone_config is not None else "pixels")
-        if name is not None and values["latent_space"] == "vit":
-            _normalisation_from_processor(values, _load_processor(modality, name))
-    if modality in ("image", "video", "text", "audio") or backbone_config is not None:
-        values["backbone_config"] = backbone_config
-    return MODALITY_CONFIGS[modality](backbone_name=name, **values), name
-
-
-def _normalisation_from_processor(values: dict, processor) -> None:
-    """Normalise pixels as the pretrained image processor does (unless the caller said otherwise)."""
-    for key in ("image_mean", "image_std"):
-        value = getattr(processor, key, None) if processor is not None else None
-        if key not in values and value is not None:
-            values[key] = [float(v) for v in value] if isinstance(value, (list, tuple)) else value
-
-
-def _load_processor(modality: str, name: str):
-    """The tokenizer / image processor / feature extractor saved with the backbone at `name`
-    (None, with a warning, when an image or audio backbone has none; text needs one)."""
-    from transformers import AutoFeatureExtractor, AutoImageProcessor, AutoTokenizer
-
-    loader = {"text": AutoTokenizer, "image": AutoImageProcessor, "video": AutoImageProcessor, "audio": AutoFeatureExtractor}[modality]
-    try:
-        return loader.from_pretrained(name)
-    except (OSError, ValueError) as err:
-        if modality == "text":
-            raise ValueError(f"No tokenizer could be loaded from {name!r} ({err}); pass `tokenizer=`.") from err
-        logger.warning(f"No processor at {name!r} ({err}); building one from the model's config.")
-        return None
+def build_denoiser(config) -> nn.Module:
+    """The denoiser a config asks for (`config.denoiser`): "qgfd" is `QGFDDiffusionBackbone`,
+    "pretrained" is `PretrainedDenoiser` (the backbone's own stack, `modeling_qgfd_pretrained`)."""
+    denoiser = getattr(config, "denoiser", "qgfd")
+    if denoiser == "pretrained":
+        return transformers_backbone("pretrained_denoiser")(config)
+    if denoiser != "qgfd":
+        raise ValueError(f"Unknown denoiser {denoiser!r}; allowed: 'qgfd', 'pretrained'.")
+    return QGFDDiffusionBackbone(config)
 
 # ----------------------------------------------------------------------------------------
 # Building blocks of the adapters
@@ -267,7 +209,7 @@ def _resolve_adapter_config(modality: str, config, shared_cfg):
     if isinstance(config, (str, PretrainedConfig)) or (config is None and modality in ("image", "video", "tabular")):
         if shared_cfg is None:
             raise ValueError(f"`{modality}` adapter built from a backbone needs `shared_cfg`.")
-        cfg, name = config_from_backbone(modality, config, shared_cfg)
+        cfg, name = transformers_backbone("config_from_backbone")(modality, config, shared_cfg)
         return cfg, name
     raise ValueError(f"A {modality} adapter takes a modality config, a Hub id / folder or a backbone config, got {type(config).__name__}.")
 
@@ -334,8 +276,9 @@ __all__ = [
     "ADAPTERS",
     "LatentDecoder",
     "SharedProjection",
+    "TRANSFORMERS_BACKBONES",
+    "build_denoiser",
     "build_encoder",
-    "config_from_backbone",
     "load_pretrained_encoder",
     "maybe_patch_encoder",
 ]

@@ -115,7 +115,7 @@ class QGFDMultiheadAttention(nn.Module):
         dropout: float = 0.0,
         qkv_bias: bool = False,
         qgfd_steps: int = 0,
-        qgfd_alpha: float = 0.5,
+        qgfd_alpha: float = QGFDSettings.alpha,
         kdim: Optional[int] = None,
         vdim: Optional[int] = None,
         **qgfd_kwargs,

@@ -213,6 +213,7 @@ class QGFDGuidanceMixin:
         schedule: Optional[DDPMBetaSchedule] = None,
         class_labels: Optional[torch.Tensor] = None,
         guidance_scale: float = 1.0,
+        inputs: Optional[Tuple[Callable, Callable]] = None,
     ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
         """`denoise_fn(x_t, t)` for `scheduling_qgfd.sample_loop`, with the conditioning bound
         (and, for text models with `clamp_to_embeddings`, Diffusion-LM's clamping).
@@ -220,27 +221,34 @@ class QGFDGuidanceMixin:
         With `guidance_scale` != 1, classifier-free guidance: the conditional and the
         unconditional (null condition) predictions come from ONE denoiser call on the batch
         `[x_t; x_t]`, and are combined as out_u + s (out_c - out_u) (`classifier_free_guidance`).
+
+        `inputs` (*optional*): `(conditional, unconditional)` maps of x_t before the denoiser, for a
+        condition that lives in the latents (the tabular label's clean token, and the null token).
         """
+        cond_in, uncond_in = inputs if inputs is not None else (None, None)
 
         def denoise_fn(x_t, t):
-            return self.denoise(x_t, t, cond_tokens=cond_tokens, cond_mask=cond_mask, **({} if class_labels is None else {"class_labels": class_labels}))
+            x = x_t if cond_in is None else cond_in(x_t)
+            return self.denoise(x, t, cond_tokens=cond_tokens, cond_mask=cond_mask, **({} if class_labels is None else {"class_labels": class_labels}))
 
         if guidance_scale == 1.0:
             return denoise_fn
         # The batch [conditional; unconditional]: the condition, then the null condition.
         ref = cond_tokens if cond_tokens is not None else class_labels
-        if ref is None:
+        if ref is None and inputs is None:
             raise ValueError("Classifier-free guidance needs a condition (cond_tokens or class_labels) to guide towards.")
-        B = ref.shape[0]
-        every = torch.ones(B, dtype=torch.bool, device=ref.device)
-        c_tokens, c_mask, c_labels = self.null_condition_like(~every, cond_tokens, cond_mask, class_labels)  # explicit mask
-        u_tokens, u_mask, u_labels = self.null_condition_like(every, cond_tokens, cond_mask, class_labels)
-        both = lambda a, b: None if a is None else torch.cat([a, b])  # (2B, ...)
-        tokens2, mask2, labels2 = both(c_tokens, u_tokens), both(c_mask, u_mask), both(c_labels, u_labels)
+        tokens2 = mask2 = labels2 = None
+        if ref is not None:
+            every = torch.ones(ref.shape[0], dtype=torch.bool, device=ref.device)
+            c_tokens, c_mask, c_labels = self.null_condition_like(~every, cond_tokens, cond_mask, class_labels)  # explicit mask
+            u_tokens, u_mask, u_labels = self.null_condition_like(every, cond_tokens, cond_mask, class_labels)
+            both = lambda a, b: None if a is None else torch.cat([a, b])  # (2B, ...)
+            tokens2, mask2, labels2 = both(c_tokens, u_tokens), both(c_mask, u_mask), both(c_labels, u_labels)
 
         def guided_fn(x_t, t):
             t = check_timesteps(t, x_t.shape[0], self.config.num_timesteps, x_t.device)
-            out = self.denoise(torch.cat([x_t, x_t]), torch.cat([t, t]), cond_tokens=tokens2, cond_mask=mask2,
+            x2 = torch.cat([x_t, x_t]) if inputs is None else torch.cat([cond_in(x_t), uncond_in(x_t)])  # (2B, L, Dl)
+            out = self.denoise(x2, torch.cat([t, t]), cond_tokens=tokens2, cond_mask=mask2,
                                **({} if labels2 is None else {"class_labels": labels2}))  # (2B, L, Dl)
             out_c, out_u = out.chunk(2)
             return classifier_free_guidance(out_c, out_u, guidance_scale)

@@ -14,9 +14,8 @@ from transformers.utils import logging
 
 from .configuration_qgfd_image import QGFDImageConfig
 from .modeling_qgfd import QGFDPreTrainedModel, register_model_class
-from .modeling_qgfd_adapters import ADAPTERS, LatentDecoder, _get, _ModalityAdapter, _resolve_adapter_config, build_encoder
+from .modeling_qgfd_adapters import ADAPTERS, LatentDecoder, _get, _ModalityAdapter, _resolve_adapter_config, build_encoder, build_denoiser
 from .modeling_qgfd_checks import check_float_tensor
-from .modeling_qgfd_pretrained import build_denoiser
 
 logger = logging.get_logger(__name__)
 

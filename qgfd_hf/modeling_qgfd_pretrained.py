@@ -1,5 +1,10 @@
 # coding=utf-8
-"""A pretrained Transformer's own stack as the diffusion denoiser (`denoiser="pretrained"`).
+"""transformers backbones in a QGFD diffusion model: the pretrained encoders that make x0
+(`build_encoder`, `load_pretrained_encoder`) and a pretrained Transformer's own stack as the
+diffusion denoiser (`denoiser="pretrained"`), both QGFD-patched on request.
+
+The model files reach this file only through `modeling_qgfd_adapters.TRANSFORMERS_BACKBONES`, which
+it fills when it is imported, so that a saved pixel-space model carries neither it nor patching.
 
 `PretrainedDenoiser` is eps_theta(x_t, t, cond) built from the backbone's Transformer layers:
 
@@ -54,17 +59,128 @@ from typing import List, Optional, Tuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from transformers import PreTrainedModel
+import transformers
+from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
 from transformers.masking_utils import create_bidirectional_mask
 from transformers.utils import logging
 
-from .configuration_qgfd import PRETRAINED_STACKS, absolute_position_limit, qgfd_settings
-from .modeling_qgfd import QGFDDiffusionBackbone, _zero_init, modulate
+from .configuration_qgfd import MODALITY_CONFIGS, PRETRAINED_STACKS, QGFDConfig, absolute_position_limit, qgfd_settings
+from .modeling_qgfd import _zero_init, modulate
+from .modeling_qgfd_adapters import TRANSFORMERS_BACKBONES
 from .modeling_qgfd_checks import check_condition, check_float_tensor, check_timesteps
 from .modeling_qgfd_embeddings import TimestepEmbedding
-from .modeling_qgfd_adapters import build_encoder, load_pretrained_encoder
 
 logger = logging.get_logger(__name__)
+
+
+# ----------------------------------------------------------------------------------------
+# Pretrained encoders
+# ----------------------------------------------------------------------------------------
+
+_T5_ENCODERS = {"t5": "T5EncoderModel", "mt5": "MT5EncoderModel", "umt5": "UMT5EncoderModel"}
+
+
+def build_encoder(modality: str, backbone_config) -> nn.Module:
+    """The pretrained encoder's architecture from its config, with random weights (no download).
+
+    text: T5's encoder (`T5EncoderModel`; mT5, umT5 alike) or any encoder-only model
+    (`AutoModel`); image: `ViTModel` without its pooler (or `AutoModel`); audio: `AutoModel`
+    (Wav2Vec2Model and friends).
+    """
+    # The first transformers model a QGFD model builds registers "qgfd" with transformers and installs
+    # its hooks (a saved config may ask for "qgfd"); a model without one, such as a pixel-space image
+    # model, leaves transformers as it was, also when loaded with trust_remote_code.
+    from . import patching_qgfd  # noqa: F401
+
+    model_type = getattr(backbone_config, "model_type", "")
+    if modality == "text" and model_type in _T5_ENCODERS:
+        return getattr(transformers, _T5_ENCODERS[model_type])(backbone_config)
+    if modality == "text" and getattr(backbone_config, "is_encoder_decoder", False):
+        raise ValueError(
+            f"Text backbones must be T5-family ({sorted(_T5_ENCODERS)}) or encoder-only models, got model_type={model_type!r}."
+        )
+    if modality in ("image", "video") and model_type == "vit":
+        return transformers.ViTModel(backbone_config, add_pooling_layer=False)
+    return AutoModel.from_config(backbone_config)
+
+
+def load_pretrained_encoder(encoder: nn.Module, name: str) -> None:
+    """Copy the weights of the Hub model or folder `name` into `encoder` (same architecture)."""
+    kwargs = {"add_pooling_layer": False} if type(encoder).__name__ == "ViTModel" else {}
+    pretrained = type(encoder).from_pretrained(name, **kwargs)
+    encoder.load_state_dict(pretrained.state_dict(), strict=True)
+    logger.info(f"Loaded pretrained {type(encoder).__name__} weights from {name!r}.")
+
+
+def patch_model(model, **settings):
+    """`patching_qgfd.patch_model` (imported on first use: registers "qgfd" and installs the hooks)."""
+    from .patching_qgfd import patch_model as patch
+
+    return patch(model, **settings)
+
+
+
+# ----------------------------------------------------------------------------------------
+# Modality configs from a backbone (a Hub id, a folder or a transformers config)
+# ----------------------------------------------------------------------------------------
+
+
+def _resolve_backbone(backbone, modality):
+    """(backbone_config or None, Hub id / folder or None) from a name, a config or None."""
+    if backbone is None:
+        return None, None
+    if isinstance(backbone, str):
+        return AutoConfig.from_pretrained(backbone), backbone
+    if isinstance(backbone, PretrainedConfig):
+        if isinstance(backbone, QGFDConfig):
+            raise ValueError(f"The {modality} backbone must be the encoder's config (T5, ViT, ...), not a {type(backbone).__name__}.")
+        return backbone, None
+    raise ValueError(f"`backbone_name` for {modality} must be a Hub id, a folder, a transformers config or None, got {type(backbone).__name__}.")
+
+
+def config_from_backbone(modality: str, backbone, base_cfg=None, **kwargs):
+    """A modality config for an adapter or model: returns (config, pretrained name or None).
+    The modality's config file must have been imported (it fills `MODALITY_CONFIGS`).
+
+    `base_cfg` (a DiffusionConfig or QGFDConfig) supplies the sizes of the learned decoders;
+    `latent_dim` is the encoder's width.
+    """
+    backbone_config, name = _resolve_backbone(backbone, modality)
+    values = {}
+    if base_cfg is not None:
+        values = {k: getattr(base_cfg, k) for k in ("d_model", "num_heads", "num_layers", "d_ff", "dropout")}
+    values.update(kwargs)
+    values.setdefault("latent_dim", None)
+    if modality in ("image", "video"):
+        values.setdefault("latent_space", "vit" if backbone_config is not None else "pixels")
+        if name is not None and values["latent_space"] == "vit":
+            _normalisation_from_processor(values, _load_processor(modality, name))
+    if modality in ("image", "video", "text", "audio") or backbone_config is not None:
+        values["backbone_config"] = backbone_config
+    return MODALITY_CONFIGS[modality](backbone_name=name, **values), name
+
+
+def _normalisation_from_processor(values: dict, processor) -> None:
+    """Normalise pixels as the pretrained image processor does (unless the caller said otherwise)."""
+    for key in ("image_mean", "image_std"):
+        value = getattr(processor, key, None) if processor is not None else None
+        if key not in values and value is not None:
+            values[key] = [float(v) for v in value] if isinstance(value, (list, tuple)) else value
+
+
+def _load_processor(modality: str, name: str):
+    """The tokenizer / image processor / feature extractor saved with the backbone at `name`
+    (None, with a warning, when an image or audio backbone has none; text needs one)."""
+    from transformers import AutoFeatureExtractor, AutoImageProcessor, AutoTokenizer
+
+    loader = {"text": AutoTokenizer, "image": AutoImageProcessor, "video": AutoImageProcessor, "audio": AutoFeatureExtractor}[modality]
+    try:
+        return loader.from_pretrained(name)
+    except (OSError, ValueError) as err:
+        if modality == "text":
+            raise ValueError(f"No tokenizer could be loaded from {name!r} ({err}); pass `tokenizer=`.") from err
+        logger.warning(f"No processor at {name!r} ({err}); building one from the model's config.")
+        return None
 
 
 # ----------------------------------------------------------------------------------------
@@ -567,15 +683,12 @@ class PretrainedDenoiser(nn.Module):
         return self.out_proj(modulate(out, shift, scale))  # (B, L, Dl)
 
 
-def build_denoiser(config) -> nn.Module:
-    """The denoiser a config asks for (`config.denoiser`): "qgfd" is `QGFDDiffusionBackbone`,
-    "pretrained" is `PretrainedDenoiser` (the backbone's own stack)."""
-    denoiser = getattr(config, "denoiser", "qgfd")
-    if denoiser == "pretrained":
-        return PretrainedDenoiser(config)
-    if denoiser != "qgfd":
-        raise ValueError(f"Unknown denoiser {denoiser!r}; allowed: 'qgfd', 'pretrained'.")
-    return QGFDDiffusionBackbone(config)
+TRANSFORMERS_BACKBONES.update(
+    build_encoder=build_encoder,
+    config_from_backbone=config_from_backbone,
+    load_pretrained_encoder=load_pretrained_encoder,
+    patch_model=patch_model,
+    pretrained_denoiser=lambda config: PretrainedDenoiser(config),
+)
 
-
-__all__ = ["PretrainedDenoiser", "build_denoiser"]
+__all__ = ["PretrainedDenoiser", "build_encoder", "config_from_backbone", "load_pretrained_encoder"]

@@ -16,8 +16,8 @@ from .configuration_qgfd import MODALITIES, DiffusionConfig, QGFDConfig, _check_
 from .configuration_qgfd_shared import QGFDSharedConfig
 from .modeling_qgfd import ALL_MODEL_CLASSES, QGFDDiffusionOutput, QGFDPreTrainedModel, register_model_class
 from .modeling_qgfd_checks import check_float_tensor
-from .modeling_qgfd_adapters import ADAPTERS, config_from_backbone
-from .modeling_qgfd_pretrained import build_denoiser
+from .modeling_qgfd_adapters import ADAPTERS, build_denoiser
+from .modeling_qgfd_pretrained import config_from_backbone
 from .scheduling_qgfd import DDPMBetaSchedule
 # Every modality's model file (in MODALITIES' order), so that ADAPTERS and the model registry are complete:
 from .modeling_qgfd_text import TextAdapter, TextQGFDDiffusionModel  # noqa: F401

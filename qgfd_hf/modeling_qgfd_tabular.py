@@ -14,11 +14,10 @@ from transformers.utils import logging
 
 from .configuration_qgfd_tabular import QGFDTabularConfig
 from .modeling_qgfd import QGFDPreTrainedModel, register_model_class
-from .modeling_qgfd_adapters import ADAPTERS, _get, _ModalityAdapter, _resolve_adapter_config
-from .modeling_qgfd_checks import check_float_tensor, check_timesteps
-from .modeling_qgfd_guidance import classifier_free_guidance, labels_from_uniform
-from .modeling_qgfd_pretrained import build_denoiser
-from .scheduling_qgfd import diffusion_target, q_sample, sample_loop
+from .modeling_qgfd_adapters import ADAPTERS, _get, _ModalityAdapter, _resolve_adapter_config, build_denoiser
+from .modeling_qgfd_checks import check_float_tensor
+from .modeling_qgfd_guidance import labels_from_uniform
+from .scheduling_qgfd import sample_loop
 
 logger = logging.get_logger(__name__)
 
@@ -369,29 +368,23 @@ class TabularQGFDDiffusionModel(QGFDPreTrainedModel):
         j = self.adapter.label_index
         return None if j is None else len(self.config.columns[j]["categories"])
 
-    def diffusion_forward(self, x0, t, schedule=None, cond_tokens=None, cond_mask=None, noise=None,
-                          drop_condition: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """The diffusion loss; with `config.label_column`, the label's token stays clean in x_t and
-        out of the loss (the denoiser learns the other columns given the label). Where
-        `drop_condition` [B] is True (condition dropout), the label token is the null token, zeros:
-        no category's code is zero."""
+    # The loss is `QGFDPreTrainedModel.diffusion_forward`'s; with `config.label_column`, the label's
+    # token stays clean in x_t and out of the loss (the denoiser learns the other columns given the
+    # label). Where `drop_condition` [B] is True (condition dropout), the label token is the null
+    # token, zeros: no category's code is zero.
+
+    def _clean_tokens(self, x_t, x0, drop_condition=None):
         j = self.adapter.label_index
         if j is None:
-            return super().diffusion_forward(x0, t, schedule, cond_tokens, cond_mask, noise)
-        self.check_latents("x0", x0)
-        schedule = schedule if schedule is not None else self.get_schedule(x0.device)
-        t = check_timesteps(t, x0.shape[0], self.config.num_timesteps, x0.device)
-        # 1. x_t = sqrt(a_bar_t) x0 + sqrt(1 - a_bar_t) eps [DDPM Eq. 4], the label token kept clean.
-        x_t, noise = q_sample(x0, t, schedule, noise)
+            return x_t
         label = x0[:, j : j + 1]  # (B, 1, Dl)
         if drop_condition is not None:
             label = torch.where(drop_condition[:, None, None], torch.zeros_like(label), label)  # the null label token
-        x_t = torch.cat([x_t[:, :j], label, x_t[:, j + 1 :]], 1)  # (B, L, Dl)
-        # 2. the target of every other token; 3. their MSE.
-        target = diffusion_target(x0, noise, t, schedule, self.config.prediction_type)
-        out = self.denoise(x_t, t)
-        keep = torch.arange(x0.shape[1], device=x0.device) != j
-        return nn.functional.mse_loss(out[:, keep].float(), target[:, keep].float())
+        return torch.cat([x_t[:, :j], label, x_t[:, j + 1 :]], 1)  # (B, L, Dl)
+
+    def _loss_tokens(self, x0):
+        j = self.adapter.label_index
+        return None if j is None else torch.arange(x0.shape[1], device=x0.device) != j
 
     @torch.no_grad()
     def diffusion_sample(self, num_samples: Optional[int] = None, cond_tokens=None, cond_mask=None, *, schedule=None,
@@ -426,14 +419,9 @@ class TabularQGFDDiffusionModel(QGFDPreTrainedModel):
             label = self.adapter.label_tokens(class_labels.to(self.device)).to(x_T.dtype)  # (B, Dl)
         put = lambda x, tok: torch.cat([x[:, :j], tok[:, None], x[:, j + 1 :]], 1)  # the label's clean token at j
 
-        def denoise_fn(x_t, t):
-            if guidance_scale == 1.0:
-                return self.denoise(put(x_t, label), t)
-            # Classifier-free guidance: [label; null label] in one denoiser call.
-            out = self.denoise(torch.cat([put(x_t, label), put(x_t, torch.zeros_like(label))]), torch.cat([t, t]))
-            out_c, out_u = out.chunk(2)
-            return classifier_free_guidance(out_c, out_u, guidance_scale)
-
+        # Classifier-free guidance (guidance_scale != 1): [label; null label] in one denoiser call.
+        denoise_fn = self.make_denoise_fn(guidance_scale=guidance_scale,
+                                          inputs=(lambda x: put(x, label), lambda x: put(x, torch.zeros_like(label))))
         kwargs["schedule"] = schedule if schedule is not None else self.get_schedule()
         x = sample_loop(denoise_fn, tuple(x_T.shape), prediction_type=self.config.prediction_type, device=self.device,
                         dtype=self.dtype, x_T=x_T, **kwargs)

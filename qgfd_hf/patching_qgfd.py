@@ -59,7 +59,7 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from transformers.utils import logging
 
 from .attention_qgfd import QGFDSettings
-from .patching_cache_qgfd import QGFDDynamicLayer, prepare_qgfd_cache
+from .patching_cache_qgfd import QGFDDynamicLayer, prepare_qgfd_cache  # noqa: F401
 from .patching_forward_qgfd import ATTN_IMPLEMENTATION, qgfd_attention_forward
 from .patching_hooks_qgfd import install_transformers_hooks
 from .patching_layers_qgfd import (
@@ -73,22 +73,8 @@ from .patching_layers_qgfd import (
 
 logger = logging.get_logger(__name__)
 
-# The public names of patching (the names the other patching_*_qgfd files give it are imported above).
-__all__ = [
-    "ATTN_IMPLEMENTATION",
-    "QGFDDynamicLayer",
-    "SUPPORTED",
-    "find_attention_modules",
-    "from_pretrained_qgfd",
-    "get_qgfd_settings",
-    "install_transformers_hooks",
-    "is_qgfd_patched",
-    "patch_model",
-    "prepare_qgfd_cache",
-    "qgfd_attention_forward",
-    "register_qgfd_attention",
-    "unpatch_model",
-]
+# The package's public names from this file are listed once, in qgfd_hf/__init__.py (`_EXPORTS`); the
+# names of the other patching_*_qgfd files imported above can be reached here too.
 
 
 def register_qgfd_attention() -> None:

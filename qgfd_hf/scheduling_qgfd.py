@@ -34,17 +34,12 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from .attention_qgfd import value_checks, value_checks_enabled
+from .attention_qgfd import _check_choice, value_checks, value_checks_enabled
 
 BETA_SCHEDULES = ("linear", "cosine", "sqrt")
 PREDICTION_TYPES = ("epsilon", "sample", "v")
 SAMPLERS = ("ddpm", "ddim", "dpmsolver++")
 TIMESTEP_SPACINGS = ("linspace", "leading", "trailing")
-
-
-def _check_choice(name, value, allowed):
-    if value not in allowed:
-        raise ValueError(f"Unknown {name} {value!r}; allowed: {', '.join(repr(a) for a in allowed)}.")
 
 
 def make_betas(num_timesteps: int, beta_start: float = 1e-4, beta_end: float = 2e-2, beta_schedule: str = "linear") -> torch.Tensor:

@@ -21,7 +21,8 @@ TINY = dict(d_model=32, num_heads=4, num_layers=1, d_ff=32)
 
 
 def tiny_models():
-    """(name, model) for a pixel-space image model and a model of each other modality, from tiny configs."""
+    """(name, model) for a pixel-space image model, a model of each other modality and an image model
+    with a ViT backbone, from tiny configs."""
     from qgfd_hf import (
         AudioQGFDDiffusionModel,
         ImageQGFDDiffusionModel,
@@ -39,6 +40,13 @@ def tiny_models():
         QGFDVideoConfig(latent_space="pixels", image_size=8, patch_size=2, num_channels=1, num_frames=2, **TINY))
     yield "audio (waveform)", AudioQGFDDiffusionModel(QGFDAudioConfig(latent_space="waveform", **TINY))
     yield "tabular", TabularQGFDDiffusionModel(QGFDTabularConfig(num_features=3, **TINY))
+    # A model with a transformers backbone (ViT latents, QGFD-patched): its folder also carries
+    # modeling_qgfd_backbones.py, modeling_qgfd_pretrained.py and the patching files.
+    vit = dict(model_type="vit", image_size=8, patch_size=2, num_channels=1, hidden_size=16, num_hidden_layers=1,
+               num_attention_heads=2, intermediate_size=32)
+    yield "image (ViT latents)", ImageQGFDDiffusionModel(
+        QGFDImageConfig(latent_space="vit", backbone_config=vit, backbone_qgfd={"steps": 1, "alpha": 0.5},
+                        normalization_fitted=False, **TINY))
 
 
 def folder_lines(model):

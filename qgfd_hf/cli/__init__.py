@@ -585,7 +585,10 @@ COMMANDS = {"train": cmd_train, "sample": cmd_sample, "demo": cmd_demo}
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from ..registration_qgfd import register
     from transformers.utils import logging
+
+    register()  # deferred by the console script (qgfd_hf_cli.py) until a command runs; idempotent
 
     # Quiet the libraries' own bars ("Writing model shards", "Generating train split", ...);
     # the training and sampling bars stay.

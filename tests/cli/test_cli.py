@@ -38,7 +38,7 @@ def test_help_and_module_entry_point():
     res = subprocess.run([sys.executable, "-m", "qgfd_hf", "--help"], capture_output=True, text=True, env=env, timeout=120)
     assert res.returncode == 0 and all(c in res.stdout for c in ("train", "sample", "demo"))
     with open(os.path.join(REPO, "setup.py")) as f:
-        assert "qgfd-hf=qgfd_hf.cli:main" in f.read()  # the console script
+        assert "qgfd-hf=qgfd_hf_cli:main" in f.read()  # the console script (qgfd_hf_cli.py calls qgfd_hf.cli.main)
 
 
 # -- bad input: a clear error, exit status 2, and nothing trained ----------------------------------

@@ -45,3 +45,42 @@ def test_help_defaults_are_the_trainers():
                 if f.default is not dataclasses.MISSING and f.default is not None and f.name in _TRAINING_FIELDS}
     assert _trainer_defaults() == expected
     assert json.dumps(_trainer_defaults(), sort_keys=True) == json.dumps(expected, sort_keys=True)  # same types (1.0, not 1)
+
+
+def test_console_script_help_imports_neither_torch_nor_transformers():
+    """The `qgfd-hf` console script (qgfd_hf_cli.py) defers `import qgfd_hf`'s registration while it
+    imports the command line, so `--help` never loads torch or transformers; a command registers."""
+    code = """
+import contextlib, io, json, os, sys
+from qgfd_hf_cli import main
+for argv in (["--help"], ["train", "--help"], ["demo", "--help"]):
+    with contextlib.redirect_stdout(io.StringIO()):
+        try:
+            main(argv)
+        except SystemExit as e:
+            assert e.code == 0, (argv, e.code)
+heavy = sorted({m.split(".")[0] for m in sys.modules} & {"torch", "transformers", "datasets", "accelerate"})
+print(json.dumps({"heavy": heavy, "env": "QGFD_HF_DEFER_REGISTRATION" in os.environ}))
+"""
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"heavy": [], "env": False}
+
+
+def test_a_command_run_through_the_console_script_registers_first():
+    code = """
+import contextlib, io, sys
+from qgfd_hf_cli import main
+with contextlib.redirect_stdout(io.StringIO()):
+    try:
+        main(["--help"])
+    except SystemExit:
+        pass
+r = sys.modules["qgfd_hf.registration_qgfd"]
+assert not r._registered
+main(["sample", "/nonexistent/model"])  # an error (exit status 2), after registering
+print(r._registered)
+"""
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "True"

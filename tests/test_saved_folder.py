@@ -1,0 +1,45 @@
+"""What a saved model folder carries for `trust_remote_code` (scripts/saved_folder_lines.py measures it).
+
+A pixel-space image model needs the kernel, configs, the model, scheduling and the pipeline; it must
+not carry patching, the pretrained backbones or the model card code (transformers copies every file
+a model file imports relatively, so the model files reach those only by name).
+"""
+
+from pathlib import Path
+
+from qgfd_hf import ImageQGFDDiffusionModel, QGFDImageConfig
+
+TINY = dict(d_model=32, num_heads=4, num_layers=1, d_ff=32)
+# The most lines a pixel image model's folder may carry. The issue's target is 3,500; measured
+# 4,887 after patching, the backbones, the factory helpers and the model card left the folder
+# (docs/architecture.md).
+# Lower this as the folder shrinks; the target is TARGET.
+PIXEL_LIMIT = 4_950
+TARGET = 3_500
+
+
+def _py_files(folder: Path) -> dict:
+    return {p.name: len(p.read_text(encoding="utf-8").splitlines()) for p in folder.glob("*.py")}
+
+
+def test_a_pixel_image_folder_carries_no_patching_and_stays_under_its_limit(tmp_path):
+    config = QGFDImageConfig(latent_space="pixels", image_size=8, patch_size=2, num_channels=1, **TINY)
+    ImageQGFDDiffusionModel(config).save_pretrained(tmp_path, model_card=False)
+    files = _py_files(tmp_path)
+    unexpected = sorted(f for f in files if f.startswith(("patching_", "modelcard_", "modeling_qgfd_pretrained", "modeling_qgfd_backbones")))
+    assert unexpected == [], f"a pixel model's folder copies {unexpected}"
+    lines = sum(files.values())
+    assert lines <= PIXEL_LIMIT, f"the pixel image folder carries {lines} lines (limit {PIXEL_LIMIT}, target {TARGET}): {files}"
+
+
+def test_a_folder_with_a_transformers_backbone_names_the_backbones_entry(tmp_path):
+    import json
+
+    vit = dict(model_type="vit", image_size=8, patch_size=2, num_channels=1, hidden_size=16, num_hidden_layers=1,
+               num_attention_heads=2, intermediate_size=32)
+    config = QGFDImageConfig(latent_space="vit", backbone_config=vit, normalization_fitted=False, **TINY)
+    ImageQGFDDiffusionModel(config).save_pretrained(tmp_path, model_card=False)
+    files = _py_files(tmp_path)
+    assert {"modeling_qgfd_backbones.py", "modeling_qgfd_pretrained.py", "patching_qgfd.py"} <= set(files)
+    auto_map = json.loads((tmp_path / "config.json").read_text())["auto_map"]
+    assert auto_map["AutoModel"] == "modeling_qgfd_backbones.ImageQGFDDiffusionModel"
