@@ -31,7 +31,7 @@ from .packages import data_file, data_package_dir
 
 logger = logging.get_logger(__name__)
 
-WORD_PATTERN = re.compile(r"\w+(?:'\w+)*|'\w+|[^\w\s]")
+WORD_PATTERN = re.compile(r"\w+(?:'\w+)*|'\w+|-+|[^\w\s]")
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(])")
 # One play of each kind, held out of training: tragedy, comedy, history, romance.
 SHAKESPEARE_HELDOUT = ("hamlet", "twelfth-night", "henry-v", "the-tempest")
