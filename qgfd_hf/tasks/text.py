@@ -57,7 +57,7 @@ class TextTask(ModalityTask):
     dataset_settings = {
         "shakespeare": {},
         # sentences of up to 31 words: a step costs about twice Shakespeare's, so fewer steps
-        "wikipedia": dict(vocab_size=8000, max_tokens=31, heldout_percent=20, max_steps=1200),
+        "wikipedia": dict(vocab_size=8000, max_tokens=31, heldout_percent=20, max_steps=1500),
         "reversal": dict(num_pairs=4000, num_heldout=200, min_len=3, max_len=6, num_samples=200, max_steps=3000),
         "mrpc": {},
     }
