@@ -22,7 +22,7 @@ KEYS = ("tstr", "w1", "detection_auc")
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("model", help="a saved tabular model folder trained on --dataset breast_cancer")
+    parser.add_argument("model", help="a saved tabular model folder trained on --dataset breast-cancer")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
     parser.add_argument("--sampler", default=None, help="default: the demo's (ddim)")
     parser.add_argument("--num-inference-steps", type=int, default=None, help="default: the demo's (50)")

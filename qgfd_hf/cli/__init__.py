@@ -424,8 +424,8 @@ def _resolve_sampling(args, config, task) -> str:
             steps = default_num_inference_steps(args.sampler, T)
         # A default above what this model's T allows is lowered to that bound (a flag never is).
         args.num_inference_steps = min(steps, T - 1 if args.sampler == "dpmsolver++" else T)
-    if args.guidance_scale is None and "guidance_scale" in d:
-        args.guidance_scale = d["guidance_scale"]
+    if args.guidance_scale is None and "guidance_scale" in d and (getattr(config, "cond_dropout_prob", 0) or 0) > 0:
+        args.guidance_scale = d["guidance_scale"]  # the modality's default, for a model that learned the null condition
     K, label_column = getattr(config, "num_classes", None), getattr(config, "label_column", None)
     if getattr(config, "conditional", False):
         labels = "none (conditioned on the --condition texts)"

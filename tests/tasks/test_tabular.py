@@ -270,7 +270,79 @@ def test_memorised_rows_are_flagged(wine):
     assert 0.5 < ev.score(test)["dcr_ratio"] < 1.5
 
 
+# -- the built-in tables: schemas and splits ------------------------------------------------
+
+# name: (training rows, held-out rows, label or None, regression targets, numeric columns, label categories)
+SCHEMAS = {
+    "breast-cancer": (455, 114, "diagnosis", [], 30, ["benign", "malignant"]),
+    "wine": (142, 36, "cultivar", [], 13, ["class_0", "class_1", "class_2"]),
+    "diabetes": (353, 89, None, ["progression"], 11, None),
+    "iris": (120, 30, "species", [], 4, ["setosa", "versicolor", "virginica"]),
+    "linnerud": (16, 4, None, ["Weight", "Waist", "Pulse"], 6, None),
+}
+
+
+@pytest.mark.parametrize("name", list(SCHEMAS))
+def test_builtin_table_schema_and_split(name):
+    from qgfd_hf.tasks.tabular import SKLEARN_TABLES, column_kinds
+
+    n_train, n_test, label, targets, n_numeric, categories = SCHEMAS[name]
+    train, test, got_label = load_sklearn_table(name)
+    table = SKLEARN_TABLES[name]
+    assert got_label == label == table.label and list(table.targets) == targets and table.num_train == n_train
+    assert (len(train), len(test)) == (n_train, n_test) and list(train.columns) == list(test.columns)
+    kinds = column_kinds(train, name, label)
+    assert sum(k != "category" for k in kinds.values()) == n_numeric
+    assert list(train.columns[-len(targets):]) == targets if targets else list(train.columns)[-1] == label
+    # no row is in both splits (iris itself holds one duplicated row), and the split is fixed by the seed
+    both = pd.concat([train, test])
+    assert both.duplicated().sum() == (1 if name == "iris" else 0) and len(both) == n_train + n_test
+    again, _, _ = load_sklearn_table(name)
+    pd.testing.assert_frame_equal(train, again)
+    if label is not None:  # stratified: the classes in the same proportions on both sides
+        assert sorted(train[label].unique()) == categories and kinds[label] == "category"
+        p, q = train[label].value_counts(normalize=True), test[label].value_counts(normalize=True)
+        assert (p - q).abs().max() < 0.03
+    else:
+        assert all(kinds[t] in ("int", "float") for t in targets) and "category" not in kinds.values()
+    assert not train.isna().any().any()
+    if name == "diabetes":  # original units: ages in years, sex 1 / 2
+        assert kinds["age"] == "int" and train["age"].between(19, 79).all() and set(train["sex"]) == {1, 2}
+    if name == "wine":
+        assert kinds["magnesium"] == kinds["proline"] == "int"
+
+
+def test_table_names_and_aliases():
+    from qgfd_hf.tasks.tabular import table_name
+
+    assert table_name("breast_cancer") == "breast-cancer" and table_name("iris") == "iris"
+    with pytest.raises(ValueError, match="Unknown table 'titanic'; allowed: breast-cancer, wine, diabetes, iris, linnerud"):
+        load_sklearn_table("titanic")
+    with pytest.raises(ValueError, match="`test_fraction` must be in"):
+        load_sklearn_table("iris", test_fraction=1.5)
+
+
 # -- end to end through the CLI ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(SCHEMAS))
+def test_train_each_builtin_table_for_three_steps(name, tmp_path, capsys):
+    n_train, _, label, targets, _, _ = SCHEMAS[name]
+    out = tmp_path / name
+    code = main(["train", "--modality", "tabular", "--dataset", name, "--output-dir", str(out), "--max-steps", "3"] + TINY_ARGS)
+    stdout, err = capsys.readouterr()
+    assert code == 0, err
+    assert f"on {name} ({n_train} examples)" in stdout
+    model = AutoModel.from_pretrained(out / "model")
+    assert model.is_fitted and model.config.label_column == label
+    names = [c["name"] for c in model.config.columns]
+    assert names[-len(targets):] == targets if targets else names[-1] == label
+    card = (out / "model" / "README.md").read_text()
+    assert "scikit-learn" in card and "origin:" in card and "BSD-3-Clause" in card
+    rows = pipeline("qgfd-diffusion", model=str(out / "model"), device="cpu")(num_samples=4, num_inference_steps=2, seed=0, progress_bar=False)
+    assert len(rows) == 4 and list(rows[0]["row"]) == names
+
+
 
 
 def test_train_on_a_csv_then_automodel_pipeline_and_sample(tmp_path, capsys):
@@ -329,14 +401,15 @@ def test_demo_code_path_on_a_tiny_budget(tmp_path, capsys, monkeypatch):
     demo = json.loads((out / "metrics.json").read_text())["demo"]
     m = demo["metrics"]
     assert m["num_train"] == 455 and m["num_heldout"] == 114 and m["samples"]["num_rows"] == 60
-    for key in ("samples", "baseline_real", "baseline_gaussian"):
-        assert {"tstr", "w1", "tvd", "detection_auc"} <= set(m[key]) and 0 <= m[key]["tstr"] <= 1
+    for key in ("samples", "baseline_real", "baseline_gaussian", "baseline_copula", "baseline_smote"):
+        assert {"tstr", "w1", "tvd", "corr_error", "detection_auc", "dcr_ratio"} <= set(m[key]) and 0 <= m[key]["tstr"] <= 1
     assert 0.85 < m["baseline_real"]["tstr"] <= 1.0 and m["baseline_real"]["w1"] < m["baseline_gaussian"]["w1"]
-    assert set(demo["targets"]) == {"w1_below_gaussian", "detection_auc_below_gaussian", "tstr_above_gaussian", "tstr_within_0.03_of_trtr"}
+    assert set(demo["targets"]) == {"w1_below_gaussian", "detection_auc_below_gaussian", "tstr_above_gaussian", "tstr_within_0.03_of_trtr",
+                                    "tstr_above_copula", "detection_auc_below_copula"}
     sampled = pd.read_csv(out / "samples.csv")
     assert len(sampled) == 60 and set(sampled["diagnosis"]) <= {"benign", "malignant"} and sampled.shape[1] == 31
     for name in ("samples_marginals.png", "samples_correlations.png", "loss.png"):
         assert (out / name).read_bytes()[:4] == b"\x89PNG", name
-    assert "TSTR accuracy" in stdout and "Gaussian" in stdout and "detection AUC" in stdout
+    assert "TSTR accuracy" in stdout and "Gaussian" in stdout and "copula" in stdout and "SMOTE" in stdout and "detection AUC" in stdout
     card = (out / "model" / "README.md").read_text()
     assert "TSTR accuracy" in card and "load_breast_cancer" in card
