@@ -242,6 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=_HelpFormatter, epilog=epilog,
     )
     p.add_argument("--modality", default="image", choices=modalities)
+    p.add_argument("--dataset", default=None, help="the modality's built-in dataset to train and score on (default: the first of "
+                   f"each: {_datasets_help()})")
     p.add_argument("--num-samples", type=int, default=None, help="samples to generate and score")
     p.add_argument("--num-inference-steps", type=int, default=None)
     p.add_argument("--guidance-scale", type=float, default=None,
@@ -467,7 +469,7 @@ def cmd_demo(args) -> int:
     for name in ("num_samples", "num_inference_steps", "guidance_scale"):
         if getattr(args, name, None) is not None:
             settings[name] = getattr(args, name)
-    args.dataset = task.datasets[0]
+    args.dataset = getattr(args, "dataset", None) or task.datasets[0]
     args.data_dir = args.data_files = None
     output_dir = args.output_dir = args.output_dir or _fresh_demo_dir(args)  # tasks may keep files of the run there
     _check_output_dir(args, output_dir)

