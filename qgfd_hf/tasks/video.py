@@ -273,8 +273,8 @@ class VideoTask(ModalityTask):
             if F % tubelet:
                 raise ValueError(f"--tubelet-frames {tubelet} must divide the clips' {F} frames.")
             kwargs.update(tubelet_frames=tubelet)
-            if data.name == MOVING_MNIST:  # 4x4 patches at 32x32, 8x8 at 64x64: 64 tokens
-                patch = args.frame_patch_size or max(S // 8, 1)
+            if data.name == MOVING_MNIST:  # 8x8 patches at 32x32, 16x16 at 64x64: 16 tokens
+                patch = args.frame_patch_size or max(S // 4, 1)
             else:
                 patch = args.frame_patch_size or (settings["patch_size"] if S <= 16 else max(S // 4, 1))
             if S % patch:
