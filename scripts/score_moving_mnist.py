@@ -1,0 +1,47 @@
+"""Score a Moving MNIST video demo's saved samples again (the demo's table), without training:
+`samples.npy` of a `qgfd-hf demo --modality video` run, its model's latent space for the latent
+Gaussian, and the same held-out clips and requested classes as the demo (each sample asks for the
+class of the held-out clip of its index, cycled).
+
+    python scripts/score_moving_mnist.py runs/video-demo            # prints the demo's table
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+import numpy as np
+
+
+def main(argv=None):
+    from transformers import AutoConfig
+
+    from qgfd_hf.data.moving_mnist import moving_mnist_data
+    from qgfd_hf.tasks._moving_mnist import evaluate_moving_mnist, moving_mnist_report_lines
+    from qgfd_hf.tasks.base import TaskData
+    from qgfd_hf.tasks.video import MOVING_MNIST, VideoTask
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run", help="the demo's --output-dir (samples.npy and model/)")
+    p.add_argument("--reference-clips", type=int, default=VideoTask.defaults["reference_clips"])
+    args = p.parse_args(argv)
+    samples = np.load(os.path.join(args.run, "samples.npy"))  # (N, F, 1, S, S)
+    model_dir = os.path.join(args.run, "model")
+    cfg = AutoConfig.from_pretrained(model_dir)
+    F, S = samples.shape[1], samples.shape[-1]
+    mm = moving_mnist_data(F, S, seed=0)
+    data = TaskData(mm["train"], MOVING_MNIST, info=dict(num_frames=F, num_channels=1, frame_size=S, moving_mnist=mm))
+    labels = [int(mm["test_labels"][i % len(mm["test_labels"])]) for i in range(len(samples))]
+    settings = {"requested_labels": labels, "reference_clips": args.reference_clips, "model_dir": model_dir,
+                "guidance_scale": json.load(open(os.path.join(args.run, "metrics.json")))["demo"]["metrics"].get("guidance_scale", 1.0)}
+    codec = VideoTask()._codec(settings) if getattr(cfg, "motion_compensation", None) else None
+    result = evaluate_moving_mnist(samples, data, settings, codec)
+    print("\n".join(moving_mnist_report_lines(result["metrics"])))
+    print("Targets: " + ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in result["targets"].items()))
+    return result
+
+
+if __name__ == "__main__":
+    main()
