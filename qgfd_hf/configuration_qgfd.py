@@ -39,15 +39,29 @@ DENOISERS = ("qgfd", "pretrained")
 # modality (`model_type` of `backbone_config`). The tabular model has no pretrained backbone, and the
 # shared model no single one (see `QGFDConfig._validate_denoiser`).
 PRETRAINED_STACKS = {
-    "text": ("t5", "mt5"),
+    "text": ("t5", "mt5", "bert", "roberta", "distilbert"),
     "image": ("vit",),
     "video": ("vit",),
     "audio": ("wav2vec2",),
-    # One denoiser for every modality: T5's encoder stack, whose relative position bias fits any
-    # modality's latent length (the shared config's own `backbone_config`; the factory takes the
-    # text backbone's).
-    "shared": ("t5", "mt5"),
+    # One denoiser for every modality: a text encoder's stack (the shared config's own
+    # `backbone_config`; the factory takes the text backbone's). T5's relative position bias fits any
+    # latent length; BERT-family stacks take latents up to their absolute positions' limit.
+    "shared": ("t5", "mt5", "bert", "roberta", "distilbert"),
 }
+
+
+def absolute_position_limit(backbone_config) -> Optional[int]:
+    """How many tokens a BERT-family stack has absolute positions for (None: relative positions, no limit).
+
+    BERT and DistilBERT number tokens 0, 1, ...: `max_position_embeddings`. RoBERTa numbers them
+    from `pad_token_id + 1` (fairseq's offset): `max_position_embeddings - pad_token_id - 1` (512 for
+    roberta-base's 514)."""
+    model_type = getattr(backbone_config, "model_type", None)
+    if model_type in ("bert", "distilbert"):
+        return int(backbone_config.max_position_embeddings)
+    if model_type == "roberta":
+        return int(backbone_config.max_position_embeddings) - int(backbone_config.pad_token_id or 0) - 1
+    return None
 
 # The QGFD attention settings of the denoiser: config name -> `QGFDSettings` field.
 QGFD_FIELDS = {
@@ -602,6 +616,14 @@ class QGFDConfig(PretrainedConfig):
                 f"{' or '.join(repr(t) for t in PRETRAINED_STACKS[self.modality])} (its Transformer stack becomes the "
                 f"denoiser), got {got}. Usable backbones: {usable}; or use denoiser='qgfd'."
             )
+        limit = absolute_position_limit(self.backbone_config)
+        for modality, length in (self.latent_token_counts().items() if limit is not None else ()):
+            if length > limit:
+                raise ValueError(
+                    f"denoiser='pretrained' with a {model_type!r} stack: {modality} latents of {length} tokens, but the stack "
+                    f"has absolute positions for {limit} tokens (max_position_embeddings="
+                    f"{self.backbone_config.max_position_embeddings}); use at most {limit} latent tokens, or a T5 backbone."
+                )
         if self.time_conditioning != "adaln":
             raise ValueError(
                 f"denoiser='pretrained' takes the timestep through adaLN-Zero; time_conditioning must be 'adaln', "
@@ -743,6 +765,7 @@ __all__ = [
     "QGFD_PRESETS",
     "QGFD_PRESET_PARAMS_M",
     "PRETRAINED_STACKS",
+    "absolute_position_limit",
     "QGFDConfig",
     "diffusion_values",
 ]

@@ -119,11 +119,11 @@ def create_qgfd_diffusion_model(
         backbones = dict(backbone_name or {})
         backbone_kw = {k: kwargs[k] for k in ("backbone_config",) if k in kwargs}  # given by the caller
         if kwargs.get("denoiser") == "pretrained" and "backbone_config" not in kwargs:
-            # The shared pretrained denoiser is the text backbone's T5 encoder stack.
+            # The shared pretrained denoiser is the text backbone's stack (T5's encoder, or a BERT family's).
             if "text" not in backbones:
                 raise ValueError(
-                    "denoiser='pretrained' for the shared model takes the text backbone's T5 stack: give a 'text' "
-                    "backbone in `backbone_name`, or `backbone_config=` a T5Config."
+                    "denoiser='pretrained' for the shared model takes the text backbone's Transformer stack (T5 or BERT "
+                    "family): give a 'text' backbone in `backbone_name`, or `backbone_config=` a T5Config or BertConfig."
                 )
             kwargs["backbone_config"] = _resolve_backbone(backbones["text"], "text")[0]
         config, pretrained = shared_config_from_backbones(diffusion_cfg, backbones, **kwargs)
@@ -142,7 +142,7 @@ def create_qgfd_diffusion_model(
     values.update(kwargs)
     backbone_config, name = _resolve_backbone(backbone_name, modality)
     if modality == "text" and backbone_config is None:
-        raise ValueError("The text model needs a T5 backbone: a Hub id, a folder or a T5Config.")
+        raise ValueError("The text model needs a text backbone (T5, BERT, ...): a Hub id, a folder or its config.")
     if modality in ("image", "video"):
         values.setdefault("latent_space", "vit" if backbone_config is not None else "pixels")
     loaded = tokenizer if modality == "text" else processor

@@ -8,7 +8,8 @@
 | text         | T5's encoder stack (`T5Stack`, mT5 alike)        | T5's relative position bias            | appended to the sequence |
 | image, video | ViT's layers and final LayerNorm (`ViTModel`)    | ViT's learned ones (+ a frame embedding for video) | appended |
 | audio        | Wav2Vec2's Transformer encoder (`Wav2Vec2Model`) | Wav2Vec2's convolutional ones          | appended |
-| shared       | T5's encoder stack (the text backbone's)         | T5's relative position bias (any modality's latent length) | appended |
+| text         | BERT's / RoBERTa's encoder, DistilBERT's transformer (`BertModel`, ...) | their absolute ones (latents + conditioning up to the table's length) | appended (segment 1 where there are two) |
+| shared       | the text backbone's stack (T5 or BERT family)    | T5's relative bias (any latent length); BERT's absolute ones (up to the table's length) | appended |
 
 None of these stacks has cross-attention (T5's decoder does, but its self-attention is causal and
 its position bias was trained for causal use only), so conditioning tokens always join the
@@ -23,8 +24,10 @@ them. Each layer's two sub-layers (self-attention and feed-forward: T5's `SelfAt
 forward pre-hook that modulates their input, `u * (1 + scale) + shift`, and a forward hook that
 gates their output, `o * (1 + gate)`, with (shift, scale, gate) per sub-layer predicted from the
 timestep embedding by a per-layer zero-initialised linear map. That input is the normalised
-stream in every family (pre-LN T5 and ViT; post-LN Wav2Vec2, whose sub-layers read the output of
-a LayerNorm), so this is DiT's `modulate(norm(x))` placed where each family normalises. The gate
+stream in every family (pre-LN T5 and ViT; post-LN Wav2Vec2 and BERT, whose sub-layers read the
+output of a LayerNorm), so this is DiT's `modulate(norm(x))` placed where each family normalises.
+BERT's sub-layer modules also hold the residual and LayerNorm, so there the hooks sit on the
+attention's and feed-forward's first and last modules instead (`_BertFamily`). The gate
 is `1 + gate`, not DiT's `gate`: zero-initialised, every layer then computes exactly what the
 pretrained layer computed (DiT's zero gate would switch the pretrained layers off). The layer
 modules, their parameter names and transformers' attention dispatch are untouched, so
@@ -55,7 +58,7 @@ from transformers import PreTrainedModel
 from transformers.masking_utils import create_bidirectional_mask
 from transformers.utils import logging
 
-from .configuration_qgfd import PRETRAINED_STACKS, qgfd_settings
+from .configuration_qgfd import PRETRAINED_STACKS, absolute_position_limit, qgfd_settings
 from .modeling_qgfd import QGFDDiffusionBackbone, _zero_init, modulate
 from .modeling_qgfd_checks import check_condition, check_float_tensor, check_timesteps
 from .modeling_qgfd_embeddings import TimestepEmbedding
@@ -121,6 +124,21 @@ class _StackFamily:
         """(self-attention, feed-forward) of one layer: the modules adaLN-Zero wraps."""
         raise NotImplementedError
 
+    def hooked(self, layer) -> Tuple[Tuple[nn.Module, nn.Module], Tuple[nn.Module, nn.Module]]:
+        """((input, output) of self-attention, (input, output) of feed-forward): the module whose input
+        adaLN-Zero modulates and the one whose output it gates. The same module, except in families
+        whose sub-layer modules also hold the residual and the post-LN (BERT's)."""
+        attn, ffn = self.sublayers(layer)
+        return (attn, attn), (ffn, ffn)
+
+    def position_limit(self, config) -> Optional[int]:
+        """How many tokens the stack has positions for (None: any number)."""
+        return None
+
+    def token_types(self, stack, num_first: int, num_cond: int, like: torch.Tensor) -> Optional[torch.Tensor]:
+        """Token type ids [B, num_first + num_cond] for [prefix; latents; conditioning] (None: none)."""
+        return None
+
     def encoder_state_dict(self, encoder: nn.Module) -> dict:
         """The stack's weights, keyed as the stack names them, from a loaded encoder of the backbone."""
         return encoder.state_dict()
@@ -129,8 +147,9 @@ class _StackFamily:
         """Tokens [B, P, W] put before the latents (None: none)."""
         return None
 
-    def run(self, stack, h: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
-        """The stack on tokens h [B, L', W] with mask [B, L'] bool (True = attend) or None -> [B, L', W]."""
+    def run(self, stack, h: torch.Tensor, mask: Optional[torch.Tensor], token_type_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The stack on tokens h [B, L', W] with mask [B, L'] bool (True = attend) or None, and token
+        type ids [B, L'] (BERT's segments; None: the stack's default) -> [B, L', W]."""
         raise NotImplementedError
 
 
@@ -165,7 +184,7 @@ class _T5Family(_StackFamily):
         stack = getattr(encoder, "encoder", encoder)  # T5EncoderModel -> its T5Stack
         return stack.state_dict()
 
-    def run(self, stack, h, mask):
+    def run(self, stack, h, mask, token_type_ids=None):
         # T5Stack.forward: dropout, the blocks (block 0 computes the position bias the others reuse),
         # final RMSNorm, dropout; the mask goes through the attention implementation's mask function.
         return stack(inputs_embeds=h, attention_mask=mask).last_hidden_state
@@ -212,7 +231,7 @@ class _ViTFamily(_StackFamily):
         grid = F.interpolate(grid.float(), size=(g, g), mode="bicubic", align_corners=False).to(pos.dtype)
         return grid.permute(0, 2, 3, 1).reshape(1, g * g, width)  # (1, N, W)
 
-    def run(self, stack, h, mask):
+    def run(self, stack, h, mask, token_type_ids=None):
         # ViTModel.forward after its embeddings: the layers, then the final LayerNorm.
         attention_mask = None
         if mask is not None:
@@ -248,12 +267,96 @@ class _Wav2Vec2Family(_StackFamily):
     def encoder_state_dict(self, encoder):
         return {k: v for k, v in encoder.state_dict().items() if k.startswith("encoder.")}
 
-    def run(self, stack, h, mask):
+    def run(self, stack, h, mask, token_type_ids=None):
         # Wav2Vec2Encoder.forward: conv positions, LayerNorm, dropout, the layers (LayerDrop in training).
         return stack.encoder(h, attention_mask=mask).last_hidden_state
 
 
-_FAMILIES = {"t5": _T5Family(), "mt5": _T5Family(), "vit": _ViTFamily(), "wav2vec2": _Wav2Vec2Family()}
+class _BertFamily(_StackFamily):
+    """BERT's encoder (RoBERTa alike; all-MiniLM-L6-v2 is a BERT): post-LN layers after BERT's
+    embeddings, whose position and token type embeddings and LayerNorm apply to the denoiser's
+    tokens as they would to word embeddings (`inputs_embeds`). The word embeddings [V, W] and the
+    pooler are dropped.
+
+    Positions are absolute: token i of [latents; conditioning] gets position i (RoBERTa: i +
+    pad_token_id + 1, its fairseq offset, which is what RoBERTa computes for `inputs_embeds`); the
+    sequence may not be longer than the table (`absolute_position_limit`). Latents and prefix are
+    segment 0, conditioning tokens segment 1 when the model has two token types (BERT's sentence B).
+
+    BERT's sub-layer modules hold the residual and the LayerNorm (`BertSelfOutput`, `BertOutput`),
+    so adaLN-Zero modulates the input of self-attention (`attention.self`) and of the feed-forward
+    network (`intermediate`), and gates the output projections (`attention.output.dense`,
+    `output.dense`) before the residual is added: `LayerNorm(x + gate * f(modulate(x)))`."""
+
+    modality = "text"
+
+    def build(self, backbone_config):
+        from transformers import BertModel, RobertaModel
+
+        config = copy.deepcopy(backbone_config)
+        config.is_decoder, config.add_cross_attention = False, False  # the bidirectional encoder
+        stack = (RobertaModel if config.model_type == "roberta" else BertModel)(config, add_pooling_layer=False)
+        stack.embeddings.word_embeddings = None  # [V, W], unused: the stack takes inputs_embeds
+        return stack
+
+    def layers(self, stack):
+        return stack.encoder.layer
+
+    def sublayers(self, layer):
+        return layer.attention, layer.intermediate
+
+    def hooked(self, layer):
+        return (layer.attention.self, layer.attention.output.dense), (layer.intermediate, layer.output.dense)
+
+    def encoder_state_dict(self, encoder):
+        skip = ("embeddings.word_embeddings.", "pooler.")
+        return {k: v for k, v in encoder.state_dict().items() if not k.startswith(skip)}
+
+    def position_limit(self, config):
+        return absolute_position_limit(config)
+
+    def token_types(self, stack, num_first, num_cond, like):
+        if num_cond == 0 or stack.config.type_vocab_size < 2:
+            return None
+        types = torch.zeros(like.shape[0], num_first + num_cond, dtype=torch.long, device=like.device)
+        types[:, num_first:] = 1
+        return types
+
+    def run(self, stack, h, mask, token_type_ids=None):
+        # BertModel.forward with inputs_embeds: embeddings (+ positions, + token types, LayerNorm,
+        # dropout), the mask through the attention implementation's mask function, the layers.
+        return stack(inputs_embeds=h, attention_mask=mask, token_type_ids=token_type_ids).last_hidden_state
+
+
+class _DistilBertFamily(_BertFamily):
+    """DistilBERT's transformer: as BERT (absolute positions, post-LN), without token types; its
+    sub-layers (`attention`, `ffn`) are plain functions of their input, as Wav2Vec2's."""
+
+    def build(self, backbone_config):
+        from transformers import DistilBertModel
+
+        stack = DistilBertModel(copy.deepcopy(backbone_config))
+        stack.embeddings.word_embeddings = None
+        return stack
+
+    def layers(self, stack):
+        return stack.transformer.layer
+
+    def sublayers(self, layer):
+        return layer.attention, layer.ffn
+
+    def hooked(self, layer):
+        return _StackFamily.hooked(self, layer)
+
+    def token_types(self, stack, num_first, num_cond, like):
+        return None
+
+    def run(self, stack, h, mask, token_type_ids=None):
+        return stack(inputs_embeds=h, attention_mask=mask).last_hidden_state
+
+
+_FAMILIES = {"t5": _T5Family(), "mt5": _T5Family(), "vit": _ViTFamily(), "wav2vec2": _Wav2Vec2Family(),
+             "bert": _BertFamily(), "roberta": _BertFamily(), "distilbert": _DistilBertFamily()}
 
 
 # ----------------------------------------------------------------------------------------
@@ -331,9 +434,9 @@ class PretrainedDenoiser(nn.Module):
         self.adaLN_final = nn.Sequential(nn.SiLU(), _zero_init(nn.Linear(width, 2 * width)))
         self.out_proj = _zero_init(nn.Linear(width, config.latent_dim))
         for layer in self.family.layers(self.stack):
-            for sublayer in self.family.sublayers(layer):
-                sublayer.register_forward_pre_hook(_adaln_modulate_input, with_kwargs=True)
-                sublayer.register_forward_hook(_adaln_gate_output)
+            for first, last in self.family.hooked(layer):
+                first.register_forward_pre_hook(_adaln_modulate_input, with_kwargs=True)
+                last.register_forward_hook(_adaln_gate_output)
 
     # -- weights ------------------------------------------------------------------------------
 
@@ -366,8 +469,8 @@ class PretrainedDenoiser(nn.Module):
 
     # -- forward ------------------------------------------------------------------------------
 
-    def _layer_sublayers(self) -> List[Tuple[nn.Module, nn.Module]]:
-        return [self.family.sublayers(layer) for layer in self.family.layers(self.stack)]
+    def _layer_sublayers(self) -> List[Tuple[Tuple[nn.Module, nn.Module], Tuple[nn.Module, nn.Module]]]:
+        return [self.family.hooked(layer) for layer in self.family.layers(self.stack)]
 
     def embed_latents(self, x_t: torch.Tensor) -> torch.Tensor:
         """Latents [B, L, Dl] -> tokens [B, L, W]: `in_proj`, plus ViT's positions (per frame, plus the frame embedding)."""
@@ -384,24 +487,27 @@ class PretrainedDenoiser(nn.Module):
             h = self.stack.embeddings.dropout(h.reshape(B, L, W))
         return h
 
-    def run_stack(self, tokens: torch.Tensor, c: Optional[torch.Tensor], mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def run_stack(self, tokens: torch.Tensor, c: Optional[torch.Tensor], mask: Optional[torch.Tensor] = None,
+                  token_type_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
         """The stack on a token sequence [B, L', W], with adaLN-Zero from c [B, W] (None: the plain stack).
 
         Returns the stack's last hidden states [B, L', W]. With the modulations at zero (as
-        initialised) this equals the pretrained stack's own forward on `tokens`.
+        initialised) this equals the pretrained stack's own forward on `tokens` (as `inputs_embeds`:
+        BERT-family stacks add their positions and token types, `token_type_ids` [B, L'], to them).
         """
         if c is None:
-            return self.family.run(self.stack, tokens, mask)
+            return self.family.run(self.stack, tokens, mask, token_type_ids)
         sublayers = self._layer_sublayers()
         try:
-            for (attn, ffn), adaln in zip(sublayers, self.adaLN_modulation):
+            for pairs, adaln in zip(sublayers, self.adaLN_modulation):
                 mods = adaln(c).chunk(6, dim=-1)  # 6 x (B, W)
-                attn.__dict__[_ADALN_KEY], ffn.__dict__[_ADALN_KEY] = mods[:3], mods[3:]
-            return self.family.run(self.stack, tokens, mask)
+                for (first, last), part in zip(pairs, (mods[:3], mods[3:])):
+                    first.__dict__[_ADALN_KEY] = last.__dict__[_ADALN_KEY] = part
+            return self.family.run(self.stack, tokens, mask, token_type_ids)
         finally:
-            for attn, ffn in sublayers:
-                attn.__dict__.pop(_ADALN_KEY, None)
-                ffn.__dict__.pop(_ADALN_KEY, None)
+            for pairs in sublayers:
+                for module in (m for pair in pairs for m in pair):
+                    module.__dict__.pop(_ADALN_KEY, None)
 
     def forward(
         self,
@@ -446,8 +552,16 @@ class PretrainedDenoiser(nn.Module):
             tokens = torch.cat([tokens, cond], dim=1)  # (B, P + L + Lc, W)
             if cond_mask is not None:
                 mask = torch.cat([cond_mask.new_ones(B, P + L), cond_mask], dim=1)  # (B, P + L + Lc) bool
+        limit = self.family.position_limit(self.stack.config)
+        if limit is not None and tokens.shape[1] > limit:
+            Lc = tokens.shape[1] - P - L
+            raise ValueError(
+                f"The {self.stack.config.model_type} stack has absolute positions for {limit} tokens, but the denoiser's sequence "
+                f"has {tokens.shape[1]} ({L} latents + {Lc} conditioning tokens); shorten the latents or the source text."
+            )
+        types = self.family.token_types(self.stack, P + L, tokens.shape[1] - P - L, tokens)  # (B, P + L + Lc) or None
         # 4. The pretrained stack with adaLN-Zero.
-        out = self.run_stack(tokens, c, mask)[:, P : P + L]  # (B, L, W)
+        out = self.run_stack(tokens, c, mask, types)[:, P : P + L]  # (B, L, W)
         # 5. Output head.
         shift, scale = self.adaLN_final(c).chunk(2, dim=-1)  # each (B, W)
         return self.out_proj(modulate(out, shift, scale))  # (B, L, Dl)

@@ -49,6 +49,8 @@ def run_one(task: str, arm: str, seed: int, args) -> dict:
     if not os.path.exists(metrics_path):
         cmd = [sys.executable, "-m", "qgfd_hf", "demo", "--modality", task, "--seed", str(seed), "--output-dir", out_dir,
                "--no-progress", "--checkpoint-every", "0", *ARMS[arm]]
+        if task == "image":
+            cmd += ["--dataset", "digits"]  # the 8x8 digits: the A/B's published numbers
         if arm == "pretrained" and task == "image":
             cmd += ["--backbone", args.vit_backbone or random_vit(args.work_dir)]
         if args.max_steps is not None:

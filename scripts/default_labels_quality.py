@@ -1,6 +1,6 @@
 """Does a class-conditional digits model sampled without labels score like the labelled call?
 
-    python -m qgfd_hf demo --output-dir runs/demo            # the model (about 4-6 minutes)
+    python -m qgfd_hf demo --dataset digits --output-dir runs/demo   # the model (about 4-6 minutes)
     python scripts/default_labels_quality.py runs/demo/model
 
 Samples 360 digits from the saved demo model three ways through `pipeline("qgfd-diffusion")`

@@ -71,7 +71,7 @@ def main(argv=None):
     settings = parse_settings(args.set)
     modality_image.VIT_DEFAULTS.update(settings)
     print(f"VIT_DEFAULTS: {modality_image.VIT_DEFAULTS}")
-    return cli_main(["demo", "--modality", "image", "--latent-space", "vit", *demo_args])
+    return cli_main(["demo", "--modality", "image", "--dataset", "digits", "--latent-space", "vit", *demo_args])
 
 
 if __name__ == "__main__":

@@ -487,3 +487,25 @@ def test_tables_keep_their_own_label_draw():
     assert [r["row"]["y"] for r in rows] == ["yes"] * 5
     with pytest.raises(ValueError, match="is for image, audio and video models"):
         pipe(class_labels="unconditional", num_inference_steps=2, progress_bar=False)
+
+
+def test_video_default_labels_follow_the_frequencies():
+    """The default-label path for video: a class-conditional video model sampled without labels
+    draws them from its recorded training frequencies, through the pipeline, reproducibly."""
+    from qgfd_hf import QGFDVideoConfig
+    from qgfd_hf.modeling_qgfd_video import VideoQGFDDiffusionModel
+
+    cfg = QGFDVideoConfig(num_frames=2, latent_space="pixels", image_size=4, patch_size=2, num_channels=1, num_classes=3,
+                          class_frequencies=[0.0, 0.0, 1.0], cond_dropout_prob=0.1, **TINY)
+    torch.manual_seed(0)
+    model = VideoQGFDDiffusionModel(cfg).eval()
+    _perturb(model)
+    seen = _labels_seen(model)
+    pipe = pipeline("qgfd-diffusion", model=model)
+    a = pipe(num_samples=4, num_inference_steps=2, seed=0, progress_bar=False, output_type="latent")
+    assert seen and all(s.tolist() == [2] * 4 for s in seen)
+    b = pipe(class_labels=[2] * 4, num_samples=4, num_inference_steps=2, seed=0, progress_bar=False, output_type="latent")
+    assert all(torch.equal(x["latent"], y["latent"]) for x, y in zip(a, b))  # the same as asking for class 2
+    seen.clear()
+    pipe(class_labels="unconditional", num_samples=2, num_inference_steps=2, seed=0, progress_bar=False, output_type="latent")
+    assert seen and all(s.tolist() == [3, 3] for s in seen)  # the explicit null label

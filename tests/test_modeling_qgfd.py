@@ -858,7 +858,7 @@ def test_bad_config_values_raise():
         create_qgfd_diffusion_model("tabular", None, DiffusionConfig.from_preset("tiny"), num_features=3, denoiser="pretrained")
     with pytest.raises(ValueError, match="alpha"):
         build("pixels", qgfd_alpha=1.5)
-    with pytest.raises(ValueError, match="needs a T5 backbone"):
+    with pytest.raises(ValueError, match="needs a text backbone"):
         create_qgfd_diffusion_model("text", None)
     with pytest.raises(ValueError, match="latent_dim"):
         # DiffusionConfig's latent_dim (512) is not the tiny ViT's width (32): say so, do not guess.

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 from transformers import (
     AutoModel,
-    BertConfig,
+    ElectraConfig,
     T5EncoderModel,
     T5ForConditionalGeneration,
     ViTImageProcessorPil,
@@ -365,7 +365,7 @@ def test_saved_folder_loads_without_qgfd_hf(tmp_path):
 
 
 def test_backbones_without_a_usable_stack_are_refused():
-    usable = r"text: t5/mt5, image: vit, video: vit, audio: wav2vec2"
+    usable = r"text: t5/mt5/bert/roberta/distilbert, image: vit, video: vit, audio: wav2vec2"
     with pytest.raises(ValueError, match=r"tabular model has no pretrained backbone.*denoiser='qgfd'.*" + usable):
         QGFDTabularConfig(num_features=3, **TINY, denoiser="pretrained")
     with pytest.raises(ValueError, match=r"tabular model has no pretrained backbone"):
@@ -376,13 +376,14 @@ def test_backbones_without_a_usable_stack_are_refused():
     with pytest.raises(ValueError, match=r"needs a backbone_config of type 'vit'"):
         create_qgfd_diffusion_model("image", None, DiffusionConfig(**TINY, latent_dim=4), image_size=8, patch_size=2,
                                     num_channels=1, denoiser="pretrained")
-    # A text encoder with no stack the denoiser knows (BERT), and the shared model.
-    bert = BertConfig(vocab_size=30, hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64)
-    with pytest.raises(ValueError, match=r"'t5' or 'mt5'.*got backbone model_type='bert'"):
-        QGFDTextConfig(backbone_config=bert, **TINY, denoiser="pretrained")
+    # A text encoder with no stack the denoiser knows (ELECTRA), and the shared model.
+    electra = ElectraConfig(vocab_size=30, embedding_size=16, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                            intermediate_size=64)
+    with pytest.raises(ValueError, match=r"'t5' or 'mt5' or 'bert' or 'roberta' or 'distilbert'.*got backbone model_type='electra'"):
+        QGFDTextConfig(backbone_config=electra, **TINY, denoiser="pretrained")
     text = QGFDTextConfig(backbone_config=t5_config(), seq_len=8, **TINY)
     # The shared model's pretrained denoiser is a T5 stack (relative positions fit every modality).
-    with pytest.raises(ValueError, match=r"modality 'shared' needs a backbone_config of type 't5' or 'mt5'.*got no backbone_config"):
+    with pytest.raises(ValueError, match=r"modality 'shared' needs a backbone_config of type 't5' or 'mt5' or 'bert'.*got no backbone_config"):
         QGFDSharedConfig(modalities=["text"], text_config=text, latent_dim=32, **TINY, denoiser="pretrained")
     with pytest.raises(ValueError, match=r"modality 'shared' needs a backbone_config of type 't5'.*'vit'"):
         QGFDSharedConfig(modalities=["text"], text_config=text, latent_dim=32, **TINY, denoiser="pretrained",

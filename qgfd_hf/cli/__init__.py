@@ -66,7 +66,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--backbone", default=None, help="pretrained encoder (Hub id or folder): t5-small for text, a ViT for --latent-space vit")
     g.add_argument("--denoiser", default=None, choices=("qgfd", "pretrained"),
                    help="qgfd: a fresh QGFD Transformer (default); pretrained: the --backbone's own Transformer stack "
-                        "(T5 encoder, ViT), QGFD-patched and trained, with adaLN-Zero timestep conditioning")
+                        "(T5 encoder, BERT / RoBERTa / DistilBERT encoder, ViT, Wav2Vec2), QGFD-patched and trained, with adaLN-Zero "
+                        "timestep conditioning")
     g.add_argument("--class-conditional", action=argparse.BooleanOptionalAction, default=None,
                    help="condition on the data's class labels (its label column: the digits', sub-folder names) with a DiT label "
                         "embedding, so samples can ask for a class (sample --class-label) and take guidance")
@@ -242,8 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=_HelpFormatter, epilog=epilog,
     )
     p.add_argument("--modality", default="image", choices=modalities)
-    p.add_argument("--dataset", default=None, help="the modality's built-in dataset to train and score on (default: the first of "
-                   f"each: {_datasets_help()})")
+    p.add_argument("--dataset", default=None, help="the demo's data, one the modality scores (default: its first; image: mnist, "
+                   "or digits, the fast 8x8 path)")
     p.add_argument("--num-samples", type=int, default=None, help="samples to generate and score")
     p.add_argument("--num-inference-steps", type=int, default=None)
     p.add_argument("--guidance-scale", type=float, default=None,
@@ -293,9 +294,14 @@ def _describe_model(model) -> str:
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     qgfd = f"QGFD steps={cfg.qgfd_steps} alpha={cfg.qgfd_alpha} graph={cfg.qgfd_graph} mix={cfg.qgfd_mix}"
+    stack = getattr(model.backbone, "stack", None)  # denoiser="pretrained": the backbone's own stack and sizes
+    if stack is not None:
+        sizes = f"{type(stack).__name__} width={getattr(model.backbone, 'width', '?')} layers={len(model.backbone.adaLN_modulation)}"
+    else:
+        sizes = f"d_model={cfg.d_model} layers={cfg.num_layers} heads={cfg.num_heads}"
     return (
         f"  model           {type(model).__name__}: {trainable / 1e6:.2f} M trainable of {total / 1e6:.2f} M parameters; "
-        f"denoiser {cfg.denoiser} d_model={cfg.d_model} layers={cfg.num_layers} heads={cfg.num_heads}; "
+        f"denoiser {cfg.denoiser} {sizes}; "
         f"latents {cfg.num_latent_tokens()} x {cfg.latent_dim}; {qgfd}; {cfg.prediction_type} prediction, {cfg.beta_schedule} schedule"
         + (f"; class-conditional ({cfg.num_classes} classes, label dropout {cfg.cond_dropout_prob})"
            if getattr(cfg, "num_classes", None) is not None else "")
@@ -462,6 +468,12 @@ def cmd_demo(args) -> int:
     _set_threads(args.threads if args.threads is not None else 1)
     _check_modality_flags(args)
     task = get_task(args.modality)
+    demo_datasets = task.demo_datasets or task.datasets[:1]
+    if args.dataset is None:
+        args.dataset = demo_datasets[0]
+    elif args.dataset not in demo_datasets:
+        raise ValueError(f"The {args.modality} demo scores --dataset {', '.join(demo_datasets)}; got {args.dataset!r} "
+                         f"(train on other data with `qgfd-hf train --modality {args.modality} --dataset {args.dataset}`).")
     settings = task.settings(args, for_demo=True)
     if args.guidance_scale is not None and "guidance_scale" not in settings:
         raise ValueError(f"--guidance-scale is for the class-conditional demos ({', '.join(n for n in task_names() if 'guidance_scale' in get_task(n).defaults)}); "
@@ -469,7 +481,6 @@ def cmd_demo(args) -> int:
     for name in ("num_samples", "num_inference_steps", "guidance_scale"):
         if getattr(args, name, None) is not None:
             settings[name] = getattr(args, name)
-    args.dataset = getattr(args, "dataset", None) or task.datasets[0]
     args.data_dir = args.data_files = None
     output_dir = args.output_dir = args.output_dir or _fresh_demo_dir(args)  # tasks may keep files of the run there
     _check_output_dir(args, output_dir)
@@ -493,7 +504,7 @@ def cmd_demo(args) -> int:
     result["eval_seconds"] = round(time.time() - t, 1)
     result["sampling"] = {k: settings.get(k) for k in ("num_samples", "sampler", "num_inference_steps") if k in settings}
     result["sampling"]["seconds"] = round(t_sample, 1)
-    result["files"] = task.write_samples(samples, data, output_dir)
+    result["files"] = task.write_samples(samples, data, output_dir, labels=settings.get("requested_labels"))
     # "train": the trainer's own measure (its loop, checkpoints included), the one the "final loss"
     # line prints too; "total" also holds loading the data, building and saving the model.
     result["seconds"] = {"train": round(train_metrics["train_runtime_s"], 1), "total": round(time.time() - t0, 1)}

@@ -298,7 +298,7 @@ class AudioTask(ModalityTask):
             scores["reconstruction"] = data.info["reconstruction"]
         return {"metrics": scores, "targets": audio_targets_met(scores)}
 
-    def write_samples(self, samples, data, output_dir, prefix="samples"):
+    def write_samples(self, samples, data, output_dir, prefix="samples", labels=None):
         rate = data.info["sampling_rate"] if data is not None else None
         real = titles = None
         if data is not None and data.test is not None and data.info.get("label_names"):

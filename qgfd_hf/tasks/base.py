@@ -94,6 +94,8 @@ class ModalityTask:
             `train` and `demo` alike; flags override them.
         demo_data_only: settings whose default holds for the demo data (`datasets[0]`) only,
             with the value other data gets instead (`settings`).
+        demo_datasets: the built-in datasets the demo scores (`qgfd-hf demo --dataset`; default
+            `datasets[0]` alone).
         output_suffixes: the file types `qgfd-hf sample --output PATH` may name, each with what
             it writes (the first one is the default); `check_output` refuses any other.
     """
@@ -105,6 +107,7 @@ class ModalityTask:
     defaults: Dict[str, Any] = {}
     demo_data_only: Dict[str, Any] = {"class_conditional": False}  # other data: --class-conditional
     output_suffixes: Dict[str, str] = {}
+    demo_datasets: Tuple[str, ...] = ()  # the datasets `qgfd-hf demo --dataset` takes (empty: `datasets[0]` only)
 
     # -- data and model ---------------------------------------------------------------------
 
@@ -140,8 +143,9 @@ class ModalityTask:
         """`{"metrics": ..., "targets": {name: bool}}`, the metrics beside their baselines."""
         raise NotImplementedError
 
-    def write_samples(self, samples, data: Optional[TaskData], output_dir: str, prefix: str = "samples") -> Dict[str, str]:
-        """Write what a person looks at (PNG, wav, csv, ...); returns {what: path}."""
+    def write_samples(self, samples, data: Optional[TaskData], output_dir: str, prefix: str = "samples", labels=None) -> Dict[str, str]:
+        """Write what a person looks at (PNG, wav, csv, ...); returns {what: path}. `labels`: the
+        class asked for of each sample (class-conditional samples), for files that show it."""
         raise NotImplementedError
 
     def report_lines(self, result: Dict[str, Any]) -> List[str]:

@@ -622,7 +622,7 @@ class TabularTask(ModalityTask):
         scores = evaluator.evaluate(samples)
         return {"metrics": scores, "targets": tabular_targets_met(scores)}
 
-    def write_samples(self, samples, data, output_dir, prefix="samples", suffix=".csv"):
+    def write_samples(self, samples, data, output_dir, prefix="samples", suffix=".csv", labels=None):
         """The rows as `{prefix}{suffix}` (csv, parquet, json or jsonl: `output_suffixes`), and
         `{prefix}_marginals.png` / `{prefix}_correlations.png` beside them."""
         os.makedirs(output_dir, exist_ok=True)

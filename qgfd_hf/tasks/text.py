@@ -6,7 +6,9 @@
   tokenizer built offline), GLUE MRPC paraphrase pairs (`--dataset mrpc`, online), or local
   csv / json / parquet pairs (`--data-files`, MRPC's columns);
 - model: a small random T5 for the reversal task, or `--backbone t5-small` (its token
-  embeddings are the latent space, its encoder reads the source);
+  embeddings are the latent space, its encoder reads the source), or any BERT-family folder
+  (`--backbone <all-MiniLM-L6-v2's folder>`); with `--denoiser pretrained` the backbone's own
+  stack (T5's or BERT's encoder) is the denoiser;
 - scores: exact match on the held-out pairs;
 - what a person looks at: `samples.jsonl` (source, sample, reference).
 """
@@ -90,7 +92,15 @@ class TextTask(ModalityTask):
             raise ValueError("--dataset mrpc needs a pretrained T5: --backbone t5-small (or a local T5 folder).")
         if args.seq_len is not None and args.seq_len < 1:
             raise ValueError(f"--seq-len must be >= 1, got {args.seq_len}.")
-        seq_len = args.seq_len or (d.get("max_len", 6) + 1 if data.name == "reversal" else 64)
+        if args.seq_len is not None:
+            seq_len = args.seq_len
+        elif data.name == "reversal" and args.backbone is not None:
+            # A pretrained tokenizer splits the words into its own pieces (and may add [CLS] / [SEP]):
+            # the longest target, as it tokenizes it, sets the length.
+            targets = list(data.train["target"]) + (list(data.test["target"]) if data.test is not None else [])
+            seq_len = max(len(ids) for ids in tokenizer(targets)["input_ids"])
+        else:
+            seq_len = d.get("max_len", 6) + 1 if data.name == "reversal" else 64
         check_text_fits(data.train, tokenizer, seq_len, f"The dataset {data.name!r}")
         kwargs = dict(diffusion_values(args, d), seq_len=seq_len, conditional=True, **d.get("model_kwargs", {}))
         if args.denoiser is not None:
@@ -119,7 +129,7 @@ class TextTask(ModalityTask):
             "examples": [{"source": s, "sample": p, "reference": r} for s, p, r in list(zip(sources, samples, targets))[:5]],
         }
 
-    def write_samples(self, samples, data, output_dir, prefix="samples"):
+    def write_samples(self, samples, data, output_dir, prefix="samples", labels=None):
         os.makedirs(output_dir, exist_ok=True)
         path = os.path.join(output_dir, f"{prefix}.jsonl")
         if data is not None and data.test is not None:

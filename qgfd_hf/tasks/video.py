@@ -148,6 +148,7 @@ class VideoTask(ModalityTask):
     name = "video"
     summary = "video clips: Moving MNIST (from MNIST's digits), moving 8x8 digits, or a folder of clips or video files"
     datasets = (MOVING_MNIST, "moving_digits")
+    demo_datasets = (MOVING_MNIST, "moving_digits")  # the data `qgfd-hf demo --dataset` scores (moving-mnist by default)
     data_help = ("video: a folder of video files (.mp4/.avi/.webm, cut into clips), or of clips (a sub-folder of frame images "
                  "per clip, or .npy/.npz arrays [F, H, W], [F, C, H, W] or [F, H, W, C]), labels from parent folder names or metadata.csv")
     demo_data_only = {"class_conditional": False, "motion_compensation": None}
@@ -334,7 +335,7 @@ class VideoTask(ModalityTask):
             scores["guidance_scale"] = settings.get("guidance_scale", 1.0)
         return {"metrics": scores, "targets": video_targets_met(scores)}
 
-    def write_samples(self, samples, data, output_dir, prefix="samples"):
+    def write_samples(self, samples, data, output_dir, prefix="samples", labels=None):
         os.makedirs(output_dir, exist_ok=True)
         path = os.path.join(output_dir, f"{prefix}.png")
         labels = data.info.get("requested_labels") if data is not None else self._sample_labels

@@ -8,6 +8,7 @@
 | `ema.py` | `EMAModel`, the moving average of the trainable weights that is saved and sampled |
 | `trainer.py` | `QGFDTrainer`: the optimizer-step loop on `accelerate` |
 | `callbacks.py` | `QGFDWarmupCallback`: the QGFD alpha warm-up under `transformers.Trainer` |
+| `finetune.py` | fine-tuning a pretrained encoder + classification head, softmax against QGFD arms over seeds, with paired tests |
 
 The names below come from their modules on first use, so `import qgfd_hf.training.callbacks`
 does not import `accelerate`.
@@ -21,6 +22,7 @@ _EXPORTS = {
     "ema": ["EMAModel"],
     "trainer": ["LossDivergedError", "QGFDTrainer"],
     "callbacks": ["QGFDWarmupCallback"],
+    "finetune": ["FinetuneSettings", "compare_arms", "paired_test"],
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_MODULE_OF)

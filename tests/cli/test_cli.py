@@ -97,7 +97,7 @@ def test_image_demo_end_to_end_then_sample(tmp_path, capsys):
 
     out = tmp_path / "demo"
     code, stdout, err = _run(
-        ["demo", "--output-dir", str(out), "--max-steps", "4", "--num-samples", "20", "--num-inference-steps", "5"] + TINY, capsys
+        ["demo", "--dataset", "digits", "--output-dir", str(out), "--max-steps", "4", "--num-samples", "20", "--num-inference-steps", "5"] + TINY, capsys
     )
     assert code == 0, err
     for name in ("samples.png", "loss.png", "metrics.json", "model/config.json", "model/model.safetensors", "model/README.md"):
@@ -229,7 +229,7 @@ def test_pretrained_denoiser_flag(tmp_path, capsys):
     ViTModel(ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64, image_size=8,
                        patch_size=2, num_channels=1)).save_pretrained(vit)
     out = tmp_path / "image"
-    code, _, err = _run(["demo", "--denoiser", "pretrained", "--backbone", str(vit), "--output-dir", str(out), "--max-steps", "2",
+    code, _, err = _run(["demo", "--dataset", "digits", "--denoiser", "pretrained", "--backbone", str(vit), "--output-dir", str(out), "--max-steps", "2",
                          "--num-samples", "10", "--num-inference-steps", "2"] + TINY, capsys)
     assert code == 0, err
     config = AutoConfig.from_pretrained(str(out / "model"))
