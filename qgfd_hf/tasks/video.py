@@ -106,8 +106,9 @@ def save_class_strip(clips: np.ndarray, labels, path: str, real: Optional[np.nda
     real_labels = np.asarray(real_labels) if has_real else None
     F = clips.shape[1]
     clip_w = F * (cell + pad) + pad
-    label_w, gap = 64, cell // 2
     classes = sorted(set(labels.tolist()))
+    names = {k: str(class_names[k]) if class_names is not None else f"class {k}" for k in classes}
+    label_w, gap = max(64, 6 * max(len(n) for n in names.values()) + 12), cell // 2
     width = label_w + (clip_w + gap if has_real else 0) + per_class * clip_w + (per_class - 1) * pad
     grid = Image.new("RGB", (width, len(classes) * (cell + pad) + pad), (128, 128, 128))
     draw = ImageDraw.Draw(grid)
@@ -120,8 +121,7 @@ def save_class_strip(clips: np.ndarray, labels, path: str, real: Optional[np.nda
 
     for row, k in enumerate(classes):
         y0 = pad + row * (cell + pad)
-        name = str(class_names[k]) if class_names is not None else f"class {k}"
-        draw.text((4, y0 + cell // 2 - 6), name, fill=(255, 255, 255))
+        draw.text((4, y0 + cell // 2 - 6), names[k], fill=(255, 255, 255))
         x0 = label_w
         if has_real:
             match = np.flatnonzero(real_labels == k)
