@@ -53,9 +53,11 @@ setup(
         # DeepSpeed ZeRO through `accelerate launch --use_deepspeed`; optional, and not in "test" (its first
         # start JIT-compiles a C++ op): tests/test_distributed.py runs its test only where it is installed.
         "deepspeed": ["deepspeed>=0.19"],
+        # video files (--modality video --data-dir with .mp4/.avi/.webm): PyAV decodes them (its wheels bundle FFmpeg's libraries)
+        "video": ["av>=12"],
         # CI runs the scheduler tests against diffusers and the tracker test against tensorboard;
-        # tests/test_fuzz.py draws its bad values with hypothesis.
-        "test": ["pytest>=8", "hypothesis>=6", "tensorboard>=2.10", "diffusers>=0.30"],
+        # tests/test_fuzz.py draws its bad values with hypothesis; the video file tests decode with av.
+        "test": ["pytest>=8", "hypothesis>=6", "tensorboard>=2.10", "diffusers>=0.30", "av>=12"],
     },
     classifiers=[
         "Programming Language :: Python :: 3",

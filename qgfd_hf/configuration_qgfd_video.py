@@ -9,7 +9,7 @@ from typing import Optional
 from .configuration_qgfd import _check_choice, _check_float, _check_int
 from .configuration_qgfd_image import QGFDImageConfig
 
-VIDEO_MOTION_COMPENSATION = (None, "centroid")
+VIDEO_MOTION_COMPENSATION = (None, "centroid", "rigid")
 
 
 class QGFDVideoConfig(QGFDImageConfig):
@@ -37,7 +37,11 @@ class QGFDVideoConfig(QGFDImageConfig):
             denoiser generates one image and one trajectory. Exact for one bright object on a
             black background that stays inside the frame (the demo's moving digits); content
             shifted out of the frame is lost, and for other video the centroid is a poor
-            motion estimate.
+            motion estimate. `"rigid"` (tubelet_frames 1): the same centring, and then the
+            centred frames' mean is the clip's one image: the latent is that image's patches,
+            each with the shifts, `[B, N, C p^2 + 2 F]`, and decoding repeats it on every frame
+            before shifting. Exact for one object that moves rigidly without changing (Moving
+            MNIST); for anything else it keeps only the clip's mean appearance.
         motion_scale (`float`, defaults to 1.0): the shifts' divisor (pixels per latent unit);
             `VideoQGFDDiffusionModel.fit_normalization` fits it (the shifts' std in the training clips).
         **kwargs: `QGFDImageConfig` arguments (per frame), among them `noise_shift` (the
@@ -76,6 +80,9 @@ class QGFDVideoConfig(QGFDImageConfig):
             raise ValueError(f'`tubelet_frames`={self.tubelet_frames} needs latent_space="pixels" (a ViT encodes single frames); '
                              f"got latent_space={self.latent_space!r}. Use tubelet_frames=1.")
         _check_choice("motion_compensation", self.motion_compensation, VIDEO_MOTION_COMPENSATION)
+        if self.motion_compensation == "rigid" and self.tubelet_frames != 1:
+            raise ValueError(f'`motion_compensation`="rigid" makes one image per clip (its centred frames\' mean); '
+                             f"`tubelet_frames` must be 1, got {self.tubelet_frames}.")
         if self.motion_compensation is not None and self.latent_space != "pixels":
             raise ValueError(f'`motion_compensation`={self.motion_compensation!r} needs latent_space="pixels" (it shifts the '
                              f"frames' pixels); got latent_space={self.latent_space!r}. Use motion_compensation=None.")
@@ -90,11 +97,16 @@ class QGFDVideoConfig(QGFDImageConfig):
     def _patch_latent_width(self) -> int:
         return self.tubelet_frames * super()._patch_latent_width() + self.motion_channels
 
+    @property
+    def latent_frames(self) -> int:
+        """Frame slots of the latent: F / T, or 1 with `motion_compensation="rigid"` (one image per clip)."""
+        return 1 if self.motion_compensation == "rigid" else self.num_frames // self.tubelet_frames
+
     def num_latent_tokens(self) -> int:
-        return self.num_frames // self.tubelet_frames * super().num_latent_tokens()
+        return self.latent_frames * super().num_latent_tokens()
 
     def _auto_position_grid(self):
-        return [self.num_frames // self.tubelet_frames] + super()._auto_position_grid()
+        return [self.latent_frames] + super()._auto_position_grid()
 
 
 QGFDVideoConfig.register_for_auto_class()

@@ -63,10 +63,13 @@ class VideoAdapter(ImageAdapter):
             mean, std = self._stats(pixel_values)  # (1, C, 1, 1)
             shifts = self.centroid_shifts(pixel_values * std[:, None] + mean[:, None])  # (B, F, 2)
             pixel_values = self.shift_frames(pixel_values, shifts, -mean / std)
-        h = self.patchify(pixel_values.reshape(B * Fr, *pixel_values.shape[2:]))  # (B*F, N, C p^2); pixel latents only (config)
-        N, Dp = h.shape[1:]
-        h = h.reshape(B, Fr // T, T, N, Dp).transpose(2, 3)  # (B, F/T, N, T, C p^2)
-        h = h.reshape(B, Fr // T * N, T * Dp)  # (B, F/T*N, T*C p^2)
+        if cfg.motion_compensation == "rigid":  # one image per clip: the centred frames' mean
+            h = self.patchify(pixel_values.mean(1))  # (B, N, C p^2)
+        else:
+            h = self.patchify(pixel_values.reshape(B * Fr, *pixel_values.shape[2:]))  # (B*F, N, C p^2); pixel latents only (config)
+            N, Dp = h.shape[1:]
+            h = h.reshape(B, Fr // T, T, N, Dp).transpose(2, 3)  # (B, F/T, N, T, C p^2)
+            h = h.reshape(B, Fr // T * N, T * Dp)  # (B, F/T*N, T*C p^2)
         if cfg.motion_compensation is not None:
             motion = shifts.to(h.dtype).reshape(B, 1, 2 * Fr) / cfg.motion_scale  # (B, 1, 2F)
             h = torch.cat([h, motion.expand(B, h.shape[1], 2 * Fr)], -1)  # (B, L, T*C p^2 + 2F)
@@ -126,9 +129,12 @@ class VideoAdapter(ImageAdapter):
             S = self.image_size
             shifts = torch.round(motion.float() * cfg.motion_scale).clamp(-(S - 1), S - 1).long().reshape(B, Fr, 2)
         N = self.grid**2
-        h = h.reshape(B, Fr // T, N, T, h.shape[-1] // T).transpose(2, 3)  # (B, F/T, T, N, C p^2)
-        x = self.unpatchify(h.reshape(B * Fr, N, h.shape[-1]))  # (B*F, C, H, W)
-        x = x.reshape(B, Fr, *x.shape[1:])  # (B, F, C, H, W)
+        if cfg.motion_compensation == "rigid":  # the clip's one image on every frame
+            x = self.unpatchify(h).unsqueeze(1).expand(B, Fr, self.num_channels, self.image_size, self.image_size)
+        else:
+            h = h.reshape(B, Fr // T, N, T, h.shape[-1] // T).transpose(2, 3)  # (B, F/T, T, N, C p^2)
+            x = self.unpatchify(h.reshape(B * Fr, N, h.shape[-1]))  # (B*F, C, H, W)
+            x = x.reshape(B, Fr, *x.shape[1:])  # (B, F, C, H, W)
         if M:
             mean, std = self._stats(x)
             x = self.shift_frames(x, -shifts, -mean / std)  # the frames back on their trajectories

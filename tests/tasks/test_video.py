@@ -465,7 +465,7 @@ def test_pretrained_vit_stack_as_the_video_denoiser(tmp_path, capsys):
 
 def test_demo_code_path_on_a_tiny_budget(tmp_path, capsys):
     out = tmp_path / "demo"
-    code, stdout, err = _run(["demo", "--modality", "video", "--num-frames", "2", "--frame-side", "12", "--frame-patch-size", "4",
+    code, stdout, err = _run(["demo", "--modality", "video", "--dataset", "moving_digits", "--num-frames", "2", "--frame-side", "12", "--frame-patch-size", "4",
                               "--max-steps", "3", "--num-samples", "12", "--num-inference-steps", "2", "--output-dir", str(out)] + TINY, capsys)
     assert code == 0, err
     assert "clips keeping one class" in stdout and "Targets: fd_below_gaussian" in stdout
