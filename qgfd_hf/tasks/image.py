@@ -47,7 +47,7 @@ MNIST_DEFAULTS = dict(
     # on one thread here (4x4 patches: 49 tokens, 0.38 s per step for a model 4x smaller)
     patch_size=7, d_model=128, num_heads=4, num_layers=4, d_ff=256,
     max_steps=1500, batch_size=128, learning_rate=2e-3, warmup_steps=100, ema_decay=0.998, checkpoint_every=500,
-    num_samples=1000, sampler="dpmsolver++", num_inference_steps=25, guidance_scale=2.0,
+    num_samples=1000, sampler="dpmsolver++", num_inference_steps=25, guidance_scale=3.0,
 )
 DATASET_DEFAULTS = {"mnist": MNIST_DEFAULTS}
 TINY_VIT_FOLDER = "vit-encoder"  # where the run's output folder keeps the tiny ViT it pretrained
