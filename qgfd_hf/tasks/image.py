@@ -465,7 +465,7 @@ class ImageTask(ModalityTask):
         }
 
     def sample_hint(self, model_dir: str) -> str:
-        return f"qgfd-hf sample {model_dir} --num-samples 64  (class-conditional: --class-label 3 --guidance-scale 2)"
+        return f"qgfd-hf sample {model_dir} --num-samples 64  (class-conditional: --class-label 3 --guidance-scale 3)"
 
     def sample_saved(self, model, args):
         return super().sample_saved(model, args).transpose(0, 3, 1, 2)  # [N, H, W, C] -> [N, C, H, W]
