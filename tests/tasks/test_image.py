@@ -192,7 +192,7 @@ def test_vit_settings_come_from_the_task_and_the_latent_width():
     import argparse
 
     task = ImageTask()
-    ns = argparse.Namespace(latent_space="vit", backbone=None, denoiser=None, data_dir=None, dataset=None)
+    ns = argparse.Namespace(latent_space="vit", backbone=None, denoiser=None, data_dir=None, dataset="digits")
     s = task.settings(ns)
     assert s["decoder_noise_std"] > 0 and s["noise_shift"] == 1.0 and s["d_model"] == task.defaults["d_model"]
     s = dict(s, noise_shift="auto")
