@@ -77,8 +77,15 @@ class QGFDHubMixin:
             processor (*optional*): the tokenizer / processor to save; defaults to `self.processor`.
             training_info (`dict`, *optional*): what training recorded (data, steps, metrics) for the card.
             model_card (`bool`, defaults to `True`): write `README.md`.
-            **kwargs: passed to `PreTrainedModel.save_pretrained`.
+            **kwargs: passed to `PreTrainedModel.save_pretrained`. With `push_to_hub=True` the folder
+                is uploaded after everything above is written (`push_to_hub`: the card, the
+                pipeline's code, the processor and, for a transformers backbone, the rewritten
+                `auto_map`); transformers' own upload would happen before them. `repo_id` (default:
+                the folder's name), `commit_message`, `private`, `token`, `revision` and `create_pr`
+                go to that upload.
         """
+        push = kwargs.pop("push_to_hub", False)
+        hub_kwargs = {k: kwargs.pop(k) for k in ("repo_id", "commit_message", "private", "token", "revision", "create_pr") if k in kwargs}
         # The pipeline travels with the code: where qgfd_hf is not installed,
         # `pipeline(model=dir, trust_remote_code=True)` reads this entry (the installed config
         # class drops it on load, see QGFDConfig). A copy of this code without the pipeline's
@@ -112,6 +119,9 @@ class QGFDHubMixin:
                 save_model_card(self, save_directory, training_info=training_info)
             except (FileNotFoundError, ModuleNotFoundError) as err:  # a trust_remote_code copy has no template
                 logger.warning(f"No model card written: {err}")
+        if push:
+            repo_id = hub_kwargs.pop("repo_id", Path(save_directory).resolve().name)
+            self.push_to_hub(repo_id, training_info=training_info, **hub_kwargs)
 
     def push_to_hub(self, repo_id: str, *, training_info: Optional[Mapping] = None, **kwargs):
         """Upload the saved model (code, weights, tokenizer / processor) and its model card in one

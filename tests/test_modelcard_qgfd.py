@@ -231,3 +231,20 @@ def test_the_cards_usage_comment_states_what_the_pipeline_returns():
         usage = next(line for line in card.splitlines() if " = pipe(" in line)
         for key in out[0]:
             assert f'"{key}"' in usage, (key, usage)
+
+
+def test_save_pretrained_with_push_to_hub_uploads_the_complete_folder(hub, tmp_path):
+    """`save_pretrained(dir, push_to_hub=True)` uploads after the card, the pipeline's code (and, for
+    a backbone model, the rewritten auto_map) are written: transformers' own upload comes before
+    them and would publish a generic card and no pipeline."""
+    import os
+
+    from test_pipeline_qgfd_diffusion import image_model
+
+    folder = tmp_path / "qgfd-pixels"
+    image_model().save_pretrained(folder, push_to_hub=True, repo_id="user/qgfd-pixels")
+    files = hub.list_files("user/qgfd-pixels")
+    assert set(os.listdir(folder)) <= set(files), sorted(set(os.listdir(folder)) - set(files))
+    assert "pipeline_qgfd_diffusion.py" in files
+    assert ModelCard(hub.read_file("user/qgfd-pixels", "README.md").decode()).data.library_name == "qgfd_hf"
+    assert len(hub.list_commits("user/qgfd-pixels")) == 2  # one upload, after the initial commit
