@@ -77,12 +77,8 @@ class QGFDHubMixin:
             processor (*optional*): the tokenizer / processor to save; defaults to `self.processor`.
             training_info (`dict`, *optional*): what training recorded (data, steps, metrics) for the card.
             model_card (`bool`, defaults to `True`): write `README.md`.
-            **kwargs: passed to `PreTrainedModel.save_pretrained`. With `push_to_hub=True` the folder
-                is uploaded after everything above is written (`push_to_hub`: the card, the
-                pipeline's code, the processor and, for a transformers backbone, the rewritten
-                `auto_map`); transformers' own upload would happen before them. `repo_id` (default:
-                the folder's name), `commit_message`, `private`, `token`, `revision` and `create_pr`
-                go to that upload.
+            **kwargs: passed to `PreTrainedModel.save_pretrained`; `push_to_hub=True` uploads with
+                `push_to_hub` once every file above is written (`repo_id` defaults to the folder's name).
         """
         push = kwargs.pop("push_to_hub", False)
         hub_kwargs = {k: kwargs.pop(k) for k in ("repo_id", "commit_message", "private", "token", "revision", "create_pr") if k in kwargs}
