@@ -1,8 +1,9 @@
 # coding=utf-8
 """The `qgfd-hf` command line: `train`, `sample` and `demo`.
 
-    qgfd-hf demo                                   # image model on scikit-learn's digits, <= 5 min on CPU
-    qgfd-hf demo --modality text                   # reverse a word sequence (conditional text model)
+    qgfd-hf demo                                   # class-conditional MNIST, about 8 min on one CPU thread
+    qgfd-hf demo --dataset digits                  # the fast path: scikit-learn's 8x8 digits
+    qgfd-hf demo --modality text                   # the next Shakespeare line (--dataset reversal: the fast path)
     qgfd-hf train --modality image --dataset digits --output-dir runs/digits --max-steps 3000
     qgfd-hf train --modality image --data-dir ./my_images --image-size 32 --output-dir runs/mine
     qgfd-hf train --modality text --dataset mrpc --backbone t5-small --output-dir runs/mrpc
@@ -240,7 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "demo",
-        help="train a small model, sample, and score it (<= 5 min on CPU)",
+        help="train a small model on real data, sample, and score it beside baselines (minutes on CPU)",
         description="The main job: train on data that ships with the dependencies, sample through "
         "pipeline('qgfd-diffusion'), and report metrics beside their baselines.",
         formatter_class=_HelpFormatter, epilog=epilog,
