@@ -1,8 +1,10 @@
 """qgfd_hf: QGFD (Query Graph Flow Diffusion) attention for Hugging Face models and diffusion.
 
 `import qgfd_hf` registers QGFD with transformers through its public API (`registration_qgfd`):
-the `"qgfd"` attention implementation, the configs and models with the Auto classes, and the
-`"qgfd-diffusion"` pipeline. The public names below come from their modules on first use (PEP 562).
+the configs and models with the Auto classes, and the `"qgfd-diffusion"` pipeline. The `"qgfd"`
+attention implementation (and the wrappers that keep it on through builds, switches and saves) comes
+with the first request for QGFD in a transformers model: `patch_model`, `from_pretrained_qgfd`, or
+`register_qgfd_attention()` before transformers' own `attn_implementation="qgfd"` routes. The public names below come from their modules on first use (PEP 562).
 
 The flat modules are what a saved model folder needs (kernel, configs, models, scheduling, pipeline;
 patching and the pretrained backbones for a model with a transformers backbone); they never import

@@ -87,10 +87,14 @@ def build_encoder(modality: str, backbone_config) -> nn.Module:
     (`AutoModel`); image: `ViTModel` without its pooler (or `AutoModel`); audio: `AutoModel`
     (Wav2Vec2Model and friends).
     """
-    # The first transformers model a QGFD model builds registers "qgfd" with transformers and installs
-    # its hooks (a saved config may ask for "qgfd"); a model without one, such as a pixel-space image
-    # model, leaves transformers as it was, also when loaded with trust_remote_code.
-    from . import patching_qgfd  # noqa: F401
+    # A saved backbone config may ask for "qgfd" (an encoder saved QGFD-patched): then "qgfd" and its
+    # wrappers must be in place before the encoder is built, so that its layers are prepared and a
+    # learned alpha loads. A backbone that does not ask for it (and a model without one, such as a
+    # pixel-space image model) leaves transformers as it was, also when loaded with trust_remote_code.
+    if getattr(backbone_config, "_attn_implementation", None) == "qgfd" or getattr(backbone_config, "qgfd", None):
+        from .patching_qgfd import register_qgfd_attention
+
+        register_qgfd_attention()
 
     model_type = getattr(backbone_config, "model_type", "")
     if modality == "text" and model_type in _T5_ENCODERS:
@@ -113,7 +117,7 @@ def load_pretrained_encoder(encoder: nn.Module, name: str) -> None:
 
 
 def patch_model(model, **settings):
-    """`patching_qgfd.patch_model` (imported on first use: registers "qgfd" and installs the hooks)."""
+    """`patching_qgfd.patch_model` (imported on first use; it registers "qgfd" and installs the wrappers)."""
     from .patching_qgfd import patch_model as patch
 
     return patch(model, **settings)
@@ -529,7 +533,7 @@ class PretrainedDenoiser(nn.Module):
         self._backbone_config = copy.deepcopy(backbone_config)  # for `load_pretrained_stack` (unpatched)
 
         # The stack: its own copy of the backbone config, so patching it leaves the encoder's alone.
-        from .patching_qgfd import patch_model  # registers "qgfd" and installs the hooks (see build_encoder)
+        from .patching_qgfd import patch_model  # registers "qgfd" and installs the wrappers
 
         self.stack = self.family.build(backbone_config)
         patch_model(self.stack, **qgfd_settings(config).to_dict())

@@ -2,9 +2,14 @@
 """Put QGFD attention into pretrained transformers models: T5, ViT, Wav2Vec2, Llama-style decoders, BERT, ...
 
 transformers 5 routes attention through `AttentionInterface`: an attention layer calls
-`ALL_ATTENTION_FUNCTIONS.get_interface(config._attn_implementation, ...)`. Importing `qgfd_hf`
+`ALL_ATTENTION_FUNCTIONS.get_interface(config._attn_implementation, ...)`. `register_qgfd_attention`
 registers `"qgfd"` there (with `sdpa_mask` as its mask function, so padding and causal masks
-arrive as bool masks). Nothing in the model's weights or module tree is replaced, so parameter
+arrive as bool masks). It runs at the first request for QGFD: `patch_model`, `from_pretrained_qgfd`,
+a QGFD diffusion model that builds a QGFD-patched transformers backbone, or an explicit
+`qgfd_hf.register_qgfd_attention()` before transformers' own routes (`from_pretrained(...,
+attn_implementation="qgfd")`, `Model(config)`, `set_attn_implementation("qgfd")`). Until then
+transformers is untouched, and it refuses `"qgfd"` as an unknown implementation (a loud error,
+never plain attention in its place). Nothing in the model's weights or module tree is replaced, so parameter
 names and `state_dict` keys stay the same (a learnable alpha adds one parameter per layer).
 
 What each attention layer gets:
@@ -16,7 +21,7 @@ What each attention layer gets:
 
 Where the state lives: where transformers keeps it. A layer runs QGFD exactly when its config's
 `_attn_implementation` is `"qgfd"`; its settings are `config.qgfd` (a dict of `QGFDSettings`).
-Importing `qgfd_hf` wraps the few transformers methods that choose or save an implementation
+Registering wraps the few transformers methods that choose or save an implementation
 (`install_transformers_hooks`), so that
 
 - every route that switches a model to "qgfd" (`patch_model`, `Model(config)` or
@@ -40,7 +45,7 @@ The files of patching, one concern each (a saved model folder copies them with t
 
 | file | holds |
 |---|---|
-| `patching_qgfd.py` | this public API, and `register_qgfd_attention` (run when this file is imported) |
+| `patching_qgfd.py` | this public API, and `register_qgfd_attention` (run by the first request for QGFD) |
 | `patching_layers_qgfd.py` | which layers QGFD reaches, their roles, the refusals, attach / detach, `_sync` |
 | `patching_cache_qgfd.py` | the propagated values on the cache layers, the pre-hook, `prepare_qgfd_cache` |
 | `patching_forward_qgfd.py` | `qgfd_attention_forward`, the function registered as "qgfd" |
@@ -77,12 +82,21 @@ logger = logging.get_logger(__name__)
 # names of the other patching_*_qgfd files imported above can be reached here too.
 
 
-def register_qgfd_attention() -> None:
-    """Register `"qgfd"` with transformers' `AttentionInterface` and `AttentionMaskInterface`.
+_registered = False
 
-    Runs when `qgfd_hf` is imported; calling it again is harmless. The mask function is
-    transformers' `sdpa_mask` (bool masks, True = may attend, skipped when nothing is masked),
-    which is the form `qgfd_attention` takes without any loss.
+
+def register_qgfd_attention() -> None:
+    """Register `"qgfd"` with transformers' `AttentionInterface` and `AttentionMaskInterface`, and
+    install the wrappers of `patching_hooks_qgfd` that keep QGFD on through every build, switch,
+    save and load of a transformers model.
+
+    `patch_model`, `from_pretrained_qgfd` and the QGFD diffusion models that patch a transformers
+    backbone call it themselves. Call it once before transformers' own routes to QGFD:
+    `from_pretrained(..., attn_implementation="qgfd")` (a folder saved from a QGFD model included),
+    `Model(config)` with `config._attn_implementation == "qgfd"`, `set_attn_implementation("qgfd")`.
+    `import qgfd_hf` alone leaves transformers untouched. Calling it again does nothing. The mask
+    function is transformers' `sdpa_mask` (bool masks, True = may attend, skipped when nothing is
+    masked), which is the form `qgfd_attention` takes without any loss.
 
     Example:
 
@@ -95,12 +109,13 @@ def register_qgfd_attention() -> None:
 
     ```
     """
+    global _registered
+    if _registered:
+        return
     AttentionInterface.register(ATTN_IMPLEMENTATION, qgfd_attention_forward)
     AttentionMaskInterface.register(ATTN_IMPLEMENTATION, sdpa_mask)
     install_transformers_hooks()
-
-
-register_qgfd_attention()
+    _registered = True
 
 
 def is_qgfd_patched(model: nn.Module) -> bool:
@@ -181,6 +196,7 @@ def patch_model(model: PreTrainedModel, **qgfd_settings) -> PreTrainedModel:
     """
     if not isinstance(model, PreTrainedModel):
         raise ValueError(f"`patch_model` takes a transformers PreTrainedModel, got {type(model).__name__}. {SUPPORTED}")
+    register_qgfd_attention()
     base = dict(getattr(model.config, "qgfd", None) or {})
     settings = QGFDSettings.from_dict(base, **qgfd_settings)  # ValueError on anything invalid
 
@@ -289,6 +305,7 @@ def from_pretrained_qgfd(model_class, pretrained_model_name_or_path, qgfd: Optio
     """
     from transformers import AutoConfig
 
+    register_qgfd_attention()
     if "attn_implementation" in kwargs and kwargs["attn_implementation"] != ATTN_IMPLEMENTATION:
         raise ValueError(
             f"`from_pretrained_qgfd` loads with attn_implementation='qgfd', got {kwargs['attn_implementation']!r}."

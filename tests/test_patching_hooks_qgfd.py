@@ -16,6 +16,10 @@ import qgfd_hf
 from qgfd_hf import patching_hooks_qgfd
 from transformers import GenerationMixin, PreTrainedConfig, PreTrainedModel
 
+# `import qgfd_hf` leaves transformers alone; transformers' own routes to "qgfd" (attn_implementation="qgfd",
+# Model(config), set_attn_implementation) need it registered first, as a user does.
+qgfd_hf.register_qgfd_attention()
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 WRAPPED = {

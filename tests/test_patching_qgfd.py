@@ -44,6 +44,10 @@ from qgfd_hf import (
 )
 from qgfd_hf.patching_qgfd import QGFDDynamicLayer, find_attention_modules
 
+# `import qgfd_hf` leaves transformers alone; transformers' own routes to "qgfd" (attn_implementation="qgfd",
+# Model(config), set_attn_implementation) need it registered first, as a user does.
+qgfd_hf.register_qgfd_attention()
+
 # ----------------------------------------------------------------------------------------
 # Tiny models
 # ----------------------------------------------------------------------------------------

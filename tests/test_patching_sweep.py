@@ -33,6 +33,10 @@ import transformers
 
 import qgfd_hf
 
+# `import qgfd_hf` leaves transformers alone; transformers' own routes to "qgfd" (attn_implementation="qgfd",
+# Model(config), set_attn_implementation) need it registered first, as a user does.
+qgfd_hf.register_qgfd_attention()
+
 SETTINGS = dict(steps=2, alpha=0.6, graph="keys", mix="recurrent")
 
 LM = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, vocab_size=100,

@@ -1,8 +1,10 @@
-"""What `import qgfd_hf` registers with transformers is there in every import order, through public API only.
+"""What `import qgfd_hf` registers with transformers is there in every import order, through public API only;
+the attention implementation "qgfd" and the wrappers of transformers methods come only with the first
+request for QGFD (`register_qgfd_attention`, `patch_model`, ...).
 
 Each case runs in a fresh process (the test process has imported everything already): a prelude
 that imports qgfd_hf and transformers' modules in some order, then `CHECK`, which prints what is
-registered and wrapped.
+registered and wrapped after the import, and again after `qgfd_hf.register_qgfd_attention()`.
 """
 
 import json
@@ -42,29 +44,40 @@ def wrapped_by(fn):
     return getattr(getattr(fn, "__code__", None), "co_filename", "").rsplit("/", 1)[-1]
 
 types = ["qgfd", "qgfd_text", "qgfd_image", "qgfd_audio", "qgfd_video", "qgfd_tabular", "qgfd_shared"]
-print(json.dumps({
-    "attention": "qgfd" in AttentionInterface().valid_keys(),
-    "mask": "qgfd" in ALL_MASK_ATTENTION_FUNCTIONS.valid_keys(),
-    "configs": all(t in CONFIG_MAPPING for t in types),
-    "model": model_class,
-    "models": sorted(MODEL_MAPPING[CONFIG_MAPPING[t]].__name__ for t in types[1:]),
-    "pipeline": "qgfd-diffusion" in PIPELINE_REGISTRY.get_supported_tasks(),
-    "model_hooks": sorted({wrapped_by(getattr(PreTrainedModel, n)) for n in
-                           ("post_init", "set_attn_implementation", "get_correct_attn_implementation", "_initialize_weights")}),
-    "config_hooks": sorted({wrapped_by(PreTrainedConfig.to_dict), wrapped_by(PreTrainedConfig.validate_output_attentions),
-                            wrapped_by(PreTrainedConfig.output_attentions.fset)}),
-}))
+
+def state():
+    return {
+        "attention": "qgfd" in AttentionInterface().valid_keys(),
+        "mask": "qgfd" in ALL_MASK_ATTENTION_FUNCTIONS.valid_keys(),
+        "configs": all(t in CONFIG_MAPPING for t in types),
+        "model": model_class,
+        "models": sorted(MODEL_MAPPING[CONFIG_MAPPING[t]].__name__ for t in types[1:]),
+        "pipeline": "qgfd-diffusion" in PIPELINE_REGISTRY.get_supported_tasks(),
+        "model_hooks": sorted({wrapped_by(getattr(PreTrainedModel, n)) for n in
+                               ("post_init", "set_attn_implementation", "get_correct_attn_implementation", "_initialize_weights")}),
+        "config_hooks": sorted({wrapped_by(PreTrainedConfig.to_dict), wrapped_by(PreTrainedConfig.validate_output_attentions),
+                                wrapped_by(PreTrainedConfig.output_attentions.fset)}),
+        "patching_imported": any(m.startswith("qgfd_hf.patching") for m in sys.modules),
+    }
+
+imported = state()
+qgfd_hf.register_qgfd_attention()
+print(json.dumps({"import": imported, "registered": state()}))
 """
 
-EXPECTED = {
-    "attention": True,
-    "mask": True,
+AUTO = {
     "configs": True,
     "model": "ImageQGFDDiffusionModel",
     "models": sorted(f"{m}QGFDDiffusionModel" for m in ("Text", "Image", "Audio", "Video", "Tabular", "Shared")),
     "pipeline": True,
-    "model_hooks": ["patching_hooks_qgfd.py"],
-    "config_hooks": ["patching_hooks_qgfd.py"],
+}
+EXPECTED = {
+    # `import qgfd_hf`: the Auto classes and the pipeline; transformers' methods as transformers wrote them.
+    "import": dict(AUTO, attention=False, mask=False, model_hooks=["modeling_utils.py"], config_hooks=["configuration_utils.py"],
+                   patching_imported=False),
+    # `register_qgfd_attention()`: "qgfd" and its mask function, and the wrappers.
+    "registered": dict(AUTO, attention=True, mask=True, model_hooks=["patching_hooks_qgfd.py"], config_hooks=["patching_hooks_qgfd.py"],
+                       patching_imported=True),
 }
 
 ORDERS = {
@@ -86,19 +99,24 @@ ORDERS = {
 
 
 @pytest.mark.parametrize("order", list(ORDERS))
-def test_every_import_order_registers_everything(order):
+def test_every_import_order_registers_everything_and_qgfd_only_when_asked(order):
     out = run_fresh(textwrap.dedent(ORDERS[order]) + CHECK)
     assert json.loads(out.strip().splitlines()[-1]) == EXPECTED
 
 
 def test_import_adds_no_import_hook_and_leaves_lazy_auto_mapping_alone():
     """`import qgfd_hf` registers through transformers' public API only: no `sys.meta_path` entry, no
-    wrapped method of transformers' private `_LazyAutoMapping`; and everything is registered at once."""
+    wrapped method of transformers' private `_LazyAutoMapping`, no wrapped transformers method; the
+    Auto classes and the pipeline are registered at once; transformers refuses "qgfd" loudly until
+    it is registered."""
     out = run_fresh("""
         import json, sys
+        from transformers import BertConfig, BertModel, GenerationMixin, PreTrainedConfig, PreTrainedModel
         from transformers.models.auto.auto_factory import _LazyAutoMapping
         finders = list(sys.meta_path)
         mapping = dict(vars(_LazyAutoMapping))
+        classes = (PreTrainedModel, PreTrainedConfig, GenerationMixin)
+        methods = [dict(vars(c)) for c in classes]
         import qgfd_hf
         from transformers import AttentionInterface
         from transformers.models.auto.configuration_auto import CONFIG_MAPPING
@@ -111,12 +129,25 @@ def test_import_adds_no_import_hook_and_leaves_lazy_auto_mapping_alone():
             "registered": ["qgfd" in AttentionInterface().valid_keys(), "qgfd_video" in CONFIG_MAPPING,
                            "qgfd-diffusion" in PIPELINE_REGISTRY.get_supported_tasks(),
                            MODEL_MAPPING[CONFIG_MAPPING["qgfd_video"]].__name__],
+            "transformers_changed": sorted(f"{c.__name__}.{k}" for c, before in zip(classes, methods)
+                                           for k, v in vars(c).items() if before.get(k) is not v),
         }))
+        config = BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64)
+        try:
+            BertModel(config).set_attn_implementation("qgfd")
+        except ValueError as e:
+            print("refused:", 'attn_implementation="qgfd"' in str(e))
+        qgfd_hf.register_qgfd_attention()
+        model = BertModel(config)
+        model.set_attn_implementation("qgfd")
+        print("after register_qgfd_attention:", qgfd_hf.is_qgfd_patched(model))
     """)
-    got = json.loads(out.strip().splitlines()[-1])
+    got = json.loads(out.strip().splitlines()[-3])
     assert got["new_finders"] == []
     assert got["changed"] == []
-    assert got["registered"] == [True, True, True, "VideoQGFDDiffusionModel"]
+    assert got["registered"] == [False, True, True, "VideoQGFDDiffusionModel"]
+    assert got["transformers_changed"] == []
+    assert out.strip().splitlines()[-2:] == ["refused: True", "after register_qgfd_attention: True"]
 
 
 def test_public_names_resolve_lazily():
@@ -151,6 +182,7 @@ def test_a_saved_folder_loads_and_samples_with_transformers_imported_first(tmp_p
         print(out[0]["image"].size)
         config = T5Config(d_model=8, d_kv=2, d_ff=8, num_layers=1, num_decoder_layers=1, num_heads=4, vocab_size=10)
         AutoModelForSeq2SeqLM.from_config(config).save_pretrained({str(tmp_path / "t5")!r})
+        qgfd_hf.register_qgfd_attention()  # transformers' own route to "qgfd"
         t5 = AutoModelForSeq2SeqLM.from_pretrained({str(tmp_path / "t5")!r}, attn_implementation="qgfd")
         print(qgfd_hf.is_qgfd_patched(t5))
     """)
