@@ -67,17 +67,20 @@ def _subset(images, labels, limit: Optional[int], seed: int):
     return images[idx], labels[idx]
 
 
-def load_mnist_dataset(train_limit: Optional[int] = None, test_limit: Optional[int] = None, seed: int = 0):
+def load_mnist_dataset(train_limit: Optional[int] = None, test_limit: Optional[int] = None, seed: int = 0, arrays=None):
     """MNIST as a `DatasetDict` with "train" (60,000) and "test" (the 10,000 held-out test digits).
 
     Args:
         train_limit, test_limit: keep this many digits of each split (a random subset fixed by `seed`,
             in the original order); None keeps all.
+        arrays (`dict`, *optional*): `{"train": (images, labels), "test": (images, labels)}` as
+            `load_mnist_arrays` returns them, already read (default: read the files).
     """
     from datasets import DatasetDict
 
-    train = _subset(*load_mnist_arrays("train"), train_limit, seed)
-    test = _subset(*load_mnist_arrays("test"), test_limit, seed + 1)
+    arrays = arrays or {split: load_mnist_arrays(split) for split in ("train", "test")}
+    train = _subset(*arrays["train"], train_limit, seed)
+    test = _subset(*arrays["test"], test_limit, seed + 1)
     return DatasetDict(train=_dataset(*train), test=_dataset(*test))
 
 

@@ -43,7 +43,8 @@ def _groups(train, label: Optional[str]):
 def _per_group(train, columns: Sequence[dict], label: Optional[str], n: int, seed: int, draw_numeric) -> "object":
     """`n` rows: per class of `label` (classes in their training proportions; the whole table
     when `label` is None), the numeric columns from `draw_numeric(group, numeric names, k, rng)`
-    ([k, numeric] floats), other categorical columns from their per-class frequencies, integer
+    ([k, numeric] floats; or `(floats, {categorical column: k values})` for a sampler that draws
+    those columns too), other categorical columns from their per-class frequencies, integer
     columns rounded; the rows shuffled."""
     import pandas as pd
 
@@ -61,12 +62,17 @@ def _per_group(train, columns: Sequence[dict], label: Optional[str], n: int, see
         if k == 0:
             continue
         part = pd.DataFrame(index=range(k))
+        drawn_categories = {}
         if numeric:
             draw = draw_numeric(g, numeric, k, rng)
+            if isinstance(draw, tuple):
+                draw, drawn_categories = draw
             for j, name in enumerate(numeric):
                 part[name] = draw[:, j]
         for c in columns:
-            if c["kind"] == "category" and c["name"] != label:
+            if c["name"] in drawn_categories:
+                part[c["name"]] = drawn_categories[c["name"]]
+            elif c["kind"] == "category" and c["name"] != label:
                 freq = g[c["name"]].value_counts(normalize=True)
                 part[c["name"]] = rng.choice(np.asarray(freq.index, dtype=object), size=k, p=freq.to_numpy())
             elif c["kind"] == "int":
@@ -132,24 +138,11 @@ def smote_rows(train, columns: Sequence[dict], label: Optional[str], n: int, see
     lam ~ U(0, 1), the same lam for every numeric column. Categorical columns other than the label
     are taken from the row or its neighbour (lam < 0.5: the row); integer columns rounded. A
     class of one row repeats it."""
-    import pandas as pd
-
     if not isinstance(k_neighbors, int) or isinstance(k_neighbors, bool) or k_neighbors < 1:
         raise ValueError(f"`k_neighbors` must be an int >= 1, got {k_neighbors!r}.")
-    if n < 1:
-        raise ValueError(f"The number of rows to draw must be >= 1, got {n}.")
-    names = [c["name"] for c in columns]
-    if label is not None and label not in names:
-        raise ValueError(f"The label column {label!r} is not among the columns {names}.")
-    rng = np.random.default_rng(seed)
-    numeric = [c["name"] for c in columns if c["kind"] != "category"]
-    groups = _groups(train, label)
-    counts = rng.multinomial(n, [len(g) / len(train) for _, g in groups])
-    parts = []
-    for (value, g), k in zip(groups, counts):
-        if k == 0:
-            continue
-        g = g.reset_index(drop=True)
+    categorical = [c["name"] for c in columns if c["kind"] == "category" and c["name"] != label]
+
+    def draw(g, numeric, k, rng):
         x = g[numeric].to_numpy(dtype=np.float64)
         base = rng.integers(0, len(g), size=k)
         if len(g) > 1:
@@ -162,21 +155,10 @@ def smote_rows(train, columns: Sequence[dict], label: Optional[str], n: int, see
         else:
             other = base
         lam = rng.random(k)
-        part = pd.DataFrame(index=range(k))
-        mixed = x[base] + lam[:, None] * (x[other] - x[base])
-        for j, name in enumerate(numeric):
-            part[name] = mixed[:, j]
-        for c in columns:
-            if c["kind"] == "category" and c["name"] != label:
-                v = g[c["name"]].to_numpy(dtype=object)
-                part[c["name"]] = np.where(lam < 0.5, v[base], v[other])
-            elif c["kind"] == "int":
-                part[c["name"]] = np.round(part[c["name"]]).astype("int64")
-        if label is not None:
-            part[label] = value
-        parts.append(part)
-    out = pd.concat(parts, ignore_index=True)[names]
-    return out.sample(frac=1.0, random_state=seed).reset_index(drop=True)
+        from_pair = {name: np.where(lam < 0.5, v[base], v[other]) for name in categorical for v in [g[name].to_numpy(dtype=object)]}
+        return x[base] + lam[:, None] * (x[other] - x[base]), from_pair
+
+    return _per_group(train, columns, label, n, seed, draw)
 
 
 def baseline_rows(name: str, train, columns: Sequence[dict], label: Optional[str], n: int, seed: int = 0):

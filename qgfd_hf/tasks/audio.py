@@ -41,7 +41,7 @@ import numpy as np
 from ..data.audio import PATH_COLUMNS, SOUND_CLASSES, AudioCollator, check_clips, load_audio_csv, load_audio_folder, make_sound_dataset
 from ..metrics.audio import (SoundEvaluator, SpokenDigitEvaluator, audio_targets_met, latent_gaussian_samples, log_mel, log_mel_distance,
                              snr_db, speech_targets_met)
-from .base import ModalityTask, TaskData, demo_class_guidance, diffusion_values, pipeline_samples, register_task, sample_output
+from .base import ModalityTask, TaskData, demo_class_guidance, denoiser_kwargs, diffusion_values, pipeline_samples, register_task, sample_output
 
 # ----------------------------------------------------------------------------------------
 # What a person looks at
@@ -282,10 +282,9 @@ class AudioTask(ModalityTask):
                 raise ValueError("--frame-size is for --audio-latent waveform, mdct or spectrogram; Wav2Vec2's convolutions set its frames.")
             backbone = backbone if backbone is not None else _random_wav2vec2_config(s)
             kwargs["spectral_loss_weight"] = s["spectral_loss_weight"]
-        if args.denoiser is not None:
-            kwargs["denoiser"] = args.denoiser
-            if args.denoiser == "pretrained" and backbone is None:
-                raise ValueError("--denoiser pretrained needs --backbone: a Wav2Vec2 (Hub id or folder) whose stack becomes the denoiser.")
+        kwargs.update(denoiser_kwargs(args))
+        if args.denoiser == "pretrained" and backbone is None:
+            raise ValueError("--denoiser pretrained needs --backbone: a Wav2Vec2 (Hub id or folder) whose stack becomes the denoiser.")
         extractor = Wav2Vec2FeatureExtractor(sampling_rate=rate, do_normalize=False, return_attention_mask=False)
         model, _, _ = create_qgfd_diffusion_model("audio", backbone, None, processor=extractor, **kwargs)
         # Statistics from the training clips (saved in config.json): the audio scale, and for
@@ -399,8 +398,15 @@ class AudioTask(ModalityTask):
 
     def report_lines(self, result) -> List[str]:
         m = result["metrics"]
-        if "judge_reference_accuracy" in m:
-            return self._speech_lines(m)
+        lines = self._speech_lines(m) if "judge_reference_accuracy" in m else self._sounds_lines(m)
+        if "reconstruction" in m:
+            rec = m["reconstruction"]
+            lines.append(f"  latent space {rec['latent_space']}: held-out clips decode at {rec['snr_db']:.1f} dB SNR, "
+                         f"log-mel distance {rec['log_mel_distance']:.3f}")
+        return lines
+
+    @staticmethod
+    def _sounds_lines(m) -> List[str]:
         s, r, g, n = m["samples"], m["baseline_real_train_vs_heldout"], m["baseline_gaussian"], m["baseline_noise"]
         lines = [
             f"Sample quality ({s['num_clips']} samples; classifier: MLP on log-mel features of the real clips, "
@@ -413,13 +419,10 @@ class AudioTask(ModalityTask):
             "waveforms; noise: white noise at their RMS)",
             "  samples per class: " + ", ".join(f"{c} {k}" for c, k in zip(m["class_names"], s["class_counts"])),
         ]
-        if "reconstruction" in m:
-            rec = m["reconstruction"]
-            lines.append(f"  latent space {rec['latent_space']}: held-out clips decode at {rec['snr_db']:.1f} dB SNR, "
-                         f"log-mel distance {rec['log_mel_distance']:.3f}")
         return lines
 
-    def _speech_lines(self, m) -> List[str]:
+    @staticmethod
+    def _speech_lines(m) -> List[str]:
         s, r = m["samples"], m["baseline_real_training_voices"]
         g = m.get("baseline_latent_gaussian")
         cols = [("model", s), ("real clips", r)] + ([("Gaussian", g)] if g else [])
@@ -439,10 +442,6 @@ class AudioTask(ModalityTask):
             "the training clips' latents, decoded by the model; FD against the held-out voices' second renderings)",
             "  samples per judged digit: " + ", ".join(f"{c} {k}" for c, k in zip(m["class_names"], s["class_counts"])),
         ]
-        if "reconstruction" in m:
-            rec = m["reconstruction"]
-            lines.append(f"  latent space {rec['latent_space']}: held-out clips decode at {rec['snr_db']:.1f} dB SNR, "
-                         f"log-mel distance {rec['log_mel_distance']:.3f}")
         return lines
 
     def card_metrics(self, result) -> Dict[str, object]:

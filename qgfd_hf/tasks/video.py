@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 import numpy as np
 
@@ -35,8 +35,9 @@ from ..data.moving_mnist import MovingMnistCollator, make_moving_mnist, moving_m
 from ..data.video import VideoCollator, load_clip_folder, load_moving_digits
 from ..data.video_files import has_video_files, load_video_folder
 from ..metrics.video import MovingDigitsEvaluator, latent_baseline, latent_codec, video_targets_met
+from ._grids import save_class_strip, save_frame_strip  # noqa: F401  (re-exported)
 from ._moving_mnist import evaluate_moving_mnist, moving_mnist_card_metrics, moving_mnist_report_lines
-from .base import ModalityTask, TaskData, demo_class_guidance, diffusion_values, pipeline_samples, register_task
+from .base import ModalityTask, TaskData, demo_class_guidance, denoiser_kwargs, diffusion_values, pipeline_samples, register_task
 
 MOVING_MNIST = "moving-mnist"
 MOVING_MNIST_CARD = ("Moving MNIST (Srivastava et al. 2015: one 28x28 MNIST digit bouncing in the frame, labelled with its digit), "
@@ -59,83 +60,6 @@ MOVING_DIGITS_SETTINGS = dict(
 # What a person looks at
 # ----------------------------------------------------------------------------------------
 
-
-def save_frame_strip(clips: np.ndarray, path: str, real: Optional[np.ndarray] = None, rows: int = 12, cell: int = 48, pad: int = 2) -> str:
-    """A PNG frame strip: each row one clip, its frames left to right (upscaled, nearest, to
-    `cell` pixels); with `real`, real clips in a block on the left and `clips` on the right.
-    Clips are `[N, F, C, S, S]` in [0, 1] (C = 1 or 3)."""
-    from PIL import Image
-
-    blocks = [np.asarray(b, dtype=np.float32)[:rows] for b in ([real] if real is not None else []) + [clips]]
-    for b in blocks:
-        if b.ndim != 5 or b.shape[2] not in (1, 3):
-            raise ValueError(f"Clips must be [N, F, C, S, S] with C in (1, 3), got {list(b.shape)}.")
-    F = blocks[-1].shape[1]
-    n = max(len(b) for b in blocks)
-    gap = 3 * cell // 4
-    block_w = F * (cell + pad) + pad
-    grid = Image.new("RGB", (len(blocks) * block_w + (len(blocks) - 1) * gap, n * (cell + pad) + pad), (128, 128, 128))
-    for k, block in enumerate(blocks):
-        x0 = k * (block_w + gap)
-        for i, clip in enumerate(block):
-            for f, frame in enumerate(clip):
-                arr = (np.clip(frame, 0, 1) * 255).round().astype(np.uint8).transpose(1, 2, 0)  # (S, S, C)
-                tile = Image.fromarray(arr[..., 0] if arr.shape[2] == 1 else arr).convert("RGB").resize((cell, cell), Image.NEAREST)
-                grid.paste(tile, (x0 + pad + f * (cell + pad), pad + i * (cell + pad)))
-    if len(blocks) == 2:  # a white bar between real clips and samples
-        bar = Image.new("RGB", (max(gap // 4, 2), grid.size[1]), (255, 255, 255))
-        grid.paste(bar, (block_w + (gap - bar.size[0]) // 2, 0))
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    grid.save(path)
-    return path
-
-
-def save_class_strip(clips: np.ndarray, labels, path: str, real: Optional[np.ndarray] = None, real_labels=None,
-                     per_class: int = 2, cell: int = 40, pad: int = 2, class_names=None) -> str:
-    """A PNG of a class-conditional model's clips: one row per requested class (sorted), labelled
-    on the left ("class 3", or `class_names[3]`); in the row, a real clip of that class (when
-    `real` / `real_labels` have one) left of a white bar, then the first `per_class` sampled
-    clips that asked for it, each its frames left to right. Clips are `[N, F, C, S, S]` in [0, 1]."""
-    from PIL import Image, ImageDraw
-
-    clips = np.asarray(clips, dtype=np.float32)
-    labels = np.asarray(labels)
-    if clips.ndim != 5 or clips.shape[2] not in (1, 3) or labels.shape != (len(clips),):
-        raise ValueError(f"Need clips [N, F, C, S, S] (C in 1, 3) and one label per clip; got {list(clips.shape)} and {list(labels.shape)} labels.")
-    has_real = real is not None and real_labels is not None
-    real_labels = np.asarray(real_labels) if has_real else None
-    F = clips.shape[1]
-    clip_w = F * (cell + pad) + pad
-    classes = sorted(set(labels.tolist()))
-    names = {k: str(class_names[k]) if class_names is not None else f"class {k}" for k in classes}
-    label_w, gap = max(64, 6 * max(len(n) for n in names.values()) + 12), cell // 2
-    width = label_w + (clip_w + gap if has_real else 0) + per_class * clip_w + (per_class - 1) * pad
-    grid = Image.new("RGB", (width, len(classes) * (cell + pad) + pad), (128, 128, 128))
-    draw = ImageDraw.Draw(grid)
-
-    def paste(clip, x0, y0):
-        for f, frame in enumerate(clip):
-            arr = (np.clip(frame, 0, 1) * 255).round().astype(np.uint8).transpose(1, 2, 0)
-            tile = Image.fromarray(arr[..., 0] if arr.shape[2] == 1 else arr).convert("RGB").resize((cell, cell), Image.NEAREST)
-            grid.paste(tile, (x0 + pad + f * (cell + pad), y0))
-
-    for row, k in enumerate(classes):
-        y0 = pad + row * (cell + pad)
-        draw.text((4, y0 + cell // 2 - 6), names[k], fill=(255, 255, 255))
-        x0 = label_w
-        if has_real:
-            match = np.flatnonzero(real_labels == k)
-            if len(match):
-                paste(np.asarray(real[match[0]], dtype=np.float32), x0, y0)
-            x0 += clip_w + gap
-        for i, j in enumerate(np.flatnonzero(labels == k)[:per_class]):
-            paste(clips[j], x0 + i * (clip_w + pad), y0)
-    if has_real:
-        bar_x = label_w + clip_w + gap // 2 - 1
-        draw.rectangle([bar_x, 0, bar_x + 2, grid.size[1]], fill=(255, 255, 255))
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    grid.save(path)
-    return path
 
 
 # ----------------------------------------------------------------------------------------
@@ -286,8 +210,7 @@ class VideoTask(ModalityTask):
         if args.frame_positions == "1d":
             kwargs["position_grid"] = None
         kwargs.update(diffusion_values(args, settings))
-        if args.denoiser is not None:
-            kwargs["denoiser"] = args.denoiser
+        kwargs.update(denoiser_kwargs(args))
         model, _, _ = create_qgfd_diffusion_model("video", args.backbone, None, **kwargs)
         cfg = model.config
         if (cfg.num_channels, cfg.image_size) != (C, S):

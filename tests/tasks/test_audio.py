@@ -279,6 +279,7 @@ def test_demo_code_path_on_a_tiny_budget(tmp_path, capsys):
     assert m["reconstruction"]["latent_space"] == "spectrogram" and m["reconstruction"]["log_mel_distance"] < 1.5
     assert set(demo["targets"]) == {"recognised_at_least_80pct", "fd_below_latent_gaussian"}
     assert "recognised as the requested digit" in stdout and "FD, judge's hidden layer" in stdout
+    assert stdout.count("held-out clips decode at") == 1  # the latent space's reconstruction, once
     wavs = sorted(p.name for p in (out / "samples_wav").glob("*.wav"))
     assert (out / "samples.png").exists() and len(wavs) == 20 and wavs[:2] == ["sample_000_zero.wav", "sample_001_one.wav"]
     assert m["class_names"] == ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
