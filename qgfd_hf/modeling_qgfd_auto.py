@@ -81,6 +81,7 @@ def create_qgfd_diffusion_model(
     tokenizer=None,
     processor=None,
     scale_latents: bool = True,
+    denoiser_weights: str = "pretrained",
     **kwargs,
 ):
     """Build a QGFD diffusion model, its tokenizer or processor, and its noise schedule.
@@ -96,6 +97,10 @@ def create_qgfd_diffusion_model(
         tokenizer, processor: use these instead of loading them from `backbone_name`.
         scale_latents (`bool`, defaults to `True`): text: set `latent_scale` = 1 / std of the
             token embeddings (unless `latent_scale` is given).
+        denoiser_weights (`str`, defaults to `"pretrained"`): with `denoiser="pretrained"`, "random"
+            keeps the backbone's stack at its random initialisation instead of copying the
+            pretrained weights into it: the same architecture without pretraining (the control for
+            "does pretraining help the denoiser?"). The encoder that makes the latents is loaded either way.
         **kwargs: further config fields (`seq_len`, `latent_space`, `image_size`, `num_features`,
             `backbone_qgfd`, `freeze_encoder`, `denoiser`, ...). For "shared": `modalities` and
             `modality_kwargs` (a dict modality -> its config fields). With `denoiser="pretrained"`
@@ -114,6 +119,10 @@ def create_qgfd_diffusion_model(
         ('ImageQGFDDiffusionModel', (3, 16, 4), 1000)
     """
     _check_choice("modality", modality, ALL_MODALITIES)
+    _check_choice("denoiser_weights", denoiser_weights, ("pretrained", "random"))
+    if denoiser_weights == "random" and kwargs.get("denoiser") != "pretrained":
+        raise ValueError(f"denoiser_weights='random' is for denoiser='pretrained' (the backbone's own stack), got denoiser={kwargs.get('denoiser')!r}.")
+    load_stack = denoiser_weights == "pretrained"
     if modality == "shared":
         if backbone_name is not None and not isinstance(backbone_name, Mapping):
             raise ValueError("For modality='shared', `backbone_name` must be a dict modality -> backbone (Hub id, folder or config).")
@@ -133,7 +142,7 @@ def create_qgfd_diffusion_model(
         for m in config.modalities:
             if m in pretrained:
                 load_adapter_weights(getattr(model, f"{m}_adapter"), pretrained[m])
-                if m == "text" and config.denoiser == "pretrained" and "backbone_config" not in backbone_kw:
+                if m == "text" and config.denoiser == "pretrained" and "backbone_config" not in backbone_kw and load_stack:
                     model.backbone.load_pretrained_stack(model.text_adapter.encoder)  # read once, copied
             given = (tokenizer if m == "text" else None) or (processor.get(m) if isinstance(processor, Mapping) else None)
             processors[m] = given or _default_processor(m, config.modality_config(m), pretrained.get(m))
@@ -161,7 +170,7 @@ def create_qgfd_diffusion_model(
     if name is not None:
         if model.adapter.encoder is not None:
             model.adapter.load_pretrained_encoder(name)
-        if config.denoiser == "pretrained":
+        if config.denoiser == "pretrained" and load_stack:
             # The denoiser's stack: a trainable copy of the encoder's weights (read once, from the
             # encoder just loaded; from `name` where no encoder makes the latents).
             model.backbone.load_pretrained_stack(model.adapter.encoder if model.adapter.encoder is not None else name)

@@ -288,3 +288,42 @@ def test_cli_trains_text_with_minilm_as_backbone_and_denoiser(tmp_path, capsys):
     assert config.denoiser == "pretrained" and config.backbone_config.model_type == "bert"
     # The reversal targets, as MiniLM's WordPiece tokenizer splits them ([CLS] ... [SEP]), set seq_len.
     assert config.seq_len >= 7 and (out / "samples.jsonl").exists()
+
+
+# ----------------------------------------------------------------------------------------
+# The random-weights control: the same stack without pretraining
+# ----------------------------------------------------------------------------------------
+
+
+@needs_minilm
+def test_denoiser_weights_random_keeps_the_stack_at_random_init(minilm_model):
+    pretrained, _ = minilm_model
+    torch.manual_seed(0)
+    random_model, _, _ = create_qgfd_diffusion_model("text", str(minilm_dir()), DiffusionConfig(**TINY, latent_dim=384, **QGFD),
+                                                     denoiser="pretrained", denoiser_weights="random", seq_len=12)
+    name = "encoder.layer.0.attention.self.query.weight"
+    stack = dict(random_model.backbone.stack.named_parameters())[name]
+    loaded = dict(pretrained.backbone.stack.named_parameters())[name]
+    encoder = dict(random_model.adapter.encoder.named_parameters())[name]
+    # The latents' encoder is MiniLM in both; only the denoiser's stack differs (BERT's N(0, 0.02) init).
+    assert torch.equal(encoder, dict(pretrained.adapter.encoder.named_parameters())[name])
+    assert torch.equal(loaded, encoder) and not torch.allclose(stack, encoder)
+    assert abs(float(stack.detach().std()) - 0.02) < 0.003
+    assert random_model.config.denoiser == "pretrained"
+
+
+def test_denoiser_weights_is_checked():
+    cfg = DiffusionConfig(**TINY, latent_dim=32)
+    with pytest.raises(ValueError, match="denoiser_weights.*'pretrained', 'random'"):
+        create_qgfd_diffusion_model("text", tiny("bert"), cfg, denoiser="pretrained", denoiser_weights="none", seq_len=8)
+    with pytest.raises(ValueError, match="denoiser_weights='random' is for denoiser='pretrained'"):
+        create_qgfd_diffusion_model("text", tiny("bert"), cfg, denoiser_weights="random", seq_len=8)
+
+
+def test_cli_denoiser_weights_random_needs_the_pretrained_denoiser(tmp_path, capsys):
+    from qgfd_hf.cli import main
+
+    code = main(["train", "--modality", "text", "--dataset", "reversal", "--denoiser-weights", "random", "--output-dir",
+                 str(tmp_path / "run"), "--max-steps", "1", "--preset", "tiny", "--no-progress"])
+    assert code == 2
+    assert "--denoiser-weights random is for --denoiser pretrained" in capsys.readouterr().err

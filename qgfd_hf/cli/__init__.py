@@ -72,6 +72,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help="qgfd: a fresh QGFD Transformer (default); pretrained: the --backbone's own Transformer stack "
                         "(T5 encoder, BERT / RoBERTa / DistilBERT encoder, ViT, Wav2Vec2), QGFD-patched and trained, with adaLN-Zero "
                         "timestep conditioning")
+    g.add_argument("--denoiser-weights", default=None, choices=("pretrained", "random"),
+                   help="with --denoiser pretrained: pretrained copies the --backbone's weights into the stack (default); random keeps "
+                        "the same stack at random initialisation (the control for 'does pretraining help the denoiser?')")
     g.add_argument("--class-conditional", action=argparse.BooleanOptionalAction, default=None,
                    help="condition on the data's class labels (its label column: the digits', sub-folder names) with a DiT label "
                         "embedding, so samples can ask for a class (sample --class-label) and take guidance")
@@ -151,7 +154,7 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
 
 _MODEL_FLAG_DESTS = ("preset", "d_model", "num_heads", "num_layers", "d_ff", "num_timesteps", "beta_schedule", "prediction_type",
-                     "qgfd_steps", "qgfd_alpha", "qgfd_graph", "qgfd_mix", "qgfd_warmup_steps", "backbone", "denoiser", "cond_dropout_prob")
+                     "qgfd_steps", "qgfd_alpha", "qgfd_graph", "qgfd_mix", "qgfd_warmup_steps", "backbone", "denoiser", "denoiser_weights", "cond_dropout_prob")
 
 
 @functools.lru_cache(maxsize=None)

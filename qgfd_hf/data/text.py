@@ -9,6 +9,9 @@
   (`data/summaries_en-us.json`, CC BY-SA 4.0; the package's GPL-3 code is not read). Pairs:
   `source` = the article's topic label (12 topics), `target` = one sentence of its lead. Split by
   article: no sentence of a held-out article is trained on.
+- `wikipedia_topics`: the same leads as a classification task, for fine-tuning an encoder: an
+  article's first sentence and its topic (12 labels, "Uncategorized" among them), split by article
+  as above.
 
 Text is lower-cased and split into words and punctuation (`words`); rows hold the words joined by
 spaces, so that the word-level tokenizer (`qgfd_hf.data.core.build_word_tokenizer`) reads them
@@ -174,5 +177,31 @@ def load_wikipedia(heldout_percent: int = 10, vocab_size: int = 8000, max_tokens
     return _pairs_to_datasets(train_rows, test_rows, vocab_size, max_tokens, "Wikipedia")
 
 
+def wikipedia_topics(heldout_percent: int = 10) -> Dict[str, object]:
+    """Topic classification on the Wikipedia leads: each article's first sentence (as written, not
+    lower-cased) and the index of its topic in `names` (sorted; articles without one are
+    "Uncategorized"). Articles with `is_heldout_article(title, heldout_percent)` form the test split.
+
+    Returns:
+        `{"train_texts", "train_labels", "test_texts", "test_labels", "names"}`, texts as lists of str
+        and labels as lists of int, in the file's order.
+    """
+    if not isinstance(heldout_percent, int) or isinstance(heldout_percent, bool) or not 0 < heldout_percent < 100:
+        raise ValueError(f"`heldout_percent` must be an int in (0, 100), got {heldout_percent!r}.")
+    rows = []
+    for art in wikipedia_articles():
+        lead = str(art.get("extract") or "").strip()
+        if lead:
+            rows.append((art["title"], SENTENCE_END.split(lead)[0], str(art.get("topic") or "Uncategorized")))
+    names = sorted({topic for _, _, topic in rows})
+    index = {n: i for i, n in enumerate(names)}
+    out = {"train_texts": [], "train_labels": [], "test_texts": [], "test_labels": [], "names": names}
+    for title, sentence, topic in rows:
+        split = "test" if is_heldout_article(title, heldout_percent) else "train"
+        out[f"{split}_texts"].append(sentence)
+        out[f"{split}_labels"].append(index[topic])
+    return out
+
+
 __all__ = ["SHAKESPEARE_HELDOUT", "build_vocabulary", "detokenize", "is_heldout_article", "load_shakespeare", "load_wikipedia",
-           "shakespeare_plays", "wikipedia_articles", "words"]
+           "shakespeare_plays", "wikipedia_articles", "wikipedia_topics", "words"]

@@ -334,6 +334,19 @@ def diffusion_values(args, settings: dict) -> dict:
     return values
 
 
+def denoiser_kwargs(args) -> Dict[str, str]:
+    """The factory's denoiser choice from `--denoiser` and `--denoiser-weights` (only those given)."""
+    out = {}
+    if getattr(args, "denoiser", None) is not None:
+        out["denoiser"] = args.denoiser
+    weights = getattr(args, "denoiser_weights", None)
+    if weights is not None:
+        if weights == "random" and out.get("denoiser") != "pretrained":
+            raise ValueError("--denoiser-weights random is for --denoiser pretrained (the --backbone's own stack, kept at random init).")
+        out["denoiser_weights"] = weights
+    return out
+
+
 def sample_output(model: str, args, task: ModalityTask) -> Tuple[str, str, str]:
     """(folder, file prefix, suffix) for `qgfd-hf sample`: `--output PATH` as given (its suffix
     checked by `task.check_output`), else `sample-seed<S>` beside the model folder with the task's
@@ -353,4 +366,4 @@ def sample_output(model: str, args, task: ModalityTask) -> Tuple[str, str, str]:
     return out_dir, prefix, suffix
 
 
-__all__ = ["ModalityTask", "TaskData", "class_conditioning", "demo_class_guidance", "diffusion_values", "guidance_kwargs", "with_class_labels", "get_task", "pipeline_samples", "register_task", "task_names"]
+__all__ = ["ModalityTask", "TaskData", "class_conditioning", "demo_class_guidance", "denoiser_kwargs", "diffusion_values", "guidance_kwargs", "with_class_labels", "get_task", "pipeline_samples", "register_task", "task_names"]

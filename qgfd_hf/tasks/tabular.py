@@ -467,8 +467,8 @@ class TabularTask(ModalityTask):
 
         from .. import create_qgfd_diffusion_model
 
-        if args.backbone is not None or args.denoiser == "pretrained":
-            raise ValueError("Tables have no pretrained backbone: drop --backbone / --denoiser pretrained (the denoiser is a fresh QGFD Transformer).")
+        if args.backbone is not None or args.denoiser == "pretrained" or getattr(args, "denoiser_weights", None) is not None:
+            raise ValueError("Tables have no pretrained backbone: drop --backbone / --denoiser pretrained / --denoiser-weights (the denoiser is a fresh QGFD Transformer).")
         train = data.train.to_pandas()
         # The training path fits every statistic: the schema's categories here, the column
         # quantiles / mean / std in `fit_normalization` (both saved with the model).

@@ -22,12 +22,13 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 from typing import Dict, List
 
 from ._text_real import REAL_TEXT, evaluate_real_text, example_condition, load_real_text, real_text_card_metrics, real_text_report, write_readable_samples
-from .base import ModalityTask, TaskData, diffusion_values, guidance_kwargs, pipeline_samples, register_task, sample_output
+from .base import ModalityTask, TaskData, denoiser_kwargs, diffusion_values, guidance_kwargs, pipeline_samples, register_task, sample_output
 
 
 @register_task
@@ -81,6 +82,9 @@ class TextTask(ModalityTask):
 
     def add_arguments(self, group) -> None:
         group.add_argument("--seq-len", type=int, default=None, help="text: length of generated sequences (tokens)")
+        group.add_argument("--train-condition-encoder", action=argparse.BooleanOptionalAction, default=None,
+                           help="text: the encoder layers that read the source text learn with the denoiser (default: on; "
+                                "--no-train-condition-encoder keeps a pretrained --backbone's encoder frozen, and each step cheaper)")
 
     def load_data(self, args, settings) -> TaskData:
         from ..data.core import check_dataset_for_modality, load_mrpc, make_reversal_dataset, train_test_split_dataset
@@ -137,8 +141,9 @@ class TextTask(ModalityTask):
             seq_len = d.get("max_len", 6) + 1 if data.name == "reversal" else 64
         check_text_fits(data.train, tokenizer, seq_len, f"The dataset {data.name!r}")
         kwargs = dict(diffusion_values(args, d), seq_len=seq_len, conditional=True, **d.get("model_kwargs", {}))
-        if args.denoiser is not None:
-            kwargs["denoiser"] = args.denoiser
+        if getattr(args, "train_condition_encoder", None) is not None:
+            kwargs["train_condition_encoder"] = args.train_condition_encoder
+        kwargs.update(denoiser_kwargs(args))
         model, tok, _ = create_qgfd_diffusion_model("text", backbone, None, tokenizer=tokenizer, **kwargs)
         tokenizer = tok or tokenizer
         return model, tokenizer, Seq2SeqCollator(tokenizer, seq_len)

@@ -194,6 +194,7 @@ def compare_arms(
     settings: Optional[FinetuneSettings] = None,
     encoder=None,
     tokenizer=None,
+    progress: bool = False,
 ) -> Dict[str, object]:
     """Fine-tune and test every arm for every seed; paired statistics of each QGFD arm against softmax.
 
@@ -204,6 +205,7 @@ def compare_arms(
         settings (`FinetuneSettings`, *optional*): steps, learning rate, QGFD settings.
         encoder: a folder / Hub id (default: all-MiniLM-L6-v2's folder), a transformers config
             (random weights, for tests) or an encoder module; tokenizer: needed with a config or module.
+        progress (`bool`, defaults to `False`): a progress bar over the runs, and each run's accuracy printed.
 
     Returns:
         `{"accuracy": {arm: [per seed]}, "cpu_seconds": {arm: [per seed]}, "tests": {arm: paired_test
@@ -226,20 +228,30 @@ def compare_arms(
 
     import qgfd_hf
 
+    from tqdm.auto import tqdm
+
     accuracy = {a: [] for a in arms}
     cpu = {a: [] for a in arms}
+    trained = [a for a in arms if a != "qgfd-zero-shot"]
+    bar = tqdm(total=len(seeds) * len(trained), desc="fine-tuning runs", unit="run", disable=not progress)
     for seed in seeds:
-        for arm in [a for a in arms if a != "qgfd-zero-shot"]:
+        for arm in trained:
             start = time.process_time()
             model = finetune_one(arm, seed, train_texts, train_labels, settings, base, tokenizer, num_labels)
             accuracy[arm].append(evaluate_accuracy(model, tokenizer, test_texts, test_labels, settings))
             cpu[arm].append(time.process_time() - start)
             logger.info(f"seed {seed} {arm}: accuracy {accuracy[arm][-1]:.4f}")
+            if progress:
+                bar.write(f"seed {seed} {arm}: accuracy {accuracy[arm][-1]:.4f} ({cpu[arm][-1]:.0f} s CPU)")
             if arm == "softmax" and "qgfd-zero-shot" in arms:
                 start = time.process_time()
                 qgfd_hf.patch_model(model.encoder, **_qgfd(settings))  # QGFD put in after softmax fine-tuning
                 accuracy["qgfd-zero-shot"].append(evaluate_accuracy(model, tokenizer, test_texts, test_labels, settings))
                 cpu["qgfd-zero-shot"].append(time.process_time() - start)
+                if progress:
+                    bar.write(f"seed {seed} qgfd-zero-shot: accuracy {accuracy['qgfd-zero-shot'][-1]:.4f}")
+            bar.update(1)
+    bar.close()
     paired = "softmax" in arms and len(seeds) >= 2  # a paired test needs two seeds at least
     tests = {a: paired_test(accuracy[a], accuracy["softmax"]) for a in arms if a != "softmax" and paired}
     return {"accuracy": accuracy, "cpu_seconds": cpu, "tests": tests, "seeds": seeds, "settings": asdict(settings)}

