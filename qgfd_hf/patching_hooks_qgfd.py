@@ -19,8 +19,10 @@ For models and configs that never use "qgfd" each wrapper only calls the origina
 originals are saved once per process on the class (`PreTrainedModel._qgfd_originals`,
 `PreTrainedConfig._qgfd_originals`, `GenerationMixin._qgfd_originals`), so the installed package
 and any `trust_remote_code` copy of these files wrap the same originals, and installing again only
-replaces the wrappers. Installed by `register_qgfd_attention` (`patching_qgfd`): on `import qgfd_hf`,
-or when a saved model loaded with `trust_remote_code` builds a transformers model.
+replaces the wrappers. Installed by `register_qgfd_attention` (`patching_qgfd`), only at the first
+request for QGFD in a transformers model (`patch_model`, `from_pretrained_qgfd`, a diffusion model
+that patches its backbone, or the user's own call before `attn_implementation="qgfd"`), never by
+`import qgfd_hf` alone.
 """
 
 from __future__ import annotations

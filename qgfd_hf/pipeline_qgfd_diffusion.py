@@ -335,7 +335,7 @@ def _check_noise_fits(model, total: int, num_samples: int) -> None:
 
 
 def register_pipeline():
-    """Register `"qgfd-diffusion"` with transformers' pipeline registry (done on `import qgfd_hf`)."""
+    """Register `"qgfd-diffusion"` with transformers' pipeline registry (done by `import qgfd_hf`)."""
     from transformers import AutoModel
     from transformers.pipelines import PIPELINE_REGISTRY
 

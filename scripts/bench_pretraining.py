@@ -62,9 +62,16 @@ def run_one(arm: str, seed: int, args, backbone: str) -> dict:
     folder = Path(args.runs_dir) / f"{arm}-seed{seed}"
     metrics_file = folder / "metrics.json"
     record_file = folder / "cpu.json"
+    if not metrics_file.exists() and folder.exists() and args.wait > 0:
+        print(f"[{time.strftime('%H:%M:%S')}] {arm} seed {seed}: another process is running it; waiting", flush=True)
+        deadline = time.time() + args.wait
+        while not metrics_file.exists() and time.time() < deadline:
+            time.sleep(10)
+        time.sleep(2)  # the other process writes cpu.json right after the run
     if not metrics_file.exists():
         if folder.exists():
-            raise SystemExit(f"{folder} holds an unfinished run (no metrics.json): delete it to run it again.")
+            raise SystemExit(f"{folder} holds an unfinished run (no metrics.json): delete it to run it again "
+                             f"(or --wait for the process that runs it).")
         cmd = [sys.executable, "-m", "qgfd_hf", "demo", "--modality", "text", "--dataset", args.dataset, "--backbone", backbone,
                "--seq-len", str(args.seq_len), "--no-train-condition-encoder", "--max-steps", str(args.max_steps),
                "--batch-size", str(args.batch_size), "--learning-rate", str(args.learning_rate), "--warmup-steps", str(args.warmup_steps),
@@ -183,6 +190,10 @@ def main() -> int:
     parser.add_argument("--num-inference-steps", type=int, default=20)
     parser.add_argument("--runs-dir", default="runs/pretraining")
     parser.add_argument("--keep-models", action="store_true", help="keep each run's model folder (about 160 MB each)")
+    parser.add_argument("--wait", type=float, default=0.0,
+                        help="seconds to wait for a run another process of this script is running (two processes can share "
+                             "one --runs-dir; with --reverse one takes the runs from the end)")
+    parser.add_argument("--reverse", action="store_true", help="run the (seed, arm) list from its end")
     parser.add_argument("--out", default=None, help="write the markdown table here (and .json, .png beside it)")
     args = parser.parse_args()
     if len(set(args.seeds)) != len(args.seeds):
@@ -193,11 +204,18 @@ def main() -> int:
 
         backbone = str(minilm_dir())
     Path(args.runs_dir).mkdir(parents=True, exist_ok=True)
-    records = [run_one(arm, seed, args, backbone) for seed in args.seeds for arm in args.arms]
+    todo = [(arm, seed) for seed in args.seeds for arm in args.arms]
+    records = [run_one(arm, seed, args, backbone) for arm, seed in (todo[::-1] if args.reverse else todo)]
+    records.sort(key=lambda r: (r["seed"], list(ARMS).index(r["arm"])))
     table = summarise(records, denoiser_sizes(backbone, args.seq_len), args)
     print(table)
     if args.out:
-        Path(args.out).write_text(table + "\n", encoding="utf-8")
+        import shlex
+
+        command = "python scripts/bench_pretraining.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+        stem_name = Path(args.out).stem
+        Path(args.out).write_text(f"# Does pretraining help the denoiser?\n\n```bash\n{command}\n```\n\n{table}\n\n"
+                                  f"![training loss curves]({stem_name}.png)\n", encoding="utf-8")
         stem = args.out.rsplit(".", 1)[0]
         Path(stem + ".json").write_text(json.dumps({"records": records, "settings": vars(args)}, indent=1), encoding="utf-8")
         plot(records, stem + ".png")

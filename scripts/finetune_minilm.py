@@ -91,8 +91,12 @@ def main():
               f"seeds {args.seeds}.")
     print(header + "\n\n" + table)
     if args.out:
+        import shlex
+        import sys
+
+        command = "python scripts/finetune_minilm.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
         with open(args.out, "w", encoding="utf-8") as f:
-            f.write(header + "\n\n" + table + "\n")
+            f.write(f"# Fine-tuning all-MiniLM-L6-v2: softmax against QGFD\n\n```bash\n{command}\n```\n\n{header}\n\n{table}\n")
         with open(args.out.rsplit(".", 1)[0] + ".json", "w", encoding="utf-8") as f:
             json.dump(results, f, indent=1)
 
