@@ -57,7 +57,7 @@ setup(
         "video": ["av>=12"],
         # CI runs the scheduler tests against diffusers and the tracker test against tensorboard;
         # tests/test_fuzz.py draws its bad values with hypothesis; the video file tests decode with av.
-        "test": ["pytest>=8", "hypothesis>=6", "tensorboard>=2.10", "diffusers>=0.30", "av>=12"],
+        "test": ["pytest>=8", "pytest-xdist>=3", "hypothesis>=6", "tensorboard>=2.10", "diffusers>=0.30", "av>=12"],
     },
     classifiers=[
         "Programming Language :: Python :: 3",

