@@ -160,13 +160,12 @@ def summarise(records, sizes, args, similarity=None) -> str:
         "| arm | final training loss | MiniLM FD (lower is better) | trigram perplexity | mean words per sample | CPU s per run |",
         "|---|---|---|---|---|---|",
     ]
-    fmt = lambda xs, d=3: f"{np.mean(xs):.{d}f} ± {np.std(xs, ddof=1) if len(xs) > 1 else 0:.{d}f}"
+    fmt = lambda xs, d=3: f"{np.mean(xs):.{d}f} ± {np.std(xs, ddof=1):.{d}f}" if len(xs) > 1 else f"{xs[0]:.{d}f}"
     for arm, rs in by_arm.items():
         if rs:
             lines.append(f"| {arm} | {fmt([r['final_loss'] for r in rs], 4)} | {fmt([r['fd'] for r in rs])} | "
                          f"{fmt([r['perplexity'] for r in rs], 1)} | {fmt([r['mean_words'] for r in rs], 1)} | {np.mean([r['cpu_seconds'] for r in rs]):.0f} |")
-    lines += ["", "Seed by seed (a minus b; the p-values of 3 seeds cannot go below 0.25 for the sign-flip test):", "",
-              "| a | b | final loss difference | p (t) | p (sign-flip) | FD difference | p (t) | p (sign-flip) |", "|---|---|---|---|---|---|---|---|"]
+    pairs = []
     for a, b in PAIRS:
         seeds = sorted({r["seed"] for r in by_arm[a]} & {r["seed"] for r in by_arm[b]})
         if len(seeds) < 2:
@@ -176,9 +175,14 @@ def summarise(records, sizes, args, similarity=None) -> str:
         for key in ("final_loss", "fd"):
             t = paired_test(pick(a, key), pick(b, key))
             cells.append(f"{t['mean_diff']:+.4f} ± {t['std_diff']:.4f} | {t['p_t']:.3g} | {t['p_sign_flip']:.3g}")
-        lines.append(f"| {a} | {b} | {' | '.join(cells)} |")
+        pairs.append(f"| {a} | {b} | {' | '.join(cells)} |")
+    if pairs:
+        n = min(len({r["seed"] for r in by_arm[a]}) for a in ARMS if by_arm[a])
+        lines += ["", f"Seed by seed (a minus b; with {n} seeds the sign-flip p cannot go below {2 ** (1 - n):.3g}):", "",
+                  "| a | b | final loss difference | p (t) | p (sign-flip) | FD difference | p (t) | p (sign-flip) |",
+                  "|---|---|---|---|---|---|---|---|", *pairs]
     if similarity:
-        lines += ["", f"How alike the stack's output tokens are (mean cosine similarity between positions; "
+        lines += ["", "How alike the stack's output tokens are (mean cosine similarity between positions; "
                   "`token_similarity`):", "", "| input (`inputs_embeds`) | the input itself | pretrained MiniLM stack | the same stack, random init |",
                   "|---|---|---|---|"]
         lines += [f"| {name} | {x:.3f} | {p:.3f} | {r:.3f} |" for name, x, p, r in similarity]
