@@ -31,7 +31,7 @@ import json
 import os
 import sys
 import time
-from typing import Dict, Optional, Sequence
+from typing import Dict, Optional, Sequence, Tuple
 
 from ..data.packages import MissingDataPackageError
 from ..tasks.base import get_task, task_names  # light: no torch at import
@@ -83,14 +83,15 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                         "learned null condition, for classifier-free guidance (default 0.1 when class-conditional, else 0)")
 
 
-def _add_modality_args(p: argparse.ArgumentParser) -> Dict[str, str]:
-    """Every task's own flags, in one group; returns {dest: modality} to refuse a flag of another modality."""
+def _add_modality_args(p: argparse.ArgumentParser) -> Dict[str, Tuple[str, object]]:
+    """Every task's own flags, in one group; returns {dest: (modality, default)} to refuse a flag of
+    another modality that was given (any value but its default: `--no-x` of a `--x/--no-x` flag too)."""
     g = p.add_argument_group("modality-specific (each flag names its modality)")
-    owners: Dict[str, str] = {}
+    owners: Dict[str, Tuple[str, object]] = {}
     for name in task_names():
         before = {a.dest for a in p._actions}
         get_task(name).add_arguments(g)
-        owners.update({a.dest: name for a in p._actions if a.dest not in before})
+        owners.update({a.dest: (name, a.default) for a in p._actions if a.dest not in before})
     return owners
 
 
@@ -275,8 +276,8 @@ def _check_modality_flags(args) -> None:
         owner = next((n for n in task_names() if dataset in get_task(n).datasets), None)
         if owner is not None:
             raise ValueError(f"--dataset {dataset} is {owner} data; it does not fit --modality {args.modality} (use --modality {owner}).")
-    for dest, owner in getattr(args, "_owners", {}).items():
-        if owner != args.modality and getattr(args, dest, None) not in (None, False):
+    for dest, (owner, default) in getattr(args, "_owners", {}).items():
+        if owner != args.modality and getattr(args, dest, default) != default:
             raise ValueError(f"--{dest.replace('_', '-')} is a {owner} flag; it does not apply to --modality {args.modality}.")
 
 

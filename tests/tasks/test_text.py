@@ -64,3 +64,6 @@ def test_train_condition_encoder_flag_reaches_the_saved_config(tmp_path, capsys)
     code = main(["train", "--modality", "image", "--dataset", "digits", "--output-dir", str(tmp_path / "img"), "--max-steps", "1",
                  "--train-condition-encoder"] + TINY)
     assert code == 2 and "--train-condition-encoder is a text flag" in capsys.readouterr().err
+    code = main(["train", "--modality", "image", "--dataset", "digits", "--output-dir", str(tmp_path / "img"), "--max-steps", "1",
+                 "--no-train-condition-encoder"] + TINY)  # the explicit "no" of another modality's flag is refused too
+    assert code == 2 and "--train-condition-encoder is a text flag" in capsys.readouterr().err
