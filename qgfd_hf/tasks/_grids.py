@@ -47,9 +47,9 @@ def save_labelled_grid(images: np.ndarray, labels, path: str, per_class: int = 1
     """A PNG with one row per requested class (sorted), each row labelled on the left and holding up to
     `per_class` of that class's images `[N, C, H, W]` in [0, 1] (`labels` [N]: the class asked for):
     `save_class_strip` with one-frame clips."""
-    images = np.asarray(images, dtype=np.float32)
-    if images.ndim != 4 or images.shape[1] not in (1, 3):
-        raise ValueError(f"Need images [N, C, H, W] with C in (1, 3) and one label each, got {list(images.shape)}.")
+    images, labels = np.asarray(images, dtype=np.float32), np.asarray(labels)
+    if images.ndim != 4 or images.shape[1] not in (1, 3) or labels.shape != (len(images),):
+        raise ValueError(f"Need images [N, C, H, W] with C in (1, 3) and one label each, got {list(images.shape)} and {list(labels.shape)}.")
     return save_class_strip(images[:, None], labels, path, per_class=per_class, cell=cell, pad=pad, class_names=names)
 
 

@@ -21,3 +21,5 @@ def test_labelled_grid_has_a_row_per_class_and_draws_each_image(tmp_path):
     assert (row_7 == 255).sum() >= 64  # the white 8x8 tile of class 7
     with pytest.raises(ValueError, match=r"\[N, C, H, W\]"):
         save_labelled_grid(np.zeros((2, 4, 4)), [0, 1], str(tmp_path / "x.png"))
+    with pytest.raises(ValueError, match=r"one label each, got \[3, 1, 4, 4\] and \[2\]"):  # an image's error, not a clip's
+        save_labelled_grid(np.zeros((3, 1, 4, 4)), [0, 1], str(tmp_path / "y.png"))
