@@ -1,10 +1,11 @@
 """qgfd_hf: QGFD (Query Graph Flow Diffusion) attention for Hugging Face models and diffusion.
 
-`import qgfd_hf` registers QGFD with transformers through its public API (`registration_qgfd`):
-the configs and models with the Auto classes, and the `"qgfd-diffusion"` pipeline. The `"qgfd"`
-attention implementation (and the wrappers that keep it on through builds, switches and saves) comes
-with the first request for QGFD in a transformers model: `patch_model`, `from_pretrained_qgfd`, or
-`register_qgfd_attention()` before transformers' own `attn_implementation="qgfd"` routes. The public names below come from their modules on first use (PEP 562).
+`import qgfd_hf` registers the QGFD configs with `AutoConfig`; the first QGFD config made registers
+the models with `AutoModel` and the `"qgfd-diffusion"` pipeline (`registration_qgfd`, transformers'
+public API only). The `"qgfd"` attention implementation (and the wrappers that keep it on through
+builds, switches and saves) comes with the first request for QGFD in a transformers model:
+`patch_model`, `from_pretrained_qgfd`, or `register_qgfd_attention()` before transformers' own
+`attn_implementation="qgfd"` routes. The public names below come from their modules on first use (PEP 562).
 
 The flat modules are what a saved model folder needs (kernel, configs, models, scheduling, pipeline;
 patching and the pretrained backbones for a model with a transformers backbone); they never import
@@ -26,10 +27,10 @@ _EXPORTS = {
         "QGFDSettings",
         "mix_coefficients",
         "qgfd_attention",
-        "qgfd_attention_reference",
         "value_checks",
         "value_checks_enabled",
     ],
+    "attention_qgfd_reference": ["qgfd_attention_reference"],
     "modeling_qgfd_attention": ["QGFDAlpha", "QGFDMultiheadAttention", "set_qgfd_step"],
     "scheduling_qgfd": [
         "BETA_SCHEDULES",
@@ -40,13 +41,11 @@ _EXPORTS = {
         "DDPMBetaSchedule",
         "DDPMSampler",
         "DPMSolverMultistepSampler",
-        "diffusers_scheduler",
         "diffusion_target",
-        "make_sampler",
         "predict_x0_and_eps",
         "q_sample",
-        "sample_loop",
     ],
+    "scheduling_qgfd_sampling": ["diffusers_scheduler", "make_sampler", "sample_loop"],
     "modelcard_qgfd": ["push_to_hub_with_card", "render_model_card", "save_model_card"],
     "patching_qgfd": [
         "find_attention_modules",
@@ -67,10 +66,8 @@ _EXPORTS = {
     "configuration_qgfd_video": ["QGFDVideoConfig"],
     "configuration_qgfd_tabular": ["QGFDTabularConfig"],
     "configuration_qgfd_shared": ["QGFDSharedConfig"],
+    "modeling_qgfd_blocks": ["DecoderBlock", "EncoderBlock", "PositionwiseFFN"],
     "modeling_qgfd": [
-        "DecoderBlock",
-        "EncoderBlock",
-        "PositionwiseFFN",
         "QGFDDiffusionBackbone",
         "QGFDDiffusionOutput",
         "QGFDPreTrainedModel",

@@ -7,7 +7,8 @@ from __future__ import annotations
 import math
 from typing import Optional, Sequence
 
-from .configuration_qgfd import QGFDConfig, _check_bool, _check_choice, _check_float, _check_int, _list_or_none
+from .configuration_qgfd import QGFDConfig, _check_bool, _check_choice, _check_float, _check_int
+from .configuration_qgfd_denoiser import _list_or_none
 
 IMAGE_LATENT_SPACES = ("vit", "pixels")
 

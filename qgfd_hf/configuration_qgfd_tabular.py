@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
-from .configuration_qgfd import QGFDConfig, _check_choice, _check_dict_list, _check_int, _list_or_none
+from .configuration_qgfd import QGFDConfig, _check_choice, _check_int
+from .configuration_qgfd_denoiser import _check_dict_list, _list_or_none
 
 TABULAR_LATENT_SPACES = ("columns", "mlp")
 COLUMN_KINDS = ("float", "int", "category")

@@ -36,7 +36,8 @@ from transformers.utils import logging
 
 from .attention_qgfd import value_checks_enabled
 from .configuration_qgfd import MODALITY_CONFIGS, QGFDConfig
-from .modeling_qgfd import EncoderBlock, QGFDDiffusionBackbone
+from .modeling_qgfd import QGFDDiffusionBackbone
+from .modeling_qgfd_blocks import EncoderBlock
 from .modeling_qgfd_embeddings import sinusoidal_embedding
 
 logger = logging.get_logger(__name__)

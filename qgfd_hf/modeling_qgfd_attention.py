@@ -14,7 +14,8 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from .attention_qgfd import AlphaLike, QGFDSettings, qgfd_attention, qgfd_attention_reference
+from .attention_qgfd import AlphaLike, QGFDSettings, qgfd_attention
+from .attention_qgfd_reference import qgfd_attention_reference
 
 
 # ----------------------------------------------------------------------------------------

@@ -5,7 +5,7 @@
 learned null condition, condition dropout in training (DiT's label dropout), the checks of a
 sampling request, and the sampling entry point: `make_denoise_fn` (the conditional and the
 unconditional passes in one batched denoiser call, combined by `classifier_free_guidance`) and
-`diffusion_sample`, which hands that function to `scheduling_qgfd.sample_loop`.
+`diffusion_sample`, which hands that function to `scheduling_qgfd_sampling.sample_loop`.
 
 Shapes: `B` batch, `L` latent length, `Lc` conditioning length, `D` d_model, `Dl` latent_dim.
 """
@@ -19,7 +19,8 @@ import torch.nn as nn
 
 from .modeling_qgfd_checks import _INT_DTYPES, check_class_labels, check_guidance_scale, check_timesteps
 from .modeling_qgfd_embeddings import ClassEmbedding
-from .scheduling_qgfd import DDPMBetaSchedule, sample_loop
+from .scheduling_qgfd import DDPMBetaSchedule
+from .scheduling_qgfd_sampling import sample_loop
 
 
 UNCONDITIONAL = "unconditional"  # `class_labels="unconditional"`: the null label, an explicit choice
@@ -215,7 +216,7 @@ class QGFDGuidanceMixin:
         guidance_scale: float = 1.0,
         inputs: Optional[Tuple[Callable, Callable]] = None,
     ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-        """`denoise_fn(x_t, t)` for `scheduling_qgfd.sample_loop`, with the conditioning bound
+        """`denoise_fn(x_t, t)` for `scheduling_qgfd_sampling.sample_loop`, with the conditioning bound
         (and, for text models with `clamp_to_embeddings`, Diffusion-LM's clamping).
 
         With `guidance_scale` != 1, classifier-free guidance: the conditional and the
@@ -291,7 +292,7 @@ class QGFDGuidanceMixin:
                 conditional model; 0 = the unconditional model), see `make_denoise_fn`.
             sampler (`"ddim"`, `"ddpm"`, `"dpmsolver++"` or a diffusers `SchedulerMixin` instance),
                 num_inference_steps, eta, generator, progress, clip_sample, x_T, timestep_spacing,
-                steps_offset: as `scheduling_qgfd.sample_loop`.
+                steps_offset: as `scheduling_qgfd_sampling.sample_loop`.
         """
         if num_samples is None:
             num_samples = cond_tokens.shape[0] if cond_tokens is not None else len(class_labels) if isinstance(class_labels, (list, tuple, torch.Tensor)) else 1

@@ -17,7 +17,7 @@ from .modeling_qgfd import QGFDPreTrainedModel, register_model_class
 from .modeling_qgfd_adapters import ADAPTERS, _get, _ModalityAdapter, _resolve_adapter_config, build_denoiser
 from .modeling_qgfd_checks import check_float_tensor
 from .modeling_qgfd_guidance import labels_from_uniform
-from .scheduling_qgfd import sample_loop
+from .scheduling_qgfd_sampling import sample_loop
 
 logger = logging.get_logger(__name__)
 

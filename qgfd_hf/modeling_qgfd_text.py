@@ -16,7 +16,8 @@ from transformers.utils import logging
 from .configuration_qgfd_text import QGFDTextConfig
 from .modeling_qgfd import QGFDPreTrainedModel, register_model_class
 from .modeling_qgfd_adapters import ADAPTERS, _check_ids, _check_mask, _get, _ModalityAdapter, _resolve_adapter_config, build_encoder, build_denoiser
-from .scheduling_qgfd import DDPMBetaSchedule, diffusion_target, predict_x0_and_eps, sample_loop
+from .scheduling_qgfd import DDPMBetaSchedule, diffusion_target, predict_x0_and_eps
+from .scheduling_qgfd_sampling import sample_loop
 
 logger = logging.get_logger(__name__)
 

@@ -29,7 +29,8 @@ from transformers.cache_utils import DynamicLayer
 from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 from transformers.utils import logging
 
-from .attention_qgfd import qgfd_attention, qgfd_attention_reference, qgfd_attention_weights
+from .attention_qgfd import qgfd_attention
+from .attention_qgfd_reference import qgfd_attention_reference, qgfd_attention_weights
 from .patching_cache_qgfd import (
     _SHADOWED,
     QGFDDynamicLayer,

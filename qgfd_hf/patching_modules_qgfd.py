@@ -26,7 +26,8 @@ from typing import Callable, Dict, Optional, Tuple
 import torch
 import torch.nn as nn
 
-from .attention_qgfd import qgfd_attention, qgfd_attention_weights
+from .attention_qgfd import qgfd_attention
+from .attention_qgfd_reference import qgfd_attention_weights
 from .patching_forward_qgfd import ATTN_IMPLEMENTATION, _is_zero, qgfd_attention_forward
 
 

@@ -2,7 +2,7 @@
 """`pipeline("qgfd-diffusion")`: sample real data from a QGFD diffusion model.
 
 `_forward` batches the samples and draws all starting noise; the denoising loop is
-`scheduling_qgfd.sample_loop` (reached through the model's `diffusion_sample`): the network
+`scheduling_qgfd_sampling.sample_loop` (reached through the model's `diffusion_sample`): the network
 predicts once per timestep and the sampler moves the latents.
 
 Every QGFD diffusion model exposes the same contract, which is all this pipeline uses:
@@ -23,7 +23,8 @@ import torch
 from transformers import Pipeline
 from transformers.utils import logging
 
-from .scheduling_qgfd import TIMESTEP_SPACINGS, check_sampler
+from .scheduling_qgfd import TIMESTEP_SPACINGS
+from .scheduling_qgfd_sampling import check_sampler
 
 logger = logging.get_logger(__name__)
 
@@ -292,7 +293,7 @@ class QGFDDiffusionPipeline(Pipeline):
 
             latents.append(
                 # The model's own sampling entry point (text models add Diffusion-LM's clamping
-                # there when configured); the loop itself is scheduling_qgfd.sample_loop.
+                # there when configured); the loop itself is scheduling_qgfd_sampling.sample_loop.
                 model.diffusion_sample(
                     n,
                     cond_tokens,

@@ -1,39 +1,66 @@
 # coding=utf-8
-"""What `import qgfd_hf` registers with transformers, through transformers' public API only.
+"""What qgfd_hf registers with transformers, through transformers' public API only.
 
-| registry (public API)                                   | what                                              |
-|---------------------------------------------------------|---------------------------------------------------|
-| `AutoConfig.register`                                   | the QGFD configs (`qgfd`, `qgfd_text`, ..., `qgfd_shared`) |
-| `AutoModel.register`                                    | the six QGFD diffusion models                      |
-| `PIPELINE_REGISTRY.register_pipeline`                   | the `"qgfd-diffusion"` task                        |
+| registry (public API)                    | what                                               | when                          |
+|------------------------------------------|----------------------------------------------------|-------------------------------|
+| `AutoConfig.register`                    | the QGFD configs (`qgfd`, `qgfd_text`, ..., `qgfd_shared`) | `import qgfd_hf`              |
+| `AutoModel.register`                     | the six QGFD diffusion models                      | the first QGFD config made    |
+| `PIPELINE_REGISTRY.register_pipeline`    | the `"qgfd-diffusion"` task                        | the first QGFD config made    |
 
-All of it happens once, when `qgfd_hf` is imported, in any import order: no import hook, no wrapped
-transformers method. The attention implementation `"qgfd"` is not registered here: it comes with
-the first request for QGFD in a transformers model (`patch_model`, `from_pretrained_qgfd`, a QGFD
-diffusion model that patches its backbone, or `qgfd_hf.register_qgfd_attention()` before
-transformers' own `attn_implementation="qgfd"` routes), through `AttentionInterface.register` and
+The model and pipeline registries live in `transformers.modeling_utils` and `transformers.pipelines`,
+which take about 2 s to import (scripts/bench_startup.py). `import qgfd_hf` registers the configs
+only (`transformers.models.auto.configuration_auto` is cheap), and the models and the pipeline are
+registered by the first QGFD config that is made (`QGFDConfig.__init__` calls `register_models`).
+No Auto class or pipeline can ask for a QGFD model before that: `AutoModel.from_pretrained` and
+`pipeline(model=folder)` read the folder's config first, `AutoModel.from_config` takes one, and a
+model object has one. No import hook and no wrapped transformers method is involved.
+
+The attention implementation `"qgfd"` is not registered here: it comes with the first request for
+QGFD in a transformers model (`patch_model`, `from_pretrained_qgfd`, a QGFD diffusion model that
+patches its backbone, or `qgfd_hf.register_qgfd_attention()` before transformers' own
+`attn_implementation="qgfd"` routes), through `AttentionInterface.register` and
 `AttentionMaskInterface.register`, together with the wrappers of `patching_hooks_qgfd` that keep
 QGFD on through every build, switch, save and load (docs/patching.md). A process that never asks
 for QGFD in a transformers model keeps transformers exactly as it was.
-
-What it costs: the model and pipeline registries live in `transformers.modeling_utils` and
-`transformers.pipelines`, so `import qgfd_hf` imports them (scripts/bench_startup.py measures it);
-any use of a transformers model imports them anyway.
 """
 
 from __future__ import annotations
 
-_registered = False
+_registered = False  # the configs (register)
+_models_registered = False  # the models and the pipeline (register_models)
+_registering_models = False  # register_models is running (its imports may make a config)
 
 
 def register() -> None:
-    """Register QGFD's configs, models and pipeline with transformers' Auto classes and pipelines (idempotent)."""
+    """Register every QGFD config with `AutoConfig` (`import qgfd_hf` calls it; idempotent)."""
     global _registered
     if _registered:
         return
-    from .modeling_qgfd_auto import register_qgfd_auto_classes
-    from .pipeline_qgfd_diffusion import register_pipeline
+    from transformers import AutoConfig
 
-    register_qgfd_auto_classes()
-    register_pipeline()
+    from .configuration_qgfd import MODALITY_CONFIGS, QGFDConfig
+    from .configuration_qgfd_shared import QGFDSharedConfig  # imports every modality's config file
+
+    for cls in (QGFDConfig, *MODALITY_CONFIGS.values(), QGFDSharedConfig):
+        AutoConfig.register(cls.model_type, cls, exist_ok=True)
     _registered = True
+
+
+def register_models() -> None:
+    """Register every QGFD model with `AutoModel` and the `"qgfd-diffusion"` pipeline (idempotent).
+
+    The first QGFD config made calls it (`QGFDConfig.__init__`, in the installed package only)."""
+    global _models_registered, _registering_models
+    if _models_registered or _registering_models:
+        return
+    _registering_models = True
+    try:
+        register()
+        from .modeling_qgfd_auto import register_qgfd_auto_classes
+        from .pipeline_qgfd_diffusion import register_pipeline
+
+        register_qgfd_auto_classes()
+        register_pipeline()
+        _models_registered = True
+    finally:
+        _registering_models = False

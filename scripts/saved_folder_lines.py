@@ -6,10 +6,12 @@
 transformers copies the file that defines the model class and, recursively, every file it imports
 relatively (`from .x import y`, found by a regular expression, so imports inside functions count
 too). The table gives, for each modality's model saved from a tiny config, the number of .py files
-in the folder and their lines (blank lines and comments included, as `wc -l` counts them).
+in the folder, their lines (blank lines, comments and docstrings included, as `wc -l` counts them),
+and their lines of code (`code_lines`: without blank lines, comment-only lines and docstrings).
 """
 
 import argparse
+import ast
 import sys
 import tempfile
 from pathlib import Path
@@ -49,10 +51,27 @@ def tiny_models():
                         normalization_fitted=False, **TINY))
 
 
+def code_lines(source: str) -> int:
+    """Lines of `source` that hold code: not blank, not a comment alone, not part of a docstring."""
+    lines = source.splitlines()
+    skip = {i for i, line in enumerate(lines, 1) if not line.strip() or line.lstrip().startswith("#")}
+    for node in ast.walk(ast.parse(source)):
+        body = getattr(node, "body", None)
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and body:
+            first = body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str):
+                skip.update(range(first.lineno, first.end_lineno + 1))
+    return len(lines) - len(skip)
+
+
 def folder_lines(model):
+    """{file name: (lines, lines of code)} of the .py files `save_pretrained` writes for `model`."""
     with tempfile.TemporaryDirectory() as tmp:
         model.save_pretrained(tmp)
-        files = {p.name: len(p.read_text(encoding="utf-8").splitlines()) for p in Path(tmp).glob("*.py")}
+        files = {}
+        for p in Path(tmp).glob("*.py"):
+            text = p.read_text(encoding="utf-8")
+            files[p.name] = (len(text.splitlines()), code_lines(text))
     return files
 
 
@@ -60,13 +79,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--files", metavar="MODALITY", help="list the files of the first model whose name starts with this")
     args = parser.parse_args()
-    print("| model | .py files | lines |\n|---|---:|---:|")
+    print("| model | .py files | lines | code lines |\n|---|---:|---:|---:|")
     for name, model in tiny_models():
         files = folder_lines(model)
         if args.files and name.startswith(args.files):
-            for file, n in sorted(files.items(), key=lambda kv: kv[1]):
-                print(f"    {n:6d} {file}")
-        print(f"| {name} | {len(files)} | {sum(files.values())} |")
+            for file, (n, code) in sorted(files.items(), key=lambda kv: kv[1]):
+                print(f"    {n:6d} {code:6d} {file}")
+        print(f"| {name} | {len(files)} | {sum(n for n, _ in files.values())} | {sum(c for _, c in files.values())} |")
     return 0
 
 

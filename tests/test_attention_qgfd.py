@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from qgfd_hf.attention_qgfd import GRAPHS, MIXES, QGFDSettings, qgfd_attention, qgfd_attention_reference
+from qgfd_hf.attention_qgfd import GRAPHS, MIXES, QGFDSettings, qgfd_attention
+from qgfd_hf.attention_qgfd_reference import qgfd_attention_reference
 from qgfd_hf.modeling_qgfd_attention import QGFDAlpha, QGFDMultiheadAttention, set_qgfd_step
 
 MASKS = ("none", "padding", "bias", "causal", "bias+causal")

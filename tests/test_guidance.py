@@ -21,7 +21,7 @@ from qgfd_hf.modeling_qgfd_guidance import classifier_free_guidance
 from qgfd_hf.modeling_qgfd_image import ImageQGFDDiffusionModel
 from qgfd_hf.modeling_qgfd_tabular import TabularQGFDDiffusionModel
 from qgfd_hf.modeling_qgfd_text import TextQGFDDiffusionModel
-from qgfd_hf.scheduling_qgfd import sample_loop
+from qgfd_hf.scheduling_qgfd_sampling import sample_loop
 
 TINY = dict(d_model=32, num_heads=4, num_layers=2, d_ff=64, num_timesteps=50)
 

@@ -46,11 +46,12 @@ def make_pipe(model, **kw):
     return pipeline("qgfd-diffusion", model=model, device="cpu", **kw)
 
 
-def test_registered_on_import():
+def test_registered_once_a_qgfd_config_exists():
     from transformers.pipelines import PIPELINE_REGISTRY
 
+    model = image_model()  # its config registered the pipeline (registration_qgfd), if nothing had before
     assert "qgfd-diffusion" in PIPELINE_REGISTRY.get_supported_tasks()
-    assert isinstance(make_pipe(image_model()), qgfd_hf.QGFDDiffusionPipeline)
+    assert isinstance(make_pipe(model), qgfd_hf.QGFDDiffusionPipeline)
 
 
 def test_image_samples_are_pil_images_and_reproducible():
@@ -91,7 +92,7 @@ def test_samplers_and_latent_output(sampler):
 @pytest.mark.parametrize("spacing", ["linspace", "leading", "trailing"])
 @pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpmsolver++"])
 def test_pipeline_samples_as_the_sampling_loop(sampler, spacing):
-    # The pipeline's sampler / timestep_spacing / steps_offset reach scheduling_qgfd.sample_loop.
+    # The pipeline's sampler / timestep_spacing / steps_offset reach scheduling_qgfd_sampling.sample_loop.
     model = image_model()
     offset = 1 if spacing == "leading" else 0
     out = make_pipe(model)(num_samples=2, sampler=sampler, timestep_spacing=spacing, steps_offset=offset, num_inference_steps=6,

@@ -107,8 +107,8 @@ def test_every_import_order_registers_everything_and_qgfd_only_when_asked(order)
 def test_import_adds_no_import_hook_and_leaves_lazy_auto_mapping_alone():
     """`import qgfd_hf` registers through transformers' public API only: no `sys.meta_path` entry, no
     wrapped method of transformers' private `_LazyAutoMapping`, no wrapped transformers method; the
-    Auto classes and the pipeline are registered at once; transformers refuses "qgfd" loudly until
-    it is registered."""
+    Auto classes and the pipeline are registered once a QGFD config exists; transformers refuses
+    "qgfd" loudly until it is registered."""
     out = run_fresh("""
         import json, sys
         from transformers import BertConfig, BertModel, GenerationMixin, PreTrainedConfig, PreTrainedModel
@@ -121,6 +121,7 @@ def test_import_adds_no_import_hook_and_leaves_lazy_auto_mapping_alone():
         from transformers import AttentionInterface
         from transformers.models.auto.configuration_auto import CONFIG_MAPPING
         from transformers.models.auto.modeling_auto import MODEL_MAPPING
+        qgfd_hf.QGFDTabularConfig(num_features=3, d_model=32, num_heads=4, num_layers=1, d_ff=32)  # registers the models
         from transformers.pipelines import PIPELINE_REGISTRY
         print(json.dumps({
             "new_finders": [repr(f) for f in sys.meta_path if f not in finders and
@@ -249,3 +250,33 @@ def test_a_remote_code_model_with_a_transformers_encoder_still_gets_qgfd(tmp_pat
         print(encoder.config._attn_implementation)
     """)
     assert out.split()[-1] == "qgfd"
+
+
+def test_import_registers_the_configs_and_the_first_config_registers_the_models_and_the_pipeline(tmp_path):
+    """`import qgfd_hf` imports neither transformers' modeling_utils nor its pipelines (2 s); the first
+    QGFD config made registers the models and the pipeline, so every Auto route finds them: a saved
+    folder through `AutoModel.from_pretrained` and `pipeline(model=folder)`, without trust_remote_code."""
+    out = run_fresh(f"""
+        import json, sys
+        import qgfd_hf
+        from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+        lazy = {{"modeling_utils": "transformers.modeling_utils" in sys.modules,
+                 "pipelines": "transformers.pipelines" in sys.modules,
+                 "models_registered": sys.modules["qgfd_hf.registration_qgfd"]._models_registered,
+                 "config": CONFIG_MAPPING["qgfd_tabular"].__name__}}
+        config = qgfd_hf.QGFDTabularConfig(num_features=3, d_model=32, num_heads=4, num_layers=1, d_ff=32)
+        model = qgfd_hf.TabularQGFDDiffusionModel(config)
+        model.save_pretrained({str(tmp_path)!r})
+        print(json.dumps(lazy))
+    """)
+    assert json.loads(out.strip().splitlines()[-1]) == {
+        "modeling_utils": False, "pipelines": False, "models_registered": False, "config": "QGFDTabularConfig"}
+    out = run_fresh(f"""
+        import json
+        import qgfd_hf
+        from transformers import AutoModel, pipeline
+        model = AutoModel.from_pretrained({str(tmp_path)!r})
+        pipe = pipeline("qgfd-diffusion", model={str(tmp_path)!r})
+        print(json.dumps([type(model).__name__, type(pipe).__name__, type(pipe.model).__name__]))
+    """)
+    assert json.loads(out.strip().splitlines()[-1]) == ["TabularQGFDDiffusionModel", "QGFDDiffusionPipeline", "TabularQGFDDiffusionModel"]

@@ -5,22 +5,28 @@ not carry patching, the pretrained backbones or the model card code (transformer
 a model file imports relatively, so the model files reach those only by name).
 """
 
+import sys
 from pathlib import Path
 
 from qgfd_hf import ImageQGFDDiffusionModel, QGFDImageConfig
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+from saved_folder_lines import code_lines  # noqa: E402  (scripts/saved_folder_lines.py: the same count)
+
 TINY = dict(d_model=32, num_heads=4, num_layers=1, d_ff=32)
-# The most lines a pixel image model's folder may carry. The issue's target is 3,500; measured
-# 4,887 after patching, the backbones, the factory helpers and the model card left the folder,
-# 4,944 with the BERT-family position limit and the min-SNR loss, 4,950 with save_pretrained(push_to_hub=True) fixed
-# (docs/architecture.md).
-# Lower this as the folder shrinks; the target is TARGET.
-PIXEL_LIMIT = 4_950
+# The most lines a pixel image model's folder may carry, as `wc -l` counts them. The issue's target
+# is 3,500; measured 4,887 after patching, the backbones, the factory helpers and the model card left
+# the folder, 4,950 with the BERT-family position limit, the min-SNR loss and save_pretrained(push_to_hub=True)
+# fixed, 5,062 after the kernel, config, model and scheduling files were split under 600 lines each
+# (their module docstrings and imports; docs/architecture.md). Lower this as the folder shrinks.
+PIXEL_LIMIT = 5_062
 TARGET = 3_500
+# Its lines of code (no blank lines, comments or docstrings): 3,091 when measured.
+CODE_LIMIT = 3_100
 
 
 def _py_files(folder: Path) -> dict:
-    return {p.name: len(p.read_text(encoding="utf-8").splitlines()) for p in folder.glob("*.py")}
+    return {p.name: p.read_text(encoding="utf-8") for p in folder.glob("*.py")}
 
 
 def test_a_pixel_image_folder_carries_no_patching_and_stays_under_its_limit(tmp_path):
@@ -29,8 +35,26 @@ def test_a_pixel_image_folder_carries_no_patching_and_stays_under_its_limit(tmp_
     files = _py_files(tmp_path)
     unexpected = sorted(f for f in files if f.startswith(("patching_", "modelcard_", "modeling_qgfd_pretrained", "modeling_qgfd_backbones")))
     assert unexpected == [], f"a pixel model's folder copies {unexpected}"
-    lines = sum(files.values())
-    assert lines <= PIXEL_LIMIT, f"the pixel image folder carries {lines} lines (limit {PIXEL_LIMIT}, target {TARGET}): {files}"
+    lines = {name: len(text.splitlines()) for name, text in files.items()}
+    total = sum(lines.values())
+    assert total <= PIXEL_LIMIT, f"the pixel image folder carries {total} lines (limit {PIXEL_LIMIT}, target {TARGET}): {lines}"
+    code = sum(code_lines(text) for text in files.values())
+    assert code <= CODE_LIMIT, f"the pixel image folder carries {code} lines of code (limit {CODE_LIMIT})"
+
+
+def test_code_lines_leave_out_blank_lines_comments_and_docstrings():
+    source = '''"""Module docstring,
+on two lines."""
+
+import os  # a comment after code counts
+
+
+def f():
+    """Docstring."""
+    # a comment alone
+    return os.sep
+'''
+    assert code_lines(source) == 3
 
 
 def test_a_folder_with_a_transformers_backbone_names_the_backbones_entry(tmp_path):

@@ -16,16 +16,13 @@ from qgfd_hf.scheduling_qgfd import (
     DDPMBetaSchedule,
     DDPMSampler,
     DPMSolverMultistepSampler,
-    check_sampler,
-    diffusers_scheduler,
     diffusion_target,
     inference_timesteps,
     make_betas,
-    make_sampler,
     predict_x0_and_eps,
     q_sample,
-    sample_loop,
 )
+from qgfd_hf.scheduling_qgfd_sampling import check_sampler, diffusers_scheduler, make_sampler, sample_loop
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
