@@ -7,6 +7,8 @@
 | `checkpoints.py` | the run folder: checkpoints written atomically, resume, `run.json`, `loss.png`, the model card |
 | `ema.py` | `EMAModel`, the moving average of the trainable weights that is saved and sampled |
 | `trainer.py` | `QGFDTrainer`: the optimizer-step loop on `accelerate` |
+| `accelerator.py` | `make_accelerator`: the trainer's `Accelerator` (DDP, FSDP, DeepSpeed, mixed precision), with the checks accelerate does not make |
+| `divergence.py` | `LossDivergedError`, `DIVERGENCE_FACTOR`: the loss checks at every log and checkpoint, and the stop of a diverged run |
 | `callbacks.py` | `QGFDWarmupCallback`: the QGFD alpha warm-up under `transformers.Trainer` |
 | `finetune.py` | fine-tuning a pretrained encoder + classification head, softmax against QGFD arms over seeds, with paired tests |
 
@@ -20,7 +22,8 @@ _EXPORTS = {
     "arguments": ["QGFDTrainingArguments"],
     "checkpoints": ["CheckpointWriteError", "check_output_dir", "last_checkpoint", "list_checkpoints"],
     "ema": ["EMAModel"],
-    "trainer": ["LossDivergedError", "QGFDTrainer"],
+    "trainer": ["QGFDTrainer"],
+    "divergence": ["LossDivergedError"],
     "callbacks": ["QGFDWarmupCallback"],
     "finetune": ["FinetuneSettings", "compare_arms", "paired_test"],
 }

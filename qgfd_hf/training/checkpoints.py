@@ -1,6 +1,8 @@
 # coding=utf-8
 """The run folder of `QGFDTrainer`: checkpoints written atomically, the newest complete one,
-`run.json` (what a resume must share), the loss curve and the model card.
+`run.json` (what a resume must share), the loss curve and the model card. The trainer claims the
+folder for a new run (`claim_output_dir`); a resumed run is checked against it (`check_same_run`)
+and continues from the newest checkpoint that loads (`load_newest_intact_checkpoint`).
 
 Layout of `output_dir`::
 
@@ -19,6 +21,7 @@ import math
 import os
 import re
 import shutil
+import time
 from typing import TYPE_CHECKING, List, Optional
 
 import torch.nn as nn
@@ -189,6 +192,76 @@ def compare_runs(saved: dict, current: dict) -> List[str]:
             if json.loads(json.dumps(old)) != json.loads(json.dumps(new)):  # tuples vs lists, as JSON has them
                 diffs.append(f"{'model ' if section == 'model' else ''}{key}: {old!r} -> {new!r}")
     return diffs
+
+
+def claim_output_dir(args: "QGFDTrainingArguments", record: dict, metadata: dict, new_run: bool) -> None:
+    """A new run: remove an earlier run's outputs when `overwrite_output_dir` is set (the
+    checks refused otherwise), then write `run.json`; a resumed one records its `max_steps`."""
+    path = os.path.join(args.output_dir, RUN_FILE)
+    if not new_run:
+        if os.path.isfile(path):
+            with open(path) as f:
+                saved = json.load(f)
+            if saved.get("max_steps") != args.max_steps or "stopped" in saved:
+                saved["max_steps"] = args.max_steps
+                saved.pop("stopped", None)  # an earlier stop (`divergence.stop_diverged`) no longer describes the run
+                with open(path + ".tmp", "w") as f:
+                    json.dump(saved, f, indent=2)
+                os.replace(path + ".tmp", path)
+        return
+    if args.overwrite_output_dir:
+        for name in RUN_OUTPUTS:
+            path = os.path.join(args.output_dir, name)
+            if os.path.isdir(path):
+                shutil.rmtree(path)
+            elif os.path.exists(path):
+                os.remove(path)
+    os.makedirs(args.output_dir, exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+        json.dump({**record, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "metadata": metadata}, f, indent=2)
+    os.replace(path + ".tmp", path)
+
+
+def check_same_run(output_dir: str, record: dict) -> None:
+    """Resuming: the settings that change the model or the optimisation must be the run's own."""
+    path = os.path.join(output_dir, RUN_FILE)
+    if not os.path.isfile(path):
+        logger.warning(f"{path} is missing (a run from qgfd_hf 0.1.0?): the resumed settings cannot be checked against the run's.")
+        return
+    with open(path) as f:
+        saved = json.load(f)
+    diffs = compare_runs(saved, record)
+    if saved.get("max_steps") not in (None, record["max_steps"]):
+        logger.warning(
+            f"max_steps changed from {saved['max_steps']} to {record['max_steps']}: the learning-rate schedule now runs to "
+            f"step {record['max_steps']}, so this run differs from one trained to {record['max_steps']} from the start."
+        )
+    if diffs:
+        raise ValueError(
+            f"--resume with settings that differ from the run in {output_dir}: " + "; ".join(diffs)
+            + ". Resume with the run's own settings, or start a new run (another --output-dir, or --overwrite-output-dir)."
+        )
+
+
+def load_newest_intact_checkpoint(accelerator, args: "QGFDTrainingArguments", state) -> str:
+    """Load `resume_from_checkpoint`, or the newest checkpoint that loads; a broken newer one
+    (a truncated file, a full disk) is reported and skipped for the one before it. `state` is the
+    trainer's `TrainerState`, loaded with the checkpoint (registered for checkpointing)."""
+    candidates = [args.resume_from_checkpoint] if args.resume_from_checkpoint else list(reversed(list_checkpoints(args.checkpoint_dir)))
+    failures = []
+    for path in candidates:
+        try:
+            accelerator.load_state(path)
+        except Exception as e:  # safetensors, torch.load and shape errors: each names only its own file
+            failures.append(f"{path} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
+            if args.resume_from_checkpoint is None:
+                logger.warning(f"Checkpoint {path} cannot be loaded ({type(e).__name__}: {e}); trying the one before it.")
+            continue
+        if failures:
+            logger.warning(f"Resumed from {path}, the newest intact checkpoint; skipped: {'; '.join(failures)}.")
+        logger.info(f"Resumed from {path} at step {state.global_step}.")
+        return path
+    raise ValueError(f"No checkpoint could be loaded to resume: {'; '.join(failures)}. Start a new run (--overwrite-output-dir).")
 
 
 # ----------------------------------------------------------------------------------------

@@ -34,8 +34,9 @@ Resuming (`train(resume=True)`) loads the newest complete checkpoint and continu
 optimizer step, with the same data order (`skip_first_batches` into the same shuffled epoch) and
 the same noise, so a killed and resumed run ends with the same weights as an uninterrupted one.
 
-Beside this file: `QGFDTrainingArguments` (`arguments.py`), the run folder's checkpoints,
-`run.json`, loss curve and model card (`checkpoints.py`), and `EMAModel` (`ema.py`).
+Beside this file: `QGFDTrainingArguments` (`arguments.py`), the `Accelerator` and its checks
+(`accelerator.py`), the run folder's checkpoints, `run.json`, resume checks, loss curve and model
+card (`checkpoints.py`), the divergence checks (`divergence.py`), and `EMAModel` (`ema.py`).
 
 Batch sizes: `batch_size` is the *global* batch of one micro-step; with N processes each
 process gets `batch_size / N` rows (accelerate's `split_batches=True`). So a run on 1 process and
@@ -46,8 +47,6 @@ schedule advances once per optimizer step on any number of processes.
 from __future__ import annotations
 
 import json
-import logging as py_logging
-import math
 import os
 import shutil
 import time
@@ -57,65 +56,35 @@ from typing import Callable, Dict, List, Optional
 import torch
 import torch.nn as nn
 from accelerate import Accelerator
-from accelerate.utils import (
-    DataLoaderConfiguration,
-    DistributedDataParallelKwargs,
-    GradientAccumulationPlugin,
-    InitProcessGroupKwargs,
-    set_seed,
-)
+from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 from transformers.utils import logging
 
 from ..attention_qgfd import value_checks, value_checks_enabled
 from ..modeling_qgfd_attention import set_qgfd_step
+from .accelerator import make_accelerator
 from .arguments import QGFDTrainingArguments
 from .checkpoints import (
-    RUN_FILE,
-    RUN_OUTPUTS,
     TMP_PREFIX,
     CheckpointWriteError,
     check_output_dir,
+    check_same_run,
     checkpoint_name,
-    checkpoint_step,
-    compare_runs,
+    claim_output_dir,
     last_checkpoint,
     list_checkpoints,
+    load_newest_intact_checkpoint,
     recover_interrupted_replace,
     replace_dir,
     run_record,
     save_loss_plot,
     write_model_card,
 )
+from .divergence import DIVERGENCE_FACTOR, LossDivergedError, read_loss_window  # noqa: F401  (re-exported: qgfd_hf.training.trainer.LossDivergedError)
 from .ema import EMAModel
 
 logger = logging.get_logger(__name__)
-
-
-class _TiedWeightsNote(py_logging.Filter):
-    """Drops accelerate's per-checkpoint "Removed shared tensor ..." warning: tied weights (T5's
-    shared embedding) are written once and tied again on load; resuming a text model gives the
-    same weights (tests/cli/test_cli.py checks it)."""
-
-    def filter(self, record):
-        return "Removed shared tensor" not in str(record.getMessage())
-
-
-py_logging.getLogger("accelerate.utils.other").addFilter(_TiedWeightsNote())
-
-
-class LossDivergedError(FloatingPointError):
-    """The training loss became non-finite, or exploded to more than `DIVERGENCE_FACTOR` times
-    its first step's (a learning rate far too high); the run stops without a final model, and
-    the message names the step, the loss, the learning rate and the newest checkpoint."""
-
-
-# A loss this many times the first step's (at least 1) is a diverged run, not a noisy one: a
-# diffusion loss starts near the data's variance (about 1 for normalised latents) and a healthy
-# run only goes down from there. The first step's loss is the one measure of the initial
-# weights: with a learning rate far too high, the second step's loss may already be 1e20.
-DIVERGENCE_FACTOR = 1e3
 
 
 # ----------------------------------------------------------------------------------------
@@ -174,12 +143,6 @@ def _noise_seed(seed: int, micro_step: int, process_index: int, num_processes: i
     # A distinct, reproducible stream for every (micro-step, process): resuming needs no RNG
     # state for the diffusion noise and timesteps.
     return (seed * 1_000_003 + micro_step * num_processes + process_index) % (2**63 - 1)
-
-
-def _has_accelerator_device() -> bool:
-    if hasattr(torch, "accelerator"):  # torch >= 2.6
-        return torch.accelerator.current_accelerator() is not None
-    return torch.cuda.is_available()
 
 
 def _to_float(v) -> Optional[float]:
@@ -243,54 +206,6 @@ class QGFDTrainer:
 
     # -- setup -----------------------------------------------------------------------------
 
-    def _make_accelerator(self) -> Accelerator:
-        a = self.args
-        handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)]
-        asked = [name for name in ("FSDP", "DEEPSPEED") if os.environ.get(f"ACCELERATE_USE_{name}", "false").lower() == "true"]
-        if "DEEPSPEED" in asked and not _has_accelerator_device():
-            # DeepSpeed on CPUs: accelerate 1.15 finds no process-group backend without a GPU-type device,
-            # and then gives every process num_processes=1 and rank 0 while DeepSpeed's own group
-            # has them all; with the backend named, both agree (DeepSpeed's CPU accelerator uses gloo).
-            handlers.append(InitProcessGroupKwargs(backend="gloo"))
-        accelerator = Accelerator(
-            mixed_precision=a.mixed_precision,
-            gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=a.gradient_accumulation_steps, sync_with_dataloader=False),
-            # split_batches: `batch_size` is global, and the LR scheduler steps once per optimizer step.
-            dataloader_config=DataLoaderConfiguration(split_batches=True, use_seedable_sampler=True, data_seed=a.seed),
-            kwargs_handlers=handlers,
-            log_with=None if a.report_to == "none" else a.report_to.split(","),
-            project_dir=os.path.join(a.output_dir, "logs"),
-        )
-        if asked and str(accelerator.distributed_type).split(".")[-1] not in asked:
-            # accelerate 1.15 builds FSDP only on GPU-type devices, and DeepSpeed not with ACCELERATE_USE_CPU=1;
-            # it runs DDP instead, without a word.
-            raise ValueError(
-                f"`accelerate launch` asked for {asked[0]} but accelerate set up {accelerator.distributed_type} on {accelerator.device.type} "
-                "(it builds FSDP only on GPUs, and DeepSpeed not with ACCELERATE_USE_CPU=1 / `--cpu`). Launch with a DDP config "
-                "(`distributed_type: MULTI_GPU`, or `--multi_gpu` with ACCELERATE_USE_CPU=1 on CPUs); see docs/distributed.md."
-            )
-        if str(accelerator.distributed_type).endswith("DEEPSPEED"):
-            # DeepSpeed clips inside its engine (accelerate's clip_grad_norm_ then does nothing) and
-            # accelerate takes the config's accumulation over ours (with a warning): the config gets
-            # the trainer's values where it says "auto", and a config that says otherwise is refused.
-            ds_config = accelerator.state.deepspeed_plugin.deepspeed_config
-            for key, ours, flag in (
-                ("gradient_clipping", float(a.max_grad_norm), "--max-grad-norm"),
-                ("gradient_accumulation_steps", a.gradient_accumulation_steps, "--gradient-accumulation-steps"),
-            ):
-                theirs = ds_config.get(key, "auto")
-                if theirs == "auto":
-                    ds_config[key] = ours
-                elif float(theirs) != ours:
-                    raise ValueError(
-                        f"The DeepSpeed config has {key}={theirs} but the trainer's {flag} is {ours}; "
-                        f"make them equal, or set {key} to 'auto' in the DeepSpeed config."
-                    )
-        if a.mixed_precision == "fp16" and accelerator.device.type == "cpu":
-            # accelerate would train in float32 without a word (fp16 autocast there needs a GPU).
-            raise ValueError("mixed_precision='fp16' needs a GPU; on the CPU accelerate would silently train in float32. Use 'bf16' or 'no'.")
-        return accelerator
-
     def _make_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
         a = self.args
         decay, no_decay = [], []
@@ -321,7 +236,7 @@ class QGFDTrainer:
         complete checkpoint in `output_dir/checkpoints` (an error if there is none). Returns the
         metrics also written to `metrics.json`."""
         a = self.args
-        accelerator = self.accelerator = self._make_accelerator()
+        accelerator = self.accelerator = make_accelerator(a)
         if a.batch_size % accelerator.num_processes:
             raise ValueError(
                 f"batch_size={a.batch_size} is the global batch and must be divisible by the number of processes "
@@ -335,7 +250,7 @@ class QGFDTrainer:
         check_output_dir(a.output_dir, resume=resume, overwrite=a.overwrite_output_dir, resume_from_checkpoint=a.resume_from_checkpoint)
         record = run_record(a, self.model)
         if resume:
-            self._check_same_run(record)
+            check_same_run(a.output_dir, record)
         set_seed(a.seed)
 
         base = self.model
@@ -359,7 +274,7 @@ class QGFDTrainer:
 
         if accelerator.is_main_process:
             recover_interrupted_replace(a.output_dir)
-            self._claim_output_dir(record, new_run=not resume)
+            claim_output_dir(a, record, self.metadata, new_run=not resume)
             os.makedirs(a.checkpoint_dir, exist_ok=True)
             for name in os.listdir(a.checkpoint_dir):  # leftovers of a save that was killed
                 if name.startswith(TMP_PREFIX):
@@ -368,7 +283,7 @@ class QGFDTrainer:
         if a.push_to_hub and accelerator.is_main_process:
             self._create_hub_repo()  # a bad id or a missing login fails now, not after training
         if resume:
-            self._load_newest_intact_checkpoint()
+            load_newest_intact_checkpoint(accelerator, a, self.state)
         if a.report_to != "none":
             accelerator.init_trackers("qgfd", config={k: v for k, v in a.to_dict().items() if isinstance(v, (int, float, str, bool))})
         if self.state.global_step >= a.max_steps:
@@ -432,14 +347,14 @@ class QGFDTrainer:
                 bar.update(1)
                 if self.state.global_step % a.log_every == 0 or self.state.global_step == a.max_steps:
                     record = {"step": self.state.global_step, "lr": scheduler.get_last_lr()[0]}
-                    record.update(self._read_window(window))
+                    record.update(read_loss_window(window, self.state, a, accelerator))
                     self.state.log_history.append(record)
                     bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}")
                     if a.report_to != "none":
                         accelerator.log({f"train/{k}": v for k, v in record.items() if k != "step"}, step=record["step"])
                     window = {}
                 if a.checkpoint_every and self.state.global_step % a.checkpoint_every == 0:
-                    self._read_window(window)  # never checkpoint weights a non-finite or diverged loss has stepped
+                    read_loss_window(window, self.state, a, accelerator)  # never checkpoint weights a non-finite or diverged loss has stepped
                     self.state.train_seconds = time.time() - t_start
                     self.save_checkpoint()
                 if a.sample_every and self.state.global_step % a.sample_every == 0:
@@ -456,141 +371,6 @@ class QGFDTrainer:
         if self.state.global_step == a.stop_after and a.stop_after < a.max_steps:
             return self._pause()
         return self._finish()
-
-    def _read_window(self, window: Dict[str, List[torch.Tensor]]) -> Dict[str, float]:
-        """The logging window's mean losses over its steps and over the processes, read on the host
-        (one read per log or checkpoint, not per step); `LossDivergedError` on the first step whose
-        loss is non-finite or above `DIVERGENCE_FACTOR` x the first step's (`_stop_diverged`)."""
-        if not window:
-            return {}
-        keys = list(window)
-        per_step = torch.stack([torch.stack(window[key]) for key in keys])  # (keys, steps)
-        per_step = self.accelerator.reduce(per_step, reduction="mean")  # mean over processes
-        values = per_step.double().cpu()
-        loss = values[keys.index("loss")] if "loss" in keys else None  # (steps,)
-        if loss is not None and self.state.initial_loss is None and math.isfinite(float(loss[0])):
-            self.state.initial_loss = float(loss[0])  # the first step's: the loss of the initial weights
-        bad = ~torch.isfinite(values).all(0)  # (steps,)
-        limit = None
-        if loss is not None and self.state.initial_loss is not None:
-            limit = DIVERGENCE_FACTOR * max(abs(self.state.initial_loss), 1.0)
-            bad |= loss > limit
-        if bad.any():
-            first = int(bad.nonzero()[0])
-            step = self.state.global_step - values.shape[1] + 1 + first
-            self._stop_diverged(step, {key: float(values[i, first]) for i, key in enumerate(keys)}, limit)
-        return {key: float(values[i].mean()) for i, key in enumerate(keys)}
-
-    def _stop_diverged(self, step: int, losses: Dict[str, float], limit: Optional[float]) -> None:
-        """Stop a run whose loss at `step` is non-finite or above `limit`: record the event in
-        `run.json` (and in `metrics.json` where an earlier part of the run wrote one), then raise
-        `LossDivergedError` naming the step, the loss, the learning rate and the newest checkpoint.
-        No final model is saved; every checkpoint was written after a check of the losses before it."""
-        a = self.args
-        finite = all(math.isfinite(v) for v in losses.values())
-        if finite:
-            what = (f"The training loss diverged: {losses['loss']:.4g} at step {step}, more than {DIVERGENCE_FACTOR:g} times "
-                    f"the first step's ({self.state.initial_loss:.4g})")
-        else:
-            what = f"Non-finite loss {losses} at step {step}"
-        # The loss at step s measures the weights after s - 1 updates: checkpoint s - 1 holds the
-        # weights that gave the bad loss, and those before it weights whose loss was checked.
-        checkpoints = list_checkpoints(a.checkpoint_dir)
-        before = [p for p in checkpoints if checkpoint_step(p) <= step - 2]
-        last = before[-1] if before else None
-        where = f"the newest checkpoint from before it is {last}" if last else "no checkpoint was written before it"
-        after = [os.path.basename(p) for p in checkpoints if checkpoint_step(p) > step - 2]
-        if after:
-            where += f" ({', '.join(after)} hold{'s' if len(after) == 1 else ''} the weights that gave this loss)"
-        message = (f"{what}, with learning rate {a.learning_rate:g} ({a.lr_schedule}, {a.warmup_steps} warm-up steps). "
-                   f"Training stopped and no final model was saved; {where}. Lower the learning rate (--learning-rate) "
-                   "or check the data, and start a new run (another --output-dir, or --overwrite-output-dir).")
-        event = {"step": step, "losses": losses, "reason": "non-finite loss" if not finite else "loss diverged",
-                 "initial_loss": self.state.initial_loss, "limit": limit, "learning_rate": a.learning_rate,
-                 "last_checkpoint": last, "message": message}
-        if self.accelerator.is_main_process:
-            for name in (RUN_FILE, "metrics.json"):
-                path = os.path.join(a.output_dir, name)
-                if not os.path.isfile(path):
-                    continue
-                try:
-                    with open(path) as f:
-                        record = json.load(f)
-                    record["stopped"] = event
-                    with open(path + ".tmp", "w") as f:
-                        json.dump(record, f, indent=2, default=str)
-                    os.replace(path + ".tmp", path)
-                except (OSError, ValueError) as e:  # the error below matters more than the record
-                    logger.warning(f"Could not record the stop in {path}: {e}")
-        raise LossDivergedError(message)
-
-    def _claim_output_dir(self, record: dict, new_run: bool) -> None:
-        """A new run: remove an earlier run's outputs when `overwrite_output_dir` is set (the
-        checks refused otherwise), then write `run.json`; a resumed one records its `max_steps`."""
-        a = self.args
-        path = os.path.join(a.output_dir, RUN_FILE)
-        if not new_run:
-            if os.path.isfile(path):
-                with open(path) as f:
-                    saved = json.load(f)
-                if saved.get("max_steps") != a.max_steps or "stopped" in saved:
-                    saved["max_steps"] = a.max_steps
-                    saved.pop("stopped", None)  # an earlier stop (`_stop_diverged`) no longer describes the run
-                    with open(path + ".tmp", "w") as f:
-                        json.dump(saved, f, indent=2)
-                    os.replace(path + ".tmp", path)
-            return
-        if a.overwrite_output_dir:
-            for name in RUN_OUTPUTS:
-                path = os.path.join(a.output_dir, name)
-                if os.path.isdir(path):
-                    shutil.rmtree(path)
-                elif os.path.exists(path):
-                    os.remove(path)
-        os.makedirs(a.output_dir, exist_ok=True)
-        with open(path + ".tmp", "w") as f:
-            json.dump({**record, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "metadata": self.metadata}, f, indent=2)
-        os.replace(path + ".tmp", path)
-
-    def _check_same_run(self, record: dict) -> None:
-        """Resuming: the settings that change the model or the optimisation must be the run's own."""
-        path = os.path.join(self.args.output_dir, RUN_FILE)
-        if not os.path.isfile(path):
-            logger.warning(f"{path} is missing (a run from qgfd_hf 0.1.0?): the resumed settings cannot be checked against the run's.")
-            return
-        with open(path) as f:
-            saved = json.load(f)
-        diffs = compare_runs(saved, record)
-        if saved.get("max_steps") not in (None, record["max_steps"]):
-            logger.warning(
-                f"max_steps changed from {saved['max_steps']} to {record['max_steps']}: the learning-rate schedule now runs to "
-                f"step {record['max_steps']}, so this run differs from one trained to {record['max_steps']} from the start."
-            )
-        if diffs:
-            raise ValueError(
-                f"--resume with settings that differ from the run in {self.args.output_dir}: " + "; ".join(diffs)
-                + ". Resume with the run's own settings, or start a new run (another --output-dir, or --overwrite-output-dir)."
-            )
-
-    def _load_newest_intact_checkpoint(self) -> str:
-        """Load `resume_from_checkpoint`, or the newest checkpoint that loads; a broken newer one
-        (a truncated file, a full disk) is reported and skipped for the one before it."""
-        a = self.args
-        candidates = [a.resume_from_checkpoint] if a.resume_from_checkpoint else list(reversed(list_checkpoints(a.checkpoint_dir)))
-        failures = []
-        for path in candidates:
-            try:
-                self.accelerator.load_state(path)
-            except Exception as e:  # safetensors, torch.load and shape errors: each names only its own file
-                failures.append(f"{path} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
-                if a.resume_from_checkpoint is None:
-                    logger.warning(f"Checkpoint {path} cannot be loaded ({type(e).__name__}: {e}); trying the one before it.")
-                continue
-            if failures:
-                logger.warning(f"Resumed from {path}, the newest intact checkpoint; skipped: {'; '.join(failures)}.")
-            logger.info(f"Resumed from {path} at step {self.state.global_step}.")
-            return path
-        raise ValueError(f"No checkpoint could be loaded to resume: {'; '.join(failures)}. Start a new run (--overwrite-output-dir).")
 
     def write_validation_samples(self, model: nn.Module) -> None:
         """`sample_fn(model, step, folder)` with the EMA weights (the ones that get saved), in eval mode."""
