@@ -23,12 +23,8 @@ from transformers.utils import logging
 from .configuration_qgfd import ALL_MODALITIES, MODALITIES, MODALITY_CONFIGS, DiffusionConfig, QGFDConfig, _check_choice, diffusion_values
 from .modeling_qgfd import ALL_MODEL_CLASSES, MODEL_CLASSES
 from .modeling_qgfd_pretrained import _load_processor, _normalisation_from_processor, _resolve_backbone, config_from_backbone
-# Every model file, in MODALITIES' order (each registers its model in MODEL_CLASSES on import):
-from .modeling_qgfd_text import TextQGFDDiffusionModel  # noqa: F401
-from .modeling_qgfd_image import ImageQGFDDiffusionModel  # noqa: F401
-from .modeling_qgfd_audio import AudioQGFDDiffusionModel  # noqa: F401
-from .modeling_qgfd_video import VideoQGFDDiffusionModel  # noqa: F401
-from .modeling_qgfd_tabular import TabularQGFDDiffusionModel  # noqa: F401
+# The shared model's file imports every modality's model file (each registers its model in
+# MODEL_CLASSES on import): the one list of them, which trust_remote_code needs written out.
 from .modeling_qgfd_shared import SharedQGFDDiffusionModel, load_adapter_weights, shared_config_from_backbones
 from .modeling_qgfd_backbones import PretrainedDenoiser  # noqa: F401  (the transformers backbones: fills TRANSFORMERS_BACKBONES)
 
