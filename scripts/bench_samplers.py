@@ -124,7 +124,7 @@ def main(argv=None):
     train_seconds = time.time() - t0 if args.model is None else None
     pipe = pipeline("qgfd-diffusion", model=model_dir, device="cpu")
 
-    # 2. The evaluator and its baselines, as the demo's (`qgfd_hf.cli._demo_image_eval`).
+    # 2. The evaluator and its baselines, as the digits demo's (`qgfd_hf.tasks.image.ImageTask.evaluate`).
     digits = load_digits_dataset(seed=0)
     evaluator = DigitsEvaluator(digits["train"]["pixel_values"], digits["train"]["label"],
                                 digits["test"]["pixel_values"], digits["test"]["label"], seed=0)

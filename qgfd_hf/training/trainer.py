@@ -145,12 +145,6 @@ def _noise_seed(seed: int, micro_step: int, process_index: int, num_processes: i
     return (seed * 1_000_003 + micro_step * num_processes + process_index) % (2**63 - 1)
 
 
-def _to_float(v) -> Optional[float]:
-    if v is None:
-        return None
-    return float(v.detach().float().mean()) if isinstance(v, torch.Tensor) else float(v)
-
-
 class QGFDTrainer:
     """Train a QGFD diffusion model with `accelerate`.
 
