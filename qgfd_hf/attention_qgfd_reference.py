@@ -3,7 +3,9 @@
 
 `qgfd_attention_reference` forms p0, the graph P and p = sum_k c_k p0 P^k as [L, L] matrices
 (O(T L^3) compute, O(L^2) memory): the plain statement of the rule that the tests compare the fast
-kernel to, and the path that returns attention weights (`output_attentions=True`).
+kernel to, and the weights of patched transformers layers with `output_attentions=True`
+(`QGFDMultiheadAttention` gets its weights from the kernel itself, so no diffusion model file
+imports this one).
 `qgfd_attention_weights` gives the same weights for cached decoding, from the graph rows of the
 earlier tokens. Same shapes and arguments as `qgfd_attention`.
 """

@@ -15,7 +15,6 @@ import torch
 import torch.nn as nn
 
 from .attention_qgfd import AlphaLike, QGFDSettings, qgfd_attention
-from .attention_qgfd_reference import qgfd_attention_reference
 
 
 # ----------------------------------------------------------------------------------------
@@ -188,7 +187,11 @@ class QGFDMultiheadAttention(nn.Module):
         )
         weights = None
         if need_weights:
-            out, weights = qgfd_attention_reference(q, k, v, return_weights=True, **kwargs)
+            # The weights p [B, H, Lq, Lk] from the same kernel, fed the identity as values: O = p I
+            # (the one dropout draw then gives both p and the output p V). O(L^2) memory, as any p.
+            eye = torch.eye(Lk, dtype=v.dtype, device=v.device).expand(B, self.num_heads, Lk, Lk)
+            weights = qgfd_attention(q, k, eye, **kwargs)
+            out = weights @ v  # (B, H, Lq, Dh)
         else:
             out = qgfd_attention(q, k, v, **kwargs)
         out = out.transpose(1, 2).reshape(B, Lq, self.embed_dim)  # (B, Lq, H * Dh)

@@ -579,6 +579,31 @@ def test_module_self_attention_is_qgfd(graph):
     assert mha(x, need_weights=False).shape == (2, 5, 16)
 
 
+
+@pytest.mark.parametrize("graph", GRAPHS)
+def test_module_weights_match_the_reference_under_masks_and_share_the_dropout_draw(graph):
+    """`need_weights=True` runs the kernel on identity values: the weights equal the reference's
+    under key padding and a causal mask, and in training the output is the weights times V (one
+    dropout draw for both)."""
+    torch.manual_seed(0)
+    mha = QGFDMultiheadAttention(16, 2, dropout=0.3, qgfd_steps=2, qgfd_alpha=0.6, graph=graph).eval()
+    x = torch.randn(2, 6, 16)
+    pad = torch.tensor([[False] * 6, [False] * 4 + [True] * 2])  # True = masked out (the seed's mask)
+    q, k, v = _projected(mha, x, x)
+    allowed = ~pad[:, None, None, :]
+    for causal in (False, True):
+        out, w = mha(x, attn_mask=pad, is_causal=causal, need_weights=True)
+        want_out, want_w = qgfd_attention_reference(q, k, v, steps=2, alpha=0.6, graph=graph, attn_mask=allowed,
+                                                    is_causal=causal, return_weights=True)
+        torch.testing.assert_close(w, want_w)
+        torch.testing.assert_close(out, _merge(mha, want_out))
+    _, w_eval = mha(x, need_weights=True)
+    mha.train()
+    torch.manual_seed(1)
+    out, w = mha(x, need_weights=True)
+    assert not torch.allclose(w, w_eval)  # dropout acted on p0
+    torch.testing.assert_close(out, _merge(mha, w @ v))
+
 def test_module_seed_mask_shapes():
     torch.manual_seed(0)
     B, L, H = 2, 5, 2

@@ -18,11 +18,12 @@ TINY = dict(d_model=32, num_heads=4, num_layers=1, d_ff=32)
 # is 3,500; measured 4,887 after patching, the backbones, the factory helpers and the model card left
 # the folder, 4,950 with the BERT-family position limit, the min-SNR loss and save_pretrained(push_to_hub=True)
 # fixed, 5,062 after the kernel, config, model and scheduling files were split under 600 lines each
-# (their module docstrings and imports; docs/architecture.md). Lower this as the folder shrinks.
-PIXEL_LIMIT = 5_062
+# (their module docstrings and imports), 4,855 once the attention module's weights came from the
+# kernel itself and the reference left the folder (docs/architecture.md). Lower this as the folder shrinks.
+PIXEL_LIMIT = 4_855
 TARGET = 3_500
-# Its lines of code (no blank lines, comments or docstrings): 3,091 when measured.
-CODE_LIMIT = 3_100
+# Its lines of code (no blank lines, comments or docstrings): 2,937 when measured.
+CODE_LIMIT = 2_950
 
 
 def _py_files(folder: Path) -> dict:
@@ -33,7 +34,8 @@ def test_a_pixel_image_folder_carries_no_patching_and_stays_under_its_limit(tmp_
     config = QGFDImageConfig(latent_space="pixels", image_size=8, patch_size=2, num_channels=1, **TINY)
     ImageQGFDDiffusionModel(config).save_pretrained(tmp_path, model_card=False)
     files = _py_files(tmp_path)
-    unexpected = sorted(f for f in files if f.startswith(("patching_", "modelcard_", "modeling_qgfd_pretrained", "modeling_qgfd_backbones")))
+    unexpected = sorted(f for f in files if f.startswith(("patching_", "modelcard_", "modeling_qgfd_pretrained", "modeling_qgfd_backbones",
+                                                          "attention_qgfd_reference")))
     assert unexpected == [], f"a pixel model's folder copies {unexpected}"
     lines = {name: len(text.splitlines()) for name, text in files.items()}
     total = sum(lines.values())
