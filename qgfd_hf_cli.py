@@ -3,8 +3,8 @@
     qgfd-hf --help
     qgfd-hf train --help
 
-`import qgfd_hf` registers QGFD with transformers, which imports torch and transformers' modeling
-code (seconds; docs/architecture.md, "Start-up"). The command line is a subpackage of qgfd_hf, so
+`import qgfd_hf` registers the QGFD configs with transformers, which imports torch (seconds;
+docs/architecture.md, "Start-up"). The command line is a subpackage of qgfd_hf, so
 this module imports it with registration deferred (`QGFD_HF_DEFER_REGISTRATION=1` for the duration
 of the import only); `qgfd_hf.cli.main` registers once the arguments are parsed, before running a
 command, so `--help` and `--version` return without it.

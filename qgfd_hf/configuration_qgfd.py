@@ -114,6 +114,15 @@ def _to_config(value, name):
     raise ValueError(f"`{name}` must be None, a PretrainedConfig or a dict, got {type(value).__name__}.")
 
 
+def _register_models() -> None:
+    """In the installed package, register the models with AutoModel and the "qgfd-diffusion" pipeline
+    (`registration_qgfd.register_models`, idempotent) when a QGFD config first exists, before any Auto
+    class or pipeline can ask for them: `import qgfd_hf` registers the configs only, to stay fast. A
+    saved folder's copy registers nothing: transformers registers remote code itself."""
+    if _INSTALLED:
+        importlib.import_module("qgfd_hf.registration_qgfd").register_models()
+
+
 # modality -> its config class; each `configuration_qgfd_<modality>.py` adds its class on import.
 MODALITY_CONFIGS: Dict[str, type] = {}
 
@@ -331,12 +340,12 @@ class QGFDConfig(PretrainedConfig):
         self._validate_denoiser()
         self._validate_positions()
         self._check_saved_latent_tokens(saved_latent_tokens)
-        if _INSTALLED:
-            # The installed package registers its models with AutoModel and the "qgfd-diffusion"
-            # pipeline now, before any Auto class or pipeline can ask for them (registration_qgfd:
-            # `import qgfd_hf` registers the configs only, to stay fast). A saved folder's copy
-            # registers nothing: transformers registers remote code itself.
-            importlib.import_module("qgfd_hf.registration_qgfd").register_models()
+        _register_models()
+
+    def __setstate__(self, state):
+        # Unpickling (`torch.load` of a whole model, spawned workers) skips `__init__`: register here too.
+        self.__dict__.update(state)
+        _register_models()
 
     # -- validation ---------------------------------------------------------------------
 

@@ -188,7 +188,7 @@ def register_qgfd_configs() -> None:
 
 def register_qgfd_auto_classes() -> None:
     """Register every QGFD config with `AutoConfig` and every model with `AutoModel`
-    (`import qgfd_hf` calls it, see `registration_qgfd`)."""
+    (`registration_qgfd.register_models` calls it when the first QGFD config is made)."""
     from transformers import AutoModel
 
     register_qgfd_configs()

@@ -89,7 +89,7 @@ class QGFDDiffusionPipeline(Pipeline):
 
     Example:
         >>> from transformers import pipeline
-        >>> import qgfd_hf  # registers "qgfd-diffusion"
+        >>> import qgfd_hf  # "qgfd-diffusion" is registered when the folder's QGFD config is read
         >>> pipe = pipeline("qgfd-diffusion", model="path/to/saved/model")  # doctest: +SKIP
         >>> pipe(num_samples=4, seed=0)[0]["image"]  # doctest: +SKIP
         >>> pipe(class_labels=[3, 7], guidance_scale=4.0, num_inference_steps=50, seed=0)  # class-conditional  # doctest: +SKIP
@@ -336,7 +336,7 @@ def _check_noise_fits(model, total: int, num_samples: int) -> None:
 
 
 def register_pipeline():
-    """Register `"qgfd-diffusion"` with transformers' pipeline registry (done by `import qgfd_hf`)."""
+    """Register `"qgfd-diffusion"` with transformers' pipeline registry (done with the first QGFD config, `registration_qgfd.register_models`)."""
     from transformers import AutoModel
     from transformers.pipelines import PIPELINE_REGISTRY
 

@@ -10,7 +10,8 @@
 The model and pipeline registries live in `transformers.modeling_utils` and `transformers.pipelines`,
 which take about 2 s to import (scripts/bench_startup.py). `import qgfd_hf` registers the configs
 only (`transformers.models.auto.configuration_auto` is cheap), and the models and the pipeline are
-registered by the first QGFD config that is made (`QGFDConfig.__init__` calls `register_models`).
+registered by the first QGFD config that is made or unpickled (`QGFDConfig.__init__` and
+`__setstate__` call `register_models`).
 No Auto class or pipeline can ask for a QGFD model before that: `AutoModel.from_pretrained` and
 `pipeline(model=folder)` read the folder's config first, `AutoModel.from_config` takes one, and a
 model object has one. No import hook and no wrapped transformers method is involved.
@@ -26,9 +27,14 @@ for QGFD in a transformers model keeps transformers exactly as it was.
 
 from __future__ import annotations
 
+import threading
+
 _registered = False  # the configs (register)
 _models_registered = False  # the models and the pipeline (register_models)
 _registering_models = False  # register_models is running (its imports may make a config)
+# Another thread's first config waits here until the models are registered; the registering thread
+# itself re-enters (a config made during its imports) and returns at once on `_registering_models`.
+_models_lock = threading.RLock()
 
 
 def register() -> None:
@@ -47,20 +53,24 @@ def register() -> None:
 
 
 def register_models() -> None:
-    """Register every QGFD model with `AutoModel` and the `"qgfd-diffusion"` pipeline (idempotent).
+    """Register every QGFD model with `AutoModel` and the `"qgfd-diffusion"` pipeline (idempotent, thread-safe).
 
-    The first QGFD config made calls it (`QGFDConfig.__init__`, in the installed package only)."""
+    The first QGFD config made or unpickled calls it (`QGFDConfig.__init__` / `__setstate__`, in the
+    installed package only)."""
     global _models_registered, _registering_models
-    if _models_registered or _registering_models:
+    if _models_registered:
         return
-    _registering_models = True
-    try:
-        register()
-        from .modeling_qgfd_auto import register_qgfd_auto_classes
-        from .pipeline_qgfd_diffusion import register_pipeline
+    with _models_lock:
+        if _models_registered or _registering_models:
+            return
+        _registering_models = True
+        try:
+            register()
+            from .modeling_qgfd_auto import register_qgfd_auto_classes
+            from .pipeline_qgfd_diffusion import register_pipeline
 
-        register_qgfd_auto_classes()
-        register_pipeline()
-        _models_registered = True
-    finally:
-        _registering_models = False
+            register_qgfd_auto_classes()
+            register_pipeline()
+            _models_registered = True
+        finally:
+            _registering_models = False

@@ -86,7 +86,7 @@ def random_vit(work_dir: str) -> str:
 
 def trainable_params_m(model_dir: str) -> float:
     """Millions of parameters that training updates (frozen encoders excluded)."""
-    import qgfd_hf  # noqa: F401  (registers the Auto classes)
+    import qgfd_hf  # noqa: F401  (the configs; the folder's config registers the models)
     from transformers import AutoModel
 
     model = AutoModel.from_pretrained(model_dir)

@@ -134,7 +134,7 @@ def main(argv=None):
     os.makedirs(args.output_dir, exist_ok=True)
     from transformers import pipeline
 
-    import qgfd_hf  # registers "qgfd-diffusion"
+    import qgfd_hf  # the configs; "qgfd-diffusion" with the first config
     from qgfd_hf.data.core import load_digits_dataset
     from qgfd_hf.metrics.core import DigitsEvaluator
 

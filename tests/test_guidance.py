@@ -12,7 +12,7 @@ import pytest
 import torch
 from transformers import AutoModel, T5Config, pipeline
 
-import qgfd_hf  # noqa: F401  (registers the auto classes and "qgfd-diffusion")
+import qgfd_hf  # noqa: F401  (the configs; the models and "qgfd-diffusion" with the first config)
 from qgfd_hf import QGFDImageConfig, QGFDTabularConfig, QGFDTextConfig
 from qgfd_hf.cli import main
 from qgfd_hf.data.core import ClassLabelCollator, dataset_class_frequencies, dataset_num_classes

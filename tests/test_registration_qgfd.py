@@ -1,10 +1,11 @@
-"""What `import qgfd_hf` registers with transformers is there in every import order, through public API only;
-the attention implementation "qgfd" and the wrappers of transformers methods come only with the first
+"""What qgfd_hf registers with transformers (the configs at `import qgfd_hf`, the models and the pipeline
+with the first QGFD config) is there in every import order, through public API only; the attention implementation "qgfd" and the wrappers of transformers methods come only with the first
 request for QGFD (`register_qgfd_attention`, `patch_model`, ...).
 
 Each case runs in a fresh process (the test process has imported everything already): a prelude
 that imports qgfd_hf and transformers' modules in some order, then `CHECK`, which prints what is
-registered and wrapped after the import, and again after `qgfd_hf.register_qgfd_attention()`.
+registered and wrapped after the import and a first QGFD config, and again after
+`qgfd_hf.register_qgfd_attention()`.
 """
 
 import json
@@ -72,7 +73,8 @@ AUTO = {
     "pipeline": True,
 }
 EXPECTED = {
-    # `import qgfd_hf`: the Auto classes and the pipeline; transformers' methods as transformers wrote them.
+    # `import qgfd_hf` and a first QGFD config: the Auto classes and the pipeline; transformers' methods as
+    # transformers wrote them.
     "import": dict(AUTO, attention=False, mask=False, model_hooks=["modeling_utils.py"], config_hooks=["configuration_utils.py"],
                    patching_imported=False),
     # `register_qgfd_attention()`: "qgfd" and its mask function, and the wrappers.
@@ -280,3 +282,46 @@ def test_import_registers_the_configs_and_the_first_config_registers_the_models_
         print(json.dumps([type(model).__name__, type(pipe).__name__, type(pipe.model).__name__]))
     """)
     assert json.loads(out.strip().splitlines()[-1]) == ["TabularQGFDDiffusionModel", "QGFDDiffusionPipeline", "TabularQGFDDiffusionModel"]
+
+
+def test_an_unpickled_model_registers_the_models_and_the_pipeline(tmp_path):
+    """Unpickling skips `__init__` (`torch.load` of a whole model, spawned workers): the config's
+    `__setstate__` registers, so the pipeline and the Auto classes know the model in a new process."""
+    path = tmp_path / "model.pt"
+    run_fresh(f"""
+        import torch, qgfd_hf
+        config = qgfd_hf.QGFDTabularConfig(num_features=3, d_model=32, num_heads=4, num_layers=1, d_ff=32)
+        torch.save(qgfd_hf.TabularQGFDDiffusionModel(config), {str(path)!r})
+    """)
+    out = run_fresh(f"""
+        import json, sys, torch
+        import qgfd_hf
+        from transformers import AutoModel, pipeline
+        model = torch.load({str(path)!r}, weights_only=False)
+        pipe = pipeline("qgfd-diffusion", model=model)
+        again = AutoModel.from_config(model.config)
+        print(json.dumps([type(pipe).__name__, type(again).__name__]))
+    """)
+    assert json.loads(out.strip().splitlines()[-1]) == ["QGFDDiffusionPipeline", "TabularQGFDDiffusionModel"]
+
+
+def test_two_threads_making_their_first_configs_both_find_the_models():
+    """The thread that registers holds a lock while it imports; another thread's first config waits
+    for it instead of returning with the models not yet registered."""
+    out = run_fresh("""
+        import json, threading
+        import qgfd_hf
+        from transformers import AutoModel
+        results, errors = [], []
+        def build(n):
+            try:
+                config = qgfd_hf.QGFDTabularConfig(num_features=n, d_model=32, num_heads=4, num_layers=1, d_ff=32)
+                results.append(type(AutoModel.from_config(config)).__name__)
+            except Exception as e:  # the race: "Unrecognized configuration class"
+                errors.append(repr(e))
+        threads = [threading.Thread(target=build, args=(n,)) for n in (3, 4)]
+        [t.start() for t in threads]
+        [t.join() for t in threads]
+        print(json.dumps({"results": results, "errors": errors}))
+    """)
+    assert json.loads(out.strip().splitlines()[-1]) == {"results": ["TabularQGFDDiffusionModel"] * 2, "errors": []}

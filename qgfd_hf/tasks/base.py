@@ -215,7 +215,7 @@ class ModalityTask:
 def pipeline_samples(model_or_path, inputs=None, *, num_samples: Optional[int] = None, num_inference_steps: Optional[int] = 50,
                      sampler: str = "ddim", seed: int = 0, batch_size: int = 256, progress: bool = True,
                      output_type: str = "np", tokenizer=None, **pipe_kwargs):
-    """Samples through `pipeline("qgfd-diffusion")` (registered by `import qgfd_hf`).
+    """Samples through `pipeline("qgfd-diffusion")` (registered with the first QGFD config, `registration_qgfd`).
 
     `model_or_path`: a saved folder, a Hub id, or a model object (then pass its `tokenizer` if
     it is conditional). Unconditional models: the pipeline's `output_type` items (default the

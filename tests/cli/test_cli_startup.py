@@ -1,6 +1,6 @@
 """`qgfd-hf --help` (and `train --help`, `sample --help`, `demo --help`, `--version`) work without building
 anything (no training data loaded: `datasets` is not imported); the defaults the help shows are the trainer's.
-(`import qgfd_hf` imports torch and transformers to register with them; the time: scripts/bench_startup.py.)"""
+(`import qgfd_hf` imports torch and transformers to register its configs; the time: scripts/bench_startup.py.)"""
 
 import dataclasses
 import json

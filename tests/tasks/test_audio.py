@@ -11,7 +11,7 @@ import soundfile
 import torch
 from transformers import AutoModel, pipeline
 
-import qgfd_hf  # noqa: F401  (registers the pipeline and the auto classes)
+import qgfd_hf  # noqa: F401  (the configs; the models and the pipeline with the first config)
 from qgfd_hf import AudioQGFDDiffusionModel, QGFDAudioConfig
 from qgfd_hf.cli import main
 from qgfd_hf.data.audio import fit_clip, load_audio_csv, load_audio_folder, make_sound_dataset
