@@ -8,7 +8,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "qgfd_hf"
 LIMIT = 800
-# Every module was split to about 600 lines or fewer (the longest, configuration_qgfd.py, has 601);
+# Every module was split to about 600 lines or fewer (the longest, configuration_qgfd.py, has 610);
 # a module that grows past this is due to be split.
 SOFT_LIMIT = 620
 
