@@ -84,10 +84,16 @@ def _child():
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_state_dict, set_state_dict
 
+    from qgfd_hf.registration_qgfd import register_models
+
     p = argparse.ArgumentParser()
     p.add_argument("out")
     a = p.parse_args()
     torch.set_num_threads(1)
+    # transformers' modeling code is imported before the process group exists (qgfd_hf imports it with
+    # the first QGFD config): imported after `init_process_group("gloo")` it aborts a process at exit
+    # now and then (docs/distributed.md, "Import before init_process_group").
+    register_models()
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     ckpt = os.path.join(a.out, "checkpoint")
