@@ -20,7 +20,7 @@ from typing import Mapping, Optional
 
 from transformers.utils import logging
 
-from .configuration_qgfd import ALL_MODALITIES, MODALITIES, MODALITY_CONFIGS, DiffusionConfig, QGFDConfig, _check_choice, diffusion_values
+from .configuration_qgfd import ALL_MODALITIES, MODALITIES, MODALITY_CONFIGS, DiffusionConfig, _check_choice, diffusion_values
 from .modeling_qgfd import ALL_MODEL_CLASSES, MODEL_CLASSES
 from .modeling_qgfd_pretrained import _load_processor, _normalisation_from_processor, _resolve_backbone, config_from_backbone
 # The shared model's file imports every modality's model file (each registers its model in
@@ -179,11 +179,11 @@ def create_qgfd_diffusion_model(
 
 
 def register_qgfd_configs() -> None:
-    """Register every QGFD config with `AutoConfig` (`register_qgfd_auto_classes` calls it)."""
-    from transformers import AutoConfig
+    """Register every QGFD config with `AutoConfig`: `registration_qgfd.register`, which `import qgfd_hf`
+    runs (idempotent; `register_qgfd_auto_classes` calls it)."""
+    from .registration_qgfd import register
 
-    for cls in (QGFDConfig, *(model_cls.config_class for model_cls in ALL_MODEL_CLASSES.values())):
-        AutoConfig.register(cls.model_type, cls, exist_ok=True)
+    register()
 
 
 def register_qgfd_auto_classes() -> None:
