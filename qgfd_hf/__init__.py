@@ -14,12 +14,14 @@ the subpackages of the installed package's training side:
 modality), `qgfd_hf.data`, `qgfd_hf.metrics` and `qgfd_hf.cli`, each imported only when used.
 """
 
+import ast
 import importlib
 import os
 
 __version__ = "0.1.0"
 
-# module -> the public names it gives the package (the one list of them).
+# module -> the public names it gives the package (the one list of them). Each modality's two files
+# add their own `__all__` below (`_modality_exports`): a new modality is edited nowhere here.
 _EXPORTS = {
     "attention_qgfd": [
         "GRAPHS",
@@ -59,12 +61,7 @@ _EXPORTS = {
         "unpatch_model",
     ],
     "training.callbacks": ["QGFDWarmupCallback"],
-    "configuration_qgfd": ["ALL_MODALITIES", "MODALITIES", "QGFD_PRESETS", "DiffusionConfig", "QGFDConfig"],
-    "configuration_qgfd_text": ["QGFDTextConfig"],
-    "configuration_qgfd_image": ["QGFDImageConfig"],
-    "configuration_qgfd_audio": ["QGFDAudioConfig"],
-    "configuration_qgfd_video": ["QGFDVideoConfig"],
-    "configuration_qgfd_tabular": ["QGFDTabularConfig"],
+    "configuration_qgfd": ["QGFD_PRESETS", "DiffusionConfig", "QGFDConfig", "all_modalities", "modalities"],
     "configuration_qgfd_shared": ["QGFDSharedConfig"],
     "modeling_qgfd_blocks": ["DecoderBlock", "EncoderBlock", "PositionwiseFFN"],
     "modeling_qgfd": [
@@ -74,23 +71,48 @@ _EXPORTS = {
     ],
     "modeling_qgfd_embeddings": ["ClassEmbedding", "TimestepEmbedding"],
     "modeling_qgfd_guidance": ["classifier_free_guidance"],
-    "modeling_qgfd_text": ["TextAdapter", "TextQGFDDiffusionModel"],
-    "modeling_qgfd_image": ["ImageAdapter", "ImageQGFDDiffusionModel"],
-    "modeling_qgfd_audio": ["AudioAdapter", "AudioQGFDDiffusionModel"],
-    "modeling_qgfd_video": ["VideoAdapter", "VideoQGFDDiffusionModel"],
-    "modeling_qgfd_tabular": ["TabularAdapter", "TabularQGFDDiffusionModel"],
     "modeling_qgfd_shared": ["SharedQGFDDiffusionModel"],
     "modeling_qgfd_auto": ["create_qgfd_diffusion_model", "register_qgfd_auto_classes"],
     "pipeline_qgfd_diffusion": ["QGFDDiffusionPipeline", "register_pipeline"],
 }
-_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
-__all__ = sorted(_MODULE_OF)
+
+
+def _modality_exports() -> dict:
+    """{module: its `__all__`} of every modality's configuration and modeling file, read without
+    importing them (the module-level `__all__ = [...]`, a literal list of names)."""
+    from .registration_qgfd import modality_names
+
+    here = os.path.dirname(__file__)
+    exports = {}
+    for m in modality_names():
+        for module in (f"configuration_qgfd_{m}", f"modeling_qgfd_{m}"):
+            with open(os.path.join(here, f"{module}.py"), encoding="utf-8") as f:
+                text = f.read()
+            start = text.rfind("\n__all__ = [")
+            try:
+                exports[module] = ast.literal_eval(text[start + len("\n__all__ = "):text.index("]", start) + 1])
+            except (ValueError, SyntaxError):
+                raise ImportError(f"qgfd_hf/{module}.py needs `__all__ = [...]` (a literal list of its public names) at module level.") from None
+    return exports
+
+
+_EXPORTS.update(_modality_exports())
+_MODULE_OF = {}
+for _module, _names in _EXPORTS.items():
+    for _name in _names:
+        if _MODULE_OF.setdefault(_name, _module) != _module:
+            raise ImportError(f"qgfd_hf: the public name {_name!r} is exported by both {_MODULE_OF[_name]} and {_module}; rename one.")
+# The modalities, from the registry their config files fill (`import qgfd_hf` imports every one).
+_COMPUTED = {"MODALITIES": "modalities", "ALL_MODALITIES": "all_modalities"}
+__all__ = sorted([*_MODULE_OF, *_COMPUTED])
 
 
 def __getattr__(name):
     """A public name (imported from its module) or a submodule (`qgfd_hf.scheduling_qgfd`,
     `qgfd_hf.training`), on first use."""
     here = os.path.dirname(__file__)
+    if name in _COMPUTED:
+        return getattr(importlib.import_module(".configuration_qgfd", __name__), _COMPUTED[name])()
     if name in _MODULE_OF:
         value = getattr(importlib.import_module(f".{_MODULE_OF[name]}", __name__), name)
     elif os.path.isfile(os.path.join(here, f"{name}.py")) or os.path.isfile(os.path.join(here, name, "__init__.py")):

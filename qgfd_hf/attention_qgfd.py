@@ -161,7 +161,6 @@ def value_checks(enabled: bool):
         _VALUE_CHECKS = before
 
 
-
 # Each step is one more attention pass (T + 1 in all), and the mixing weights of step k fall as
 # alpha^k: past a few dozen steps nothing changes but the time. A far larger T is a typo (10**7 ran
 # for hours), refused here.

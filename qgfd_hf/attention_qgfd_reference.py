@@ -33,7 +33,6 @@ from .attention_qgfd import (
 )
 
 
-
 def _default_scale(D: int) -> float:
     """1/sqrt(D); with D = 0 every score is 0 whatever the scale (SDPA: uniform attention)."""
     return 1.0 / math.sqrt(D) if D else 1.0

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import importlib
 import math
-from typing import Dict, List, Mapping, Optional, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from transformers import AutoConfig, PretrainedConfig
 
@@ -40,22 +40,8 @@ from .configuration_qgfd_denoiser import (
 # True when this file is the installed `qgfd_hf` package, False in a `trust_remote_code` copy.
 _INSTALLED = __name__.split(".")[0] == "qgfd_hf"
 
-MODALITIES = ("text", "image", "audio", "video", "tabular")
-ALL_MODALITIES = MODALITIES + ("shared",)
 DENOISERS = ("qgfd", "pretrained")
-# denoiser="pretrained": the backbone families whose Transformer stack can be the denoiser, per
-# modality (`model_type` of `backbone_config`). The tabular model has no pretrained backbone, and the
-# shared model no single one (see `QGFDConfig._validate_denoiser`).
-PRETRAINED_STACKS = {
-    "text": ("t5", "mt5", "bert", "roberta", "distilbert"),
-    "image": ("vit",),
-    "video": ("vit",),
-    "audio": ("wav2vec2",),
-    # One denoiser for every modality: a text encoder's stack (the shared config's own
-    # `backbone_config`; the factory takes the text backbone's). T5's relative position bias fits any
-    # latent length; BERT-family stacks take latents up to their absolute positions' limit.
-    "shared": ("t5", "mt5", "bert", "roberta", "distilbert"),
-}
+SHARED = "shared"  # the shared model's modality: one denoiser over several (configuration_qgfd_shared.py)
 
 
 def absolute_position_limit(backbone_config) -> Optional[int]:
@@ -70,6 +56,7 @@ def absolute_position_limit(backbone_config) -> Optional[int]:
     if model_type == "roberta":
         return int(backbone_config.max_position_embeddings) - int(backbone_config.pad_token_id or 0) - 1
     return None
+
 
 # Keys transformers itself writes into (and reads from) every config.json, or passes on load.
 _TRANSFORMERS_CONFIG_KEYS = frozenset(
@@ -123,8 +110,23 @@ def _register_models() -> None:
         importlib.import_module("qgfd_hf.registration_qgfd").register_models()
 
 
-# modality -> its config class; each `configuration_qgfd_<modality>.py` adds its class on import.
+# modality -> its config class, added by `configuration_qgfd_<modality>.py` (`__init_subclass__`). The
+# installed package imports every such file (registration_qgfd.register), a saved folder its own.
 MODALITY_CONFIGS: Dict[str, type] = {}
+
+
+def modalities() -> Tuple[str, ...]:
+    """The single modalities whose config files are imported, sorted."""
+    return tuple(sorted(MODALITY_CONFIGS))
+
+
+def all_modalities() -> Tuple[str, ...]:
+    return modalities() + (SHARED,)
+
+
+def pretrained_stacks() -> Dict[str, Tuple[str, ...]]:
+    """{modality: the backbone model_types whose stack can be its denoiser} (`pretrained_stacks` of each config class)."""
+    return {m: cls.pretrained_stacks for m, cls in sorted(MODALITY_CONFIGS.items()) if cls.pretrained_stacks}
 
 
 # ----------------------------------------------------------------------------------------
@@ -176,7 +178,7 @@ class QGFDConfig(PretrainedConfig):
             `"pretrained"`, the backbone's own Transformer stack as the denoiser
             (`modeling_qgfd_pretrained.PretrainedDenoiser`): T5's encoder stack for text, ViT's
             layers for images and video, Wav2Vec2's Transformer encoder for audio (see
-            `PRETRAINED_STACKS`), QGFD-patched with the `qgfd_*` settings, trained, with
+            its config's `pretrained_stacks`), QGFD-patched with the `qgfd_*` settings, trained, with
             adaLN-Zero timestep conditioning and projections from and to the latents. It takes
             the stack's own width, heads, layers, dropout and positions, so `num_layers`,
             `d_ff`, `dropout`, `position_embedding` and `max_position_embeddings` do not apply
@@ -221,11 +223,14 @@ class QGFDConfig(PretrainedConfig):
     model_type = "qgfd"
     sub_configs = {"backbone_config": AutoConfig}
     _fixed_modality = None  # set by each subclass
+    pretrained_stacks: Tuple[str, ...] = ()  # denoiser="pretrained": the backbone model_types whose stack can denoise
 
     def __init_subclass__(cls, **kwargs):
+        if "__init__" not in vars(cls):  # transformers 5 would give it a dataclass __init__ that skips every check
+            raise TypeError(f"{cls.__name__} must define __init__(self, ..., **kwargs) calling super().__init__ (QGFDConfig's checks).")
         super().__init_subclass__(**kwargs)
-        # A single-modality config adds itself to MODALITY_CONFIGS when its file defines it.
-        if vars(cls).get("_fixed_modality") in MODALITIES:
+        # A modality's config adds itself to the registry when its file defines it.
+        if vars(cls).get("_fixed_modality") not in (None, SHARED):
             MODALITY_CONFIGS[cls._fixed_modality] = cls
 
     def __init__(
@@ -274,7 +279,7 @@ class QGFDConfig(PretrainedConfig):
     ):
         if modality is None:
             modality = self._fixed_modality or "text"
-        _check_choice("modality", modality, ALL_MODALITIES)
+        _check_choice("modality", modality, all_modalities())
         if self._fixed_modality is not None and modality != self._fixed_modality:
             raise ValueError(f"{type(self).__name__} is for modality {self._fixed_modality!r}, got modality={modality!r}.")
         self.modality = modality
@@ -435,22 +440,22 @@ class QGFDConfig(PretrainedConfig):
         raise ValueError(f"position_grid='auto' is defined for images and video, not modality {self.modality!r}; give a list of ints.")
 
     def _validate_denoiser(self):
-        """denoiser="pretrained" needs a backbone whose Transformer stack can denoise (`PRETRAINED_STACKS`)."""
+        """denoiser="pretrained" needs a backbone whose Transformer stack can denoise (`pretrained_stacks`)."""
         if self.denoiser != "pretrained":
             return
-        usable = ", ".join(f"{m}: {'/'.join(types)}" for m, types in PRETRAINED_STACKS.items())
-        if self.modality not in PRETRAINED_STACKS:
-            why = "the tabular model has no pretrained backbone"
+        usable = ", ".join(f"{m}: {'/'.join(types)}" for m, types in pretrained_stacks().items())
+        stacks = type(self).pretrained_stacks
+        if not stacks:
             raise ValueError(
-                f"denoiser='pretrained' uses a pretrained backbone's Transformer stack as the denoiser, but {why}. "
-                f"Use denoiser='qgfd', or a single-modality model with a backbone ({usable})."
+                f"denoiser='pretrained' uses a pretrained backbone's Transformer stack as the denoiser, but the {self.modality} "
+                f"model has no pretrained backbone. Use denoiser='qgfd', or a modality with a backbone ({usable})."
             )
         model_type = getattr(self.backbone_config, "model_type", None)
-        if model_type not in PRETRAINED_STACKS[self.modality]:
+        if model_type not in stacks:
             got = "no backbone_config" if self.backbone_config is None else f"backbone model_type={model_type!r}"
             raise ValueError(
                 f"denoiser='pretrained' for modality {self.modality!r} needs a backbone_config of type "
-                f"{' or '.join(repr(t) for t in PRETRAINED_STACKS[self.modality])} (its Transformer stack becomes the "
+                f"{' or '.join(repr(t) for t in stacks)} (its Transformer stack becomes the "
                 f"denoiser), got {got}. Usable backbones: {usable}; or use denoiser='qgfd'."
             )
         limit = absolute_position_limit(self.backbone_config)
@@ -575,36 +580,20 @@ def _backbone_width(cfg) -> int:
     raise ValueError(f"Cannot read the width of backbone config {type(cfg).__name__} (no d_model or hidden_size).")
 
 
-def diffusion_values(diffusion_cfg) -> dict:
-    """DiffusionConfig fields as config keywords (from a DiffusionConfig, a dict of its fields, a
-    QGFDConfig or None); without a DiffusionConfig, latent_dim is None (derived from the encoder)."""
-    if diffusion_cfg is None:
-        values = DiffusionConfig().to_dict()
-        values["latent_dim"] = None
-        return values
-    if isinstance(diffusion_cfg, DiffusionConfig):
-        return diffusion_cfg.to_dict()
-    if isinstance(diffusion_cfg, Mapping):
-        return DiffusionConfig(**diffusion_cfg).to_dict()
-    if isinstance(diffusion_cfg, QGFDConfig):
-        return {name: getattr(diffusion_cfg, name) for name in DIFFUSION_FIELDS}
-    raise ValueError(f"`diffusion_cfg` must be a DiffusionConfig, a dict or None, got {type(diffusion_cfg).__name__}.")
-
-
 QGFDConfig.register_for_auto_class()
 
 
 __all__ = [
-    "ALL_MODALITIES",
     "DIFFUSION_FIELDS",
     "DiffusionConfig",
     "QGFD_FIELDS",
-    "MODALITIES",
     "MODALITY_CONFIGS",
     "QGFD_PRESETS",
     "QGFD_PRESET_PARAMS_M",
-    "PRETRAINED_STACKS",
+    "SHARED",
+    "all_modalities",
+    "modalities",
+    "pretrained_stacks",
     "absolute_position_limit",
     "QGFDConfig",
-    "diffusion_values",
 ]

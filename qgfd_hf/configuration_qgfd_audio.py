@@ -75,6 +75,7 @@ class QGFDAudioConfig(QGFDConfig):
 
     model_type = "qgfd_audio"
     _fixed_modality = "audio"
+    pretrained_stacks = ("wav2vec2",)  # denoiser="pretrained": Wav2Vec2's Transformer encoder
 
     def __init__(
         self,

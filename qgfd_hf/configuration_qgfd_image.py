@@ -58,6 +58,7 @@ class QGFDImageConfig(QGFDConfig):
 
     model_type = "qgfd_image"
     _fixed_modality = "image"
+    pretrained_stacks = ("vit",)  # denoiser="pretrained": ViT's layers
 
     def __init__(
         self,

@@ -1,20 +1,24 @@
 # coding=utf-8
 """Configuration of the shared model: `QGFDSharedConfig` ("qgfd_shared"), one denoiser over several
-modalities, each modality's own config nested in it (it imports every modality's config file).
+modalities, each modality's own config nested in it (`PARTS`: the modality config files it imports).
 """
 
 from __future__ import annotations
 
 from typing import Dict, Optional, Sequence
 
-from .configuration_qgfd import MODALITIES, MODALITY_CONFIGS, QGFDConfig, _check_choice
-# Every modality's config (in MODALITIES' order), so that MODALITY_CONFIGS is complete (and the
-# docstring example's names):
-from .configuration_qgfd_text import QGFDTextConfig  # noqa: F401
-from .configuration_qgfd_image import QGFDImageConfig  # noqa: F401
-from .configuration_qgfd_audio import QGFDAudioConfig  # noqa: F401
-from .configuration_qgfd_video import QGFDVideoConfig  # noqa: F401
-from .configuration_qgfd_tabular import QGFDTabularConfig  # noqa: F401
+from .configuration_qgfd import QGFDConfig, _check_choice
+# The modalities the shared model serves: the config files imported here. A saved shared model's
+# folder gets its files by these imports (`trust_remote_code` copies the files a file imports
+# relatively), so a modality joins the shared model by its line here and in modeling_qgfd_shared.py.
+from .configuration_qgfd_audio import QGFDAudioConfig
+from .configuration_qgfd_image import QGFDImageConfig
+from .configuration_qgfd_tabular import QGFDTabularConfig
+from .configuration_qgfd_text import QGFDTextConfig
+from .configuration_qgfd_video import QGFDVideoConfig
+
+PARTS = {cls._fixed_modality: cls for cls in (QGFDAudioConfig, QGFDImageConfig, QGFDTabularConfig, QGFDTextConfig, QGFDVideoConfig)}
+
 
 class QGFDSharedConfig(QGFDConfig):
     """Config of `SharedQGFDDiffusionModel`: one denoiser, one adapter per modality.
@@ -22,8 +26,8 @@ class QGFDSharedConfig(QGFDConfig):
     Args:
         modalities (`list[str]`, defaults to `["text", "image"]`): the modalities the model
             serves; the first is the default of methods that take `modality=`.
-        text_config, image_config, audio_config, video_config, tabular_config (modality config
-            or `dict`, *optional*): each modality's own config (its encoder, sizes, latent
+        audio_config, image_config, tabular_config, text_config, video_config (modality config
+            or `dict`, *optional*; one per modality in `PARTS`): each modality's own config (its encoder, sizes, latent
             scale); required for every modality in `modalities`. Their denoiser fields are unused.
         latent_dim (`int`, defaults to 512): the shared latent width; adapters map each
             modality's latents to it with a fixed (frozen by default) orthogonal projection.
@@ -39,35 +43,27 @@ class QGFDSharedConfig(QGFDConfig):
 
     model_type = "qgfd_shared"
     _fixed_modality = "shared"
-    sub_configs = {f"{m}_config": MODALITY_CONFIGS[m] for m in MODALITIES}
+    sub_configs = {f"{m}_config": cls for m, cls in PARTS.items()}
+    pretrained_stacks = QGFDTextConfig.pretrained_stacks  # denoiser="pretrained": a text encoder's stack
 
-    def __init__(
-        self,
-        modalities: Sequence[str] = ("text", "image"),
-        text_config=None,
-        image_config=None,
-        audio_config=None,
-        video_config=None,
-        tabular_config=None,
-        latent_dim: int = 512,
-        **kwargs,
-    ):
+    def __init__(self, modalities: Sequence[str] = ("text", "image"), latent_dim: int = 512, **kwargs):
+        # `<modality>_config` for each modality in PARTS (text_config, image_config, ...).
         if isinstance(modalities, str) or not isinstance(modalities, (list, tuple)) or not modalities:
-            raise ValueError(f"`modalities` must be a non-empty list drawn from {MODALITIES}, got {modalities!r}.")
+            raise ValueError(f"`modalities` must be a non-empty list drawn from {tuple(PARTS)}, got {modalities!r}.")
         self.modalities = list(modalities)
-        given = dict(text=text_config, image=image_config, audio=audio_config, video=video_config, tabular=tabular_config)
-        for m, value in given.items():
+        for m, cls in PARTS.items():
+            value = kwargs.pop(f"{m}_config", None)
             if isinstance(value, dict):
-                value = MODALITY_CONFIGS[m](**{k: v for k, v in value.items() if k != "model_type"})
-            elif value is not None and not isinstance(value, MODALITY_CONFIGS[m]):
-                raise ValueError(f"`{m}_config` must be a {MODALITY_CONFIGS[m].__name__} or dict, got {type(value).__name__}.")
+                value = cls(**{k: v for k, v in value.items() if k != "model_type"})
+            elif value is not None and not isinstance(value, cls):
+                raise ValueError(f"`{m}_config` must be a {cls.__name__} or dict, got {type(value).__name__}.")
             setattr(self, f"{m}_config", value)
-        kwargs.setdefault("conditional", bool(text_config is not None and getattr(self.text_config, "conditional", False)))
+        kwargs.setdefault("conditional", bool(getattr(self.text_config, "conditional", False)))
         super().__init__(latent_dim=latent_dim, **kwargs)
 
     def _validate_modality(self):
         for m in self.modalities:
-            _check_choice("modality in `modalities`", m, MODALITIES)
+            _check_choice("modality in `modalities`", m, tuple(PARTS))
             if getattr(self, f"{m}_config") is None:
                 raise ValueError(f"modality {m!r} is in `modalities` but `{m}_config` is None.")
         if len(set(self.modalities)) != len(self.modalities):

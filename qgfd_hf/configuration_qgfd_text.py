@@ -8,6 +8,7 @@ from typing import Optional
 
 from .configuration_qgfd import QGFDConfig, _backbone_width, _check_bool, _check_int
 
+
 class QGFDTextConfig(QGFDConfig):
     """Config of `TextQGFDDiffusionModel`: diffusion over a T5's token embeddings (Diffusion-LM).
 
@@ -38,6 +39,8 @@ class QGFDTextConfig(QGFDConfig):
 
     model_type = "qgfd_text"
     _fixed_modality = "text"
+    # denoiser="pretrained": T5 (relative positions, any latent length) or a BERT-family encoder (up to its absolute positions).
+    pretrained_stacks = ("t5", "mt5", "bert", "roberta", "distilbert")
 
     def __init__(
         self,

@@ -42,27 +42,27 @@ from transformers.utils import logging
 logger = logging.get_logger(__name__)
 
 TEMPLATE_NAME = "qgfd_diffusion.md"
-MODALITIES = ("text", "image", "audio", "video", "tabular", "shared")
 
-# Whether a modality's model samples from a conditioning text, when the config does not say.
-CONDITIONAL_BY_DEFAULT = {m: m == "text" for m in MODALITIES}
 
-# pipeline_tag: the Hub's task ids (PIPELINE_DATA in huggingface.js, packages/tasks/src/pipelines.ts).
-# "other" where the Hub has no task for what the model does.
-PIPELINE_TAGS = {
-    ("text", True): "text2text-generation",  # a source text in, a text out
-    ("text", False): "text-generation",
-    ("image", True): "text-to-image",
-    ("image", False): "unconditional-image-generation",
-    ("audio", True): "text-to-audio",
-    ("audio", False): "other",  # no unconditional audio generation task on the Hub
-    ("video", True): "text-to-video",
-    ("video", False): "other",  # no unconditional video generation task
-    ("tabular", True): "other",  # the tabular tasks are classification, regression, forecasting
-    ("tabular", False): "other",
-    ("shared", True): "other",  # one denoiser, several modalities: no single task fits
-    ("shared", False): "other",
-}
+def _modalities() -> tuple:
+    """Every modality this package has (found by its files, `registration_qgfd.modality_names`) and "shared"."""
+    from .registration_qgfd import modality_names
+
+    return (*modality_names(), "shared")
+
+
+def _model_class(modality: str):
+    """The model class of `modality`: its `hub_pipeline_tags` (the Hub's task ids, PIPELINE_DATA in
+    huggingface.js, for (unconditional, conditional) models; "other" where the Hub has no task for
+    what the model does) and `pipeline_outputs` (what the pipeline returns) are on the card."""
+    from .modeling_qgfd import ALL_MODEL_CLASSES
+    from .registration_qgfd import register_models
+
+    if modality not in _modalities():
+        raise ValueError(f"Unknown modality {modality!r}; expected one of {', '.join(_modalities())}.")
+    register_models()
+    return ALL_MODEL_CLASSES[modality]
+
 
 # (config attribute, meaning) per table; rows whose attribute the config lacks are left out.
 QGFD_SETTINGS = (
@@ -87,16 +87,6 @@ DENOISER_SETTINGS = (
     ("latent_dim", "width of the latents x_t"),
 )
 
-# What the pipeline call returns, per modality (the outputs issue 5 specifies).
-# What the pipeline returns, exactly as pipeline_qgfd_diffusion's postprocess builds it.
-_OUTPUTS = {
-    "text": ("texts", '[{"generated_text": str}, ...], one dict per sample', 4),
-    "image": ("images", '[{"image": PIL.Image.Image}, ...]', 4),
-    "audio": ("audio", '[{"audio": float32 array [num_samples], "sampling_rate": int}, ...]', 2),
-    "video": ("videos", '[{"frames": uint8 array [F, H, W, C]}, ...]', 2),
-    "tabular": ("rows", '[{"row": {column: value}}, ...]', 8),
-    "shared": ("samples", "the outputs of the model's active modality", 4),
-}
 _NO_REPO = "<folder or Hub id of this model>"
 
 
@@ -118,10 +108,8 @@ def template_path(name: str = TEMPLATE_NAME) -> Path:
 
 
 def pipeline_tag_for(modality: str, conditional: bool) -> str:
-    """The Hub `pipeline_tag` of a model of `modality`, conditional or not (see `PIPELINE_TAGS`)."""
-    if modality not in MODALITIES:
-        raise ValueError(f"Unknown modality {modality!r}; expected one of {', '.join(MODALITIES)}.")
-    return PIPELINE_TAGS[(modality, bool(conditional))]
+    """The Hub `pipeline_tag` of a model of `modality`, conditional or not (its model class's `hub_pipeline_tags`)."""
+    return _model_class(modality).hub_pipeline_tags[bool(conditional)]
 
 
 def hub_base_model(backbone_name: Any) -> str | list[str] | None:
@@ -259,11 +247,10 @@ def render_model_card(
     modality = getattr(config, "modality", None)
     if modality is None:
         raise ValueError("The config has no `modality`; a model card needs it to pick the Hub's pipeline_tag.")
-    if modality not in MODALITIES:
-        raise ValueError(f"Unknown modality {modality!r}; expected one of {', '.join(MODALITIES)}.")
+    model_class = _model_class(modality)
     conditional = getattr(config, "conditional", None)
-    if conditional is None:
-        conditional = CONDITIONAL_BY_DEFAULT[modality]
+    if conditional is None:  # a text model samples from a source text unless its config says otherwise
+        conditional = modality == "text"
     elif not isinstance(conditional, bool):
         raise ValueError(f"`config.conditional` must be a bool, got {conditional!r}.")
     backbone_name = getattr(config, "backbone_name", None)
@@ -275,14 +262,14 @@ def render_model_card(
     all_tags = ["qgfd", "diffusion", modality] + [t for t in (tags or []) if t not in ("qgfd", "diffusion", modality)]
     metadata = ModelCardData(
         library_name="qgfd_hf",
-        pipeline_tag=pipeline_tag_for(modality, conditional),
+        pipeline_tag=model_class.hub_pipeline_tags[conditional],
         tags=all_tags,
         base_model=base_model,
         license=license,
         datasets=hub_datasets or None,
     )
 
-    name, what, count = _OUTPUTS[modality]
+    name, what, count = model_class.pipeline_outputs
     timesteps = getattr(config, "num_timesteps", None)
     steps = min(50, timesteps) if isinstance(timesteps, int) and timesteps > 0 else 50
     call_args = f"num_inference_steps={steps}, sampler=\"ddim\", seed=0"

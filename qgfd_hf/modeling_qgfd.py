@@ -265,6 +265,9 @@ class QGFDPreTrainedModel(QGFDGuidanceMixin, QGFDHubMixin, PreTrainedModel):
     main_input_name = "x_t"
     _no_split_modules = ["DecoderBlock", "EncoderBlock"]
     supports_gradient_checkpointing = False
+    # The model card's pipeline_tag (unconditional, conditional) and pipeline outputs (name, what, samples): per modality.
+    hub_pipeline_tags = ("other", "other")
+    pipeline_outputs = ("samples", "[{...}, ...], one dict per sample (`outputs_from_data`)", 4)
 
     # -- weights --------------------------------------------------------------------------
 
@@ -378,7 +381,6 @@ class QGFDPreTrainedModel(QGFDGuidanceMixin, QGFDHubMixin, PreTrainedModel):
             raise ValueError("This model is conditional: pass `cond_tokens` (from `encode_condition`).")
         extra = self.embed_class_labels(class_labels, x_t.shape[0], x_t.device)
         return self.backbone(x_t, t, cond_tokens=cond_tokens, cond_mask=cond_mask, extra_embedding=extra)
-
 
     def data_to_latents(self, batch) -> torch.Tensor:
         """Clean latents x0 [B, L, latent_dim] from a batch of data (see the modality's docstring)."""
@@ -510,6 +512,7 @@ class QGFDPreTrainedModel(QGFDGuidanceMixin, QGFDHubMixin, PreTrainedModel):
     def _loss_tokens(self, x0: torch.Tensor) -> Optional[torch.Tensor]:
         """The latent tokens [L] (bool) the loss covers; None: all of them."""
         return None
+
     @torch.no_grad()
     def fit_latent_scale(self, batch) -> float:
         """Set `config.latent_scale` so that the latents of `batch` have unit std; returns it.

@@ -300,6 +300,8 @@ class AudioQGFDDiffusionModel(QGFDPreTrainedModel):
     """
 
     config_class = QGFDAudioConfig
+    hub_pipeline_tags = ("other", "text-to-audio")  # the model card's pipeline_tag (the Hub has no unconditional audio task)
+    pipeline_outputs = ("audio", '[{"audio": float32 array [num_samples], "sampling_rate": int}, ...]', 2)  # the card's example
     main_input_name = "input_values"
 
     def __init__(self, config: QGFDAudioConfig):
@@ -325,7 +327,6 @@ class AudioQGFDDiffusionModel(QGFDPreTrainedModel):
         if cfg.latent_space != "waveform" or cfg.audio_scale is None:
             return None
         return float(cfg.latent_scale / cfg.audio_scale)
-
 
     # -- output conversion (the pipeline's outputs) ------------------------------------------
 

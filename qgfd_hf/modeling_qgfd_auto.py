@@ -20,13 +20,15 @@ from typing import Mapping, Optional
 
 from transformers.utils import logging
 
-from .configuration_qgfd import ALL_MODALITIES, MODALITIES, MODALITY_CONFIGS, DiffusionConfig, _check_choice, diffusion_values
+from .configuration_qgfd import MODALITY_CONFIGS, DiffusionConfig, _check_choice, all_modalities, modalities
 from .modeling_qgfd import ALL_MODEL_CLASSES, MODEL_CLASSES
 from .modeling_qgfd_pretrained import _load_processor, _normalisation_from_processor, _resolve_backbone, config_from_backbone
-# The shared model's file imports every modality's model file (each registers its model in
-# MODEL_CLASSES on import): the one list of them, which trust_remote_code needs written out.
-from .modeling_qgfd_shared import SharedQGFDDiffusionModel, load_adapter_weights, shared_config_from_backbones
+from .modeling_qgfd_shared import SharedQGFDDiffusionModel, diffusion_values, load_adapter_weights, shared_config_from_backbones
 from .modeling_qgfd_backbones import PretrainedDenoiser  # noqa: F401  (the transformers backbones: fills TRANSFORMERS_BACKBONES)
+from .registration_qgfd import import_modalities
+
+# Every modality's model file, found by its files (each registers its model in MODEL_CLASSES on import).
+import_modalities("modeling")
 
 logger = logging.get_logger(__name__)
 
@@ -37,7 +39,7 @@ def modality_config_from_backbone(modality: str, backbone, base_cfg=None, **kwar
     `base_cfg` (a DiffusionConfig or QGFDConfig) supplies the sizes of the learned decoders;
     `latent_dim` is the encoder's width.
     """
-    _check_choice("modality", modality, MODALITIES)
+    _check_choice("modality", modality, modalities())
     return config_from_backbone(modality, backbone, base_cfg, **kwargs)
 
 
@@ -114,7 +116,7 @@ def create_qgfd_diffusion_model(
         >>> type(model).__name__, model.latent_shape(3), schedule.num_timesteps
         ('ImageQGFDDiffusionModel', (3, 16, 4), 1000)
     """
-    _check_choice("modality", modality, ALL_MODALITIES)
+    _check_choice("modality", modality, all_modalities())
     _check_choice("denoiser_weights", denoiser_weights, ("pretrained", "random"))
     if denoiser_weights == "random" and kwargs.get("denoiser") != "pretrained":
         raise ValueError(f"denoiser_weights='random' is for denoiser='pretrained' (the backbone's own stack), got denoiser={kwargs.get('denoiser')!r}.")

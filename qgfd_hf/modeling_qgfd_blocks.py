@@ -51,7 +51,6 @@ class PositionwiseFFN(nn.Module):
         return self.fc2(self.dropout(self.act(self.fc1(x))))
 
 
-
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """adaLN: x [B, L, D] * (1 + scale [B, D]) + shift [B, D]."""
     return x * (1 + scale[:, None]) + shift[:, None]

@@ -206,7 +206,6 @@ class QGFDGuidanceMixin:
             )
         return check_class_labels(labels, K, batch_size).to(self.device)
 
-
     def make_denoise_fn(
         self,
         cond_tokens: Optional[torch.Tensor] = None,

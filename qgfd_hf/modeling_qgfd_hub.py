@@ -30,9 +30,10 @@ logger = logging.get_logger(__name__)
 PIPELINE_TASK = "qgfd-diffusion"
 PIPELINE_FILE = "pipeline_qgfd_diffusion.py"
 PIPELINE_CLASS = "QGFDDiffusionPipeline"
-# The entry module of a model with a transformers backbone (see modeling_qgfd_backbones.py): copied by
-# `save_pretrained` into such a model's folder only, so a pixel-space model's folder carries no patching.
+# The entry module of a model with a transformers backbone (see modeling_qgfd_backbones.py): written by
+# `save_pretrained` into such a model's folder only, with the import of the model's class after the marker.
 BACKBONES_FILE = "modeling_qgfd_backbones.py"
+BACKBONES_MARKER = "# The saved model's class (written by save_pretrained):"
 
 
 def uses_transformers_backbone(config) -> bool:
@@ -44,18 +45,22 @@ def uses_transformers_backbone(config) -> bool:
 
 
 def _save_backbones_entry(model, save_directory) -> None:
-    """Copy modeling_qgfd_backbones.py and the files it imports into the folder, and name it in
-    config.json's auto_map, so that `trust_remote_code` loads the backbone code with the model."""
+    """Write modeling_qgfd_backbones.py, with the import of the model's class, and the files it imports into
+    the folder, and name it in config.json's auto_map: `trust_remote_code` loads the backbone code with the model."""
     from transformers.dynamic_module_utils import get_relative_import_files
 
     entry = Path(__file__).with_name(BACKBONES_FILE)
     if not entry.is_file():
         raise FileNotFoundError(f"{BACKBONES_FILE} is missing beside {Path(__file__).name}: cannot save a model with a backbone.")
-    for file in [str(entry)] + get_relative_import_files(str(entry)):
+    for file in get_relative_import_files(str(entry)):
         shutil.copyfile(file, Path(save_directory) / Path(file).name)
+    text, cls = entry.read_text(encoding="utf-8"), type(model)
+    head = text[: text.index(BACKBONES_MARKER) + len(BACKBONES_MARKER)]  # a re-saved copy drops the line written before
+    line = f"from .{cls.__module__.rsplit('.', 1)[-1]} import {cls.__name__}  # noqa: F401\n"
+    (Path(save_directory) / BACKBONES_FILE).write_text(head + "\n" + line, encoding="utf-8")
     config_file = Path(save_directory) / "config.json"
     config = json.loads(config_file.read_text(encoding="utf-8"))
-    config.setdefault("auto_map", {})["AutoModel"] = f"{entry.stem}.{type(model).__name__}"
+    config.setdefault("auto_map", {})["AutoModel"] = f"{entry.stem}.{cls.__name__}"
     config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 

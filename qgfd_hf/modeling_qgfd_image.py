@@ -184,6 +184,8 @@ class ImageQGFDDiffusionModel(QGFDPreTrainedModel):
     """
 
     config_class = QGFDImageConfig
+    hub_pipeline_tags = ("unconditional-image-generation", "text-to-image")  # the model card: (unconditional, conditional)
+    pipeline_outputs = ("images", '[{"image": PIL.Image.Image}, ...]', 4)
     main_input_name = "pixel_values"
     _adapter_class = ImageAdapter
     _data_name = "images"  # what `fit_normalization` takes, for its messages
@@ -278,7 +280,6 @@ class ImageQGFDDiffusionModel(QGFDPreTrainedModel):
     def diffusion_sample(self, *args, **kwargs) -> torch.Tensor:
         self._check_fitted()
         return super().diffusion_sample(*args, **kwargs)
-
 
     # -- output conversion (the pipeline's outputs) ------------------------------------------
 

@@ -64,7 +64,7 @@ import transformers
 from transformers import AutoConfig, AutoModel, PretrainedConfig
 from transformers.utils import logging
 
-from .configuration_qgfd import MODALITY_CONFIGS, PRETRAINED_STACKS, QGFDConfig, qgfd_settings
+from .configuration_qgfd import MODALITY_CONFIGS, QGFDConfig, pretrained_stacks, qgfd_settings
 from .modeling_qgfd import _zero_init, modulate
 from .modeling_qgfd_adapters import TRANSFORMERS_BACKBONES
 from .modeling_qgfd_checks import check_condition, check_float_tensor, check_timesteps
@@ -122,7 +122,6 @@ def patch_model(model, **settings):
     from .patching_qgfd import patch_model as patch
 
     return patch(model, **settings)
-
 
 
 # ----------------------------------------------------------------------------------------
@@ -240,7 +239,7 @@ class PretrainedDenoiser(nn.Module):
 
     Args:
         config (`QGFDConfig`): `denoiser="pretrained"`, `backbone_config` (a family of
-            `PRETRAINED_STACKS`), `latent_dim`, `d_model` (conditioning width), `num_timesteps`,
+            its config's `pretrained_stacks`), `latent_dim`, `d_model` (conditioning width), `num_timesteps`,
             the `qgfd_*` settings; video: `num_frames`.
         conditional (`bool`, *optional*): take conditioning tokens; default `config.conditional`.
 
@@ -263,7 +262,7 @@ class PretrainedDenoiser(nn.Module):
         backbone_config = getattr(config, "backbone_config", None)
         model_type = getattr(backbone_config, "model_type", None)
         if model_type not in _FAMILIES:
-            usable = ", ".join(f"{m}: {'/'.join(t)}" for m, t in PRETRAINED_STACKS.items())
+            usable = ", ".join(f"{m}: {'/'.join(t)}" for m, t in pretrained_stacks().items())
             raise ValueError(
                 f"The pretrained denoiser needs a backbone_config with a usable Transformer stack ({usable}), "
                 f"got {'None' if backbone_config is None else repr(model_type)}."

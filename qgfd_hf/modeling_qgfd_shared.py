@@ -1,6 +1,6 @@
 # coding=utf-8
 """The shared model: `SharedQGFDDiffusionModel`, one QGFD denoiser over several modalities, each
-through its own adapter (this file imports every modality's model file), and its config from
+through its own adapter (this file imports the model file of each modality in `PARTS`), and its config from
 backbones (`shared_config_from_backbones`).
 """
 
@@ -12,19 +12,36 @@ from typing import Mapping, Optional, Tuple
 import torch
 import torch.nn as nn
 
-from .configuration_qgfd import MODALITIES, DiffusionConfig, QGFDConfig, _check_choice, diffusion_values
-from .configuration_qgfd_shared import QGFDSharedConfig
+from .configuration_qgfd import DIFFUSION_FIELDS, DiffusionConfig, QGFDConfig, _check_choice
+from .configuration_qgfd_shared import PARTS, QGFDSharedConfig
 from .modeling_qgfd import ALL_MODEL_CLASSES, QGFDDiffusionOutput, QGFDPreTrainedModel, register_model_class
 from .modeling_qgfd_checks import check_float_tensor
 from .modeling_qgfd_adapters import ADAPTERS, build_denoiser
 from .modeling_qgfd_pretrained import config_from_backbone
 from .scheduling_qgfd import DDPMBetaSchedule
-# Every modality's model file (in MODALITIES' order), so that ADAPTERS and the model registry are complete:
-from .modeling_qgfd_text import TextAdapter, TextQGFDDiffusionModel  # noqa: F401
-from .modeling_qgfd_image import ImageQGFDDiffusionModel  # noqa: F401
+# The model files of the modalities the shared model serves (`configuration_qgfd_shared.PARTS`): each
+# fills ADAPTERS on import. A saved shared model's folder gets them by these imports.
 from .modeling_qgfd_audio import AudioQGFDDiffusionModel  # noqa: F401
-from .modeling_qgfd_video import VideoQGFDDiffusionModel  # noqa: F401
+from .modeling_qgfd_image import ImageQGFDDiffusionModel  # noqa: F401
 from .modeling_qgfd_tabular import TabularQGFDDiffusionModel  # noqa: F401
+from .modeling_qgfd_text import TextAdapter, TextQGFDDiffusionModel  # noqa: F401
+from .modeling_qgfd_video import VideoQGFDDiffusionModel  # noqa: F401
+
+
+def diffusion_values(diffusion_cfg) -> dict:
+    """DiffusionConfig fields as config keywords (from a DiffusionConfig, a dict of its fields, a
+    QGFDConfig or None); without a DiffusionConfig, latent_dim is None (derived from the encoder)."""
+    if diffusion_cfg is None:
+        values = DiffusionConfig().to_dict()
+        values["latent_dim"] = None
+        return values
+    if isinstance(diffusion_cfg, DiffusionConfig):
+        return diffusion_cfg.to_dict()
+    if isinstance(diffusion_cfg, Mapping):
+        return DiffusionConfig(**diffusion_cfg).to_dict()
+    if isinstance(diffusion_cfg, QGFDConfig):
+        return {name: getattr(diffusion_cfg, name) for name in DIFFUSION_FIELDS}
+    raise ValueError(f"`diffusion_cfg` must be a DiffusionConfig, a dict or None, got {type(diffusion_cfg).__name__}.")
 
 
 def load_adapter_weights(adapter, name: str) -> None:
@@ -42,7 +59,7 @@ def shared_config_from_backbones(diffusion_cfg, backbones: Mapping, modality_kwa
     modalities = list(kwargs.pop("modalities", list(backbones)))
     sub, pretrained = {}, {}
     for m in modalities:
-        _check_choice("modality", m, MODALITIES)
+        _check_choice("modality", m, tuple(PARTS))
         cfg, name = config_from_backbone(m, backbones.get(m), base, **modality_kwargs.pop(m, {}))
         sub[f"{m}_config"] = cfg
         if name is not None:
@@ -51,6 +68,7 @@ def shared_config_from_backbones(diffusion_cfg, backbones: Mapping, modality_kwa
         raise ValueError(f"`modality_kwargs` for modalities not in {modalities}: {sorted(modality_kwargs)}.")
     values.update(kwargs)
     return QGFDSharedConfig(modalities=modalities, **sub, **values), pretrained
+
 
 class SharedQGFDDiffusionModel(QGFDPreTrainedModel):
     """One QGFD denoiser shared by several modalities, each through its adapter.
@@ -83,6 +101,8 @@ class SharedQGFDDiffusionModel(QGFDPreTrainedModel):
     """
 
     config_class = QGFDSharedConfig
+    hub_pipeline_tags = ("other", "other")  # the model card's pipeline_tag (no single Hub task fits several modalities)
+    pipeline_outputs = ("samples", "the outputs of the model's active modality", 4)  # the card's example
     main_input_name = "x_t"
 
     def __init__(self, config, text_hf_name=None, image_hf_name=None):
@@ -273,7 +293,6 @@ class SharedQGFDDiffusionModel(QGFDPreTrainedModel):
     def tabular_diffusion_loss(self, features, schedule=None, generator=None) -> torch.Tensor:
         """The tabular loss (scalar): diffusion + recon_weight x the feature decoder's loss."""
         return self._loss("tabular", {"features": features}, schedule, generator)
-
 
     # -- output conversion (the pipeline's outputs) ------------------------------------------
 

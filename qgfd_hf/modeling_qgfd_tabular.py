@@ -340,6 +340,8 @@ class TabularQGFDDiffusionModel(QGFDPreTrainedModel):
     """
 
     config_class = QGFDTabularConfig
+    hub_pipeline_tags = ("other", "other")  # the model card's pipeline_tag (the Hub's tabular tasks classify or regress)
+    pipeline_outputs = ("rows", '[{"row": {column: value}}, ...]', 8)  # the card's example
     main_input_name = "features"
 
     def __init__(self, config: QGFDTabularConfig):
@@ -426,7 +428,6 @@ class TabularQGFDDiffusionModel(QGFDPreTrainedModel):
         x = sample_loop(denoise_fn, tuple(x_T.shape), prediction_type=self.config.prediction_type, device=self.device,
                         dtype=self.dtype, x_T=x_T, **kwargs)
         return put(x, label)
-
 
     # -- output conversion (the pipeline's outputs) ------------------------------------------
 

@@ -172,6 +172,8 @@ class TextQGFDDiffusionModel(QGFDPreTrainedModel):
     """
 
     config_class = QGFDTextConfig
+    hub_pipeline_tags = ("text-generation", "text2text-generation")  # the model card's pipeline_tag: (unconditional, conditional)
+    pipeline_outputs = ("texts", '[{"generated_text": str}, ...], one dict per sample', 4)  # the card's example: (name, what, samples)
     main_input_name = "input_ids"
 
     def __init__(self, config: QGFDTextConfig):
@@ -302,7 +304,6 @@ class TextQGFDDiffusionModel(QGFDPreTrainedModel):
             progress=sampler_kwargs.pop("progress", False),
             **sampler_kwargs,
         )
-
 
     # -- output conversion (the pipeline's outputs) ------------------------------------------
 

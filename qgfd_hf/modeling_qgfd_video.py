@@ -172,6 +172,8 @@ class VideoQGFDDiffusionModel(ImageQGFDDiffusionModel):
     """
 
     config_class = QGFDVideoConfig
+    hub_pipeline_tags = ("other", "text-to-video")  # the model card's pipeline_tag (the Hub has no unconditional video task)
+    pipeline_outputs = ("videos", '[{"frames": uint8 array [F, H, W, C]}, ...]', 2)  # the card's example
     _adapter_class = VideoAdapter
     _data_name = "clips"
 
@@ -198,7 +200,6 @@ class VideoQGFDDiffusionModel(ImageQGFDDiffusionModel):
 
     def image_to_latents(self, pixel_values):
         raise ValueError("The video model takes clips [B, F, C, H, W]: use video_to_latents.")
-
 
     # -- output conversion (the pipeline's outputs) ------------------------------------------
 

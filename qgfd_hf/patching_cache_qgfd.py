@@ -203,7 +203,6 @@ def _self_attention_cache_layer(module: nn.Module, cache) -> Optional[object]:
     return layers[idx]
 
 
-
 @dataclass
 class _CallContext:
     """What the pre-hook saw of the current call: the cache (weakly) and whether it is cross-attention."""
@@ -235,7 +234,6 @@ def _qgfd_pre_hook(module: nn.Module, args, kwargs):
             if layer is not None and layer._qgfd_propagated is None:
                 layer._qgfd_propagated = propagated
     return None
-
 
 
 def prepare_qgfd_cache(model: nn.Module, cache) -> None:
@@ -292,9 +290,6 @@ def _remove_hook(module: nn.Module) -> None:
     for key in [k for k, h in module._forward_pre_hooks.items() if h is _qgfd_pre_hook]:
         del module._forward_pre_hooks[key]
         module._forward_pre_hooks_with_kwargs.pop(key, None)
-
-
-
 
 
 def _shadow_extend(shadows: list, module: nn.Module, Lk: int) -> Callable:

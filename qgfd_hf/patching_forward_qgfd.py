@@ -63,7 +63,6 @@ def _scores_mask(attention_mask, position_bias, key) -> Optional[torch.Tensor]:
     return position_bias + attention_mask
 
 
-
 def qgfd_attention_forward(
     module: nn.Module,
     query: torch.Tensor,

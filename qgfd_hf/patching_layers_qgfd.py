@@ -145,7 +145,6 @@ def _detach(module: nn.Module) -> None:
     _remove_hook(module)
 
 
-
 def _layer_config(module: nn.Module):
     """The config that decides a layer's attention: its own, or (module-level QGFD, for layers
     without one) the config of the model around it."""

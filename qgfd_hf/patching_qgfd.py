@@ -73,7 +73,7 @@ from .patching_layers_qgfd import (
     _config_tree,
     _own_configs,
     _settings_from_config,
-    find_attention_modules,
+    find_attention_modules,  # noqa: F401  (public: qgfd_hf.find_attention_modules comes from here)
 )
 
 logger = logging.get_logger(__name__)

@@ -324,7 +324,6 @@ class QGFDDiffusionPipeline(Pipeline):
         return grouped[0] if model_outputs["single"] else grouped
 
 
-
 def _check_noise_fits(model, total: int, num_samples: int) -> None:
     """The starting noise of `total` samples must be a tensor torch can index (fewer than 2**63 values)."""
     per_sample = math.prod(model.latent_shape(1))

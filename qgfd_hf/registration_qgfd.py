@@ -27,6 +27,9 @@ for QGFD in a transformers model keeps transformers exactly as it was.
 
 from __future__ import annotations
 
+import importlib
+import os
+import re
 import threading
 
 _registered = False  # the configs (register)
@@ -37,6 +40,27 @@ _registering_models = False  # register_models is running (its imports may make 
 _models_lock = threading.RLock()
 
 
+_MODALITY_FILE = re.compile(r"^configuration_qgfd_([a-z][a-z0-9_]*)\.py$")
+
+
+def modality_names() -> list:
+    """The single modalities this package has, found by their files without importing them: each
+    `configuration_qgfd_<m>.py` with a `modeling_qgfd_<m>.py` beside it (the shared model aside), sorted.
+
+    This is the one place that knows which modalities exist: a new modality is its own files, and
+    `register` imports them."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    files = set(os.listdir(here))
+    found = (m.group(1) for m in map(_MODALITY_FILE.match, files) if m)
+    return sorted(m for m in found if m != "shared" and f"modeling_qgfd_{m}.py" in files)
+
+
+def import_modalities(kind: str) -> None:
+    """Import every modality's `configuration` or `modeling` file (each fills its registry on import)."""
+    for m in modality_names():
+        importlib.import_module(f".{kind}_qgfd_{m}", __package__)
+
+
 def register() -> None:
     """Register every QGFD config with `AutoConfig` (`import qgfd_hf` calls it; idempotent)."""
     global _registered
@@ -45,7 +69,9 @@ def register() -> None:
     from transformers import AutoConfig
 
     from .configuration_qgfd import MODALITY_CONFIGS, QGFDConfig
-    from .configuration_qgfd_shared import QGFDSharedConfig  # imports every modality's config file
+
+    import_modalities("configuration")
+    from .configuration_qgfd_shared import QGFDSharedConfig
 
     for cls in (QGFDConfig, *MODALITY_CONFIGS.values(), QGFDSharedConfig):
         AutoConfig.register(cls.model_type, cls, exist_ok=True)

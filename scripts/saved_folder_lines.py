@@ -2,6 +2,7 @@
 
     python scripts/saved_folder_lines.py                 # one tiny model per modality, a table
     python scripts/saved_folder_lines.py --files image   # the files of one model, with their lines
+    python scripts/saved_folder_lines.py --executed      # which of the pixel folder's statements a run executes (needs `coverage`)
 
 transformers copies the file that defines the model class and, recursively, every file it imports
 relatively (`from .x import y`, found by a regular expression, so imports inside functions count
@@ -75,10 +76,68 @@ def folder_lines(model):
     return files
 
 
+# What `--executed` runs from a saved class-conditional pixel model's folder, in a process where qgfd_hf
+# cannot be imported: load, the loss and its backward pass, each sampler with guidance, and a save.
+EXECUTED_RUN = """
+import sys, tempfile
+sys.modules["qgfd_hf"] = None
+import torch
+from transformers import AutoModel, pipeline
+folder = sys.argv[1]
+model = AutoModel.from_pretrained(folder, trust_remote_code=True)
+model(pixel_values=torch.rand(2, 1, 8, 8), class_labels=torch.tensor([0, 1])).loss.backward()
+pipe = pipeline(model=folder, trust_remote_code=True, device="cpu")
+for sampler in ("ddpm", "ddim", "dpmsolver++"):
+    pipe(num_samples=2, num_inference_steps=3, sampler=sampler, guidance_scale=2.0, class_labels=[0, 1])
+pipe(num_samples=2, num_inference_steps=3, output_type="np")
+with tempfile.TemporaryDirectory() as d:
+    model.save_pretrained(d)
+"""
+
+
+def executed_statements() -> None:
+    """Print, per file of a pixel image model's folder, its statements and how many `EXECUTED_RUN` executes."""
+    import json
+    import os
+    import subprocess
+    from collections import defaultdict
+
+    from qgfd_hf import ImageQGFDDiffusionModel, QGFDImageConfig
+
+    try:
+        import coverage  # noqa: F401
+    except ImportError:
+        raise SystemExit("--executed needs coverage: pip install coverage") from None
+    with tempfile.TemporaryDirectory() as tmp:
+        folder, cache = Path(tmp) / "model", Path(tmp) / "modules"
+        config = QGFDImageConfig(latent_space="pixels", image_size=8, patch_size=2, num_channels=1, num_classes=10, **TINY)
+        ImageQGFDDiffusionModel(config).save_pretrained(folder, model_card=False)
+        (Path(tmp) / "run.py").write_text(EXECUTED_RUN)
+        env = {**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, "HF_MODULES_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
+        run = [sys.executable, "-m", "coverage", "run", f"--include={cache}/*", "--data-file", str(Path(tmp) / "cov"), "run.py", str(folder)]
+        subprocess.run(run, cwd=tmp, env=env, check=True, capture_output=True)
+        subprocess.run([sys.executable, "-m", "coverage", "json", "--data-file", str(Path(tmp) / "cov"), "-o", str(Path(tmp) / "cov.json")],
+                       cwd=tmp, env=env, check=True, capture_output=True)
+        report = json.loads((Path(tmp) / "cov.json").read_text())["files"]
+    executed, statements = defaultdict(set), defaultdict(set)  # a file may be imported from two module copies
+    for path, data in report.items():
+        name = Path(path).name
+        executed[name] |= set(data["executed_lines"])
+        statements[name] |= set(data["executed_lines"]) | set(data["missing_lines"])
+    print("| file | statements | executed |\n|---|---:|---:|")
+    for name in sorted(n for n in statements if n != "__init__.py"):
+        print(f"| {name} | {len(statements[name])} | {len(executed[name])} |")
+    print(f"| all | {sum(map(len, statements.values()))} | {sum(map(len, executed.values()))} |")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--files", metavar="MODALITY", help="list the files of the first model whose name starts with this")
+    parser.add_argument("--executed", action="store_true", help=executed_statements.__doc__)
     args = parser.parse_args()
+    if args.executed:
+        executed_statements()
+        return 0
     print("| model | .py files | lines | code lines |\n|---|---:|---:|---:|")
     for name, model in tiny_models():
         files = folder_lines(model)

@@ -212,7 +212,7 @@ def test_shared_config_nests_modality_configs(tmp_path):
     assert type(loaded.text_config.backbone_config) is T5Config and loaded.image_config.latent_dim == 4
     with pytest.raises(ValueError, match="`audio_config` is None"):
         QGFDSharedConfig(modalities=["audio"], **TINY)
-    with pytest.raises(ValueError, match="'text', 'image', 'audio', 'video', 'tabular'"):
+    with pytest.raises(ValueError, match="'audio', 'image', 'tabular', 'text', 'video'"):
         QGFDSharedConfig(modalities=["smell"], **TINY)
     with pytest.raises(ValueError, match="modalities"):
         QGFDSharedConfig(modalities=[], **TINY)
@@ -233,3 +233,10 @@ def test_schedule_reads_the_config():
     cfg = QGFDTabularConfig(num_timesteps=50, beta_schedule="sqrt", **TINY)
     schedule = qgfd_hf.DDPMBetaSchedule.from_config(cfg)
     assert schedule.num_timesteps == 50 and schedule.betas.dtype == torch.float64
+
+
+def test_a_config_subclass_without_its_own_init_is_refused():
+    # transformers 5 turns such a subclass into a dataclass whose __init__ skips every QGFDConfig check.
+    with pytest.raises(TypeError, match="must define __init__"):
+        class NoInit(QGFDImageConfig):
+            model_type = "qgfd_no_init"

@@ -17,7 +17,6 @@ valid requests, not malformed ones.
 
 import contextlib
 import io
-import math
 import os
 import tempfile
 

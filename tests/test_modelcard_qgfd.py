@@ -13,9 +13,9 @@ from huggingface_hub import HfApi, ModelCard, ModelCardData
 from transformers import PretrainedConfig, PreTrainedModel
 
 from hub_server import HUB_PIPELINE_TAGS
+from qgfd_hf import ALL_MODALITIES as MODALITIES
 from qgfd_hf.modelcard_qgfd import (
-    MODALITIES,
-    PIPELINE_TAGS,
+    pipeline_tag_for,
     hub_base_model,
     push_to_hub_with_card,
     render_model_card,
@@ -69,7 +69,7 @@ def test_metadata_parses_round_trips_and_uses_hub_tasks(modality, conditional):
     data = ModelCard(text).data  # huggingface_hub's own parser
     expected_conditional = (modality == "text") if conditional is None else conditional
     assert data.library_name == "qgfd_hf"
-    assert data.pipeline_tag == PIPELINE_TAGS[(modality, expected_conditional)]
+    assert data.pipeline_tag == pipeline_tag_for(modality, expected_conditional)
     assert data.pipeline_tag in HUB_PIPELINE_TAGS
     assert data.tags == ["qgfd", "diffusion", modality]
     assert data.license == "apache-2.0"
@@ -82,16 +82,16 @@ def test_metadata_parses_round_trips_and_uses_hub_tasks(modality, conditional):
 
 
 def test_pipeline_tags_are_the_honest_ones():
-    assert PIPELINE_TAGS[("text", True)] == "text2text-generation"
-    assert PIPELINE_TAGS[("text", False)] == "text-generation"
-    assert PIPELINE_TAGS[("image", False)] == "unconditional-image-generation"
-    assert PIPELINE_TAGS[("image", True)] == "text-to-image"
-    assert PIPELINE_TAGS[("audio", True)] == "text-to-audio"
-    assert PIPELINE_TAGS[("video", True)] == "text-to-video"
+    assert pipeline_tag_for("text", True) == "text2text-generation"
+    assert pipeline_tag_for("text", False) == "text-generation"
+    assert pipeline_tag_for("image", False) == "unconditional-image-generation"
+    assert pipeline_tag_for("image", True) == "text-to-image"
+    assert pipeline_tag_for("audio", True) == "text-to-audio"
+    assert pipeline_tag_for("video", True) == "text-to-video"
     # No Hub task for unconditional audio/video, for generating table rows, or for a shared denoiser.
     for key in [("audio", False), ("video", False), ("tabular", True), ("tabular", False), ("shared", True)]:
-        assert PIPELINE_TAGS[key] == "other"
-    assert set(PIPELINE_TAGS.values()) <= HUB_PIPELINE_TAGS
+        assert pipeline_tag_for(*key) == "other"
+    assert {pipeline_tag_for(m, c) for m in MODALITIES for c in (True, False)} <= HUB_PIPELINE_TAGS
 
 
 def test_base_model_only_for_a_hub_backbone(tmp_path, monkeypatch):
@@ -165,7 +165,7 @@ def test_bad_configs_get_a_clear_value_error():
     no_modality = PretrainedConfig()
     with pytest.raises(ValueError, match="no `modality`"):
         render_model_card(no_modality)
-    with pytest.raises(ValueError, match=r"Unknown modality 'speech'.*text, image, audio, video, tabular, shared"):
+    with pytest.raises(ValueError, match=r"Unknown modality 'speech'.*audio, image, tabular, text, video, shared"):
         render_model_card(StandInConfig(modality="speech"))
     config = StandInConfig()
     config.conditional = "yes"

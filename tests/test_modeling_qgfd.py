@@ -763,7 +763,7 @@ def test_factory_processor_prepares_pixels_for_the_model():
 
 
 def test_unknown_modality_lists_the_allowed_ones():
-    with pytest.raises(ValueError, match="'text', 'image', 'audio', 'video', 'tabular', 'shared'"):
+    with pytest.raises(ValueError, match="'audio', 'image', 'tabular', 'text', 'video', 'shared'"):
         create_qgfd_diffusion_model("smell", None)
 
 

@@ -365,7 +365,7 @@ def test_saved_folder_loads_without_qgfd_hf(tmp_path):
 
 
 def test_backbones_without_a_usable_stack_are_refused():
-    usable = r"text: t5/mt5/bert/roberta/distilbert, image: vit, video: vit, audio: wav2vec2"
+    usable = r"audio: wav2vec2, image: vit, text: t5/mt5/bert/roberta/distilbert, video: vit"
     with pytest.raises(ValueError, match=r"tabular model has no pretrained backbone.*denoiser='qgfd'.*" + usable):
         QGFDTabularConfig(num_features=3, **TINY, denoiser="pretrained")
     with pytest.raises(ValueError, match=r"tabular model has no pretrained backbone"):

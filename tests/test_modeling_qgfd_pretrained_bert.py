@@ -8,7 +8,7 @@ import copy
 
 import pytest
 import torch
-from transformers import AutoModel, BertConfig, BertModel, DistilBertConfig, RobertaConfig, RobertaModel
+from transformers import AutoModel, BertConfig, BertModel, DistilBertConfig, RobertaConfig
 
 import qgfd_hf
 from qgfd_hf import DiffusionConfig, QGFDTextConfig, TextQGFDDiffusionModel, create_qgfd_diffusion_model

@@ -8,13 +8,11 @@ padding (fp32).
 import copy
 import doctest
 import json
-import os
 import warnings
 
 import pytest
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from transformers import (
     AttentionInterface,
     CLIPConfig,

@@ -71,3 +71,22 @@ def test_a_folder_with_a_transformers_backbone_names_the_backbones_entry(tmp_pat
     assert {"modeling_qgfd_backbones.py", "modeling_qgfd_pretrained.py", "patching_qgfd.py"} <= set(files)
     auto_map = json.loads((tmp_path / "config.json").read_text())["auto_map"]
     assert auto_map["AutoModel"] == "modeling_qgfd_backbones.ImageQGFDDiffusionModel"
+
+
+def test_the_backbones_entry_imports_the_saved_model_once_even_when_saved_from_a_saved_copy(tmp_path, monkeypatch):
+    import qgfd_hf.modeling_qgfd_hub as hub
+
+    vit = dict(model_type="vit", image_size=8, patch_size=2, num_channels=1, hidden_size=16, num_hidden_layers=1,
+               num_attention_heads=2, intermediate_size=32)
+    model = ImageQGFDDiffusionModel(QGFDImageConfig(latent_space="vit", backbone_config=vit, normalization_fitted=False, **TINY))
+    model.save_pretrained(tmp_path / "first", model_card=False)
+    line = "from .modeling_qgfd_image import ImageQGFDDiffusionModel  # noqa: F401"
+    entry = (tmp_path / "first" / "modeling_qgfd_backbones.py").read_text()
+    assert entry.rstrip().endswith(line) and entry.count("import ImageQGFDDiffusionModel") == 1
+    # A model loaded with trust_remote_code saves from the folder's own copy, whose entry already has the line.
+    monkeypatch.setattr(hub, "__file__", str(tmp_path / "first" / "modeling_qgfd_hub.py"))
+    (tmp_path / "second").mkdir()
+    (tmp_path / "second" / "config.json").write_text("{}")
+    hub._save_backbones_entry(model, tmp_path / "second")
+    again = (tmp_path / "second" / "modeling_qgfd_backbones.py").read_text()
+    assert again == entry

@@ -125,9 +125,6 @@ def load_moving_mnist(num_frames: int = 8, frame_size: int = 32, train_clips: Op
     return DatasetDict(out)
 
 
-
-
-
 # ----------------------------------------------------------------------------------------
 # Training on clips made on the fly
 # ----------------------------------------------------------------------------------------
@@ -184,4 +181,6 @@ def moving_mnist_data(num_frames: int = 8, frame_size: int = 32, source: str = "
         "train_images": tr_x, "train_labels": tr_y.astype(np.int64),
         "test_clips": test["pixel_values"], "test_labels": test["label"],
     }
+
+
 __all__ = ["MovingMnistCollator", "bouncing_trajectories", "load_moving_mnist", "make_moving_mnist", "moving_mnist_data"]

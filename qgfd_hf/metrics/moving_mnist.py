@@ -22,7 +22,7 @@ Shapes: `N` clips, `F` frames, `S` frame side, `D` = F * S * S pixels.
 
 from __future__ import annotations
 
-from typing import Dict, Optional
+from typing import Dict
 
 import numpy as np
 
