@@ -20,11 +20,12 @@ TINY = dict(d_model=32, num_heads=4, num_layers=1, d_ff=32)
 # fixed, 5,062 after the kernel, config, model and scheduling files were split under 600 lines each
 # (their module docstrings and imports), 4,855 once the attention module's weights came from the
 # kernel itself and the reference left the folder, 4,864 when unpickled configs began to register the
-# models (docs/architecture.md). Lower this as the folder shrinks.
-PIXEL_LIMIT = 4_864
+# models, 4,859 once the modalities were found by their files (docs/architecture.md). Lower this as the
+# folder shrinks.
+PIXEL_LIMIT = 4_859
 TARGET = 3_500
-# Its lines of code (no blank lines, comments or docstrings): 2,942 when measured.
-CODE_LIMIT = 2_950
+# Its lines of code (no blank lines, comments or docstrings): 2,941 when measured.
+CODE_LIMIT = 2_941
 
 
 def _py_files(folder: Path) -> dict:
