@@ -1,10 +1,11 @@
 # coding=utf-8
-"""What qgfd_hf registers with transformers, through transformers' public API only.
+"""Which modalities qgfd_hf has (`modality_names`: found by their files), and what it registers with
+transformers, through transformers' public API only.
 
 | registry (public API)                    | what                                               | when                          |
 |------------------------------------------|----------------------------------------------------|-------------------------------|
-| `AutoConfig.register`                    | the QGFD configs (`qgfd`, `qgfd_text`, ..., `qgfd_shared`) | `import qgfd_hf`              |
-| `AutoModel.register`                     | the six QGFD diffusion models                      | the first QGFD config made    |
+| `AutoConfig.register`                    | the QGFD configs (`qgfd`, one per modality, `qgfd_shared`) | `import qgfd_hf`              |
+| `AutoModel.register`                     | the QGFD diffusion models (one per modality, shared) | the first QGFD config made    |
 | `PIPELINE_REGISTRY.register_pipeline`    | the `"qgfd-diffusion"` task                        | the first QGFD config made    |
 
 The model and pipeline registries live in `transformers.modeling_utils` and `transformers.pipelines`,
