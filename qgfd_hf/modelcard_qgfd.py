@@ -44,23 +44,17 @@ logger = logging.get_logger(__name__)
 TEMPLATE_NAME = "qgfd_diffusion.md"
 
 
-def _modalities() -> tuple:
-    """Every modality this package has (found by its files, `registration_qgfd.modality_names`) and "shared"."""
-    from .registration_qgfd import modality_names
-
-    return (*modality_names(), "shared")
-
-
 def _model_class(modality: str):
     """The model class of `modality`: its `hub_pipeline_tags` (the Hub's task ids, PIPELINE_DATA in
     huggingface.js, for (unconditional, conditional) models; "other" where the Hub has no task for
     what the model does) and `pipeline_outputs` (what the pipeline returns) are on the card."""
+    from .configuration_qgfd import all_modalities
     from .modeling_qgfd import ALL_MODEL_CLASSES
     from .registration_qgfd import register_models
 
-    if modality not in _modalities():
-        raise ValueError(f"Unknown modality {modality!r}; expected one of {', '.join(_modalities())}.")
-    register_models()
+    register_models()  # imports every modality's files: the registries then list them all
+    if modality not in all_modalities():
+        raise ValueError(f"Unknown modality {modality!r}; expected one of {', '.join(all_modalities())}.")
     return ALL_MODEL_CLASSES[modality]
 
 
